@@ -1,0 +1,84 @@
+#!/usr/bin/env python3
+"""Render a report in headless Chromium and save a screenshot: a real browser reads the page.
+
+    python scripts/screenshot_report.py runs/x/report.html report.png --width 1280 --height 2000
+
+Chromium runs with no network features (no sync, no component updates, no QUIC, a throw-away
+profile), so the screenshot also shows that the page needs nothing from outside. Debian/Ubuntu:
+``apt-get install chromium``. Exits with status 2 and a clear message when Chromium is absent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+CANDIDATES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--hide-scrollbars", "--mute-audio", "--disable-extensions",
+         "--default-background-color=ffffffff")
+
+
+def find_chromium() -> str | None:
+    """The first Chromium-like browser on PATH (or /usr/bin/chromium); None if there is none."""
+    override = os.environ.get("CHROMIUM")
+    if override and Path(override).is_file():
+        return override
+    for name in CANDIDATES:
+        found = shutil.which(name)
+        if found:
+            return found
+    return "/usr/bin/chromium" if Path("/usr/bin/chromium").is_file() else None
+
+
+def screenshot(report: Path, out: Path, width: int = 1280, height: int = 2000,
+               timeout: float = 120.0) -> Path:
+    """Save a ``width``×``height`` PNG of ``report`` as Chromium draws it; raise on failure."""
+    browser = find_chromium()
+    if browser is None:
+        raise FileNotFoundError("Chromium was not found (looked for " + ", ".join(CANDIDATES)
+                                + "); install it, e.g. `apt-get install chromium`, "
+                                "or set CHROMIUM=/path/to/chrome")
+    report, out = Path(report).resolve(), Path(out).resolve()
+    if not report.is_file():
+        raise FileNotFoundError(f"{report}: no such report")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="lymphomil-chromium-") as profile:
+        command = [browser, *FLAGS, f"--user-data-dir={profile}", f"--screenshot={out}",
+                   f"--window-size={width},{height}", report.as_uri()]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False,
+                              env={**os.environ, "HOME": profile})
+    if not out.is_file() or out.stat().st_size == 0:
+        raise RuntimeError(f"Chromium wrote no screenshot (exit {done.returncode}):\n"
+                           + done.stderr[-2000:])
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("report", type=Path, help="the report.html to render")
+    parser.add_argument("out", type=Path, help="where to save the PNG screenshot")
+    parser.add_argument("--width", type=int, default=1280)
+    parser.add_argument("--height", type=int, default=2000)
+    parser.add_argument("--timeout", type=float, default=120.0, help="seconds before giving up")
+    args = parser.parse_args(argv)
+    try:
+        path = screenshot(args.report, args.out, args.width, args.height, args.timeout)
+    except FileNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (RuntimeError, subprocess.TimeoutExpired) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"screenshot written to {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""CLI command groups; each module decorates its functions with ``@app.command``."""

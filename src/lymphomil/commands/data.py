@@ -1,0 +1,113 @@
+"""Data commands: ``synth`` (make a synthetic cohort) and ``explore`` (Table 1 and figures)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+import typer
+from rich.table import Table
+
+from lymphomil.cli_app import (app, console, err_console, handle_errors, parse_date_option,
+                                progress_task)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from lymphomil.data.cohort import Cohort
+
+
+def _rich_table(title: str, rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> Table:
+    from lymphomil.explore import format_value
+
+    table = Table(title=title, title_justify="left")
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("attribute", "group") else "right")
+    for row in rows:
+        table.add_row(*(format_value(row[c]) for c in columns))
+    return table
+
+
+@app.command()
+@handle_errors
+def synth(
+    out: Path = typer.Argument(..., help="Folder to write the cohort into (new, empty, or an "
+                                         "earlier synthetic cohort, which is replaced)."),
+    patients: int = typer.Option(60, "--patients", help="Number of patients."),
+    seed: int = typer.Option(0, "--seed", help="Random seed: the same seed gives the same files."),
+    test_fraction: float = typer.Option(
+        0.25, "--test-fraction", help="Share of unlabelled patients (LABEL -1, in testset/)."),
+    min_images: int = typer.Option(16, "--min-images", help="Fewest cell images per patient."),
+    max_images: int = typer.Option(48, "--max-images", help="Most cell images per patient."),
+) -> None:
+    """Write a synthetic cohort in the challenge's layout, for tests and demos.
+
+    Malignant patients carry atypical lymphocytes, drawn independently of their count.
+
+    Example: lymphomil synth out/synth --patients 60 --seed 0
+    """
+    from lymphomil.data.synth import write_synthetic_cohort
+
+    with progress_task("synth", total=patients) as advance:
+        root = write_synthetic_cohort(out, n_patients=patients, seed=seed,
+                                      test_fraction=test_fraction,
+                                      images_per_patient=(min_images, max_images),
+                                      on_progress=advance)
+    console.print(f"wrote a synthetic cohort of {patients} patients (seed {seed}) to {root}")
+
+
+@app.command()
+@handle_errors
+def explore(
+    data: Path = typer.Argument(..., help="The cohort folder (challenge layout)."),
+    out: Path = typer.Option(..., "--out", help="Folder for the tables and figures."),
+    reference_date: str = typer.Option("2024-01-01", "--reference-date",
+                                       help="Date at which ages are computed (YYYY-MM-DD)."),
+    on_error: str = typer.Option("raise", "--on-error",
+                                 help="raise: stop at the first bad row or image; skip: leave it "
+                                      "out and list it in skipped.json."),
+) -> None:
+    """Statistics by label (age, lymphocyte count, images, gender) and figures of a cohort.
+
+    Writes the tables (CSV and markdown), histograms and a gallery of cells into --out.
+
+    Example: lymphomil explore ../shared/data/dlmi-lymphocytosis --out out/explore
+    """
+    from lymphomil.data.cohort import load_cohort
+    from lymphomil.explore import GENDER_COLUMNS, STATISTICS, explore as explore_cohort
+    from lymphomil.runs import atomic_write_json
+
+    cohort = load_cohort(data, reference_date=parse_date_option(reference_date),
+                         on_error=on_error)
+    result = explore_cohort(cohort, out)
+    rows = result["attributes_by_label"]
+    for attribute in dict.fromkeys(row["attribute"] for row in rows):
+        console.print(_rich_table(attribute, [r for r in rows if r["attribute"] == attribute],
+                                  ("group",) + STATISTICS))
+    console.print(_rich_table("gender", result["gender_by_label"], GENDER_COLUMNS))
+    files = list(result["files"].values())
+    if on_error == "skip":
+        skipped_path = atomic_write_json(Path(out) / "skipped.json", {
+            "skipped_patients": cohort.skipped_ids, "ignored_folders": cohort.ignored_folders,
+            "issues": cohort.skipped_table()})
+        files.append(skipped_path)
+        _print_skipped(cohort, skipped_path)
+    console.print(f"wrote {len(files)} files to {out}:")
+    for path in files:
+        console.print(f"  {path}")
+
+
+def _print_skipped(cohort: Cohort, skipped_path: Path, shown: int = 20) -> None:
+    """A short summary on stderr; the full list is in skipped.json."""
+    issues = cohort.issues
+    if not issues:
+        err_console.print("nothing skipped: every row and image was usable")
+        return
+    patients = cohort.skipped_ids
+    err_console.print(f"[yellow]skipped[/] {len(patients)} patient(s)"
+                      + (f" ({', '.join(patients)})" if patients else "")
+                      + f"; {len(issues)} problem(s) in all, listed in {skipped_path}",
+                      highlight=False)
+    for issue in issues[:shown]:
+        where = (issue.file or "") + (f", row {issue.row}" if issue.row is not None else "")
+        err_console.print(f"  {where}: {issue.problem}", highlight=False, soft_wrap=True)
+    if len(issues) > shown:
+        err_console.print(f"  … and {len(issues) - shown} more")

@@ -1,0 +1,157 @@
+"""Feature commands: ``features`` (extract and cache instance features) and ``cache info|clear``."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from lymphomil.cli_app import app, cache_app, console, err_console, handle_errors
+from lymphomil.errors import LymphomilError
+
+
+def _human_bytes(size: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:,.0f} {unit}" if unit == "B" else f"{size:,.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GiB"  # pragma: no cover
+
+
+def _parse_kinds(text: str) -> tuple[str, ...]:
+    from lymphomil.features.spec import KINDS
+
+    kinds = tuple(k.strip() for k in text.split(",") if k.strip())
+    unknown = [k for k in kinds if k not in KINDS]
+    if not kinds or unknown:
+        raise LymphomilError(f"unknown feature kind(s) {', '.join(unknown) or repr(text)}",
+                             fix=f"use a comma-separated list of {', '.join(KINDS)}")
+    return kinds
+
+
+@app.command()
+@handle_errors
+def features(
+    data: Optional[Path] = typer.Argument(None, help="The cohort folder (challenge layout)."),
+    backbone: str = typer.Option("efficientnet-lite0", "--backbone",
+                                 help="Backbone name (see `lymphomil features --list`)."),
+    crop: int = typer.Option(112, "--crop", help="Centre crop in pixels (224 = whole image)."),
+    tta: bool = typer.Option(False, "--tta/--no-tta",
+                             help="Also extract the 4 flip views (test-time augmentation)."),
+    precision: str = typer.Option("auto", "--precision",
+                                  help="auto (bf16 where the CPU supports it), bf16 or fp32."),
+    weights: str = typer.Option("imagenet", "--weights",
+                                help="imagenet, none (random init) or a state_dict file."),
+    workers: Optional[int] = typer.Option(None, "--workers",
+                                          help="Parallel extraction streams (default: one per core)."),
+    batch_size: int = typer.Option(16, "--batch-size", help="Images per forward pass."),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir",
+                                             help="Feature cache folder (default: "
+                                                  "$LYMPHOMIL_CACHE_DIR or the user cache dir)."),
+    kinds: str = typer.Option("pooled", "--kinds", help="pooled, views and/or map, comma-separated."),
+    on_error: str = typer.Option("raise", "--on-error",
+                                 help="raise: stop at the first bad row or image; skip: leave it "
+                                      "out and list it."),
+    list_names: bool = typer.Option(False, "--list", help="List the backbones and exit."),
+) -> None:
+    """Extract the instance features of every cell image once, into the feature cache.
+
+    A second run is a cache hit; a killed run resumes; a changed image recomputes its patient only.
+
+    Example: lymphomil features ../shared/data/dlmi-lymphocytosis --backbone efficientnet-lite0 --crop 112
+    """
+    from lymphomil.data.cohort import load_cohort
+    from lymphomil.features import FeatureCache, FeatureSpec, resolve_precision
+
+    if list_names:
+        from lymphomil.features.backbones import describe_backbones
+
+        table = Table(title="backbones", title_justify="left")
+        table.add_column("name")
+        table.add_column("description")
+        for name, text in describe_backbones().items():
+            table.add_row(name, text)
+        console.print(table)
+        return
+    if data is None:
+        raise LymphomilError("no data folder given",
+                             fix="lymphomil features DATA (the challenge folder), or --list")
+    wanted = _parse_kinds(kinds)
+    if tta and "views" not in wanted:
+        wanted = wanted + ("views",)
+    resolved = resolve_precision(precision)
+    spec = FeatureSpec(backbone=backbone, weights=weights, crop=crop, tta=tta, precision=resolved)
+    start = time.perf_counter()
+    # images are checked where they are decoded (the extractor applies --on-error); a cached
+    # patient's images were decoded already, so a warm run need not open 14,000 files again
+    cohort = load_cohort(data, on_error=on_error, check_images=False)
+    for issue in cohort.issues:
+        err_console.print(f"[yellow]skipped[/]: {issue.file or ''}: {issue.problem}",
+                          highlight=False, soft_wrap=True)
+    loaded = time.perf_counter()
+    cache = FeatureCache(cache_dir, workers=workers, batch_size=batch_size, on_error=on_error)
+    cache.ensure(cohort.patients, spec, kinds=wanted)
+    for issue in cache.issues:
+        err_console.print(f"[yellow]left out of its bag[/]: {issue.file or ''}: {issue.problem}",
+                          highlight=False, soft_wrap=True)
+    run = cache.last_run
+    total = time.perf_counter() - start
+    console.print(
+        f"{spec.label()} ({resolved}, weights {weights}): {run['patients']} patients, "
+        f"{run['images']:,} images in {total:.1f} s (cohort read {loaded - start:.1f} s); "
+        f"cache hits {run['cached_patients']}/{run['patients']} patients; "
+        f"computed {run['computed_images']:,} images at {run['images_per_s']:,.0f} img/s\n"
+        f"features in {run['folder']}", highlight=False, soft_wrap=True)
+
+
+@cache_app.command("info")
+@handle_errors
+def cache_info(
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Feature cache folder."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """Show the feature cache's size and its entries per feature spec.
+
+    Example: lymphomil cache info
+    """
+    from lymphomil.features import FeatureCache
+    from lymphomil.runs import dumps_json
+
+    info = FeatureCache(cache_dir).info()
+    if as_json:
+        console.print_json(dumps_json(info))
+        return
+    table = Table(title=f"feature cache {info['root']} — {_human_bytes(info['bytes'])}, "
+                        f"{info['files']} files", title_justify="left")
+    for column in ("backbone", "crop", "precision", "weights", "patients", "files", "size"):
+        table.add_column(column, justify="left" if column in ("backbone", "weights", "files") else "right")
+    for spec in info["specs"]:
+        files = ", ".join(f"{k} {v}" for k, v in sorted(spec["files"].items()))
+        table.add_row(str(spec["backbone"]), str(spec["crop"]), str(spec["precision"]),
+                      spec["weights_digest"], str(spec["patients"]), files,
+                      _human_bytes(spec["bytes"]))
+    console.print(table)
+
+
+@cache_app.command("clear")
+@handle_errors
+def cache_clear(
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Feature cache folder."),
+    yes: bool = typer.Option(False, "--yes", help="Do not ask for confirmation."),
+) -> None:
+    """Delete every cached feature file (they are recomputed when needed).
+
+    Example: lymphomil cache clear --yes
+    """
+    from lymphomil.features import FeatureCache
+
+    cache = FeatureCache(cache_dir)
+    if not yes:
+        info = cache.info()
+        typer.confirm(f"delete {info['files']} feature files ({_human_bytes(info['bytes'])}) "
+                      f"under {info['root']}?", abort=True)
+    freed = cache.clear()
+    console.print(f"freed {_human_bytes(freed)} under {cache.root}")

@@ -1,0 +1,238 @@
+"""`lymphomil models | cv | train | predict`: evaluate, fit and apply patient-level models."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.table import Table
+
+from lymphomil.cli_app import (app, console, err_console, handle_errors, make_progress,
+                                parse_date_option, progress_task)
+from lymphomil.config import DEFAULT_MODEL
+from lymphomil.data.cohort import load_cohort
+from lymphomil.evaluate import format_metric
+from lymphomil.runs import atomic_write_json
+
+DATA_ARG = typer.Argument(..., help="challenge-layout folder (clinical_annotation.csv or "
+                                    "trainset/ + testset/)", show_default=False)
+REFERENCE_OPT = typer.Option("2024-01-01", "--reference-date",
+                             help="date at which ages are computed (stored with the model)")
+ON_ERROR_OPT = typer.Option("raise", "--on-error",
+                            help="raise: stop at the first bad input; skip: leave it out and list it")
+CACHE_OPT = typer.Option(None, "--cache-dir", help="feature cache folder (default: user cache)")
+FEATURES_OPT = typer.Option(None, "--features",
+                            help="override image models' features, e.g. efficientnet-lite0@112")
+THREADS_OPT = typer.Option(2, "--threads", help="torch threads (fixed for reproducibility)")
+
+
+def print_skips(issues: list[dict], out: Path | None = None) -> None:
+    if not issues:
+        return
+    err_console.print(f"[yellow]{len(issues)} input problem(s) skipped[/] (--on-error skip):")
+    for issue in issues[:20]:
+        where = issue["file"] + (f", row {issue['row']}" if issue.get("row") else "")
+        err_console.print(f"  - {where}: {issue['problem']}", highlight=False)
+    if len(issues) > 20:
+        err_console.print(f"  … and {len(issues) - 20} more")
+    if out is not None:
+        err_console.print(f"  the full list is in {out}")
+
+
+@app.command("models")
+@handle_errors
+def list_models_command() -> None:
+    """List the registered model names (use them with --model).
+
+    Example: lymphomil models
+    """
+    from lymphomil.models.base import describe_models
+
+    table = Table("model", "description")
+    for name, text in describe_models().items():
+        table.add_row(name + (" (default)" if name == DEFAULT_MODEL else ""), text)
+    console.print(table)
+
+
+def results_table(results: list) -> Table:
+    table = Table("model", "balanced acc. (mean ± std [95% CI])", "hard subset", "ROC AUC",
+                  "minutes", title="repeated patient-level CV")
+    for r in results:
+        s = r.summary()
+        table.add_row(r.model_name, format_metric(s["balanced_accuracy"]),
+                      format_metric(s["hard_balanced_accuracy"]), format_metric(s["roc_auc"]),
+                      f"{s['fit_seconds']['total'] / 60:.2f}")
+    return table
+
+
+@app.command()
+@handle_errors
+def cv(
+    data: Path = DATA_ARG,
+    model: List[str] = typer.Option([DEFAULT_MODEL], "--model", "-m",
+                                    help="model name (repeat for several; see `lymphomil models`)"),
+    folds: int = typer.Option(5, "--folds"),
+    repeats: int = typer.Option(5, "--repeats"),
+    seed: int = typer.Option(0, "--seed"),
+    out: Optional[Path] = typer.Option(None, "--out", help="folder for metrics.json, "
+                                                           "oof_<model>.csv, results.md"),
+    as_json: bool = typer.Option(False, "--json", help="print machine-readable results"),
+    reference_date: str = REFERENCE_OPT,
+    on_error: str = ON_ERROR_OPT,
+    features: Optional[str] = FEATURES_OPT,
+    cache_dir: Optional[Path] = CACHE_OPT,
+    threads: int = THREADS_OPT,
+) -> None:
+    """Repeated, stratified, patient-level cross-validation of one or more models.
+
+    Example: lymphomil cv ../shared/data/dlmi-lymphocytosis -m logreg -m svm --out runs/cv
+    """
+    from lymphomil.workflow import labelled_patients, run_cv, set_threads, write_cv_outputs
+
+    set_threads(threads)
+    cohort = load_cohort(data, reference_date=parse_date_option(reference_date), on_error=on_error)
+    labelled = labelled_patients(cohort)
+    with progress_task("cross-validation fits", total=len(model) * folds * repeats) as advance:
+        results = run_cv(model, labelled.patients, labelled.y, folds=folds, repeats=repeats,
+                         seed=seed, features=features, cache_dir=cache_dir, on_fit=advance)
+    payload = {r.model_name: r.to_dict() for r in results}
+    if out is not None:
+        write_cv_outputs(results, out)
+        if cohort.issues:
+            atomic_write_json(out / "skipped.json", cohort.skipped_table())
+    if as_json:
+        typer.echo(json.dumps(payload, indent=2, default=float))
+    else:
+        console.print(results_table(results))
+        console.print(f"{len(labelled.y)} labelled patients, {folds} folds × {repeats} repeats, "
+                      f"seed {seed}")
+    print_skips(cohort.skipped_table(), out / "skipped.json" if out and cohort.issues else None)
+    if out is not None:
+        err_console.print(f"wrote {out}/metrics.json, results.md and oof_*.csv")
+
+
+@app.command()
+@handle_errors
+def train(
+    data: Path = DATA_ARG,
+    model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help="model name"),
+    out: Path = typer.Option(..., "--out", help="model folder to write"),
+    seed: int = typer.Option(0, "--seed"),
+    reference_date: str = REFERENCE_OPT,
+    on_error: str = ON_ERROR_OPT,
+    features: Optional[str] = FEATURES_OPT,
+    cache_dir: Optional[Path] = CACHE_OPT,
+    threads: int = THREADS_OPT,
+) -> None:
+    """Fit a model on every labelled patient and save it (JSON + safetensors, no pickle).
+
+    Example: lymphomil train ../shared/data/dlmi-lymphocytosis --model logreg --out runs/model
+    """
+    from lymphomil.workflow import configure_model, labelled_patients, set_threads, train_model
+
+    set_threads(threads)
+    ref = parse_date_option(reference_date)
+    cohort = load_cohort(data, reference_date=ref, on_error=on_error)
+    labelled = labelled_patients(cohort)
+    estimator = configure_model(model, features)
+    train_model(estimator, labelled, out, name=model, reference_date=ref, cache_dir=cache_dir,
+                seed=seed, extra={"skipped": cohort.skipped_table()})
+    print_skips(cohort.skipped_table())
+    console.print(f"trained [bold]{model}[/] on {len(labelled.y)} patients → {out}")
+
+
+@app.command()
+@handle_errors
+def predict(
+    model_dir: Path = typer.Argument(..., help="folder written by `lymphomil train`"),
+    data: Path = DATA_ARG,
+    out: Path = typer.Option(..., "--out", help="CSV to write"),
+    kaggle: bool = typer.Option(False, "--kaggle", help="write Id,Predicted (Kaggle) instead "
+                                                        "of ID,LABEL,PROBA"),
+    include_labelled: bool = typer.Option(False, "--all", help="predict labelled patients too"),
+    on_error: str = ON_ERROR_OPT,
+    cache_dir: Optional[Path] = CACHE_OPT,
+    threads: int = THREADS_OPT,
+) -> None:
+    """Predict every unlabelled (LABEL -1) patient of DATA with a trained model.
+
+    Example: lymphomil predict runs/model ../shared/data/dlmi-lymphocytosis --out submission.csv --kaggle
+    """
+    from lymphomil.workflow import predict_folder, set_threads, write_predictions
+
+    set_threads(threads)
+    pred = predict_folder(model_dir, data, on_error=on_error, include_labelled=include_labelled,
+                          cache_dir=cache_dir)
+    write_predictions(pred, out, kaggle=kaggle)
+    skipped_path = None
+    if pred.skipped:
+        skipped_path = out.with_name(out.stem + ".skipped.json")
+        atomic_write_json(skipped_path, pred.skipped)
+    print_skips(pred.skipped, skipped_path)
+    console.print(f"predicted {len(pred.ids)} patients ({int(pred.labels.sum())} malignant) → {out}")
+
+
+@app.command()
+@handle_errors
+def run(
+    data: Optional[Path] = typer.Argument(None, help="challenge-layout folder; omit to run on "
+                                                     "the built-in synthetic cohort"),
+    out: Path = typer.Option(Path("runs/latest"), "--out", help="run folder to write"),
+    config: Optional[Path] = typer.Option(None, "--config", help="TOML config (a run saves its "
+                                                                 "own config.toml)"),
+    model: Optional[str] = typer.Option(None, "--model", "-m",
+                                        help="fit this model instead of the CV winner"),
+    candidates: Optional[str] = typer.Option(None, "--candidates",
+                                             help="comma-separated models to compare by CV"),
+    folds: Optional[int] = typer.Option(None, "--folds"),
+    repeats: Optional[int] = typer.Option(None, "--repeats"),
+    seed: Optional[int] = typer.Option(None, "--seed"),
+    patients: Optional[int] = typer.Option(None, "--patients",
+                                           help="size of the synthetic cohort (no DATA)"),
+    reference_date: Optional[str] = typer.Option(None, "--reference-date"),
+    on_error: Optional[str] = typer.Option(None, "--on-error"),
+    features: Optional[str] = FEATURES_OPT,
+    cache_dir: Optional[Path] = CACHE_OPT,
+    threads: Optional[int] = typer.Option(None, "--threads"),
+) -> None:
+    """The main job: validate → explore → CV the candidates → train the best → predict → report.
+
+    Writes report.html, submission.csv (Kaggle Id,Predicted), predictions.csv, metrics.json,
+    config.toml and model/ into --out.
+
+    Example: lymphomil run ../shared/data/dlmi-lymphocytosis --out runs/shared
+    """
+    from lymphomil.config import load_config
+    from lymphomil.pipeline import ensure_out_is_free, run_pipeline
+
+    cfg = load_config(config, {
+        "data": data, "model": model, "folds": folds, "repeats": repeats, "seed": seed,
+        "synthetic_patients": patients, "on_error": on_error, "features": features,
+        "cache_dir": cache_dir, "threads": threads,
+        "reference_date": parse_date_option(reference_date) if reference_date else None,
+        "candidates": [c.strip() for c in candidates.split(",") if c.strip()] if candidates else None,
+    })
+    ensure_out_is_free(out)
+    with make_progress() as progress:
+        stage_task = progress.add_task("run", total=None, rate="")
+        fits = progress.add_task("cv fits", total=None, rate="", visible=False)
+
+        def stage(name: str) -> None:
+            progress.update(stage_task, description=f"stage: {name}")
+            err_console.log(f"stage: {name}")
+
+        def cv_total(total: int) -> None:
+            progress.update(fits, total=total, visible=True)
+
+        def on_fit(step: int = 1, **fields: object) -> None:
+            progress.update(fits, advance=step, **fields)
+
+        result = run_pipeline(cfg, out, stage=stage, on_fit=on_fit, cv_total=cv_total)
+    console.print(results_table(result.results))
+    console.print(f"chosen model: [bold]{result.chosen}[/]; predicted {result.n_predicted} "
+                  f"patients; skipped {result.n_skipped}")
+    console.print("timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in result.timings.items()))
+    console.print(f"wrote {out}/report.html, submission.csv, predictions.csv, metrics.json, "
+                  "config.toml, model/")

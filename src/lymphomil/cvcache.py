@@ -1,0 +1,79 @@
+"""A content-addressed cache of cross-validation results (what makes a warm `run` fast).
+
+The key covers everything the out-of-fold predictions depend on: the model's class and every
+hyper-parameter, each patient's ID, label, attributes and image files (path, size, mtime), the
+fold plan (folds, repeats, seed) and the library versions. Models are deterministic for a fixed
+seed, so a hit returns exactly what refitting would. Entries are JSON + safetensors written
+atomically; a damaged entry is ignored and recomputed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from lymphomil.evaluate import CVResult
+from lymphomil.models.base import PatientModel, encode_param, library_versions
+from lymphomil.runs import atomic_write_bytes, atomic_write_json
+
+CACHE_FORMAT = 1
+
+
+def _patient_fingerprint(patient) -> list:
+    files = []
+    for path in patient.image_paths:
+        stat = os.stat(path)
+        files.append([str(path), stat.st_size, stat.st_mtime_ns])
+    return [patient.id, patient.label, patient.gender, patient.age, patient.lymph_count, files]
+
+
+def cv_key(model: PatientModel, name: str, patients: Sequence, folds: int, repeats: int,
+           seed: int) -> str:
+    payload = {
+        "format": CACHE_FORMAT, "name": name, "class": type(model).__name__,
+        "params": encode_param(model.get_params(deep=False)),
+        "patients": [_patient_fingerprint(p) for p in patients],
+        "folds": folds, "repeats": repeats, "seed": seed, "versions": library_versions(),
+    }
+    text = json.dumps(payload, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def load_cached(root: Path, key: str) -> CVResult | None:
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    meta_path, arrays_path = root / f"{key}.json", root / f"{key}.safetensors"
+    if not (meta_path.is_file() and arrays_path.is_file()):
+        return None
+    try:
+        meta = json.loads(meta_path.read_text())
+        arrays = load_file(str(arrays_path))
+        if meta.get("arrays_sha256") != hashlib.sha256(arrays_path.read_bytes()).hexdigest():
+            return None
+        return CVResult(meta["model_name"], meta["patient_ids"], arrays["y"], arrays["folds"],
+                        arrays["proba"], arrays["hard"].astype(bool), arrays["fit_seconds"],
+                        meta["params"], meta["seed"])
+    except (OSError, ValueError, KeyError, SafetensorError):
+        return None  # damaged: recompute
+
+
+def store(root: Path, key: str, result: CVResult) -> None:
+    from safetensors.numpy import save
+
+    blob = save({"y": np.asarray(result.y, dtype=np.int64),
+                 "folds": np.asarray(result.folds, dtype=np.int64),
+                 "proba": np.asarray(result.proba, dtype=np.float64),
+                 "hard": np.asarray(result.hard, dtype=np.uint8),
+                 "fit_seconds": np.asarray(result.fit_seconds, dtype=np.float64)})
+    atomic_write_bytes(root / f"{key}.safetensors", blob)
+    # the JSON is written last and names the arrays' digest: a torn pair is never trusted
+    atomic_write_json(root / f"{key}.json", {
+        "model_name": result.model_name, "patient_ids": result.patient_ids,
+        "params": result.params, "seed": result.seed,
+        "arrays_sha256": hashlib.sha256(blob).hexdigest()})

@@ -1,0 +1,66 @@
+"""User-facing errors: every message names the file, the row and the fix.
+
+The CLI prints these without a traceback (unless ``--debug``); anything else is a bug.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class LymphomilError(Exception):
+    """An error the user can fix; its text is the whole message they see."""
+
+    def __init__(self, problem: str, *, file: str | Path | None = None, row: int | None = None,
+                 fix: str | None = None):
+        self.problem = problem
+        self.file = str(file) if file is not None else None
+        self.row = row
+        self.fix = fix
+        super().__init__(self.render())
+
+    def render(self) -> str:
+        where = ""
+        if self.file is not None:
+            where = self.file + (f", row {self.row}" if self.row is not None else "") + ": "
+        text = where + self.problem
+        if self.fix:
+            text += f"\n  fix: {self.fix}"
+        return text
+
+
+@dataclass(frozen=True)
+class DataIssue:
+    """One problem found while reading a cohort; becomes an error or a recorded skip."""
+
+    problem: str
+    fix: str
+    file: str | None = None
+    row: int | None = None
+    patient_id: str | None = None
+
+    def to_error(self) -> LymphomilError:
+        return LymphomilError(self.problem, file=self.file, row=self.row, fix=self.fix)
+
+    def to_dict(self) -> dict:
+        return {"patient_id": self.patient_id, "file": self.file, "row": self.row,
+                "problem": self.problem, "fix": self.fix}
+
+
+@dataclass
+class IssueLog:
+    """Collects problems under ``on_error='skip'``; raises at once under ``'raise'``."""
+
+    on_error: str = "raise"
+    issues: list[DataIssue] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.on_error not in ("raise", "skip"):
+            raise LymphomilError(f"unknown on_error policy {self.on_error!r}",
+                                 fix="use --on-error raise or --on-error skip")
+
+    def report(self, issue: DataIssue) -> None:
+        if self.on_error == "raise":
+            raise issue.to_error()
+        self.issues.append(issue)

@@ -1,0 +1,212 @@
+"""The honest harness: repeated, stratified, patient-level CV with intervals (DESIGN §1).
+
+* Folds split **patients** (a patient's cells never straddle folds), stratified by label,
+  repeated with fixed seeds; each fit gets a seed derived from (seed, repeat, fold, model name),
+  never from the order in which fits run.
+* Whatever a model tunes (grid, early stopping, α, threshold) it tunes inside ``fit`` on the
+  outer training part only: the harness hands it nothing else.
+* Every metric is reported as mean ± std over repeats, with a 95 % interval from a bootstrap
+  over patients (the uncertainty that matters with 130 patients), plus the *hard subset*:
+  test patients whose count lies inside the reactive range of that fold's training part.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable, Sequence
+
+import numpy as np
+from scipy.stats import rankdata
+from sklearn.base import clone
+from sklearn.model_selection import StratifiedKFold
+
+from lymphomil.errors import LymphomilError
+
+if TYPE_CHECKING:  # pragma: no cover  (models import this module: no cycle at run time)
+    from lymphomil.models.base import PatientModel
+
+METRICS = ("balanced_accuracy", "accuracy", "f1", "roc_auc", "hard_balanced_accuracy")
+N_BOOTSTRAP = 1000
+
+
+def derive_seed(seed: int, *parts: object) -> int:
+    """A 31-bit seed from the run seed and a path of names (same inputs → same seed)."""
+    text = ":".join([str(seed), *map(str, parts)])
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "little") & 0x7FFFFFFF
+
+
+def with_seed(model: "PatientModel", seed: int) -> "PatientModel":
+    if "random_state" in model.get_params(deep=False):
+        model.set_params(random_state=seed)
+    return model
+
+
+def fold_plan(y: np.ndarray, folds: int, repeats: int, seed: int) -> np.ndarray:
+    """(repeats, n) fold index of every patient in every repeat."""
+    y = np.asarray(y)
+    smallest = int(np.bincount(y, minlength=2).min())
+    if smallest < folds:
+        raise LymphomilError(
+            f"{folds}-fold CV needs at least {folds} patients of each class; the smallest class "
+            f"has {smallest}", fix=f"use --folds {max(2, smallest)} or add labelled patients")
+    plan = np.empty((repeats, len(y)), dtype=int)
+    for r in range(repeats):
+        splitter = StratifiedKFold(folds, shuffle=True, random_state=derive_seed(seed, "split", r))
+        for k, (_, test) in enumerate(splitter.split(np.zeros(len(y)), y)):
+            plan[r, test] = k
+    return plan
+
+
+def hard_mask(counts: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray) -> np.ndarray:
+    """Test patients whose count lies in [min, max] of the training part's reactive counts."""
+    reactive = counts[train][y[train] == 0]
+    low, high = reactive.min(), reactive.max()
+    return (counts[test] >= low) & (counts[test] <= high)
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def _balanced_accuracy(pred: np.ndarray, y: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    """Balanced accuracy along the last axis (vectorised over bootstrap rows); nan if a class is absent."""
+    if mask is None:
+        mask = np.ones_like(y, dtype=bool)
+    pos, neg = (y == 1) & mask, (y == 0) & mask
+    n_pos, n_neg = pos.sum(-1), neg.sum(-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        tpr = (pred & pos).sum(-1) / n_pos
+        tnr = (~pred & neg).sum(-1) / n_neg
+    out = (tpr + tnr) / 2
+    return np.where((n_pos > 0) & (n_neg > 0), out, np.nan)
+
+
+def _roc_auc(proba: np.ndarray, y: np.ndarray) -> np.ndarray:
+    ranks = rankdata(proba, axis=-1)
+    n_pos = (y == 1).sum(-1)
+    n_neg = (y == 0).sum(-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        auc = ((ranks * (y == 1)).sum(-1) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+    return np.where((n_pos > 0) & (n_neg > 0), auc, np.nan)
+
+
+def metrics_of(proba: np.ndarray, y: np.ndarray, hard: np.ndarray,
+               threshold: float = 0.5) -> dict[str, np.ndarray]:
+    """All metrics; inputs may carry leading batch axes (bootstrap), patients on the last axis."""
+    pred = proba >= threshold
+    positive = y == 1
+    tp = (pred & positive).sum(-1)
+    fp = (pred & ~positive).sum(-1)
+    fn = (~pred & positive).sum(-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        f1 = np.where(2 * tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn), np.nan)
+    return {
+        "balanced_accuracy": _balanced_accuracy(pred, y),
+        "accuracy": (pred == positive).mean(-1),
+        "f1": f1,
+        "roc_auc": _roc_auc(proba, y),
+        "hard_balanced_accuracy": _balanced_accuracy(pred, y, hard),
+    }
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass
+class CVResult:
+    """Out-of-fold predictions and metrics of one model under repeated CV."""
+
+    model_name: str
+    patient_ids: list[str]
+    y: np.ndarray  # (n,)
+    folds: np.ndarray  # (R, n) fold index per repeat
+    proba: np.ndarray  # (R, n) out-of-fold P(malignant)
+    hard: np.ndarray  # (R, n) hard-subset membership in that repeat's fold
+    fit_seconds: np.ndarray  # (R, k) wall seconds of each fit + predict
+    params: dict = field(default_factory=dict)
+    seed: int = 0
+
+    @property
+    def per_repeat(self) -> dict[str, np.ndarray]:
+        return metrics_of(self.proba, self.y[None, :], self.hard)
+
+    def summary(self, n_bootstrap: int = N_BOOTSTRAP) -> dict[str, dict[str, float]]:
+        """mean, std (over repeats) and a 95 % patient-bootstrap interval of each metric."""
+        per_repeat = self.per_repeat
+        rng = np.random.default_rng(derive_seed(self.seed, "bootstrap", self.model_name))
+        idx = rng.integers(0, len(self.y), size=(n_bootstrap, len(self.y)))  # (B, n)
+        boot = {m: np.zeros(n_bootstrap) for m in METRICS}
+        for r in range(self.proba.shape[0]):
+            values = metrics_of(self.proba[r][idx], self.y[idx], self.hard[r][idx])
+            for m in METRICS:
+                boot[m] += values[m] / self.proba.shape[0]
+        out = {}
+        for m in METRICS:
+            values = per_repeat[m]
+            out[m] = {
+                "mean": float(np.nanmean(values)) if np.isfinite(values).any() else float("nan"),
+                "std": float(np.nanstd(values, ddof=1)) if np.isfinite(values).sum() > 1 else 0.0,
+                "ci_low": float(np.nanpercentile(boot[m], 2.5)),
+                "ci_high": float(np.nanpercentile(boot[m], 97.5)),
+            }
+        out["hard_subset_size"] = {"mean": float(self.hard.sum(1).mean())}
+        out["fit_seconds"] = {"mean": float(self.fit_seconds.mean()),
+                              "total": float(self.fit_seconds.sum())}
+        return out
+
+    def oof_rows(self) -> list[dict]:
+        """One row per (patient, repeat): the out-of-fold probabilities a report plots."""
+        rows = []
+        for r in range(self.proba.shape[0]):
+            for i, pid in enumerate(self.patient_ids):
+                rows.append({"ID": pid, "label": int(self.y[i]), "repeat": r,
+                             "fold": int(self.folds[r, i]), "proba": float(self.proba[r, i]),
+                             "hard": bool(self.hard[r, i])})
+        return rows
+
+    def mean_proba(self) -> np.ndarray:
+        return self.proba.mean(0)
+
+    def to_dict(self) -> dict:
+        return {"model": self.model_name, "params": self.params, "seed": self.seed,
+                "folds": int(self.folds.max() + 1), "repeats": int(self.proba.shape[0]),
+                "n_patients": len(self.y), "summary": self.summary(),
+                "per_repeat": {m: v.tolist() for m, v in self.per_repeat.items()}}
+
+
+def cross_validate(model: "PatientModel", patients: Sequence, y: np.ndarray, *, folds: int = 5,
+                   repeats: int = 5, seed: int = 0, model_name: str | None = None,
+                   on_fit: Callable[..., None] | None = None) -> CVResult:
+    """Repeated stratified patient-level CV of ``model`` (cloned and re-seeded for every fit)."""
+    patients = np.asarray(patients, dtype=object)
+    y = np.asarray(y, dtype=int)
+    name = model_name or type(model).__name__
+    plan = fold_plan(y, folds, repeats, seed)
+    counts = np.array([p.lymph_count for p in patients], dtype=float)
+    proba = np.full((repeats, len(y)), np.nan)
+    hard = np.zeros((repeats, len(y)), dtype=bool)
+    seconds = np.zeros((repeats, folds))
+    for r in range(repeats):
+        for k in range(folds):
+            test = np.flatnonzero(plan[r] == k)
+            train = np.flatnonzero(plan[r] != k)
+            fitted = with_seed(clone(model), derive_seed(seed, name, r, k))
+            start = time.perf_counter()
+            fitted.fit(patients[train], y[train])
+            proba[r, test] = np.asarray(fitted.predict_proba(patients[test]))[:, 1]
+            seconds[r, k] = time.perf_counter() - start
+            hard[r, test] = hard_mask(counts, y, train, test)
+            if on_fit is not None:
+                on_fit(1, rate=f"r{r + 1} f{k + 1}")
+    from lymphomil.models.base import encode_param
+
+    return CVResult(name, [p.id for p in patients], y, plan, proba, hard, seconds,
+                    encode_param(model.get_params(deep=False)), seed)
+
+
+def format_metric(stats: dict[str, float], digits: int = 3) -> str:
+    if not np.isfinite(stats.get("mean", np.nan)):
+        return "n/a"
+    return (f"{stats['mean']:.{digits}f} ± {stats['std']:.{digits}f} "
+            f"[{stats['ci_low']:.{digits}f}, {stats['ci_high']:.{digits}f}]")

@@ -1,0 +1,81 @@
+"""What in the environment decides the numbers: CPU precision support, decoder, library versions.
+
+Kept free of torch on purpose: a fully cached run (hash the images, check the cache files) never
+needs to import torch, which alone takes longer than the rest of a warm run.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from lymphomil.errors import LymphomilError
+
+PRECISIONS = ("auto", "bf16", "fp32")
+#: the image decoder (part of the feature cache key): libjpeg-turbo through torchvision's op,
+#: Pillow for anything else (pixel-identical on the challenge's JPEGs)
+DECODER = "torchvision.decode_jpeg+pil-fallback"
+#: libraries whose versions can change the numbers (part of the feature cache key)
+NUMERIC_LIBRARIES = ("torch", "torchvision", "timm", "pillow")
+
+
+def cpu_count() -> int:
+    """Cores this process may use (the affinity mask, not the machine's total)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS, Windows
+        return max(1, os.cpu_count() or 1)
+
+
+def _cpuinfo_flags() -> set[str] | None:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return set(line.partition(":")[2].split())
+    return None
+
+
+def bf16_supported() -> bool:
+    """True where bf16 convolutions run natively on this CPU (AVX512-BF16 or AMX) via oneDNN."""
+    flags = _cpuinfo_flags()
+    if flags is not None and "torch" not in sys.modules:
+        return bool({"avx512_bf16", "amx_bf16"} & flags)
+    import torch
+
+    if not torch.backends.mkldnn.is_available():
+        return False
+    for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        check = getattr(getattr(torch, "cpu", None), probe, None)
+        try:
+            if check is not None and check():
+                return True
+        except Exception:  # an old torch without the probe's backend
+            continue
+    return bool(flags and {"avx512_bf16", "amx_bf16"} & flags)
+
+
+def resolve_precision(precision: str) -> str:
+    """``"auto"`` -> ``"bf16"`` where the CPU supports it natively, else ``"fp32"``."""
+    precision = str(precision).lower()
+    if precision not in PRECISIONS:
+        raise LymphomilError(f"unknown precision {precision!r}", fix="use auto, bf16 or fp32")
+    if precision == "auto":
+        return "bf16" if bf16_supported() else "fp32"
+    return precision
+
+
+def library_versions() -> dict[str, str]:
+    """Installed versions of :data:`NUMERIC_LIBRARIES` (read from metadata, nothing imported)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in NUMERIC_LIBRARIES:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "absent"
+    return out

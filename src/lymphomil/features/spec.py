@@ -1,0 +1,66 @@
+"""What identifies a set of instance features: the contract between models and the cache.
+
+Image models carry a :class:`FeatureSpec` among their hyper-parameters and ask each patient for
+``patient.bag(spec, kind)``; the attached :class:`FeatureStore` answers from the on-disk cache
+(computing what is missing). A saved model stores its spec, so ``predict`` on a new folder
+extracts exactly the same features.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Iterable, Protocol
+
+import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover
+    from lymphomil.data.cohort import Patient
+
+#: kinds of instance features a store can give for one patient
+#:  "pooled": (n_images, d) float32, globally pooled backbone features (mean over TTA views if any)
+#:  "views":  (n_views, n_images, d) float32, one pooled row per flip view (TTA)
+#:  "map":    (n_images, d, h, w) float32, the backbone's last spatial feature map
+KINDS = ("pooled", "views", "map")
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    backbone: str = "efficientnet-lite0"
+    weights: str = "imagenet"  # "imagenet", "none", or a path to a local state_dict
+    crop: int = 112  # centre crop in pixels; 224 = whole image
+    tta: bool = False  # flips as test-time augmentation ("views" kind; "pooled" averages them)
+    precision: str = "fp32"  # "fp32" or "bf16" (resolved: never "auto" here)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "FeatureSpec":
+        return cls(**data)
+
+    @classmethod
+    def parse(cls, text: "str | FeatureSpec | dict") -> "FeatureSpec":
+        """``"efficientnet-lite0@112"``, ``"resnet18@224+tta"``, a dict or a spec."""
+        if isinstance(text, FeatureSpec):
+            return text
+        if isinstance(text, dict):
+            return cls.from_dict(text)
+        name, _, rest = text.partition("@")
+        tta = rest.endswith("+tta")
+        crop = int(rest.removesuffix("+tta")) if rest.removesuffix("+tta") else 112
+        return cls(backbone=name, crop=crop, tta=tta)
+
+    def label(self) -> str:
+        return f"{self.backbone}@{self.crop}" + ("+tta" if self.tta else "")
+
+
+class FeatureStore(Protocol):
+    """Gives instance features per patient; implemented by :mod:`lymphomil.features.cache`."""
+
+    def load(self, patient: "Patient", spec: FeatureSpec, kind: str = "pooled") -> np.ndarray:
+        ...
+
+    def ensure(self, patients: Iterable["Patient"], spec: FeatureSpec,
+               kinds: Iterable[str] = ("pooled",)) -> None:
+        """Compute (with a progress bar) whatever is not cached yet."""
+        ...

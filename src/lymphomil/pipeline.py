@@ -1,0 +1,178 @@
+"""`lymphomil run`: folder in → honest CV numbers, the best model, predictions and a report out.
+
+Stages: validate + explore → features → cross-validate the candidates → pick the best by repeated
+CV → fit it on every labelled patient → predict the unlabelled ones → submission, model, report.
+The run folder is built under a temporary name and moved into place at the end, so a killed run
+never leaves a folder a later run (or a person) could mistake for a finished one.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+from lymphomil.config import RunConfig, to_toml
+from lymphomil.data.cohort import load_cohort
+from lymphomil.errors import LymphomilError
+from lymphomil.evaluate import CVResult
+from lymphomil.runs import atomic_write_json, atomic_write_text, default_cache_root, staged_dir
+
+
+def synthetic_default(patients: int, seed: int) -> Path:
+    """The built-in default cohort: generated once into the cache, then reused."""
+    from lymphomil.data.synth import write_synthetic_cohort
+
+    folder = default_cache_root() / "synthetic" / f"n{patients}-seed{seed}"
+    if not (folder / "clinical_annotation.csv").is_file():
+        write_synthetic_cohort(folder, n_patients=patients, seed=seed)
+    return folder
+
+
+@dataclass
+class RunResult:
+    out: Path
+    chosen: str
+    results: list[CVResult]
+    n_predicted: int
+    n_skipped: int
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def choose_model(results: list[CVResult]) -> CVResult:
+    """Best mean balanced accuracy; ties broken by the hard subset, then by list order."""
+    def key(item: tuple[int, CVResult]) -> tuple[float, float, int]:
+        index, result = item
+        s = result.summary(n_bootstrap=10)
+        hard = s["hard_balanced_accuracy"]["mean"]
+        return (round(s["balanced_accuracy"]["mean"], 6),
+                round(hard if np.isfinite(hard) else 0.0, 6), -index)
+
+    return max(enumerate(results), key=key)[1]
+
+
+@contextmanager
+def _timed(timings: dict[str, float], name: str) -> Iterator[None]:
+    start = time.perf_counter()
+    yield
+    timings[name] = round(time.perf_counter() - start, 2)
+
+
+def run_pipeline(config: RunConfig, out: Path,
+                 stage: Callable[[str], None] = lambda name: None,
+                 on_fit: Callable[..., None] | None = None,
+                 cv_total: Callable[[int], None] | None = None) -> RunResult:
+    """Run every stage; ``stage(name)`` announces each one, ``on_fit`` ticks CV progress."""
+    from lymphomil.explore import explore
+    from lymphomil.workflow import (attach_features, configure_model, labelled_patients,
+                                    predict_patients, run_cv, set_threads, train_model,
+                                    write_cv_outputs, write_predictions)
+
+    set_threads(config.threads)
+    timings: dict[str, float] = {}
+    data = config.data
+    if data is None:
+        stage("synthetic cohort")
+        with _timed(timings, "synthetic cohort"):
+            data = synthetic_default(config.synthetic_patients, config.synthetic_seed)
+    with staged_dir(out) as staging:
+        stage("validate and explore")
+        with _timed(timings, "validate + explore"):
+            cohort = load_cohort(data, reference_date=config.reference_date,
+                                 on_error=config.on_error)
+            labelled = labelled_patients(cohort)
+            summary = explore(cohort, staging / "explore")
+        candidates = list(dict.fromkeys(config.candidates + ([config.model] if config.model else [])))
+        stage("features")
+        with _timed(timings, "features"):
+            models = [configure_model(name, config.features) for name in candidates]
+            attach_features(cohort.patients, models, config.cache_dir)
+        stage("cross-validation")
+        if cv_total is not None:
+            cv_total(len(candidates) * config.folds * config.repeats)
+        with _timed(timings, "cross-validation"):
+            results = run_cv(candidates, labelled.patients, labelled.y, folds=config.folds,
+                             repeats=config.repeats, seed=config.seed, features=config.features,
+                             cache_dir=config.cache_dir, on_fit=on_fit, use_cv_cache=True)
+            write_cv_outputs(results, staging / "cv")
+        chosen = (next(r for r in results if r.model_name == config.model) if config.model
+                  else choose_model(results))
+        stage(f"train {chosen.model_name}")
+        with _timed(timings, "train"):
+            model = configure_model(chosen.model_name, config.features)
+            train_model(model, labelled, staging / "model", name=chosen.model_name,
+                        reference_date=config.reference_date, cache_dir=config.cache_dir,
+                        seed=config.seed, extra={"cv": chosen.to_dict()["summary"]})
+        stage("predict")
+        with _timed(timings, "predict"):
+            targets = cohort.unlabelled
+            pred = predict_patients(model, targets, cohort, cache_dir=config.cache_dir)
+            if targets:
+                write_predictions(pred, staging / "predictions.csv")
+                write_predictions(pred, staging / "submission.csv", kaggle=True)
+            else:
+                atomic_write_text(staging / "submission.csv", "Id,Predicted\n")
+        stage("report")
+        with _timed(timings, "report"):
+            _write_report(staging / "report.html", config, data, chosen, results, summary,
+                          pred, cohort, labelled.patients, timings)
+        skipped = cohort.skipped_table()
+        if skipped:
+            atomic_write_json(staging / "skipped.json", skipped)
+        atomic_write_text(staging / "config.toml", to_toml(config.model_copy(update={"data": data})))
+        atomic_write_json(staging / "metrics.json", {
+            "chosen_model": chosen.model_name,
+            "selection": "best mean balanced accuracy over the candidates' repeated CV "
+                         "(optimistic for the winner: chosen on the same folds)",
+            "candidates": {r.model_name: r.summary() for r in results},
+            "n_labelled": int(len(labelled.y)), "n_predicted": len(pred.ids),
+            "n_skipped_patients": len(cohort.skipped_ids), "timings_seconds": timings,
+        })
+    return RunResult(out, chosen.model_name, results, len(pred.ids), len(cohort.skipped_ids),
+                     timings)
+
+
+def _report_family(name: str) -> str:
+    from lymphomil.workflow import configure_model
+
+    family = configure_model(name).family
+    return family if family in ("attributes", "fusion") else "images"
+
+
+def _write_report(path: Path, config: RunConfig, data: Path, chosen: CVResult,
+                  results: list[CVResult], summary: dict, pred, cohort, labelled,
+                  timings) -> None:
+    from lymphomil.models.base import describe_models, library_versions
+    from lymphomil.report.render import PatientCall, ReportContext, render_report
+
+    scores = pred.model.instance_scores(pred.patients) if len(pred.ids) else None
+    parts = pred.model.part_probas(pred.patients) if hasattr(pred.model, "part_probas") and len(pred.ids) else None
+    calls = []
+    for i, patient in enumerate(pred.patients):
+        calls.append(PatientCall(
+            id=patient.id, proba=float(pred.proba[i]), predicted=int(pred.labels[i]),
+            true_label=int(patient.label), age=float(patient.age), gender=patient.gender,
+            lymph_count=float(patient.lymph_count), n_images=patient.n_images,
+            image_paths=list(patient.image_paths),
+            instance_scores=None if scores is None else np.asarray(scores[i]),
+            part_probas=None if parts is None else {k: float(v[i]) for k, v in parts.items()}))
+    context = ReportContext(
+        title="lymphomil report", data_root=str(data), model_name=chosen.model_name,
+        model_description=describe_models().get(chosen.model_name, ""), cv_results=results,
+        explore=summary, calls=calls, skipped=cohort.skipped_table(),
+        config=config.model_dump(mode="json"), versions=library_versions(), timings=timings,
+        notes=["The chosen model's CV figure is optimistic: it was picked as the best of "
+               f"{len(results)} candidates on the same folds."],
+        families={r.model_name: _report_family(r.model_name) for r in results},
+        counts={p.id: float(p.lymph_count) for p in labelled})
+    render_report(context, path, gallery_k=config.gallery_k)
+
+
+def ensure_out_is_free(out: Path) -> None:
+    if out.exists() and not (out / "metrics.json").is_file() and any(out.iterdir()):
+        raise LymphomilError("the output folder exists and is not a lymphomil run", file=out,
+                             fix="choose another --out folder (a previous run folder is replaced)")

@@ -1,0 +1,256 @@
+"""Figures of the report, as PNG bytes or data URIs (nothing touches the screen or the network).
+
+Every figure is drawn with matplotlib's object API on the Agg canvas under matplotlib's default
+style (a user's ``matplotlibrc`` must not change the report), and saved without the
+``Software`` metadata, so two renders of the same results give byte-identical PNGs.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover
+    from lymphomil.evaluate import CVResult
+
+DPI = 110
+MALIGNANT, REACTIVE, UNKNOWN = "#c0392b", "#2166ac", "#7f7f7f"
+ACCENT = "#1b1b1b"
+_STYLE = {
+    "font.family": "DejaVu Sans",
+    "font.size": 9,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.grid": True,
+    "grid.color": "#e5e5e5",
+    "grid.linewidth": 0.6,
+    "axes.edgecolor": "#888888",
+    "axes.titlesize": 10,
+    "legend.fontsize": 8,
+    "svg.hashsalt": "lymphomil",
+}
+FAMILY_STYLE = {"attributes": "--", "images": ":", "fusion": "-"}
+
+
+# --------------------------------------------------------------------------- plumbing
+
+
+def _new_figure(width: float, height: float) -> Any:
+    """A bare Agg figure (no pyplot: no global state, no window, thread-safe enough)."""
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+
+
+def _draw(draw: Any, *args: Any, **kwargs: Any) -> bytes:
+    """Run a drawing function under the default style + ours and return PNG bytes."""
+    import matplotlib
+    import matplotlib.style
+
+    with matplotlib.style.context("default"), matplotlib.rc_context(_STYLE):
+        figure = draw(*args, **kwargs)
+        return png_bytes(figure)
+
+
+def png_bytes(figure: Any) -> bytes:
+    """PNG without a Software/date stamp: the same figure always gives the same bytes."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=DPI, metadata={"Software": None})
+    return buffer.getvalue()
+
+
+def data_uri(data: bytes, mime: str = "image/png") -> str:
+    """Embed bytes in the page itself (the report must open offline, as one file)."""
+    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+def _colours(n: int) -> list[Any]:
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10" if n <= 10 else "tab20"]
+    return [cmap(i % cmap.N) for i in range(n)]
+
+
+def roc_points(proba: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """(false positive rate, true positive rate, AUC) without scikit-learn's tie handling quirks."""
+    order = np.argsort(-proba, kind="stable")
+    p, t = proba[order], y[order] == 1
+    distinct = np.flatnonzero(np.diff(p)) if p.size > 1 else np.array([], dtype=int)
+    cut = np.r_[distinct, p.size - 1]
+    tps, fps = np.cumsum(t)[cut], np.cumsum(~t)[cut]
+    n_pos, n_neg = max(int(t.sum()), 1), max(int((~t).sum()), 1)
+    fpr = np.r_[0.0, fps / n_neg]
+    tpr = np.r_[0.0, tps / n_pos]
+    return fpr, tpr, float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2))
+
+
+def confusion(proba: np.ndarray, y: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+    """2×2 counts, rows = true (reactive, malignant), columns = predicted, at ``threshold``."""
+    pred = (proba >= threshold).astype(int)
+    matrix = np.zeros((2, 2), dtype=int)
+    np.add.at(matrix, (y.astype(int), pred), 1)
+    return matrix
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def roc_figure(results: Sequence[CVResult], chosen: str | None,
+               families: Mapping[str, str]) -> bytes:
+    """One ROC curve per model from its repeat-averaged out-of-fold probabilities."""
+    return _draw(_roc, results, chosen, families)
+
+
+def _line_style(families: Mapping[str, str], name: str) -> str:
+    return FAMILY_STYLE.get(families.get(name, ""), "-")
+
+
+def _roc(results: Sequence[CVResult], chosen: str | None, families: Mapping[str, str]) -> Any:
+    figure = _new_figure(8.4, 5.2)
+    axes = figure.subplots()
+    colours = _colours(len(results))
+    curves = []
+    for colour, result in zip(colours, results):
+        fpr, tpr, auc = roc_points(result.mean_proba(), result.y)
+        curves.append((auc, result, fpr, tpr, colour))
+    for result in results:
+        if result.model_name == chosen:
+            for r in range(result.proba.shape[0]):
+                fpr, tpr, _ = roc_points(result.proba[r], result.y)
+                axes.plot(fpr, tpr, color=ACCENT, alpha=0.18, linewidth=0.8,
+                          label="_nolegend_")
+    for auc, result, fpr, tpr, colour in sorted(curves, key=lambda c: (-c[0], c[1].model_name)):
+        is_chosen = result.model_name == chosen
+        axes.plot(fpr, tpr, color=ACCENT if is_chosen else colour,
+                  linewidth=2.6 if is_chosen else 1.3,
+                  linestyle="-" if is_chosen else _line_style(families, result.model_name),
+                  label=f"{result.model_name}{' (chosen)' if is_chosen else ''}  AUC {auc:.3f}",
+                  zorder=3 if is_chosen else 2)
+    axes.plot([0, 1], [0, 1], color="#bbbbbb", linewidth=0.8, linestyle="--", label="_nolegend_")
+    axes.set_xlim(-0.01, 1.01)
+    axes.set_ylim(-0.01, 1.01)
+    axes.set_aspect("equal")
+    axes.set_xlabel("1 − specificity (reactive patients called malignant)")
+    axes.set_ylabel("sensitivity (malignant patients found)")
+    axes.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False,
+                title="model  (AUC of averaged probabilities)", title_fontsize=8)
+    return figure
+
+
+def confusion_figure(results: Sequence[CVResult], chosen: str | None,
+                     threshold: float = 0.5) -> bytes:
+    """Small multiples: each model's confusion matrix of its repeat-averaged probabilities."""
+    return _draw(_confusions, results, chosen, threshold)
+
+
+def _confusions(results: Sequence[CVResult], chosen: str | None, threshold: float) -> Any:
+    columns = min(4, max(1, len(results)))
+    rows = int(np.ceil(len(results) / columns))
+    figure = _new_figure(2.35 * columns, 2.2 * rows)
+    grid = np.atleast_1d(figure.subplots(rows, columns, squeeze=False)).ravel()
+    for axes in grid[len(results):]:
+        axes.set_visible(False)
+    for axes, result in zip(grid, results):
+        _one_confusion(axes, confusion(result.mean_proba(), result.y, threshold),
+                       result.model_name, result.model_name == chosen)
+    return figure
+
+
+def _one_confusion(axes: Any, matrix: np.ndarray, name: str, is_chosen: bool) -> None:
+    rates = matrix / np.maximum(matrix.sum(1, keepdims=True), 1)
+    axes.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    axes.grid(False)
+    for i in range(2):
+        for j in range(2):
+            axes.text(j, i, f"{matrix[i, j]}\n{rates[i, j]:.0%}", ha="center", va="center",
+                      fontsize=9, color="white" if rates[i, j] > 0.55 else "#222222")
+    axes.set_xticks([0, 1], ["reactive", "malignant"], fontsize=7.5)
+    axes.set_yticks([0, 1], ["reactive", "malignant"], fontsize=7.5, rotation=90, va="center")
+    axes.set_xlabel("predicted", fontsize=7.5)
+    axes.set_ylabel("true", fontsize=7.5)
+    axes.set_title(name + (" (chosen)" if is_chosen else ""), fontsize=9,
+                   fontweight="bold" if is_chosen else "normal")
+    for spine in axes.spines.values():
+        spine.set_visible(is_chosen)
+        spine.set_color(ACCENT)
+
+
+def hard_subset_figure(rows: Sequence[Mapping[str, Any]], chosen: str | None) -> bytes:
+    """Balanced accuracy overall vs on the hard subset, per model, with 95 % intervals.
+
+    ``rows``: ``{"name", "overall": stats, "hard": stats}`` in display order (top first).
+    """
+    return _draw(_hard_dots, rows, chosen)
+
+
+def _hard_dots(rows: Sequence[Mapping[str, Any]], chosen: str | None) -> Any:
+    figure = _new_figure(7.6, 0.9 + 0.34 * len(rows))
+    axes = figure.subplots()
+    ys = np.arange(len(rows))[::-1]
+    for y, row in zip(ys, rows):
+        for offset, key, colour, marker, label in ((0.14, "overall", ACCENT, "o", "all patients"),
+                                                   (-0.14, "hard", MALIGNANT, "D", "hard subset")):
+            stats = row[key]
+            if not np.isfinite(stats.get("mean", np.nan)):
+                continue
+            error = [[stats["mean"] - stats["ci_low"]], [stats["ci_high"] - stats["mean"]]]
+            axes.errorbar(stats["mean"], y + offset, xerr=error,
+                          fmt=marker, color=colour, markersize=5, capsize=2.5, linewidth=1.1,
+                          label=label if y == ys[0] else "_nolegend_")
+    axes.axvline(0.5, color="#999999", linewidth=0.8, linestyle="--")
+    axes.set_yticks(ys, [r["name"] for r in rows])
+    for tick, row in zip(axes.get_yticklabels(), rows):
+        if row["name"] == chosen:
+            tick.set_fontweight("bold")
+    axes.set_ylim(-0.7, len(rows) - 0.3)
+    axes.set_xlim(min(0.4, _lowest(rows) - 0.02), 1.0)
+    axes.set_xlabel("balanced accuracy (mean over repeats, 95 % bootstrap interval)")
+    axes.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, frameon=False)
+    axes.grid(axis="y", visible=False)
+    return figure
+
+
+def _lowest(rows: Sequence[Mapping[str, Any]]) -> float:
+    lows = [r[k].get("ci_low", np.nan) for r in rows for k in ("overall", "hard")]
+    lows = [v for v in lows if np.isfinite(v)]
+    return min(lows) if lows else 0.4
+
+
+def count_scatter_figure(result: CVResult, counts: Mapping[str, float]) -> bytes | None:
+    """The chosen model's out-of-fold probability against the lymphocyte count.
+
+    Shows where the model must earn its keep: inside the reactive count range (shaded), the
+    count alone cannot decide. None when counts are missing for some patients.
+    """
+    if not all(pid in counts for pid in result.patient_ids):
+        return None
+    return _draw(_scatter, result, counts)
+
+
+def _scatter(result: CVResult, counts: Mapping[str, float]) -> Any:
+    x = np.array([counts[pid] for pid in result.patient_ids], dtype=float)
+    proba, y = result.mean_proba(), result.y
+    figure = _new_figure(7.6, 4.0)
+    axes = figure.subplots()
+    reactive = x[y == 0]
+    if reactive.size:
+        axes.axvspan(reactive.min(), reactive.max(), color="#fdf1d6", zorder=0,
+                     label=f"reactive count range {reactive.min():.2f}–{reactive.max():.2f}")
+    for label, colour, marker, name in ((0, REACTIVE, "o", "reactive"),
+                                        (1, MALIGNANT, "^", "malignant")):
+        mask = y == label
+        axes.scatter(x[mask], proba[mask], s=22, color=colour, marker=marker, alpha=0.8,
+                     edgecolors="white", linewidths=0.4, label=f"{name} (n={int(mask.sum())})",
+                     zorder=3)
+    axes.axhline(0.5, color="#999999", linewidth=0.8, linestyle="--")
+    axes.set_xscale("log")
+    axes.set_ylim(-0.03, 1.03)
+    axes.set_xlabel("lymphocyte count (10⁹/L, log scale)")
+    axes.set_ylabel("out-of-fold P(malignant)")
+    axes.set_title(f"{result.model_name}: probability averaged over repeats", loc="left")
+    axes.legend(loc="best", frameon=True, framealpha=0.9, edgecolor="#dddddd")
+    return figure

@@ -1,0 +1,426 @@
+"""``report.html``: one self-contained page a haematologist can open offline and check calls with.
+
+Everything the page shows is inside the file: CSS inline, figures and cell thumbnails as base64
+data URIs, no fonts, scripts or styles fetched from anywhere. The page is built from a
+:class:`ReportContext` (the results of a run) by a Jinja2 template with autoescaping on, and
+written atomically. The same context always gives the same bytes: no timestamps, figures saved
+without metadata, thumbnails encoded deterministically, models and patients in a fixed order.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from lymphomil.report import plots
+from lymphomil.runs import atomic_write_text
+
+if TYPE_CHECKING:  # pragma: no cover
+    from lymphomil.evaluate import CVResult
+
+#: (id, title) of every top-level section, in page order (tests check that each one exists)
+SECTIONS = (
+    ("summary", "Summary"),
+    ("data", "Data"),
+    ("cross-validation", "Cross-validation"),
+    ("roc", "ROC & confusion"),
+    ("hard-subset", "Hard subset"),
+    ("patients", "Patients"),
+    ("skipped", "Skipped inputs"),
+    ("appendix", "Appendix"),
+)
+ATTRIBUTE_MODELS = frozenset({"logreg", "svm", "tree", "forest", "mlp"})
+FAMILY_ORDER = ("attributes", "images", "fusion")
+FAMILY_TITLES = {"attributes": "Attributes only (age, count, gender)",
+                 "images": "Cell images", "fusion": "Attributes + images (fusion)"}
+LABEL_WORDS = {0: "reactive", 1: "malignant", -1: "unknown"}
+TABLE_METRICS = (("balanced_accuracy", "Balanced accuracy"),
+                 ("hard_balanced_accuracy", "Hard subset"),
+                 ("roc_auc", "ROC AUC"), ("accuracy", "Accuracy"), ("f1", "F1"))
+THUMB_CROP, THUMB_QUALITY = 112, 80  # 80: 200 patients × 16 cells stay under 15 MB
+EXPLORE_FIGURES = (("hist_lymph_count.png", "Lymphocyte count by label"),
+                   ("hist_age.png", "Age by label"))
+
+
+@dataclass
+class PatientCall:
+    """One patient's call and what the page needs to let a haematologist check it."""
+
+    id: str
+    proba: float
+    predicted: int
+    true_label: int  # -1 when unknown
+    age: float
+    gender: str
+    lymph_count: float
+    n_images: int
+    image_paths: list[Path]
+    #: one score per image, higher = more suspicious; None for attribute-only models
+    instance_scores: np.ndarray | None
+    part_probas: dict[str, float] | None = None  # e.g. {"attributes": 0.8, "images": 0.3}
+
+
+@dataclass
+class ReportContext:
+    """Everything a report shows; built by the run, rendered by :func:`render_report`."""
+
+    title: str
+    data_root: str
+    model_name: str  # the chosen model
+    model_description: str
+    cv_results: list[CVResult]  # every candidate
+    explore: dict | list | None  # from lymphomil.explore.explore(); None skips the table
+    calls: list[PatientCall]
+    skipped: list[dict]  # {patient_id, file, row, problem, fix}
+    config: dict
+    versions: dict
+    timings: dict[str, float]
+    notes: list[str] = field(default_factory=list)
+    families: dict[str, str] = field(default_factory=dict)  # model name -> family (else inferred)
+    counts: dict[str, float] = field(default_factory=dict)  # patient ID -> count, for the scatter
+
+
+# --------------------------------------------------------------------------- small helpers
+
+
+def infer_family(name: str, families: Mapping[str, str] | None = None) -> str:
+    """Family of a model for grouping the CV table: given, else guessed from the registry name."""
+    if families and name in families:
+        return families[name]
+    if name in ATTRIBUTE_MODELS:
+        return "attributes"
+    if name.startswith("fusion"):
+        return "fusion"
+    return "images"
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float, np.floating, np.integer)) and math.isfinite(float(value))
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    return f"{float(value):.{digits}f}" if _finite(value) else "–"
+
+
+def _metric_cell(stats: Mapping[str, float]) -> dict[str, Any]:
+    """A table cell: the mean ± std on top, the 95 % interval below, the raw text as a tooltip."""
+    from lymphomil.evaluate import (
+        format_metric,  # lazy: the report module stays light to import
+    )
+
+    if not _finite(stats.get("mean")):
+        return {"main": "n/a", "ci": "", "text": "n/a", "mean": None}
+    return {"main": f"{stats['mean']:.3f} ± {stats['std']:.3f}",
+            "ci": f"[{stats['ci_low']:.3f}, {stats['ci_high']:.3f}]",
+            "text": format_metric(dict(stats)), "mean": float(stats["mean"])}
+
+
+# --------------------------------------------------------------------------- cross-validation
+
+
+def _cv_rows(results: Sequence[CVResult], summaries: Mapping[str, dict], chosen: str,
+             families: Mapping[str, str]) -> list[dict[str, Any]]:
+    """Models grouped by family (attributes, images, fusion, other), best first inside a family."""
+    rows = []
+    for result in results:
+        summary = summaries[result.model_name]
+        n = len(result.y)
+        hard = summary["hard_subset_size"]["mean"]
+        rows.append({
+            "name": result.model_name,
+            "family": infer_family(result.model_name, families),
+            "chosen": result.model_name == chosen,
+            "cells": [_metric_cell(summary[m]) for m, _ in TABLE_METRICS],
+            "hard_size": f"{hard:.0f} ({hard / max(n, 1):.0%})",
+            "minutes": f"{summary['fit_seconds']['total'] / 60:.1f}",
+            "design": f"{int(result.folds.max()) + 1}×{result.proba.shape[0]}",
+        })
+    order = {family: i for i, family in enumerate(FAMILY_ORDER)}
+    rows.sort(key=lambda r: (order.get(r["family"], len(order)), r["family"],
+                             -(r["cells"][0]["mean"] if r["cells"][0]["mean"] is not None else -1),
+                             r["name"]))
+    return rows
+
+
+def _cv_groups(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    groups: list[dict[str, Any]] = []
+    for row in rows:
+        if not groups or groups[-1]["family"] != row["family"]:
+            groups.append({"family": row["family"],
+                           "title": FAMILY_TITLES.get(row["family"], row["family"].capitalize()),
+                           "rows": []})
+        groups[-1]["rows"].append(row)
+    return groups
+
+
+def _figures(ctx: ReportContext, summaries: Mapping[str, dict], rows: Sequence[dict],
+             chosen: CVResult | None) -> dict[str, str | None]:
+    """All result figures as data URIs (None where there is nothing to draw)."""
+    results = ctx.cv_results
+    if not results:
+        return {"roc": None, "confusion": None, "hard": None, "scatter": None}
+    families = {r.model_name: infer_family(r.model_name, ctx.families) for r in results}
+    hard_rows = [{"name": row["name"], "overall": summaries[row["name"]]["balanced_accuracy"],
+                  "hard": summaries[row["name"]]["hard_balanced_accuracy"]} for row in rows]
+    ordered = [next(r for r in results if r.model_name == row["name"]) for row in rows]
+    scatter = plots.count_scatter_figure(chosen, ctx.counts) if chosen is not None else None
+    return {
+        "roc": plots.data_uri(plots.roc_figure(results, ctx.model_name, families)),
+        "confusion": plots.data_uri(plots.confusion_figure(ordered, ctx.model_name)),
+        "hard": plots.data_uri(plots.hard_subset_figure(hard_rows, ctx.model_name)),
+        "scatter": plots.data_uri(scatter) if scatter is not None else None,
+    }
+
+
+# --------------------------------------------------------------------------- data (Table 1)
+
+
+def _explore_rows(explore: dict | list | None) -> tuple[list[dict], list[dict], dict]:
+    """(attribute rows, gender rows, files) from explore()'s dict or a bare list of rows."""
+    if explore is None:
+        return [], [], {}
+    if isinstance(explore, list):
+        return explore, [], {}
+    return (list(explore.get("attributes_by_label", [])), list(explore.get("gender_by_label", [])),
+            dict(explore.get("files", {})))
+
+
+def _group_name(row: Mapping[str, Any]) -> str:
+    if row.get("group"):
+        return str(row["group"])
+    label = row.get("label")
+    try:
+        return LABEL_WORDS.get(int(label), str(label))
+    except (TypeError, ValueError):
+        return str(label)
+
+
+def _table_one(explore: dict | list | None) -> dict[str, Any] | None:
+    """Table-1 layout: a column per label, a row per attribute (mean ± sd, median [IQR], range)."""
+    attributes, genders, files = _explore_rows(explore)
+    if not attributes and not genders:
+        return None
+    groups: list[str] = []
+    for row in [*attributes, *genders]:
+        if _group_name(row) not in groups:
+            groups.append(_group_name(row))
+    sizes = {_group_name(r): int(r["total"]) for r in genders if "total" in r}
+    table: dict[str, dict[str, dict[str, str]]] = {}
+    for row in attributes:
+        sizes.setdefault(_group_name(row), int(row.get("count", 0) or 0))
+        table.setdefault(str(row["attribute"]), {})[_group_name(row)] = {
+            "main": f"{_fmt(row.get('mean'), 1)} ± {_fmt(row.get('std'), 1)}",
+            "median": (f"{_fmt(row.get('50%'), 1)} "
+                       f"[{_fmt(row.get('25%'), 1)}–{_fmt(row.get('75%'), 1)}]"),
+            "range": f"{_fmt(row.get('min'), 2)}–{_fmt(row.get('max'), 2)}",
+        }
+    gender_cells = {_group_name(r): f"{r.get('F', 0)} F / {r.get('M', 0)} M" for r in genders}
+    return {"groups": [{"name": g, "n": sizes.get(g)} for g in groups],
+            "rows": [{"attribute": a, "cells": [cells.get(g) for g in groups]}
+                     for a, cells in table.items()],
+            "gender": [gender_cells.get(g, "–") for g in groups] if genders else None,
+            "figures": _explore_figures(files)}
+
+
+def _explore_figures(files: Mapping[str, Any]) -> list[dict[str, str]]:
+    figures = []
+    for name, caption in EXPLORE_FIGURES:
+        path = files.get(name)
+        if path is not None and Path(path).is_file():
+            figures.append({"caption": caption, "uri": plots.data_uri(Path(path).read_bytes())})
+    return figures
+
+
+def _reactive_range(ctx: ReportContext) -> tuple[float, float] | None:
+    """[min, max] of the labelled reactive counts: inside it, the count alone cannot decide."""
+    attributes, _, _ = _explore_rows(ctx.explore)
+    for row in attributes:
+        if (row.get("attribute") == "lymphocyte count" and _group_name(row) == "reactive"
+                and _finite(row.get("min")) and _finite(row.get("max"))):
+            return float(row["min"]), float(row["max"])
+    if ctx.counts and ctx.cv_results:
+        result = ctx.cv_results[0]
+        values = [ctx.counts[p] for p, y in zip(result.patient_ids, result.y)
+                  if y == 0 and p in ctx.counts]
+        if values:
+            return min(values), max(values)
+    return None
+
+
+# --------------------------------------------------------------------------- thumbnails
+
+
+def thumbnail(path: Path, crop: int = THUMB_CROP, quality: int = THUMB_QUALITY) -> str | None:
+    """The centre crop (where the lymphocyte is) as a small JPEG data URI; None if unreadable."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            image = image.convert("RGB")
+            width, height = image.size
+            side = min(crop, width, height)
+            left, top = (width - side) // 2, (height - side) // 2
+            cell = image.crop((left, top, left + side, top + side))
+            buffer = io.BytesIO()
+            cell.save(buffer, format="JPEG", quality=quality, optimize=True)
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return None
+    return plots.data_uri(buffer.getvalue(), "image/jpeg")
+
+
+def _thumbnails(paths: Iterable[Path], crop: int, quality: int) -> dict[Path, str | None]:
+    """Encode every needed thumbnail once, in threads (PIL releases the GIL while coding)."""
+    unique = list(dict.fromkeys(Path(p) for p in paths))
+    workers = max(1, min(8, os.cpu_count() or 1))
+    with ThreadPoolExecutor(workers) as pool:
+        uris = list(pool.map(lambda p: thumbnail(p, crop, quality), unique))
+    return dict(zip(unique, uris))
+
+
+def gallery_indices(call: PatientCall, k: int) -> tuple[list[int], list[int]]:
+    """(most suspicious k, least suspicious k) image indices; file order when no scores."""
+    n = len(call.image_paths)
+    if call.instance_scores is None:
+        return list(range(min(k, n))), []
+    scores = np.asarray(call.instance_scores, dtype=float).ravel()
+    if scores.size != n:
+        raise ValueError(f"patient {call.id}: {scores.size} instance scores for {n} images")
+    high = np.where(np.isnan(scores), -np.inf, scores)
+    low = np.where(np.isnan(scores), np.inf, scores)
+    top = np.argsort(-high, kind="stable")[:k]
+    bottom = np.argsort(low, kind="stable")[:k]
+    return [int(i) for i in top], [int(i) for i in bottom]
+
+
+# --------------------------------------------------------------------------- patients
+
+
+def _patient_view(call: PatientCall, k: int, thumbs: Mapping[Path, str | None],
+                  reactive: tuple[float, float] | None) -> dict[str, Any]:
+    top, bottom = gallery_indices(call, k)
+    scores = call.instance_scores
+
+    def cells(indices: Sequence[int]) -> list[dict[str, Any]]:
+        return [{"uri": thumbs.get(Path(call.image_paths[i])),
+                 "name": Path(call.image_paths[i]).name,
+                 "score": f"{float(scores[i]):.3g}" if scores is not None else None}
+                for i in indices]
+
+    in_range = None if reactive is None else reactive[0] <= call.lymph_count <= reactive[1]
+    truth = int(call.true_label)
+    return {
+        "id": call.id, "anchor": f"patient-{call.id}",
+        "proba": float(call.proba), "pct": f"{100 * float(call.proba):.1f}",
+        "call": LABEL_WORDS.get(int(call.predicted), "unknown"),
+        "truth": LABEL_WORDS.get(truth) if truth in (0, 1) else None,
+        "correct": (truth == int(call.predicted)) if truth in (0, 1) else None,
+        "age": _fmt(call.age, 0), "gender": call.gender, "count": _fmt(call.lymph_count, 2),
+        "n_images": call.n_images, "in_reactive_range": in_range,
+        "parts": [{"name": name, "proba": float(p), "pct": f"{100 * float(p):.1f}"}
+                  for name, p in (call.part_probas or {}).items()],
+        "scored": scores is not None,
+        "top": cells(top), "bottom": cells(bottom), "overlap": len(set(top) & set(bottom)),
+    }
+
+
+def _patients(ctx: ReportContext, k: int, crop: int, quality: int) -> list[dict[str, Any]]:
+    needed = []
+    for call in ctx.calls:
+        top, bottom = gallery_indices(call, k)
+        needed += [call.image_paths[i] for i in (*top, *bottom)]
+    thumbs = _thumbnails(needed, crop, quality)
+    reactive = _reactive_range(ctx)
+    return [_patient_view(call, k, thumbs, reactive) for call in ctx.calls]
+
+
+# --------------------------------------------------------------------------- summary & appendix
+
+
+def _summary(ctx: ReportContext, summaries: Mapping[str, dict],
+             patients: Sequence[dict]) -> dict[str, Any]:
+    chosen = summaries.get(ctx.model_name)
+    unknown = [p for p in patients if p["truth"] is None] or list(patients)
+    n_cv = next((len(r.y) for r in ctx.cv_results if r.model_name == ctx.model_name), None)
+    reactive = _reactive_range(ctx)
+    return {
+        "ba": _metric_cell(chosen["balanced_accuracy"]) if chosen else None,
+        "hard": _metric_cell(chosen["hard_balanced_accuracy"]) if chosen else None,
+        "auc": _metric_cell(chosen["roc_auc"]) if chosen else None,
+        "hard_size": (f"{chosen['hard_subset_size']['mean']:.0f}" if chosen else None),
+        "n_cv": n_cv,
+        "n_called": len(unknown),
+        "n_malignant": sum(p["call"] == "malignant" for p in unknown),
+        "n_reactive": sum(p["call"] == "reactive" for p in unknown),
+        "n_labelled_shown": len(patients) - len(unknown) if len(unknown) < len(patients) else 0,
+        "n_skipped": len(ctx.skipped),
+        "reactive_range": (f"{reactive[0]:.2f}–{reactive[1]:.2f}" if reactive else None),
+    }
+
+
+def _pretty(value: Any) -> str:
+    return json.dumps(value, indent=2, sort_keys=True, default=str, ensure_ascii=False)
+
+
+def _appendix(ctx: ReportContext) -> dict[str, Any]:
+    total = sum(float(v) for v in ctx.timings.values())
+    return {
+        "config": _pretty(ctx.config),
+        "versions": sorted((str(k), str(v)) for k, v in ctx.versions.items()),
+        "timings": [(stage, _duration(float(s))) for stage, s in ctx.timings.items()],
+        "total": _duration(total),
+    }
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    if seconds < 3600:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.2f} h"
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def _template() -> Any:
+    """The Jinja2 template, autoescaped (IDs and file names come from user data)."""
+    from jinja2 import Environment, PackageLoader, StrictUndefined
+
+    env = Environment(loader=PackageLoader("lymphomil", "report/templates"),
+                      autoescape=True, undefined=StrictUndefined,
+                      trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
+    return env.get_template("report.html.j2")
+
+
+def build_view(ctx: ReportContext, gallery_k: int = 8, crop: int = THUMB_CROP,
+               quality: int = THUMB_QUALITY) -> dict[str, Any]:
+    """Everything the template shows, as plain strings, numbers and data URIs."""
+    summaries = {r.model_name: r.summary() for r in ctx.cv_results}
+    chosen = next((r for r in ctx.cv_results if r.model_name == ctx.model_name), None)
+    rows = _cv_rows(ctx.cv_results, summaries, ctx.model_name, ctx.families)
+    patients = _patients(ctx, gallery_k, crop, quality)
+    return {
+        "ctx": ctx, "sections": SECTIONS, "k": gallery_k, "crop": crop,
+        "summary": _summary(ctx, summaries, patients),
+        "table_one": _table_one(ctx.explore),
+        "cv_groups": _cv_groups(rows), "metric_titles": [t for _, t in TABLE_METRICS],
+        "figures": _figures(ctx, summaries, rows, chosen),
+        "patients": patients,
+        "appendix": _appendix(ctx),
+    }
+
+
+def render_report(ctx: ReportContext, out: Path, gallery_k: int = 8, *, crop: int = THUMB_CROP,
+                  quality: int = THUMB_QUALITY) -> Path:
+    """Render ``ctx`` to one self-contained HTML file at ``out`` (atomically); return ``out``."""
+    html = _template().render(**build_view(ctx, gallery_k, crop, quality))
+    return atomic_write_text(Path(out), html)

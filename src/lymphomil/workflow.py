@@ -1,0 +1,225 @@
+"""The steps every command is made of: load patients, get features, cross-validate, train, predict.
+
+The CLI commands and ``lymphomil run`` call these; each writes its outputs atomically.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+
+from lymphomil.data.cohort import Cohort, Patient, as_patient_array, labels_of, load_cohort
+from lymphomil.errors import LymphomilError
+from lymphomil.evaluate import CVResult, cross_validate
+from lymphomil.models.base import PatientModel, create_model, load_model
+from lymphomil.runs import atomic_write_json, atomic_write_text, read_json, staged_dir
+
+METADATA_JSON = "metadata.json"
+
+
+def set_threads(threads: int) -> None:
+    """Fix the thread count: same threads → same floating-point reductions → same answers."""
+    import torch
+
+    torch.set_num_threads(max(1, int(threads)))
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+
+
+def configure_model(name: str, features: str | None = None, **overrides: object) -> PatientModel:
+    """A registered model, with every image part's features overridden when asked."""
+    model = create_model(name, **overrides)
+    if features:
+        _override_features(model, features)
+    return model
+
+
+def _override_features(model: PatientModel, features: str) -> None:
+    params = model.get_params(deep=False)
+    if "features" in params:
+        model.set_params(features=features)
+    for value in params.values():
+        if isinstance(value, PatientModel):
+            _override_features(value, features)
+
+
+def attach_features(patients: Sequence[Patient], models: Iterable[PatientModel],
+                    cache_dir: Path | None = None, on_error: str = "raise") -> np.ndarray:
+    """Patients with the feature cache attached, everything the models need already computed."""
+    needed = []
+    for model in models:
+        for item in model.required_features():
+            if item not in needed:
+                needed.append(item)
+    if not needed:
+        return as_patient_array(patients)
+    from lymphomil.features import attach_store
+    from lymphomil.features.cache import FeatureCache
+
+    store = FeatureCache(cache_dir)
+    by_spec: dict = {}
+    for spec, kind in needed:
+        by_spec.setdefault(spec, []).append(kind)
+    for spec, kinds in by_spec.items():
+        store.ensure(patients, spec, kinds=tuple(kinds))
+    return attach_store(patients, store)
+
+
+@dataclass
+class LabelledSet:
+    cohort: Cohort
+    patients: np.ndarray  # 1-D object array of labelled patients
+    y: np.ndarray
+
+
+def labelled_patients(cohort: Cohort) -> LabelledSet:
+    labelled = cohort.labelled
+    if not labelled:
+        raise LymphomilError("no labelled patients (LABEL 0 or 1) in the data", file=cohort.root,
+                             fix="cross-validation and training need labelled patients")
+    y = labels_of(labelled)
+    if len(np.unique(y)) < 2:
+        raise LymphomilError("the labelled patients are all of one class", file=cohort.root,
+                             fix="training needs reactive (0) and malignant (1) patients")
+    return LabelledSet(cohort, as_patient_array(labelled), y)
+
+
+def run_cv(model_names: Sequence[str], patients: np.ndarray, y: np.ndarray, *, folds: int,
+           repeats: int, seed: int, features: str | None = None, cache_dir: Path | None = None,
+           on_fit: Callable[..., None] | None = None, use_cv_cache: bool = False) -> list[CVResult]:
+    """Repeated CV of each named model; with ``use_cv_cache`` an unchanged model/data/plan is
+    read back from the CV-result cache instead of refitted (see :mod:`lymphomil.cvcache`)."""
+    from lymphomil import cvcache
+    from lymphomil.runs import default_cache_root
+
+    models = [configure_model(name, features) for name in model_names]
+    attached = attach_features(patients, models, cache_dir)
+    root = (Path(cache_dir) if cache_dir else default_cache_root()) / "cv"
+    results = []
+    for name, model in zip(model_names, models):
+        key = cvcache.cv_key(model, name, attached, folds, repeats, seed) if use_cv_cache else None
+        cached = cvcache.load_cached(root, key) if key else None
+        if cached is not None:
+            if on_fit is not None:
+                on_fit(folds * repeats, rate="cached")
+            results.append(cached)
+            continue
+        result = cross_validate(model, attached, y, folds=folds, repeats=repeats, seed=seed,
+                                model_name=name, on_fit=on_fit)
+        if key:
+            cvcache.store(root, key, result)
+        results.append(result)
+    return results
+
+
+def write_cv_outputs(results: Sequence[CVResult], out: Path) -> dict:
+    """metrics.json (all models) + oof_<model>.csv + results.md in ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    payload = {r.model_name: r.to_dict() for r in results}
+    for result in results:
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, ["ID", "label", "repeat", "fold", "proba", "hard"])
+        writer.writeheader()
+        writer.writerows(result.oof_rows())
+        atomic_write_text(out / f"oof_{result.model_name}.csv", buffer.getvalue())
+    atomic_write_text(out / "results.md", cv_markdown(results))
+    atomic_write_json(out / "metrics.json", payload)
+    return payload
+
+
+def cv_markdown(results: Sequence[CVResult]) -> str:
+    from lymphomil.evaluate import format_metric
+
+    lines = ["| model | balanced accuracy | hard-subset bal. acc. | ROC AUC | accuracy | F1 | "
+             "minutes |", "|---|---|---|---|---|---|---|"]
+    for r in results:
+        s = r.summary()
+        lines.append(" | ".join([
+            f"| {r.model_name}", format_metric(s["balanced_accuracy"]),
+            format_metric(s["hard_balanced_accuracy"]), format_metric(s["roc_auc"]),
+            format_metric(s["accuracy"]), format_metric(s["f1"]),
+            f"{s['fit_seconds']['total'] / 60:.2f} |"]))
+    return "\n".join(lines) + "\n"
+
+
+def train_model(model: PatientModel, labelled: LabelledSet, out: Path, *, name: str,
+                reference_date: date, cache_dir: Path | None = None, seed: int = 0,
+                extra: dict | None = None) -> PatientModel:
+    """Fit on every labelled patient and save a self-describing model folder."""
+    from lymphomil.evaluate import derive_seed, with_seed
+    from lymphomil.models.base import library_versions
+
+    patients = attach_features(labelled.patients, [model], cache_dir)
+    with_seed(model, derive_seed(seed, name, "final"))
+    model.fit(patients, labelled.y)
+    metadata = {
+        "model_name": name, "reference_date": reference_date.isoformat(), "seed": seed,
+        "features": [{"spec": s.to_dict(), "kind": k} for s, k in model.required_features()],
+        "training": {"n_patients": int(len(labelled.y)),
+                     "n_malignant": int(labelled.y.sum()),
+                     "n_reactive": int((labelled.y == 0).sum()),
+                     "patient_ids": [p.id for p in labelled.patients]},
+        "versions": library_versions(), **(extra or {}),
+    }
+    with staged_dir(out) as staging:
+        model._save_into(staging)
+        atomic_write_json(staging / METADATA_JSON, metadata)
+    return model
+
+
+def model_reference_date(model_dir: Path) -> date:
+    meta_path = Path(model_dir) / METADATA_JSON
+    if not meta_path.is_file():
+        raise LymphomilError("not a model folder (no metadata.json)", file=model_dir,
+                             fix="give a folder written by `lymphomil train`")
+    return date.fromisoformat(read_json(meta_path)["reference_date"])
+
+
+@dataclass
+class Predictions:
+    ids: list[str]
+    proba: np.ndarray
+    labels: np.ndarray
+    skipped: list[dict]
+    patients: np.ndarray
+    model: PatientModel
+
+
+def predict_patients(model: PatientModel, targets: Sequence[Patient], cohort: Cohort,
+                     cache_dir: Path | None = None) -> Predictions:
+    """P(malignant) and the 0.5-threshold call for ``targets``; the cohort's skips ride along."""
+    patients = attach_features(targets, [model], cache_dir)
+    proba = model.predict_proba(patients)[:, 1] if len(patients) else np.zeros(0)
+    return Predictions([p.id for p in targets], proba, (proba >= 0.5).astype(int),
+                       [i.to_dict() for i in cohort.issues], patients, model)
+
+
+def predict_folder(model_dir: Path, data: Path, *, on_error: str = "raise",
+                   include_labelled: bool = False, cache_dir: Path | None = None) -> Predictions:
+    """Predict every unlabelled patient of ``data`` (every patient with ``include_labelled``)."""
+    model = load_model(model_dir)
+    reference = model_reference_date(model_dir)
+    cohort = load_cohort(data, reference_date=reference, on_error=on_error)
+    targets = cohort.patients if include_labelled else cohort.unlabelled
+    if not targets:
+        raise LymphomilError("no patients to predict (no LABEL -1 rows with images)", file=data,
+                             fix="add unlabelled patients (LABEL -1) or use --all")
+    return predict_patients(model, targets, cohort, cache_dir)
+
+
+def write_predictions(pred: Predictions, out: Path, kaggle: bool = False) -> Path:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    if kaggle:
+        writer.writerow(["Id", "Predicted"])
+        writer.writerows(zip(pred.ids, pred.labels.tolist()))
+    else:
+        writer.writerow(["ID", "LABEL", "PROBA"])
+        writer.writerows((i, int(l), f"{p:.6f}") for i, l, p in zip(pred.ids, pred.labels, pred.proba))
+    return atomic_write_text(out, buffer.getvalue())

@@ -1,0 +1,27 @@
+"""Fixtures shared by the whole suite: a small synthetic cohort (made once) and the shared data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lymphomil.data.synth import write_synthetic_cohort
+
+#: the challenge's data beside the repository (DESIGN §1); read in place, never copied
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared/data/dlmi-lymphocytosis"
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """24 synthetic patients (seed 0, 16–24 cells each), written once per session; read-only."""
+    folder = tmp_path_factory.mktemp("synthetic") / "cohort"
+    return write_synthetic_cohort(folder, n_patients=24, seed=0, images_per_patient=(16, 24))
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """The shared challenge folder; the test is skipped where it is absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared data not found at {SHARED_DATA}")
+    return SHARED_DATA

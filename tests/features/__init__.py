@@ -1,0 +1,1 @@
+"""Tests of backbones, preprocessing and the feature cache."""

@@ -1,0 +1,288 @@
+"""report.html: every section, every patient, every embedded image; offline; same bytes twice."""
+
+from __future__ import annotations
+
+import base64
+import io
+import re
+import time
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from lymphomil.evaluate import CVResult
+from lymphomil.report.render import (
+    SECTIONS,
+    PatientCall,
+    ReportContext,
+    gallery_indices,
+    infer_family,
+    render_report,
+)
+
+SHARED = Path(__file__).resolve().parents[3] / "shared" / "data" / "dlmi-lymphocytosis"
+MODELS = (("logreg", 1.5), ("forest", 1.2), ("abmil", 1.0), ("fusion-alpha", 2.0))
+
+
+# --------------------------------------------------------------------------- fake inputs
+
+
+def cell_jpeg(seed: int, size: int = 224) -> bytes:
+    """A smear-like JPEG: pale background, a dark round 'lymphocyte' in the centre, some grain."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    radius = rng.uniform(28, 44)
+    inside = (yy - size / 2) ** 2 + (xx - size / 2) ** 2 < radius ** 2
+    image = np.empty((size, size, 3))
+    image[:] = (240, 215, 200)
+    image[inside] = (110, 60, 150)
+    image += rng.normal(0, 6, image.shape)
+    buffer = io.BytesIO()
+    Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def write_images(folder: Path, n: int, pool: list[bytes]) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        path = folder / f"{i:06d}.jpg"
+        path.write_bytes(pool[i % len(pool)])
+        paths.append(path)
+    return paths
+
+
+def fake_cv(name: str, skill: float, n: int = 40, repeats: int = 3, folds: int = 4) -> CVResult:
+    rng = np.random.default_rng(len(name))
+    y = np.array([0] * (n // 3) + [1] * (n - n // 3))
+    logits = skill * (2 * y - 1)[None] + rng.normal(0, 1.3, (repeats, n))
+    fold_index = np.stack([rng.permutation(np.arange(n) % folds) for _ in range(repeats)])
+    hard = rng.uniform(size=(repeats, n)) < 0.5
+    return CVResult(name, [f"L{i}" for i in range(n)], y, fold_index, 1 / (1 + np.exp(-logits)),
+                    hard, rng.uniform(0.1, 3, (repeats, folds)), {}, 0)
+
+
+def explore_dict() -> dict:
+    rows = []
+    for attribute, values in (("age", (58.0, 79.0)), ("lymphocyte count", (5.6, 26.0))):
+        for label, group, mean in ((0, "reactive", values[0]), (1, "malignant", values[1])):
+            rows.append({"attribute": attribute, "label": label, "group": group, "count": 20,
+                         "mean": mean, "std": 3.0, "min": 4.01 if label == 0 else 2.3,
+                         "25%": mean - 2, "50%": mean, "75%": mean + 2,
+                         "max": 7.68 if label == 0 else 295.0})
+    genders = [{"label": 0, "group": "reactive", "F": 9, "M": 11, "total": 20},
+               {"label": 1, "group": "malignant", "F": 8, "M": 12, "total": 20}]
+    return {"attributes_by_label": rows, "gender_by_label": genders, "files": {}}
+
+
+def make_calls(root: Path, n_patients: int, n_images: int,
+               pool: list[bytes]) -> list[PatientCall]:
+    """Scored image calls, an attribute-only call, a fusion call with parts, a labelled one."""
+    rng = np.random.default_rng(1)
+    calls = []
+    for i in range(n_patients):
+        pid = f"P{i + 100}"
+        paths = write_images(root / pid, n_images, pool)
+        proba = float(rng.uniform())
+        scores = None if i == 1 else rng.normal(size=n_images)
+        parts = {"attributes": 0.8, "images": 0.3} if i == 2 else None
+        calls.append(PatientCall(pid, proba, int(proba >= 0.5), 1 if i == 3 else -1,
+                                 float(rng.uniform(30, 90)), "F" if i % 2 else "M",
+                                 float(rng.uniform(4, 40)), n_images, paths, scores, parts))
+    return calls
+
+
+def make_context(tmp_path: Path, n_patients: int = 6, n_images: int = 20,
+                 notes: list[str] | None = None) -> ReportContext:
+    pool = [cell_jpeg(seed) for seed in range(min(n_images, 12))]
+    return ReportContext(
+        title="Test report", data_root=str(tmp_path / "cohort"), model_name="fusion-alpha",
+        model_description="attributes + images, α by inner CV",
+        cv_results=[fake_cv(name, skill) for name, skill in MODELS], explore=explore_dict(),
+        calls=make_calls(tmp_path / "cohort", n_patients, n_images, pool),
+        skipped=[{"patient_id": "P9", "file": "trainset/trainset_true.csv", "row": 4,
+                  "problem": "the count is empty", "fix": "fill in LYMPH_COUNT"}],
+        config={"cv": {"folds": 4, "repeats": 3}}, versions={"lymphomil": "0.1.0"},
+        timings={"cv": 12.5, "predict": 0.4},
+        notes=notes if notes is not None else ["chosen by the same CV: optimistic"],
+        counts={f"L{i}": float(4 + i) for i in range(40)})
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+class PageParser(HTMLParser):
+    """Collects what the structure checks need: ids, links, image sources, resource URLs."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.ids: dict[str, str] = {}
+        self.links: list[str] = []
+        self.images: list[str] = []
+        self.urls: list[str] = []
+        self.tags: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        attributes = {k: v or "" for k, v in attrs}
+        self.tags.append(tag)
+        if "id" in attributes:
+            assert attributes["id"] not in self.ids, f"duplicate id {attributes['id']}"
+            self.ids[attributes["id"]] = tag
+        if tag == "a" and "href" in attributes:
+            self.links.append(attributes["href"])
+        if tag == "img":
+            self.images.append(attributes.get("src", ""))
+        for key in ("src", "href", "srcset", "data", "action", "poster"):
+            if key in attributes:
+                self.urls.append(attributes[key])
+
+
+def parse(path: Path) -> tuple[PageParser, str]:
+    text = path.read_text(encoding="utf-8")
+    parser = PageParser()
+    parser.feed(text)
+    parser.close()
+    return parser, text
+
+
+def decode_data_uri(uri: str) -> Image.Image:
+    match = re.fullmatch(r"data:image/(png|jpeg);base64,([A-Za-z0-9+/=]+)", uri)
+    assert match, f"not a base64 image data URI: {uri[:60]}"
+    image = Image.open(io.BytesIO(base64.b64decode(match.group(2), validate=True)))
+    image.load()
+    return image
+
+
+# --------------------------------------------------------------------------- tests
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory: pytest.TempPathFactory) -> tuple[ReportContext, Path]:
+    tmp = tmp_path_factory.mktemp("report")
+    ctx = make_context(tmp, notes=["chosen by the same CV", "<script>alert('x')</script>"])
+    return ctx, render_report(ctx, tmp / "out" / "report.html")
+
+
+def test_every_section_and_patient_is_there(rendered: tuple[ReportContext, Path]) -> None:
+    ctx, path = rendered
+    page, _ = parse(path)
+    for section_id, _title in SECTIONS:
+        assert page.ids.get(section_id) == "section", section_id
+        assert f"#{section_id}" in page.links, f"no index link to {section_id}"
+    for call in ctx.calls:
+        assert page.ids.get(f"patient-{call.id}") == "section", call.id
+        assert f"#patient-{call.id}" in page.links, f"no index link to {call.id}"
+    internal = [link[1:] for link in page.links if link.startswith("#")]
+    assert all(target in page.ids for target in internal), "a link points nowhere"
+
+
+def test_every_embedded_image_decodes(rendered: tuple[ReportContext, Path]) -> None:
+    ctx, path = rendered
+    page, _ = parse(path)
+    assert page.images, "no images at all"
+    kinds = {decode_data_uri(src).format for src in page.images}
+    assert kinds == {"PNG", "JPEG"}  # figures and cell thumbnails
+    scored = [c for c in ctx.calls if c.instance_scores is not None]
+    unscored = [c for c in ctx.calls if c.instance_scores is None]
+    assert len(page.images) >= 2 * 8 * len(scored) + 8 * len(unscored) + 4
+    thumb = next(decode_data_uri(s) for s in page.images if s.startswith("data:image/jpeg"))
+    assert thumb.size == (112, 112)
+
+
+def test_page_is_offline_and_escaped(rendered: tuple[ReportContext, Path]) -> None:
+    _, path = rendered
+    page, text = parse(path)
+    remote = [u for u in page.urls if re.match(r"^\s*(https?:|//|ftp:)", u, re.IGNORECASE)]
+    assert remote == [], remote
+    assert "link" not in page.tags, "no external stylesheets"
+    assert not re.search(r"url\(\s*['\"]?(https?:)?//", text), "no remote CSS resources"
+    assert "@import" not in text and "@font-face" not in text
+    assert "<script>alert" not in text and "&lt;script&gt;alert" in text
+
+
+def test_page_shows_the_calls_and_the_cv_table(rendered: tuple[ReportContext, Path]) -> None:
+    _, path = rendered
+    _, text = parse(path)
+    for name, _ in MODELS:
+        assert f"<td>{name}" in text
+    assert "Attributes only" in text and "Cell images" in text and "fusion" in text
+    assert "no cell drove the call" in text  # the attribute-only patient
+    assert "Most suspicious 8 cells" in text and "Least suspicious 8 cells" in text
+    assert "fill in LYMPH_COUNT" in text  # skipped inputs with their fix
+    assert "Reactive <span class=\"muted\">(n = 20)</span>" in text  # Table 1 header
+
+
+def test_same_context_gives_identical_bytes(tmp_path: Path) -> None:
+    ctx = make_context(tmp_path, n_patients=3, n_images=12)
+    first = render_report(ctx, tmp_path / "a.html").read_bytes()
+    second = render_report(ctx, tmp_path / "b.html").read_bytes()
+    assert first == second
+
+
+def test_minimal_context_renders(tmp_path: Path) -> None:
+    """No CV results, no explore table, no patients, no skips: every section still exists."""
+    ctx = ReportContext("Empty", "data", "logreg", "", [], None, [], [], {}, {}, {})
+    page, text = parse(render_report(ctx, tmp_path / "r.html"))
+    assert all(page.ids.get(s) == "section" for s, _ in SECTIONS)
+    assert "No patients were predicted" in text and "No input was skipped" in text
+
+
+def test_unreadable_image_is_a_placeholder_not_a_crash(tmp_path: Path) -> None:
+    ctx = make_context(tmp_path, n_patients=1, n_images=4)
+    ctx.calls[0].image_paths[0].write_bytes(b"not a jpeg")
+    page, text = parse(render_report(ctx, tmp_path / "r.html", gallery_k=4))
+    assert "unreadable" in text
+    for src in page.images:
+        decode_data_uri(src)
+
+
+def test_gallery_picks_highest_and_lowest_scores() -> None:
+    scores = np.array([0.1, 0.9, np.nan, 0.5, -2.0, 0.9])
+    call = PatientCall("P1", 0.7, 1, -1, 60, "M", 8.0, 6, [Path(f"{i}.jpg") for i in range(6)],
+                       scores)
+    top, bottom = gallery_indices(call, 3)
+    assert top == [1, 5, 3] and bottom == [4, 0, 3]
+    call.instance_scores = None
+    assert gallery_indices(call, 3) == ([0, 1, 2], [])
+    call.instance_scores = np.zeros(5)
+    with pytest.raises(ValueError, match="5 instance scores for 6 images"):
+        gallery_indices(call, 3)
+
+
+def test_family_is_given_or_inferred() -> None:
+    assert infer_family("svm") == "attributes"
+    assert infer_family("fusion-stack") == "fusion"
+    assert infer_family("abmil") == "images"
+    assert infer_family("abmil", {"abmil": "mil"}) == "mil"
+
+
+def test_200_patients_stay_small_and_fast(tmp_path: Path) -> None:
+    """The page a user gets for a 200-patient test set: under 15 MB, rendered in seconds."""
+    ctx = make_context(tmp_path, n_patients=200, n_images=20)
+    start = time.perf_counter()
+    path = render_report(ctx, tmp_path / "r.html")
+    seconds = time.perf_counter() - start
+    page, _ = parse(path)
+    assert sum(page.ids.get(f"patient-{c.id}") == "section" for c in ctx.calls) == 200
+    assert path.stat().st_size < 15e6, f"{path.stat().st_size / 1e6:.1f} MB"
+    assert seconds < 60, f"{seconds:.1f} s"
+
+
+@pytest.mark.shared_data
+@pytest.mark.skipif(not (SHARED / "testset").is_dir(), reason="the shared cohort is not here")
+def test_real_cells_200_patients_under_15_mb(tmp_path: Path) -> None:
+    """Size measured on real smear images (synthetic ones compress differently)."""
+    folders = sorted(p for p in (SHARED / "testset").iterdir() if p.is_dir())
+    ctx = make_context(tmp_path, n_patients=1, n_images=1)
+    rng = np.random.default_rng(0)
+    calls = []
+    for i in range(200):
+        paths = sorted(folders[i % len(folders)].glob("*.jpg"))
+        calls.append(PatientCall(f"R{i}", 0.5, 1, -1, 70, "M", 6.0, len(paths), paths,
+                                 rng.normal(size=len(paths))))
+    ctx.calls = calls
+    path = render_report(ctx, tmp_path / "r.html")
+    assert path.stat().st_size < 15e6, f"{path.stat().st_size / 1e6:.1f} MB"

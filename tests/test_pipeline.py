@@ -1,0 +1,76 @@
+"""`lymphomil run` end to end on the synthetic cohort: outputs, repeatability, warm cache."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from lymphomil.cli import app
+from lymphomil.data.cohort import load_cohort
+
+runner = CliRunner()
+FAST = "tree,image-logreg,fusion-mean"
+
+
+@pytest.fixture(scope="module")
+def first_run(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    base = tmp_path_factory.mktemp("run")
+    cache = base / "cache"
+    out = base / "run1"
+    result = runner.invoke(app, ["run", str(synthetic_root), "--out", str(out), "--candidates",
+                                 FAST, "--folds", "3", "--repeats", "2", "--cache-dir",
+                                 str(cache)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return out, cache
+
+
+def test_run_folder_holds_every_output(first_run, synthetic_root: Path) -> None:
+    out, _ = first_run
+    for name in ("report.html", "submission.csv", "predictions.csv", "metrics.json",
+                 "config.toml", "model/model.json", "model/metadata.json", "cv/metrics.json",
+                 "explore/attributes_by_label.md", "checksums.json"):
+        assert (out / name).is_file(), name
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["chosen_model"] in FAST.split(",")
+    assert set(metrics["candidates"]) == set(FAST.split(","))
+    cohort = load_cohort(synthetic_root)
+    rows = list(csv.DictReader(open(out / "submission.csv")))
+    assert [r["Id"] for r in rows] == [p.id for p in cohort.unlabelled]
+    # nothing lost: every patient is predicted, used for training, or listed as skipped
+    assert metrics["n_predicted"] + metrics["n_labelled"] + metrics["n_skipped_patients"] == \
+        len(cohort.patients) + len(cohort.skipped_ids)
+
+
+def test_rerun_from_saved_config_gives_identical_outputs(first_run, tmp_path: Path) -> None:
+    out, cache = first_run
+    again = tmp_path / "run2"
+    result = runner.invoke(app, ["run", "--config", str(out / "config.toml"), "--out", str(again),
+                                 "--cache-dir", str(cache)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    for name in ("submission.csv", "predictions.csv", "cv/oof_tree.csv", "cv/metrics.json"):
+        assert (again / name).read_bytes() == (out / name).read_bytes(), name
+
+
+def test_rerun_without_the_cv_cache_gives_identical_numbers(first_run, synthetic_root: Path,
+                                                            tmp_path: Path) -> None:
+    out, _ = first_run
+    fresh = tmp_path / "run3"
+    result = runner.invoke(app, ["run", str(synthetic_root), "--out", str(fresh), "--candidates",
+                                 FAST, "--folds", "3", "--repeats", "2", "--cache-dir",
+                                 str(tmp_path / "fresh-cache")], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    for name in ("predictions.csv", "cv/oof_image-logreg.csv", "cv/oof_fusion-mean.csv"):
+        assert (fresh / name).read_bytes() == (out / name).read_bytes(), name
+
+
+def test_run_refuses_to_overwrite_a_foreign_folder(synthetic_root: Path, tmp_path: Path) -> None:
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "thesis.docx").write_text("precious")
+    result = runner.invoke(app, ["run", str(synthetic_root), "--out", str(foreign)])
+    assert result.exit_code == 2 and "not a lymphomil run" in result.output
+    assert (foreign / "thesis.docx").read_text() == "precious"
