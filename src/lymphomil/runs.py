@@ -39,7 +39,7 @@ def default_cache_root() -> Path:
     """``$LYMPHOMIL_CACHE_DIR``, else the user's cache folder (features, CV results, synth)."""
     from platformdirs import user_cache_dir
 
-    return Path(os.environ.get("LYMPHOMIL_CACHE_DIR") or user_cache_dir("lymphomil"))
+    return Path(os.environ.get("LYMPHOMIL_CACHE_DIR") or user_cache_dir("lymphomil")).expanduser()
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:

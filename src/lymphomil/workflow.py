@@ -60,9 +60,9 @@ def attach_features(patients: Sequence[Patient], models: Iterable[PatientModel],
     if not needed:
         return as_patient_array(patients)
     from lymphomil.features import attach_store
-    from lymphomil.features.cache import FeatureCache
+    from lymphomil.features.cache import FeatureCache, feature_root
 
-    store = FeatureCache(cache_dir)
+    store = FeatureCache(feature_root(cache_dir))
     by_spec: dict = {}
     for spec, kind in needed:
         by_spec.setdefault(spec, []).append(kind)

@@ -173,7 +173,7 @@ def test_info_and_clear(cohort_root: Path, tmp_path: Path) -> None:
 
 def test_default_root_honours_the_environment(monkeypatch, tmp_path: Path) -> None:
     monkeypatch.setenv("LYMPHOMIL_CACHE_DIR", str(tmp_path / "env-cache"))
-    assert FeatureCache().root == tmp_path / "env-cache"
+    assert FeatureCache().root == tmp_path / "env-cache" / "features"  # cv/ etc. sit beside it
     monkeypatch.delenv("LYMPHOMIL_CACHE_DIR")
     assert FeatureCache().root.name == "features" and "lymphomil" in str(FeatureCache().root)
 

@@ -41,16 +41,18 @@ def features(
     crop: int = typer.Option(112, "--crop", help="Centre crop in pixels (224 = whole image)."),
     tta: bool = typer.Option(False, "--tta/--no-tta",
                              help="Also extract the 4 flip views (test-time augmentation)."),
-    precision: str = typer.Option("auto", "--precision",
-                                  help="auto (bf16 where the CPU supports it), bf16 or fp32."),
+    precision: str = typer.Option("fp32", "--precision",
+                                  help="fp32 (what the models use by default), bf16, or auto "
+                                       "(bf16 where the CPU supports it)."),
     weights: str = typer.Option("imagenet", "--weights",
                                 help="imagenet, none (random init) or a state_dict file."),
     workers: Optional[int] = typer.Option(None, "--workers",
                                           help="Parallel extraction streams (default: one per core)."),
     batch_size: int = typer.Option(16, "--batch-size", help="Images per forward pass."),
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir",
-                                             help="Feature cache folder (default: "
-                                                  "$LYMPHOMIL_CACHE_DIR or the user cache dir)."),
+                                             help="Cache folder (default: $LYMPHOMIL_CACHE_DIR "
+                                                  "or the user cache dir); features go in "
+                                                  "features/ under it."),
     kinds: str = typer.Option("pooled", "--kinds", help="pooled, views and/or map, comma-separated."),
     on_error: str = typer.Option("raise", "--on-error",
                                  help="raise: stop at the first bad row or image; skip: leave it "
@@ -65,6 +67,7 @@ def features(
     """
     from lymphomil.data.cohort import load_cohort
     from lymphomil.features import FeatureCache, FeatureSpec, resolve_precision
+    from lymphomil.features.cache import feature_root
 
     if list_names:
         from lymphomil.features.backbones import describe_backbones
@@ -92,7 +95,8 @@ def features(
         err_console.print(f"[yellow]skipped[/]: {issue.file or ''}: {issue.problem}",
                           highlight=False, soft_wrap=True)
     loaded = time.perf_counter()
-    cache = FeatureCache(cache_dir, workers=workers, batch_size=batch_size, on_error=on_error)
+    cache = FeatureCache(feature_root(cache_dir), workers=workers, batch_size=batch_size,
+                         on_error=on_error)
     cache.ensure(cohort.patients, spec, kinds=wanted)
     for issue in cache.issues:
         err_console.print(f"[yellow]left out of its bag[/]: {issue.file or ''}: {issue.problem}",
@@ -110,7 +114,7 @@ def features(
 @cache_app.command("info")
 @handle_errors
 def cache_info(
-    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Feature cache folder."),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Cache folder (as for `features`)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """Show the feature cache's size and its entries per feature spec.
@@ -118,9 +122,11 @@ def cache_info(
     Example: lymphomil cache info
     """
     from lymphomil.features import FeatureCache
+    from lymphomil.features.cache import feature_root
     from lymphomil.runs import dumps_json
 
-    info = FeatureCache(cache_dir).info()
+    info = FeatureCache(feature_root(cache_dir)).info()
+    info["cv_results"] = _cv_cache_size(cache_dir)
     if as_json:
         console.print_json(dumps_json(info))
         return
@@ -134,12 +140,25 @@ def cache_info(
                       spec["weights_digest"], str(spec["patients"]), files,
                       _human_bytes(spec["bytes"]))
     console.print(table)
+    cv_files, cv_bytes = info["cv_results"]
+    console.print(f"cross-validation results: {cv_files} files, {_human_bytes(cv_bytes)}")
+
+
+def _cv_folder(cache_dir: Optional[Path]) -> Path:
+    from lymphomil.runs import default_cache_root
+
+    return (Path(cache_dir).expanduser() if cache_dir else default_cache_root()) / "cv"
+
+
+def _cv_cache_size(cache_dir: Optional[Path]) -> tuple[int, int]:
+    files = [p for p in _cv_folder(cache_dir).glob("*") if p.is_file()]
+    return len(files), sum(p.stat().st_size for p in files)
 
 
 @cache_app.command("clear")
 @handle_errors
 def cache_clear(
-    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Feature cache folder."),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Cache folder (as for `features`)."),
     yes: bool = typer.Option(False, "--yes", help="Do not ask for confirmation."),
 ) -> None:
     """Delete every cached feature file (they are recomputed when needed).
@@ -147,11 +166,17 @@ def cache_clear(
     Example: lymphomil cache clear --yes
     """
     from lymphomil.features import FeatureCache
+    from lymphomil.features.cache import feature_root
 
-    cache = FeatureCache(cache_dir)
+    cache = FeatureCache(feature_root(cache_dir))
     if not yes:
         info = cache.info()
         typer.confirm(f"delete {info['files']} feature files ({_human_bytes(info['bytes'])}) "
-                      f"under {info['root']}?", abort=True)
+                      f"under {info['root']} and the cached CV results?", abort=True)
     freed = cache.clear()
-    console.print(f"freed {_human_bytes(freed)} under {cache.root}")
+    cv_files, cv_bytes = _cv_cache_size(cache_dir)
+    for path in _cv_folder(cache_dir).glob("*"):
+        if path.is_file():
+            path.unlink()
+    console.print(f"freed {_human_bytes(freed + cv_bytes)} under {cache.root.parent} "
+                  f"(features and {cv_files} CV result files)")

@@ -52,13 +52,15 @@ FLOAT16_MAX = 65504.0
 
 
 def default_root() -> Path:
-    """``$LYMPHOMIL_CACHE_DIR`` or the user's cache directory (``~/.cache/lymphomil/features``)."""
-    env = os.environ.get(ENV_CACHE_DIR)
-    if env:
-        return Path(env).expanduser()
-    from platformdirs import user_cache_dir
+    """``features/`` under the lymphomil cache (``$LYMPHOMIL_CACHE_DIR`` or ``~/.cache/lymphomil``)."""
+    return feature_root(None)
 
-    return Path(user_cache_dir("lymphomil")) / "features"
+
+def feature_root(cache_dir: str | Path | None) -> Path:
+    """Where features live for a ``--cache-dir`` (the lymphomil cache root: features/, cv/, …)."""
+    from lymphomil.runs import default_cache_root
+
+    return (Path(cache_dir).expanduser() if cache_dir else default_cache_root()) / "features"
 
 
 # --------------------------------------------------------------------------- image digests
