@@ -13,7 +13,7 @@ from lymphomil.cli import app
 from lymphomil.data.cohort import load_cohort
 
 runner = CliRunner()
-FAST = "tree,image-logreg,fusion-mean"
+FAST = "tree,image-logreg-thin,fusion-mean"
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +63,7 @@ def test_rerun_without_the_cv_cache_gives_identical_numbers(first_run, synthetic
                                  FAST, "--folds", "3", "--repeats", "2", "--cache-dir",
                                  str(tmp_path / "fresh-cache")], catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    for name in ("predictions.csv", "cv/oof_image-logreg.csv", "cv/oof_fusion-mean.csv"):
+    for name in ("predictions.csv", "cv/oof_image-logreg-thin.csv", "cv/oof_fusion-mean.csv"):
         assert (fresh / name).read_bytes() == (out / name).read_bytes(), name
 
 

@@ -16,10 +16,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from lymphomil.errors import LymphomilError
 
 #: attribute models, image models and fusions that `run` compares by repeated CV
-DEFAULT_CANDIDATES = ["logreg", "svm", "tree", "forest", "mlp", "image-logreg", "abmil-attr",
-                      "fusion-alpha", "fusion-min", "fusion-max", "fusion-stack"]
+#: (the full comparison of every family is docs/results.md; these are the cheap, strong ones)
+DEFAULT_CANDIDATES = ["logreg-compact", "image-logreg-thin", "fusion-mean", "fusion-min",
+                      "fusion-max"]
 #: what `train` and `run` fit when no model is named (chosen by repeated CV: docs/results.md)
-DEFAULT_MODEL = "fusion-alpha"
+DEFAULT_MODEL = "fusion-mean"
 
 
 class RunConfig(BaseModel):
@@ -40,7 +41,7 @@ class RunConfig(BaseModel):
     features: str | None = Field(None, description="override image models' features, e.g. "
                                                    "'efficientnet-lite0@112'")
     cache_dir: Path | None = None
-    threads: int = Field(2, ge=1)
+    threads: int = Field(1, ge=1, description="threads for model fitting (torch, BLAS)")
     gallery_k: int = Field(8, ge=1)
 
     @field_validator("on_error")

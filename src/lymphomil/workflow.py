@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -24,12 +23,22 @@ from lymphomil.runs import atomic_write_json, atomic_write_text, read_json, stag
 METADATA_JSON = "metadata.json"
 
 
-def set_threads(threads: int) -> None:
-    """Fix the thread count: same threads → same floating-point reductions → same answers."""
-    import torch
+_THREAD_LIMITS: list = []
 
-    torch.set_num_threads(max(1, int(threads)))
-    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+
+def set_threads(threads: int) -> None:
+    """Fix torch's and the BLAS libraries' thread counts for model fitting.
+
+    Same threads → same floating-point reductions → same answers; and small models on 2 cores
+    run faster on one thread than on two that spin against another process. Feature extraction
+    manages its own threads (one decoding while one computes).
+    """
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    threads = max(1, int(threads))
+    torch.set_num_threads(threads)
+    _THREAD_LIMITS[:] = [threadpool_limits(limits=threads)]  # kept alive: the limit holds
 
 
 def configure_model(name: str, features: str | None = None, **overrides: object) -> PatientModel:

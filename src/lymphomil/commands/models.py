@@ -25,7 +25,8 @@ ON_ERROR_OPT = typer.Option("raise", "--on-error",
 CACHE_OPT = typer.Option(None, "--cache-dir", help="feature cache folder (default: user cache)")
 FEATURES_OPT = typer.Option(None, "--features",
                             help="override image models' features, e.g. efficientnet-lite0@112")
-THREADS_OPT = typer.Option(2, "--threads", help="torch threads (fixed for reproducibility)")
+THREADS_OPT = typer.Option(1, "--threads", help="threads for model fitting (torch, BLAS); "
+                                                 "fixed for reproducibility")
 
 
 def print_skips(issues: list[dict], out: Path | None = None) -> None:

@@ -232,6 +232,16 @@ def read_table(path: Path) -> list[Row]:
         raise LymphomilError("the file is empty", file=path,
                              fix=f"the first line must be the header {','.join(REQUIRED_COLUMNS)}")
     reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        return _read_records(path, reader)
+    except csv.Error as exc:  # e.g. a field over the csv module's 128 KiB limit
+        raise LymphomilError(f"the file is not a readable CSV ({exc})", file=path,
+                             row=reader.line_num or None,
+                             fix="save the file as comma-separated values, one patient per "
+                                 "line") from None
+
+
+def _read_records(path: Path, reader: Any) -> list[Row]:
     header = [h.strip() for h in next(reader)]
     if len(header) == 1 and any(sep in header[0] for sep in (";", "\t", "|")):
         sep = next(s for s in (";", "\t", "|") if s in header[0])
@@ -270,14 +280,21 @@ def _inside(path: Path, root: Path) -> bool:
         return False
 
 
+def _link_problem(path: Path, root: Path) -> str | None:
+    if path.is_symlink() and not _inside(path, root):
+        return "is a symbolic link that leads outside the data folder"
+    return None
+
+
 def check_image(path: Path, root: Path, full: bool = False) -> str | None:
     """Return why ``path`` is not a usable cell image, or ``None`` when it is.
 
     Cheap checks by default (JPEG start/end markers, header size): a truncated or renamed file
     is caught without decoding 14,000 images. ``full`` decodes the pixels too.
     """
-    if path.is_symlink() and not _inside(path, root):
-        return "is a symbolic link that leads outside the data folder"
+    problem = _link_problem(path, root)
+    if problem:
+        return problem
     try:
         size = path.stat().st_size
     except OSError as exc:
@@ -329,7 +346,8 @@ def list_images(folder: Path, root: Path, patient_id: str, log: IssueLog,
                                  "keep only the patient's cell images (.jpg) in the folder",
                                  file=str(entry), patient_id=patient_id))
             continue
-        problem = check_image(entry, root) if check else None
+        # without ``check`` (a warm `features` run) only the free test: a link leaving the folder
+        problem = check_image(entry, root) if check else _link_problem(entry, root)
         if problem:
             log.report(DataIssue(f"image {problem}",
                                  "replace or remove this image (or run with --on-error skip "
@@ -354,18 +372,33 @@ def _csv_files(root: Path) -> list[Path]:
     return found
 
 
+class FieldError(ValueError):
+    """A bad value in one CSV field; ``field`` picks the fix (never the user's text)."""
+
+    def __init__(self, field_name: str, message: str):
+        super().__init__(message)
+        self.field = field_name
+
+
+def _field(name: str, parse: Any, text: str) -> Any:
+    try:
+        return parse(text)
+    except ValueError as exc:
+        raise FieldError(name, str(exc)) from None
+
+
 def _patient_from_row(row: Row, reference: date) -> tuple[str, int, str, date, float, float]:
-    """Validate one CSV row; raise ValueError naming the bad field."""
-    patient_id = check_id(row.values[COL_ID])
-    label = parse_label(row.values[COL_LABEL])
-    gender = parse_gender(row.values[COL_GENDER])
-    dob = parse_dob(row.values[COL_DOB])
+    """Validate one CSV row; raise :class:`FieldError` (a ValueError) naming the bad field."""
+    patient_id = _field("ID", check_id, row.values[COL_ID])
+    label = _field("label", parse_label, row.values[COL_LABEL])
+    gender = _field("gender", parse_gender, row.values[COL_GENDER])
+    dob = _field("date", parse_dob, row.values[COL_DOB])
     if dob > reference:
-        raise ValueError(f"date of birth {row.values[COL_DOB]!r} is after the reference date "
-                         f"{reference.isoformat()}")
+        raise FieldError("date", f"date of birth {row.values[COL_DOB]!r} is after the reference "
+                                 f"date {reference.isoformat()}")
     if dob.year < MIN_BIRTH_YEAR:
-        raise ValueError(f"date of birth {row.values[COL_DOB]!r} is implausibly early")
-    count = parse_count(row.values[COL_COUNT])
+        raise FieldError("date", f"date of birth {row.values[COL_DOB]!r} is implausibly early")
+    count = _field("count", parse_count, row.values[COL_COUNT])
     return patient_id, label, gender, dob, age_at(dob, reference), count
 
 
@@ -378,11 +411,9 @@ _FIXES = {
 }
 
 
-def _fix_for(message: str) -> str:
-    for key, fix in _FIXES.items():
-        if key in message:
-            return fix
-    return "correct the row"
+def _fix_for(exc: ValueError) -> str:
+    """The fix for a bad row, chosen by the field (a value like 'IDK' must not pick the ID fix)."""
+    return _FIXES.get(getattr(exc, "field", ""), "correct the row")
 
 
 def load_cohort(root: str | Path, *, reference_date: date = DEFAULT_REFERENCE_DATE,
@@ -406,7 +437,7 @@ def load_cohort(root: str | Path, *, reference_date: date = DEFAULT_REFERENCE_DA
             try:
                 pid, label, gender, dob, age, count = _patient_from_row(row, reference_date)
             except ValueError as exc:
-                log.report(DataIssue(str(exc), _fix_for(str(exc)), file=str(csv_path),
+                log.report(DataIssue(str(exc), _fix_for(exc), file=str(csv_path),
                                      row=row.line, patient_id=raw_id))
                 continue
             if pid in seen:

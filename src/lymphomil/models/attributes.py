@@ -283,3 +283,9 @@ for _name, _doc in (("logreg", "logistic regression on age, log count, gender (T
                     ("forest", "random forest on the attributes (Table-2 grid)"),
                     ("mlp", "small neural network (one hidden layer, Adam) on the attributes")):
     register_model(_name, _doc)(_attribute_factory(_name))
+
+
+@register_model("logreg-compact", "logistic regression on the attributes, small C grid (fast)")
+def _logreg_compact() -> AttributeModel:
+    return AttributeModel(algorithm="logreg", param_grid="compact")
+

@@ -51,7 +51,8 @@ class FusionModel(PatientModel):
                                  fix=f"choose one of {', '.join(RULES)}")
         attribute = (self.attribute_model if self.attribute_model is not None
                      else AttributeModel(param_grid="compact"))
-        image = self.image_model if self.image_model is not None else create_model("image-logreg")
+        image = (self.image_model if self.image_model is not None
+                 else create_model("image-logreg-thin"))
         return attribute, image
 
     def required_features(self) -> list[tuple[FeatureSpec, str]]:
@@ -153,7 +154,7 @@ class FusionModel(PatientModel):
         self.image_model_ = submodels["images"]
 
 
-def _fusion(rule: str, image: str = "image-logreg"):
+def _fusion(rule: str, image: str = "image-logreg-thin"):
     return lambda: FusionModel(attribute_model=AttributeModel(param_grid="compact"),
                                image_model=create_model(image), rule=rule)
 
@@ -161,4 +162,4 @@ def _fusion(rule: str, image: str = "image-logreg"):
 for _rule, _doc in (("alpha", "α-weighted sum, α by inner CV"), ("min", "min rule (AND)"),
                     ("max", "max rule (OR)"), ("stack", "logistic stacker on out-of-fold logits"),
                     ("mean", "mean of the two probabilities")):
-    register_model(f"fusion-{_rule}", f"attribute logreg (compact grid) + image-logreg, {_doc}")(_fusion(_rule))
+    register_model(f"fusion-{_rule}", f"attribute logreg (compact grid) + image-logreg-thin, {_doc}")(_fusion(_rule))

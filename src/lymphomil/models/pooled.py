@@ -155,3 +155,14 @@ class ImageLogRegModel(PatientModel):
                 "logistic regression on mean-pooled cell features (C by inner CV, balanced)")
 def _image_logreg() -> ImageLogRegModel:
     return ImageLogRegModel()
+
+
+#: the backbone whose features fused best with the attributes (DESIGN §3, docs/results.md)
+FUSION_FEATURES = "resnet50-thin@112"
+
+
+@register_model("image-logreg-thin",
+                "image-logreg on ResNet-50-thin features (the image side of the fusions)")
+def _image_logreg_thin() -> ImageLogRegModel:
+    return ImageLogRegModel(features=FUSION_FEATURES)
+
