@@ -173,6 +173,6 @@ def _write_report(path: Path, config: RunConfig, data: Path, chosen: CVResult,
 
 
 def ensure_out_is_free(out: Path) -> None:
-    if out.exists() and not (out / "metrics.json").is_file() and any(out.iterdir()):
-        raise LymphomilError("the output folder exists and is not a lymphomil run", file=out,
-                             fix="choose another --out folder (a previous run folder is replaced)")
+    from lymphomil.runs import ensure_replaceable
+
+    ensure_replaceable(out, "metrics.json", "run")

@@ -137,6 +137,17 @@ def verify_dir(folder: str | Path, what: str = "model") -> None:
                                  "damaged)", file=target, fix="re-create it; never edit it by hand")
 
 
+def ensure_replaceable(out: str | Path, marker: str, what: str) -> None:
+    """Refuse to replace a non-empty folder that lymphomil did not write (no ``marker`` in it)."""
+    out = Path(out)
+    if out.is_dir() and any(out.iterdir()) and not (out / marker).is_file():
+        raise LymphomilError(f"the output folder exists and is not a lymphomil {what}", file=out,
+                             fix=f"choose another --out folder (a previous {what} folder is "
+                                 "replaced whole)")
+    if out.exists() and not out.is_dir():
+        raise LymphomilError("the output path is a file", file=out, fix="give a folder path")
+
+
 @contextlib.contextmanager
 def staged_dir(final: str | Path) -> Iterator[Path]:
     """Build a folder under a temp name and move it into place only when complete.

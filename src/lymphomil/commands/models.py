@@ -14,7 +14,7 @@ from lymphomil.cli_app import (app, console, err_console, handle_errors, make_pr
 from lymphomil.config import DEFAULT_MODEL
 from lymphomil.data.cohort import load_cohort
 from lymphomil.evaluate import format_metric
-from lymphomil.runs import atomic_write_json
+from lymphomil.runs import atomic_write_json, ensure_replaceable, staged_dir
 
 DATA_ARG = typer.Argument(..., help="challenge-layout folder (clinical_annotation.csv or "
                                     "trainset/ + testset/)", show_default=False)
@@ -32,14 +32,15 @@ THREADS_OPT = typer.Option(1, "--threads", help="threads for model fitting (torc
 def print_skips(issues: list[dict], out: Path | None = None) -> None:
     if not issues:
         return
-    err_console.print(f"[yellow]{len(issues)} input problem(s) skipped[/] (--on-error skip):")
+    err_console.print(f"[yellow]{len(issues)} input problem(s) skipped[/] (--on-error skip):",
+                      soft_wrap=True)
     for issue in issues[:20]:
         where = issue["file"] + (f", row {issue['row']}" if issue.get("row") else "")
-        err_console.print(f"  - {where}: {issue['problem']}", highlight=False)
+        err_console.print(f"  - {where}: {issue['problem']}", highlight=False, soft_wrap=True)
     if len(issues) > 20:
         err_console.print(f"  … and {len(issues) - 20} more")
     if out is not None:
-        err_console.print(f"  the full list is in {out}")
+        err_console.print(f"  the full list is in {out}", soft_wrap=True)
 
 
 @app.command("models")
@@ -93,16 +94,19 @@ def cv(
     from lymphomil.workflow import labelled_patients, run_cv, set_threads, write_cv_outputs
 
     set_threads(threads)
+    if out is not None:
+        ensure_replaceable(out, "metrics.json", "cv")
     cohort = load_cohort(data, reference_date=parse_date_option(reference_date), on_error=on_error)
     labelled = labelled_patients(cohort)
     with progress_task("cross-validation fits", total=len(model) * folds * repeats) as advance:
         results = run_cv(model, labelled.patients, labelled.y, folds=folds, repeats=repeats,
                          seed=seed, features=features, cache_dir=cache_dir, on_fit=advance)
     payload = {r.model_name: r.to_dict() for r in results}
-    if out is not None:
-        write_cv_outputs(results, out)
-        if cohort.issues:
-            atomic_write_json(out / "skipped.json", cohort.skipped_table())
+    if out is not None:  # staged: a folder with checksums.json is a finished one
+        with staged_dir(out) as staging:
+            write_cv_outputs(results, staging)
+            if cohort.issues:
+                atomic_write_json(staging / "skipped.json", cohort.skipped_table())
     if as_json:
         typer.echo(json.dumps(payload, indent=2, default=float))
     else:
@@ -134,6 +138,7 @@ def train(
     from lymphomil.workflow import configure_model, labelled_patients, set_threads, train_model
 
     set_threads(threads)
+    ensure_replaceable(out, "model.json", "model")
     ref = parse_date_option(reference_date)
     cohort = load_cohort(data, reference_date=ref, on_error=on_error)
     labelled = labelled_patients(cohort)

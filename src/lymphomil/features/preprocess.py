@@ -69,12 +69,32 @@ def _decode_pil(data: bytes, path: Path) -> torch.Tensor:
                              ) from None
 
 
+def _refuse_huge(data: bytes | bytearray, path: Path) -> None:
+    """Read the header only: a tiny file may claim 30000x30000 pixels (a decompression bomb)."""
+    from PIL import Image
+
+    from lymphomil.data.cohort import MAX_IMAGE_SIDE
+
+    try:
+        with Image.open(io.BytesIO(data)) as header:
+            width, height = header.size
+    except Image.DecompressionBombError:
+        width = height = MAX_IMAGE_SIDE + 1
+    except Exception:  # not an image PIL knows: the decoders below give the clear error
+        return
+    if max(width, height) > MAX_IMAGE_SIDE:
+        raise LymphomilError(f"the image is {width}x{height} pixels, larger than {MAX_IMAGE_SIDE} "
+                             "(decompression bomb?)", file=path,
+                             fix="replace or remove the file, or run with --on-error skip")
+
+
 def decode_bytes(data: bytes | bytearray, path: str | Path = "<bytes>") -> torch.Tensor:
     """Encoded image bytes -> (3, 224, 224) uint8 RGB (see :func:`decode_image`)."""
     path = Path(path)
     if not data:
         raise LymphomilError("the image file is empty", file=path,
                              fix="replace or remove the file, or run with --on-error skip")
+    _refuse_huge(data, path)
     image = None
     decode = _jpeg_op() if data[:3] == _JPEG_MAGIC else None
     if decode is not None:
