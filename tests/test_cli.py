@@ -84,3 +84,23 @@ def test_predict_refuses_a_damaged_model(synthetic_root: Path, tmp_path: Path) -
 def test_every_command_has_help_with_an_example(command: str) -> None:
     result = runner.invoke(app, [command, "--help"])
     assert result.exit_code == 0 and "Example" in result.output
+
+
+def test_predict_new_patients_only_with_a_report(synthetic_root: Path, tmp_path: Path) -> None:
+    """New patients arrive as a folder with testset/ only; predict writes their galleries."""
+    import shutil
+
+    cache = tmp_path / "cache"
+    model_dir = tmp_path / "model"
+    assert invoke("train", synthetic_root, "--model", "fusion-mean", "--out", model_dir,
+                  "--cache-dir", cache).exit_code == 0
+    new = tmp_path / "new"
+    shutil.copytree(synthetic_root / "testset", new / "testset")
+    ids = [p.id for p in load_cohort(new).patients]
+    report = tmp_path / "new-report.html"
+    result = invoke("predict", model_dir, new, "--out", tmp_path / "new.csv", "--report", report,
+                    "--cache-dir", cache)
+    assert result.exit_code == 0, result.output
+    html = report.read_text()
+    assert all(f'id="patient-{pid}"' in html for pid in ids)
+    assert html.count("data:image/jpeg;base64") >= len(ids)

@@ -143,33 +143,63 @@ def _report_family(name: str) -> str:
     return family if family in ("attributes", "fusion") else "images"
 
 
+def patient_calls(pred) -> list:
+    """One report entry per predicted patient: call, probability, the cells behind it."""
+    from lymphomil.report.render import PatientCall
+
+    if not len(pred.ids):
+        return []
+    scores = pred.model.instance_scores(pred.patients)
+    parts = pred.model.part_probas(pred.patients) if hasattr(pred.model, "part_probas") else None
+    return [PatientCall(
+        id=patient.id, proba=float(pred.proba[i]), predicted=int(pred.labels[i]),
+        true_label=int(patient.label), age=float(patient.age), gender=patient.gender,
+        lymph_count=float(patient.lymph_count), n_images=patient.n_images,
+        image_paths=list(patient.image_paths),
+        instance_scores=None if scores is None else np.asarray(scores[i]),
+        part_probas=None if parts is None else {k: float(v[i]) for k, v in parts.items()})
+        for i, patient in enumerate(pred.patients)]
+
+
 def _write_report(path: Path, config: RunConfig, data: Path, chosen: CVResult,
                   results: list[CVResult], summary: dict, pred, cohort, labelled,
                   timings) -> None:
     from lymphomil.models.base import describe_models, library_versions
-    from lymphomil.report.render import PatientCall, ReportContext, render_report
+    from lymphomil.report.render import ReportContext, render_report
 
-    scores = pred.model.instance_scores(pred.patients) if len(pred.ids) else None
-    parts = pred.model.part_probas(pred.patients) if hasattr(pred.model, "part_probas") and len(pred.ids) else None
-    calls = []
-    for i, patient in enumerate(pred.patients):
-        calls.append(PatientCall(
-            id=patient.id, proba=float(pred.proba[i]), predicted=int(pred.labels[i]),
-            true_label=int(patient.label), age=float(patient.age), gender=patient.gender,
-            lymph_count=float(patient.lymph_count), n_images=patient.n_images,
-            image_paths=list(patient.image_paths),
-            instance_scores=None if scores is None else np.asarray(scores[i]),
-            part_probas=None if parts is None else {k: float(v[i]) for k, v in parts.items()}))
     context = ReportContext(
         title="lymphomil report", data_root=str(data), model_name=chosen.model_name,
         model_description=describe_models().get(chosen.model_name, ""), cv_results=results,
-        explore=summary, calls=calls, skipped=cohort.skipped_table(),
+        explore=summary, calls=patient_calls(pred), skipped=cohort.skipped_table(),
         config=config.model_dump(mode="json"), versions=library_versions(), timings=timings,
         notes=["The chosen model's CV figure is optimistic: it was picked as the best of "
                f"{len(results)} candidates on the same folds."],
         families={r.model_name: _report_family(r.model_name) for r in results},
         counts={p.id: float(p.lymph_count) for p in labelled})
     render_report(context, path, gallery_k=config.gallery_k)
+
+
+def write_prediction_report(path: Path, pred, data: Path, model_dir: Path,
+                            gallery_k: int = 8) -> Path:
+    """The per-patient galleries for new patients (no CV: the model was trained elsewhere)."""
+    from lymphomil.models.base import library_versions
+    from lymphomil.report.render import ReportContext, render_report
+    from lymphomil.runs import read_json
+
+    metadata = read_json(Path(model_dir) / "metadata.json")
+    cv = metadata.get("cv")
+    notes = [f"Model {metadata.get('model_name')} from {model_dir}, trained on "
+             f"{metadata['training']['n_patients']} patients."]
+    if cv:
+        ba = cv["balanced_accuracy"]
+        notes.append(f"Its cross-validated balanced accuracy at training time: "
+                     f"{ba['mean']:.3f} ± {ba['std']:.3f}.")
+    context = ReportContext(
+        title="lymphomil predictions", data_root=str(data),
+        model_name=str(metadata.get("model_name")), model_description="", cv_results=[],
+        explore=None, calls=patient_calls(pred), skipped=pred.skipped, config={},
+        versions=library_versions(), timings={}, notes=notes)
+    return render_report(context, path, gallery_k=gallery_k)
 
 
 def ensure_out_is_free(out: Path) -> None:

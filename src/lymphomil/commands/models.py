@@ -158,11 +158,15 @@ def predict(
     kaggle: bool = typer.Option(False, "--kaggle", help="write Id,Predicted (Kaggle) instead "
                                                         "of ID,LABEL,PROBA"),
     include_labelled: bool = typer.Option(False, "--all", help="predict labelled patients too"),
+    report: Optional[Path] = typer.Option(None, "--report", help="also write an HTML report "
+                                                                 "with each patient's cells"),
     on_error: str = ON_ERROR_OPT,
     cache_dir: Optional[Path] = CACHE_OPT,
     threads: int = THREADS_OPT,
 ) -> None:
     """Predict every unlabelled (LABEL -1) patient of DATA with a trained model.
+
+    DATA may hold only new patients (testset/ without trainset/).
 
     Example: lymphomil predict runs/model ../shared/data/dlmi-lymphocytosis --out submission.csv --kaggle
     """
@@ -178,6 +182,11 @@ def predict(
         atomic_write_json(skipped_path, pred.skipped)
     print_skips(pred.skipped, skipped_path)
     console.print(f"predicted {len(pred.ids)} patients ({int(pred.labels.sum())} malignant) → {out}")
+    if report is not None:
+        from lymphomil.pipeline import write_prediction_report
+
+        write_prediction_report(report, pred, data, model_dir)
+        console.print(f"wrote the per-patient report → {report}")
 
 
 @app.command()
