@@ -18,7 +18,6 @@ import numpy as np
 
 from lymphomil.config import RunConfig, to_toml
 from lymphomil.data.cohort import load_cohort
-from lymphomil.errors import LymphomilError
 from lymphomil.evaluate import CVResult
 from lymphomil.runs import atomic_write_json, atomic_write_text, default_cache_root, staged_dir
 

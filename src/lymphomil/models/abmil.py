@@ -25,7 +25,7 @@ from lymphomil.models.training import (ATTRIBUTE_NAMES, NeuralFeatureModel, attr
                                        chunks, class_weights, epoch_order, fit_loop,
                                        fit_standardizer, inner_split, load_module_arrays,
                                        make_generator, module_arrays, pad_bags, read_bags,
-                                       resolve_seed, score_validation, seeded, weighted_bce)
+                                       optimise_step, resolve_seed, score_validation, seeded)
 
 
 def _attribute_start(A: np.ndarray, y: np.ndarray, balance: str) -> tuple[np.ndarray, float]:
@@ -108,12 +108,8 @@ class ABMILModel(NeuralFeatureModel, PatientModel):
                     extra = A[torch.from_numpy(rows)] if A is not None else None  # (b, 3)
                     logits, _ = net(Xb, mask, extra)  # (b,)
                     t = torch.from_numpy(y[rows]).float()  # (b,)
-                    w = weights[t.long()] if self.balance == "weighted" else None
-                    loss = weighted_bce(logits, t, w)
-                    optimizer.zero_grad()
-                    loss.backward()
-                    optimizer.step()
-                    total += loss.item() * len(rows)
+                    total += optimise_step(optimizer, logits, t,
+                                           weights if self.balance == "weighted" else None)
                     seen += len(rows)
                 return total / max(seen, 1)
 

@@ -25,7 +25,7 @@ from lymphomil.models.training import (NeuralFeatureModel, check_choice, check_f
                                        epoch_order, fit_loop, fit_standardizer, inner_split,
                                        load_module_arrays, make_generator, module_arrays,
                                        numpy_rng, read_bags, resolve_seed, score_validation,
-                                       seeded, weighted_bce)
+                                       seeded, optimise_step)
 
 
 def training_bags(n: int, size: int, rng: np.random.Generator) -> np.ndarray:
@@ -111,12 +111,8 @@ class BagModel(NeuralFeatureModel, PatientModel):
                                      for u in batch])  # (b, K, d): one patient per row
                     t = torch.from_numpy(unit_y[batch]).float()  # (b,)
                     logits, _ = net(X)  # (b,)
-                    w = weights[t.long()] if self.balance == "weighted" else None
-                    loss = weighted_bce(logits, t, w)
-                    optimizer.zero_grad()
-                    loss.backward()
-                    optimizer.step()
-                    total += loss.item() * len(batch)
+                    total += optimise_step(optimizer, logits, t,
+                                           weights if self.balance == "weighted" else None)
                     seen += len(batch)
                 return total / max(seen, 1)
 

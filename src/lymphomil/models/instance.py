@@ -28,7 +28,7 @@ from lymphomil.models.training import (NeuralFeatureModel, check_choice, check_f
                                        epoch_order, fit_loop, fit_standardizer, inner_split,
                                        load_module_arrays, make_generator, module_arrays,
                                        read_bags, resolve_seed, score_validation, seeded,
-                                       weighted_bce)
+                                       optimise_step)
 
 AGGREGATES = ("min", "max", "mean", "vote", "top-k")
 TRAIN_ON = ("all", "top-k")
@@ -144,12 +144,8 @@ class InstanceModel(NeuralFeatureModel, PatientModel):
                     index = torch.from_numpy(batch)
                     logits = net.score(cells[index])  # (b,)
                     t = targets[index]  # (b,)
-                    w = weights_by_class[t.long()] if self.balance == "weighted" else None
-                    loss = weighted_bce(logits, t, w)
-                    optimizer.zero_grad()
-                    loss.backward()
-                    optimizer.step()
-                    total += loss.item() * len(batch)
+                    total += optimise_step(optimizer, logits, t,
+                                           weights_by_class if self.balance == "weighted" else None)
                     seen += len(batch)
                 return total / max(seen, 1)
 

@@ -38,7 +38,7 @@ from lymphomil.models.training import (BALANCE, NeuralFeatureModel, check_choice
                                        class_weights, epoch_order, fit_loop, inner_split,
                                        load_module_arrays, make_generator, module_arrays,
                                        read_bags, resolve_seed, score_validation, seeded,
-                                       weighted_bce)
+                                       optimise_step)
 
 CELL_SCORES = ("max", "mean")
 
@@ -118,12 +118,8 @@ class MILModel(NeuralFeatureModel, PatientModel):
                     members = train_idx[batch]
                     logits, _, _ = net.forward_rows([rows[i] for i in members])  # (b,)
                     t = torch.from_numpy(y[members]).float()  # (b,)
-                    w = weights[t.long()] if self.balance == "weighted" else None
-                    loss = weighted_bce(logits, t, w)
-                    optimizer.zero_grad()
-                    loss.backward()
-                    optimizer.step()
-                    total += loss.item() * len(members)
+                    total += optimise_step(optimizer, logits, t,
+                                           weights if self.balance == "weighted" else None)
                     seen += len(members)
                 return total / max(seen, 1)
 
@@ -362,12 +358,8 @@ class MILEndToEndModel(PatientModel):
                                                     self.grad_images, subset_gen,
                                                     self.chunk_size)  # (b,)
                     t = torch.from_numpy(y[rows]).float()  # (b,)
-                    w = weights[t.long()] if self.balance == "weighted" else None
-                    loss = weighted_bce(logits, t, w)
-                    optimizer.zero_grad()
-                    loss.backward()
-                    optimizer.step()
-                    total += loss.item() * len(rows)
+                    total += optimise_step(optimizer, logits, t,
+                                           weights if self.balance == "weighted" else None)
                     seen += len(rows)
                 return total / max(seen, 1)
 

@@ -202,6 +202,17 @@ def weighted_bce(logits: torch.Tensor, targets: torch.Tensor,
     return loss.mean()
 
 
+def optimise_step(optimizer: torch.optim.Optimizer, logits: torch.Tensor, targets: torch.Tensor,
+                  class_weights: torch.Tensor | None) -> float:
+    """One step on the (class-weighted) BCE; returns the loss summed over the batch's units."""
+    weights = class_weights[targets.long()] if class_weights is not None else None  # (b,)
+    loss = weighted_bce(logits, targets, weights)
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    return loss.item() * len(targets)
+
+
 # --------------------------------------------------------------------------- metrics
 
 
