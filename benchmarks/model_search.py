@@ -62,6 +62,8 @@ def candidates() -> dict:
         "logreg-nimg": AttributeModel(use_n_images=True),
         "fusion-mean-instance-thin": fusion(create_model("instance", features=thin)),
         "abmil-attr-thin": create_model("abmil-attr", features=thin),
+        "fusion-mean-thin-lr+instance": fusion(fusion(create_model("instance", features=thin),
+                                                      "mean", attribute=image_logreg(thin))),
     }
 
 
