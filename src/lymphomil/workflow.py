@@ -58,6 +58,20 @@ def _override_features(model: PatientModel, features: str) -> None:
             _override_features(value, features)
 
 
+_STORES: dict = {}
+
+
+def feature_store(cache_dir: Path | None = None):
+    """One FeatureCache per cache folder in a process, so the stages of a run (features, CV,
+    train, predict) share its in-memory arrays instead of re-reading every file."""
+    from lymphomil.features.cache import FeatureCache, feature_root
+
+    root = feature_root(cache_dir)
+    if root not in _STORES:
+        _STORES[root] = FeatureCache(root)
+    return _STORES[root]
+
+
 def attach_features(patients: Sequence[Patient], models: Iterable[PatientModel],
                     cache_dir: Path | None = None, on_error: str = "raise") -> np.ndarray:
     """Patients with the feature cache attached, everything the models need already computed."""
@@ -69,9 +83,8 @@ def attach_features(patients: Sequence[Patient], models: Iterable[PatientModel],
     if not needed:
         return as_patient_array(patients)
     from lymphomil.features import attach_store
-    from lymphomil.features.cache import FeatureCache, feature_root
 
-    store = FeatureCache(feature_root(cache_dir))
+    store = feature_store(cache_dir)
     by_spec: dict = {}
     for spec, kind in needed:
         by_spec.setdefault(spec, []).append(kind)

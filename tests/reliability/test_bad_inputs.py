@@ -257,6 +257,13 @@ FIX_WORDS = {"ID": "rename", "label": "use 1 (malignant)", "DOB": "write the dat
              "short": "write the date"}
 
 
+def _rows_with(case: str, row: str) -> list[str]:
+    """The good rows with the bad one in (a duplicate must come after the row it repeats)."""
+    if case == "duplicate ID":
+        return [GOOD_ROWS[0], GOOD_ROWS[1], GOOD_ROWS[2], row]
+    return [row, GOOD_ROWS[1], GOOD_ROWS[2]]
+
+
 def _fix_words(case: str) -> str:
     return next(v for k, v in FIX_WORDS.items() if case.startswith(k))
 
@@ -264,9 +271,7 @@ def _fix_words(case: str) -> str:
 @pytest.mark.parametrize("case", sorted(BAD_ROWS))
 def test_bad_row_raise(model_dir: Path, tmp_path: Path, case: str) -> None:
     row, words = BAD_ROWS[case]
-    rows = [GOOD_ROWS[0], GOOD_ROWS[1], GOOD_ROWS[2], row] if case == "duplicate ID" else \
-        [row, GOOD_ROWS[1], GOOD_ROWS[2]]
-    root = write_cohort(tmp_path / "cohort", rows)
+    root = write_cohort(tmp_path / "cohort", _rows_with(case, row))
     out = tmp_path / "pred.csv"
     result = predict(model_dir, root, out)
     assert result.exit_code == 2, result.output
@@ -281,9 +286,7 @@ def test_bad_row_raise(model_dir: Path, tmp_path: Path, case: str) -> None:
 @pytest.mark.parametrize("case", sorted(BAD_ROWS))
 def test_bad_row_skip_is_listed(model_dir: Path, tmp_path: Path, case: str) -> None:
     row, words = BAD_ROWS[case]
-    rows = [GOOD_ROWS[0], GOOD_ROWS[1], GOOD_ROWS[2], row] if case == "duplicate ID" else \
-        [row, GOOD_ROWS[1], GOOD_ROWS[2]]
-    root = write_cohort(tmp_path / "cohort", rows)
+    root = write_cohort(tmp_path / "cohort", _rows_with(case, row))
     out = tmp_path / "pred.csv"
     result = predict(model_dir, root, out, "--on-error", "skip")
     assert result.exit_code == 0, result.output
