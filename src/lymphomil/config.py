@@ -43,6 +43,17 @@ class RunConfig(BaseModel):
     cache_dir: Path | None = None
     threads: int = Field(1, ge=1, description="threads for model fitting (torch, BLAS)")
     gallery_k: int = Field(8, ge=1)
+    engine: str = Field("local", description="where features and CV fits run: local or ray "
+                                              "(RAY_ADDRESS, or a local Ray)")
+
+    @field_validator("engine")
+    @classmethod
+    def _engine(cls, value: str) -> str:
+        from lymphomil.engine import ENGINES
+
+        if value not in ENGINES:
+            raise ValueError(f"engine must be one of {', '.join(ENGINES)}")
+        return value
 
     @field_validator("on_error")
     @classmethod

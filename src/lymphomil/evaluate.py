@@ -175,34 +175,85 @@ class CVResult:
                 "per_repeat": {m: v.tolist() for m, v in self.per_repeat.items()}}
 
 
-def cross_validate(model: "PatientModel", patients: Sequence, y: np.ndarray, *, folds: int = 5,
-                   repeats: int = 5, seed: int = 0, model_name: str | None = None,
-                   on_fit: Callable[..., None] | None = None) -> CVResult:
-    """Repeated stratified patient-level CV of ``model`` (cloned and re-seeded for every fit)."""
-    patients = np.asarray(patients, dtype=object)
-    y = np.asarray(y, dtype=int)
-    name = model_name or type(model).__name__
-    plan = fold_plan(y, folds, repeats, seed)
-    counts = np.array([p.lymph_count for p in patients], dtype=float)
-    proba = np.full((repeats, len(y)), np.nan)
-    hard = np.zeros((repeats, len(y)), dtype=bool)
-    seconds = np.zeros((repeats, folds))
-    for r in range(repeats):
-        for k in range(folds):
-            test = np.flatnonzero(plan[r] == k)
-            train = np.flatnonzero(plan[r] != k)
-            fitted = with_seed(clone(model), derive_seed(seed, name, r, k))
-            start = time.perf_counter()
-            fitted.fit(patients[train], y[train])
-            proba[r, test] = np.asarray(fitted.predict_proba(patients[test]))[:, 1]
-            seconds[r, k] = time.perf_counter() - start
-            hard[r, test] = hard_mask(counts, y, train, test)
-            if on_fit is not None:
-                on_fit(1, rate=f"r{r + 1} f{k + 1}")
+@dataclass(frozen=True)
+class FoldTask:
+    """One fit of the harness: model ``model_index`` on repeat ``repeat``'s fold ``fold``."""
+
+    model_index: int
+    repeat: int
+    fold: int
+    seed: int  # derived from (seed, model name, repeat, fold): never from run order
+    train: np.ndarray  # (n_train,) patient indices
+    test: np.ndarray  # (n_test,) patient indices
+
+
+def fit_fold(model: "PatientModel", patients: np.ndarray, y: np.ndarray, train: np.ndarray,
+             test: np.ndarray, seed: int) -> tuple[np.ndarray, float]:
+    """Fit a seeded clone on ``train``; (P(malignant) of ``test``, wall seconds)."""
+    fitted = with_seed(clone(model), seed)
+    start = time.perf_counter()
+    fitted.fit(patients[train], y[train])
+    proba = np.asarray(fitted.predict_proba(patients[test]))[:, 1]
+    return proba, time.perf_counter() - start
+
+
+def run_fold_task(shared: dict, task: FoldTask) -> tuple[np.ndarray, float]:
+    """The unit an engine runs: ``shared`` holds the models, patients and labels."""
+    model = shared["models"][task.model_index]
+    return fit_fold(model, shared["patients"], shared["y"], task.train, task.test, task.seed)
+
+
+def cross_validate_many(models: Sequence[tuple[str, "PatientModel"]], patients: Sequence,
+                        y: np.ndarray, *, folds: int = 5, repeats: int = 5, seed: int = 0,
+                        on_fit: Callable[..., None] | None = None,
+                        engine: object = None) -> list[CVResult]:
+    """Repeated stratified patient-level CV of several models on the same fold plan.
+
+    Every (model, repeat, fold) fit is one independent task for ``engine`` (default: here, one
+    after another); results are placed by task, so the order in which they finish is irrelevant.
+    """
+    from lymphomil.engine import LocalEngine
     from lymphomil.models.base import encode_param
 
-    return CVResult(name, [p.id for p in patients], y, plan, proba, hard, seconds,
-                    encode_param(model.get_params(deep=False)), seed)
+    patients = np.asarray(patients, dtype=object)
+    y = np.asarray(y, dtype=int)
+    plan = fold_plan(y, folds, repeats, seed)
+    counts = np.array([p.lymph_count for p in patients], dtype=float)
+    tasks = [FoldTask(i, r, k, derive_seed(seed, name, r, k), np.flatnonzero(plan[r] != k),
+                      np.flatnonzero(plan[r] == k))
+             for i, (name, _) in enumerate(models) for r in range(repeats) for k in range(folds)]
+
+    def on_done(index: int, _result: object) -> None:
+        if on_fit is not None:
+            task = tasks[index]
+            on_fit(1, rate=f"{models[task.model_index][0]} r{task.repeat + 1} f{task.fold + 1}")
+
+    engine = engine or LocalEngine()
+    shared = {"models": [model for _, model in models], "patients": patients, "y": y}
+    outputs = engine.run_fits(run_fold_task, tasks, on_done=on_done, shared=shared)
+    results = []
+    for i, (name, model) in enumerate(models):
+        proba = np.full((repeats, len(y)), np.nan)
+        hard = np.zeros((repeats, len(y)), dtype=bool)
+        seconds = np.zeros((repeats, folds))
+        for task, (task_proba, task_seconds) in zip(tasks, outputs):
+            if task.model_index != i:
+                continue
+            proba[task.repeat, task.test] = task_proba
+            seconds[task.repeat, task.fold] = task_seconds
+            hard[task.repeat, task.test] = hard_mask(counts, y, task.train, task.test)
+        results.append(CVResult(name, [p.id for p in patients], y, plan, proba, hard, seconds,
+                                encode_param(model.get_params(deep=False)), seed))
+    return results
+
+
+def cross_validate(model: "PatientModel", patients: Sequence, y: np.ndarray, *, folds: int = 5,
+                   repeats: int = 5, seed: int = 0, model_name: str | None = None,
+                   on_fit: Callable[..., None] | None = None, engine: object = None) -> CVResult:
+    """Repeated stratified patient-level CV of ``model`` (cloned and re-seeded for every fit)."""
+    name = model_name or type(model).__name__
+    return cross_validate_many([(name, model)], patients, y, folds=folds, repeats=repeats,
+                               seed=seed, on_fit=on_fit, engine=engine)[0]
 
 
 def format_metric(stats: dict[str, float], digits: int = 3) -> str:

@@ -65,13 +65,28 @@ def run_pipeline(config: RunConfig, out: Path,
                  stage: Callable[[str], None] = lambda name: None,
                  on_fit: Callable[..., None] | None = None,
                  cv_total: Callable[[int], None] | None = None) -> RunResult:
-    """Run every stage; ``stage(name)`` announces each one, ``on_fit`` ticks CV progress."""
-    from lymphomil.explore import explore
-    from lymphomil.workflow import (attach_features, configure_model, labelled_patients,
-                                    predict_patients, run_cv, set_threads, train_model,
-                                    write_cv_outputs, write_predictions)
+    """Run every stage; ``stage(name)`` announces each one, ``on_fit`` ticks CV progress.
+    Features and CV fits run on ``config.engine``; training and prediction are single fits."""
+    from lymphomil.workflow import set_threads
+
+    from lymphomil.engine import get_engine
 
     set_threads(config.threads)
+    engine = get_engine(config.engine, fit_threads=config.threads)
+    try:
+        return _run_stages(config, out, engine, stage, on_fit, cv_total)
+    finally:
+        engine.close()
+
+
+def _run_stages(config: RunConfig, out: Path, engine: object, stage: Callable[[str], None],
+                on_fit: Callable[..., None] | None,
+                cv_total: Callable[[int], None] | None) -> RunResult:
+    from lymphomil.explore import explore
+    from lymphomil.workflow import (attach_features, configure_model, labelled_patients,
+                                    predict_patients, run_cv, train_model, write_cv_outputs,
+                                    write_predictions)
+
     timings: dict[str, float] = {}
     data = config.data
     if data is None:
@@ -89,14 +104,15 @@ def run_pipeline(config: RunConfig, out: Path,
         stage("features")
         with _timed(timings, "features"):
             models = [configure_model(name, config.features) for name in candidates]
-            attach_features(cohort.patients, models, config.cache_dir)
+            attach_features(cohort.patients, models, config.cache_dir, engine=engine)
         stage("cross-validation")
         if cv_total is not None:
             cv_total(len(candidates) * config.folds * config.repeats)
         with _timed(timings, "cross-validation"):
             results = run_cv(candidates, labelled.patients, labelled.y, folds=config.folds,
                              repeats=config.repeats, seed=config.seed, features=config.features,
-                             cache_dir=config.cache_dir, on_fit=on_fit, use_cv_cache=True)
+                             cache_dir=config.cache_dir, on_fit=on_fit, use_cv_cache=True,
+                             engine=engine)
             write_cv_outputs(results, staging / "cv")
         chosen = (next(r for r in results if r.model_name == config.model) if config.model
                   else choose_model(results))

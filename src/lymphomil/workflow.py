@@ -16,7 +16,7 @@ import numpy as np
 
 from lymphomil.data.cohort import Cohort, Patient, as_patient_array, labels_of, load_cohort
 from lymphomil.errors import LymphomilError
-from lymphomil.evaluate import CVResult, cross_validate
+from lymphomil.evaluate import CVResult
 from lymphomil.models.base import PatientModel, create_model, load_model
 from lymphomil.runs import atomic_write_json, atomic_write_text, read_json, staged_dir
 
@@ -58,22 +58,17 @@ def _override_features(model: PatientModel, features: str) -> None:
             _override_features(value, features)
 
 
-_STORES: dict = {}
-
-
 def feature_store(cache_dir: Path | None = None):
     """One FeatureCache per cache folder in a process, so the stages of a run (features, CV,
     train, predict) share its in-memory arrays instead of re-reading every file."""
-    from lymphomil.features.cache import FeatureCache, feature_root
+    from lymphomil.features.cache import feature_root, shared_cache
 
-    root = feature_root(cache_dir)
-    if root not in _STORES:
-        _STORES[root] = FeatureCache(root)
-    return _STORES[root]
+    return shared_cache(feature_root(cache_dir))
 
 
 def attach_features(patients: Sequence[Patient], models: Iterable[PatientModel],
-                    cache_dir: Path | None = None, on_error: str = "raise") -> np.ndarray:
+                    cache_dir: Path | None = None, on_error: str = "raise",
+                    engine: object = None) -> np.ndarray:
     """Patients with the feature cache attached, everything the models need already computed."""
     needed = []
     for model in models:
@@ -89,7 +84,7 @@ def attach_features(patients: Sequence[Patient], models: Iterable[PatientModel],
     for spec, kind in needed:
         by_spec.setdefault(spec, []).append(kind)
     for spec, kinds in by_spec.items():
-        store.ensure(patients, spec, kinds=tuple(kinds))
+        store.ensure(patients, spec, kinds=tuple(kinds), engine=engine)
     return attach_store(patients, store)
 
 
@@ -114,30 +109,36 @@ def labelled_patients(cohort: Cohort) -> LabelledSet:
 
 def run_cv(model_names: Sequence[str], patients: np.ndarray, y: np.ndarray, *, folds: int,
            repeats: int, seed: int, features: str | None = None, cache_dir: Path | None = None,
-           on_fit: Callable[..., None] | None = None, use_cv_cache: bool = False) -> list[CVResult]:
+           on_fit: Callable[..., None] | None = None, use_cv_cache: bool = False,
+           engine: object = None) -> list[CVResult]:
     """Repeated CV of each named model; with ``use_cv_cache`` an unchanged model/data/plan is
-    read back from the CV-result cache instead of refitted (see :mod:`lymphomil.cvcache`)."""
+    read back from the CV-result cache instead of refitted (see :mod:`lymphomil.cvcache`).
+    ``engine`` runs the features and the fits (:mod:`lymphomil.engine`; default: here)."""
     from lymphomil import cvcache
+    from lymphomil.evaluate import cross_validate_many
     from lymphomil.runs import default_cache_root
 
     models = [configure_model(name, features) for name in model_names]
-    attached = attach_features(patients, models, cache_dir)
+    attached = attach_features(patients, models, cache_dir, engine=engine)
     root = (Path(cache_dir) if cache_dir else default_cache_root()) / "cv"
-    results = []
+    results: dict[str, CVResult] = {}
+    keys: dict[str, str | None] = {}
     for name, model in zip(model_names, models):
-        key = cvcache.cv_key(model, name, attached, folds, repeats, seed) if use_cv_cache else None
+        key = keys[name] = (cvcache.cv_key(model, name, attached, folds, repeats, seed)
+                            if use_cv_cache else None)
         cached = cvcache.load_cached(root, key) if key else None
         if cached is not None:
             if on_fit is not None:
                 on_fit(folds * repeats, rate="cached")
-            results.append(cached)
-            continue
-        result = cross_validate(model, attached, y, folds=folds, repeats=repeats, seed=seed,
-                                model_name=name, on_fit=on_fit)
-        if key:
-            cvcache.store(root, key, result)
-        results.append(result)
-    return results
+            results[name] = cached
+    todo = [(name, model) for name, model in zip(model_names, models) if name not in results]
+    if todo:
+        for result in cross_validate_many(todo, attached, y, folds=folds, repeats=repeats,
+                                          seed=seed, on_fit=on_fit, engine=engine):
+            if keys[result.model_name]:
+                cvcache.store(root, keys[result.model_name], result)
+            results[result.model_name] = result
+    return [results[name] for name in model_names]
 
 
 def write_cv_outputs(results: Sequence[CVResult], out: Path) -> dict:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from lymphomil.cli_app import app, cache_app, console, err_console, handle_errors
@@ -58,6 +59,10 @@ def features(
                                  help="raise: stop at the first bad row or image; skip: leave it "
                                       "out and list it."),
     list_names: bool = typer.Option(False, "--list", help="List the backbones and exit."),
+    engine: str = typer.Option("local", "--engine",
+                               help="local, or ray: extraction tasks on a Ray cluster "
+                                    "(RAY_ADDRESS, or a local Ray); the cache folder must be "
+                                    "the same path on every node. Needs lymphomil[ray]."),
 ) -> None:
     """Extract the instance features of every cell image once, into the feature cache.
 
@@ -66,6 +71,7 @@ def features(
     Example: lymphomil features ../shared/data/dlmi-lymphocytosis --backbone efficientnet-lite0 --crop 112
     """
     from lymphomil.data.cohort import load_cohort
+    from lymphomil.engine import get_engine
     from lymphomil.features import FeatureCache, FeatureSpec, resolve_precision
     from lymphomil.features.cache import feature_root
 
@@ -92,14 +98,19 @@ def features(
     # patient's images were decoded already, so a warm run need not open 14,000 files again
     cohort = load_cohort(data, on_error=on_error, check_images=False)
     for issue in cohort.issues:
-        err_console.print(f"[yellow]skipped[/]: {issue.file or ''}: {issue.problem}",
+        err_console.print(f"[yellow]skipped[/]: {escape(issue.file or '')}: {escape(issue.problem)}",
                           highlight=False, soft_wrap=True)
     loaded = time.perf_counter()
     cache = FeatureCache(feature_root(cache_dir), workers=workers, batch_size=batch_size,
                          on_error=on_error)
-    cache.ensure(cohort.patients, spec, kinds=wanted)
+    runner = get_engine(engine)
+    try:
+        cache.ensure(cohort.patients, spec, kinds=wanted, engine=runner)
+    finally:
+        runner.close()
     for issue in cache.issues:
-        err_console.print(f"[yellow]left out of its bag[/]: {issue.file or ''}: {issue.problem}",
+        err_console.print(f"[yellow]left out of its bag[/]: {escape(issue.file or '')}: "
+                          f"{escape(issue.problem)}",
                           highlight=False, soft_wrap=True)
     run = cache.last_run
     total = time.perf_counter() - start

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from lymphomil.cli_app import (app, console, err_console, handle_errors, make_progress,
@@ -25,6 +26,8 @@ ON_ERROR_OPT = typer.Option("raise", "--on-error",
 CACHE_OPT = typer.Option(None, "--cache-dir", help="feature cache folder (default: user cache)")
 FEATURES_OPT = typer.Option(None, "--features",
                             help="override image models' features, e.g. efficientnet-lite0@112")
+ENGINE_HELP = ("where features and CV fits run: local, or ray (joins RAY_ADDRESS or starts a "
+               "local Ray; needs the lymphomil[ray] extra)")
 THREADS_OPT = typer.Option(1, "--threads", help="threads for model fitting (torch, BLAS); "
                                                  "fixed for reproducibility")
 
@@ -36,7 +39,8 @@ def print_skips(issues: list[dict], out: Path | None = None) -> None:
                       soft_wrap=True)
     for issue in issues[:20]:
         where = issue["file"] + (f", row {issue['row']}" if issue.get("row") else "")
-        err_console.print(f"  - {where}: {issue['problem']}", highlight=False, soft_wrap=True)
+        err_console.print(f"  - {escape(where)}: {escape(issue['problem'])}", highlight=False,
+                          soft_wrap=True)
     if len(issues) > 20:
         err_console.print(f"  … and {len(issues) - 20} more")
     if out is not None:
@@ -86,11 +90,13 @@ def cv(
     features: Optional[str] = FEATURES_OPT,
     cache_dir: Optional[Path] = CACHE_OPT,
     threads: int = THREADS_OPT,
+    engine: str = typer.Option("local", "--engine", help=ENGINE_HELP),
 ) -> None:
     """Repeated, stratified, patient-level cross-validation of one or more models.
 
     Example: lymphomil cv ../shared/data/dlmi-lymphocytosis -m logreg -m svm --out runs/cv
     """
+    from lymphomil.engine import get_engine
     from lymphomil.workflow import labelled_patients, run_cv, set_threads, write_cv_outputs
 
     set_threads(threads)
@@ -98,9 +104,14 @@ def cv(
         ensure_replaceable(out, "metrics.json", "cv")
     cohort = load_cohort(data, reference_date=parse_date_option(reference_date), on_error=on_error)
     labelled = labelled_patients(cohort)
-    with progress_task("cross-validation fits", total=len(model) * folds * repeats) as advance:
-        results = run_cv(model, labelled.patients, labelled.y, folds=folds, repeats=repeats,
-                         seed=seed, features=features, cache_dir=cache_dir, on_fit=advance)
+    runner = get_engine(engine, fit_threads=threads)
+    try:
+        with progress_task("cross-validation fits", total=len(model) * folds * repeats) as advance:
+            results = run_cv(model, labelled.patients, labelled.y, folds=folds, repeats=repeats,
+                             seed=seed, features=features, cache_dir=cache_dir, on_fit=advance,
+                             engine=runner)
+    finally:
+        runner.close()
     payload = {r.model_name: r.to_dict() for r in results}
     if out is not None:  # staged: a folder with checksums.json is a finished one
         with staged_dir(out) as staging:
@@ -211,6 +222,7 @@ def run(
     features: Optional[str] = FEATURES_OPT,
     cache_dir: Optional[Path] = CACHE_OPT,
     threads: Optional[int] = typer.Option(None, "--threads"),
+    engine: Optional[str] = typer.Option(None, "--engine", help=ENGINE_HELP + " [default: local]"),
 ) -> None:
     """The main job: validate → explore → CV the candidates → train the best → predict → report.
 
@@ -225,7 +237,7 @@ def run(
     cfg = load_config(config, {
         "data": data, "model": model, "folds": folds, "repeats": repeats, "seed": seed,
         "synthetic_patients": patients, "on_error": on_error, "features": features,
-        "cache_dir": cache_dir, "threads": threads,
+        "cache_dir": cache_dir, "threads": threads, "engine": engine,
         "reference_date": parse_date_option(reference_date) if reference_date else None,
         "candidates": [c.strip() for c in candidates.split(",") if c.strip()] if candidates else None,
     })

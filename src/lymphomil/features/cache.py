@@ -158,6 +158,21 @@ class _Plan:
         return self.folder / f"{self.patient_id}-{self.content_hash}.{kind}{SUFFIX}"
 
 
+_PROCESS_CACHES: dict[tuple, "FeatureCache"] = {}
+_PROCESS_LOCK = threading.Lock()
+
+
+def shared_cache(root: str | Path, memory_bytes: int = DEFAULT_MEMORY_BYTES,
+                 on_error: str = "raise") -> "FeatureCache":
+    """This process's one FeatureCache for ``root``: the stages of a run (and the tasks a Ray
+    worker runs) share its in-memory arrays instead of re-reading every file."""
+    key = (str(Path(root).expanduser().absolute()), int(memory_bytes), on_error)
+    with _PROCESS_LOCK:
+        if key not in _PROCESS_CACHES:
+            _PROCESS_CACHES[key] = FeatureCache(key[0], memory_bytes=memory_bytes, on_error=on_error)
+        return _PROCESS_CACHES[key]
+
+
 class FeatureCache:
     """On-disk, content-addressed feature store; implements ``FeatureStore`` (spec.py).
 
@@ -168,15 +183,18 @@ class FeatureCache:
     loader does).
     """
 
-    def __init__(self, root: str | Path | None = None, workers: int | None = 2, batch_size: int = 16,
+    def __init__(self, root: str | Path | None = None, workers: int | None = None,
+                 batch_size: int = 16,
                  on_progress: Callable[[int, int, float], None] | None = None,
-                 memory_bytes: int = DEFAULT_MEMORY_BYTES, on_error: str = "raise"):
+                 memory_bytes: int = DEFAULT_MEMORY_BYTES, on_error: str = "raise",
+                 threads_per_stream: int | None = None):
         self.root = Path(root).expanduser() if root is not None else default_root()
         self.workers = workers
         self.batch_size = batch_size
         self.on_progress = on_progress
         self.memory_bytes = int(memory_bytes)
         self.on_error = on_error
+        self.threads_per_stream = threads_per_stream
         self.issues: list[DataIssue] = []
         self.last_run: dict[str, Any] = {}
         self._lru: OrderedDict[Path, np.ndarray] = OrderedDict()
@@ -186,6 +204,11 @@ class FeatureCache:
         self._backbones: dict[tuple[str, str], Any] = {}
         self._extractors: dict[tuple, Any] = {}
         self._extract_lock = threading.Lock()  # one extraction at a time (they share the cores)
+
+    def __reduce__(self):
+        """Sent to another process (a Ray worker) as its root: the receiver uses its own
+        :func:`shared_cache` for that folder (which must be the same path there)."""
+        return (shared_cache, (str(self.root.absolute()), self.memory_bytes, self.on_error))
 
     # ---------------------------------------------------------------- keys
 
@@ -333,19 +356,25 @@ class FeatureCache:
     # ---------------------------------------------------------------- extraction
 
     def ensure(self, patients: Iterable[Any], spec: FeatureSpec | str | dict,
-               kinds: Iterable[str] = ("pooled",)) -> None:
-        """Extract (with a progress bar showing images/s) whatever is not cached yet."""
+               kinds: Iterable[str] = ("pooled",), engine: Any = None) -> None:
+        """Extract (with a progress bar showing images/s) whatever is not cached yet.
+
+        ``engine``: where the extraction runs (:mod:`lymphomil.engine`); ``None`` = here.
+        """
         start = time.perf_counter()
         patients = list(patients)
         spec = self.resolve(spec)
         disk = self._disk_kinds(spec, kinds)
-        _, spec_hash, folder = self.spec_key(spec)
+        _, _, folder = self.spec_key(spec)
         plans = self._plans(patients, folder)
-        todo = [(p, plan) for p, plan in zip(patients, plans)
-                if not all(self._valid_on_disk(plan, k, spec_hash) for k in disk)]
+        todo = [(patients[i], plans[i]) for i in self.missing(plans, spec, disk)]
         hashed = time.perf_counter()
-        computed_images = self._extract([p for p, _ in todo], [plan for _, plan in todo], spec, disk,
-                                        progress=True)
+        todo_patients, todo_plans = [p for p, _ in todo], [plan for _, plan in todo]
+        if engine is None or getattr(engine, "name", "local") == "local" or not todo:
+            computed_images = self._extract(todo_patients, todo_plans, spec, disk, progress=True)
+        else:
+            self.prepare_folder(spec)
+            computed_images = engine.extract_features(self, todo_patients, todo_plans, spec, disk)
         elapsed = time.perf_counter() - start
         self.last_run = {
             "patients": len(patients), "images": sum(len(p.image_paths) for p in patients),
@@ -366,6 +395,20 @@ class FeatureCache:
                 self._backbones[key] = create_backbone(spec.backbone, spec.weights)
             return self._backbones[key]
 
+    def prepare_folder(self, spec: FeatureSpec) -> tuple[dict, str, Path]:
+        """The spec's folder, created with its spec.json; (key, hash, folder)."""
+        key, spec_hash, folder = self.spec_key(spec)
+        folder.mkdir(parents=True, exist_ok=True)
+        if not (folder / SPEC_JSON).is_file():
+            atomic_write_json(folder / SPEC_JSON, dict(key, spec_hash=spec_hash))
+        return key, spec_hash, folder
+
+    def missing(self, plans: Sequence[_Plan], spec: FeatureSpec, disk_kinds: Sequence[str]) -> list[int]:
+        """Indices of the plans whose files are not all valid on disk (what is left to do)."""
+        _, spec_hash, _ = self.spec_key(spec)
+        return [i for i, plan in enumerate(plans)
+                if not all(self._valid_on_disk(plan, k, spec_hash) for k in disk_kinds)]
+
     def _extract(self, patients: Sequence[Any], plans: Sequence[_Plan], spec: FeatureSpec,
                  disk_kinds: Sequence[str], progress: bool) -> int:
         if not plans:
@@ -377,17 +420,14 @@ class FeatureCache:
                         disk_kinds: Sequence[str], progress: bool) -> int:
         from lymphomil.features.extract import Extractor, Job
 
-        key, spec_hash, folder = self.spec_key(spec)
-        folder.mkdir(parents=True, exist_ok=True)
-        if not (folder / SPEC_JSON).is_file():
-            atomic_write_json(folder / SPEC_JSON, dict(key, spec_hash=spec_hash))
+        key, spec_hash, folder = self.prepare_folder(spec)
         kinds = tuple(sorted(set(disk_kinds) | {"pooled"}))  # the plain view comes free
-        memo = (spec, kinds, self.batch_size, self.workers, self.on_error)
+        memo = (spec, kinds, self.batch_size, self.workers, self.on_error, self.threads_per_stream)
         with self._lock:  # one inference copy per spec: single-patient loads stay cheap
             if memo not in self._extractors:
                 self._extractors[memo] = Extractor(self._backbone(spec), spec.crop, spec.precision,
                                                    kinds, self.batch_size, self.workers,
-                                                   self.on_error)
+                                                   self.on_error, self.threads_per_stream)
             extractor = self._extractors[memo]
         issues_before = len(extractor.issues)
         jobs = [Job(plan.patient_id, list(patient.image_paths), plan)

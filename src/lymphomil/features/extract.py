@@ -59,7 +59,8 @@ class Extractor:
 
     def __init__(self, backbone: Backbone, crop: int, precision: str = "fp32",
                  kinds: Sequence[str] = ("pooled",), batch_size: int = 16,
-                 workers: int | None = None, on_error: str = "raise"):
+                 workers: int | None = None, on_error: str = "raise",
+                 threads_per_stream: int | None = None):
         unknown = set(kinds) - set(DISK_KINDS)
         if unknown:
             raise LymphomilError(f"unknown feature kind(s) {sorted(unknown)}",
@@ -73,6 +74,9 @@ class Extractor:
         self.kinds = tuple(k for k in DISK_KINDS if k in kinds)
         self.batch_size = max(1, int(batch_size))
         self.workers = max(1, int(workers or cpu_count()))
+        # one intra-op thread per stream by default (streams = cores): the numerics then do not
+        # depend on where a stream runs (a thread here, a Ray worker process elsewhere)
+        self.threads_per_stream = max(1, int(threads_per_stream or cpu_count() // self.workers))
         self.on_error = on_error
         self.preprocess = make_preprocess(self.crop, backbone.mean, backbone.std)
         # an inference copy: BatchNorm folded into the convs, channels-last (backbone untouched)
@@ -141,7 +145,7 @@ class Extractor:
         stop = threading.Event()
         batches = self._batches(jobs)
         finished: queue.Queue = queue.Queue(maxsize=4 * self.workers)
-        threads_per_stream = max(1, cpu_count() // self.workers)
+        threads_per_stream = self.threads_per_stream
 
         def record(job_index: int, image_index: int, exc: LymphomilError) -> None:
             with lock:

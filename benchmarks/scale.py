@@ -1,0 +1,175 @@
+"""`--engine local` against `--engine ray` on this machine, at growing cohort sizes (issue 9).
+
+For synthetic cohorts of 100, 400 and 1,600 patients (``--sizes``), in one run:
+
+* ``lymphomil features COHORT --engine E`` into an empty cache (cold): wall time, images/s and
+  the driver's peak RSS (the CLI process's own ``ru_maxrss`` from ``os.wait4``: Ray's raylet and
+  workers are other processes, the driver is what must stay flat);
+* ``lymphomil cv COHORT -m <attribute models> -m image-logreg --folds 5 --repeats 5 --engine E``
+  on the cohorts in ``--cv-sizes``, reading the features the step above cached;
+* both engines' outputs compared: feature files and out-of-fold probabilities must be
+  bit-identical, or the benchmark says so.
+
+Each command is a fresh process, so Ray's start-up (a local Ray with this machine's cores) is
+inside the ray figures. The cohorts are generated once into ``--work`` and reused.
+
+Example:
+    nice -n -5 .venv/bin/python benchmarks/scale.py --out docs/benchmarks/scale.txt
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+ATTRIBUTE_MODELS = ["logreg", "svm", "tree", "forest", "mlp"]
+IMAGE_MODEL = "image-logreg"
+
+
+def lymphomil_cmd() -> list[str]:
+    exe = Path(sys.executable).with_name("lymphomil")
+    return [str(exe)] if exe.is_file() else [sys.executable, "-m", "lymphomil.cli"]
+
+
+def measure(args: list[str]) -> dict:
+    """Wall time and the process's own peak RSS (not its children's)."""
+    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", COLUMNS="120")
+    start = time.perf_counter()
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    out = proc.stdout.read()  # type: ignore[union-attr]
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    rc = os.waitstatus_to_exitcode(status)
+    if rc != 0:
+        raise SystemExit(f"command failed ({rc}): {' '.join(args)}\n{out.decode(errors='replace')[-3000:]}")
+    return {"wall_s": wall, "driver_peak_rss_mib": usage.ru_maxrss / 1024}
+
+
+def cohort(work: Path, patients: int) -> Path:
+    from lymphomil.data.synth import write_synthetic_cohort
+
+    folder = work / f"synth-{patients}"
+    if not (folder / "clinical_annotation.csv").is_file():
+        print(f"generating a {patients}-patient synthetic cohort …", flush=True)
+        write_synthetic_cohort(folder, n_patients=patients, seed=0)
+    return folder
+
+
+def n_images(folder: Path) -> int:
+    return sum(1 for _ in folder.glob("*set/*/*.jpg"))
+
+
+def feature_digest(cache: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted((cache / "features").rglob("*.safetensors")):
+        digest.update(path.name.encode() + hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
+def oof_digest(out: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(out.glob("oof_*.csv")):
+        digest.update(path.name.encode() + path.read_bytes())
+    return digest.hexdigest()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[100, 400, 1600])
+    parser.add_argument("--cv-sizes", type=int, nargs="*", default=[100, 400])
+    parser.add_argument("--engines", nargs="+", default=["local", "ray"])
+    parser.add_argument("--work", type=Path, default=Path("/tmp/lymphomil-scale"))
+    parser.add_argument("--out", type=Path, default=None, help="also write the report here")
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    cli = lymphomil_cmd()
+    rows: list[dict] = []
+    lines = [f"# benchmarks/scale.py — {time.strftime('%Y-%m-%d %H:%M')} on {platform.node()}, "
+             f"{os.cpu_count()} cores, load {os.getloadavg()[0]:.2f} at start",
+             f"# command: {' '.join([Path(sys.executable).name, *sys.argv])}"]
+
+    def report(line: str) -> None:
+        print(line, flush=True)
+        lines.append(line)
+
+    for size in args.sizes:
+        folder = cohort(args.work, size)
+        images = n_images(folder)
+        digests = {}
+        for engine in args.engines:
+            cache = args.work / f"cache-{size}-{engine}"
+            shutil.rmtree(cache, ignore_errors=True)
+            result = measure([*cli, "features", str(folder), "--cache-dir", str(cache),
+                              "--engine", engine])
+            digests[engine] = feature_digest(cache)
+            row = {"step": "features", "patients": size, "images": images, "engine": engine,
+                   **result, "images_per_s": images / result["wall_s"]}
+            rows.append(row)
+            report(f"features {size:>5} patients {images:>6} images  {engine:<5}  "
+                   f"{result['wall_s']:7.1f} s  {row['images_per_s']:6.0f} img/s  "
+                   f"driver peak RSS {result['driver_peak_rss_mib']:6.0f} MiB")
+        if len(set(digests.values())) > 1:
+            report(f"  !! feature files DIFFER between engines at {size} patients")
+        else:
+            report(f"  feature files bit-identical between {' and '.join(args.engines)}")
+        if size not in args.cv_sizes:
+            continue
+        oofs = {}
+        for engine in args.engines:
+            cache = args.work / f"cache-{size}-{engine}"
+            out = args.work / f"cv-{size}-{engine}"
+            shutil.rmtree(out, ignore_errors=True)
+            models = [a for m in [*ATTRIBUTE_MODELS, IMAGE_MODEL] for a in ("-m", m)]
+            result = measure([*cli, "cv", str(folder), *models, "--folds", str(args.folds),
+                              "--repeats", str(args.repeats), "--cache-dir", str(cache),
+                              "--engine", engine, "--out", str(out)])
+            oofs[engine] = oof_digest(out)
+            fits = (len(ATTRIBUTE_MODELS) + 1) * args.folds * args.repeats
+            rows.append({"step": "cv", "patients": size, "engine": engine, "fits": fits, **result})
+            report(f"cv       {size:>5} patients {fits:>4} fits ({args.folds}x{args.repeats}, "
+                   f"{len(ATTRIBUTE_MODELS)} attribute models + {IMAGE_MODEL})  {engine:<5}  "
+                   f"{result['wall_s']:7.1f} s  driver peak RSS "
+                   f"{result['driver_peak_rss_mib']:6.0f} MiB")
+        if len(set(oofs.values())) > 1:
+            report(f"  !! out-of-fold probabilities DIFFER between engines at {size} patients")
+        else:
+            report(f"  out-of-fold probabilities bit-identical between {' and '.join(args.engines)}")
+
+    report("")
+    report("ray / local wall time:")
+    for step in ("features", "cv"):
+        for size in sorted({r["patients"] for r in rows if r["step"] == step}):
+            by = {r["engine"]: r for r in rows if r["step"] == step and r["patients"] == size}
+            if {"local", "ray"} <= set(by):
+                ratio = by["ray"]["wall_s"] / by["local"]["wall_s"]
+                report(f"  {step:<8} {size:>5} patients: {ratio:5.2f}  "
+                       f"({'within' if ratio <= 1.15 else 'OVER'} the 15 % bound)")
+    report("driver peak RSS, features, 400 -> largest cohort:")
+    for engine in args.engines:
+        rss = {r["patients"]: r["driver_peak_rss_mib"] for r in rows
+               if r["step"] == "features" and r["engine"] == engine}
+        if 400 in rss and len(rss) > 1:
+            top = max(rss)
+            report(f"  {engine:<5} {rss[400]:.0f} MiB -> {rss[top]:.0f} MiB at {top} patients "
+                   f"({(rss[top] / rss[400] - 1) * 100:+.0f} %)")
+    text = "\n".join(lines) + "\n"
+    (args.work / "scale.json").write_text(json.dumps(rows, indent=1))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text)
+        args.out.with_suffix(".json").write_text(json.dumps(rows, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+"""Where the work runs: in this process (``local``) or on a Ray cluster (``ray``).
+
+The work is already cut into idempotent pieces, so an engine only decides where they run:
+
+* **features** — one chunk of patients' images into the content-addressed cache
+  (:meth:`lymphomil.features.cache.FeatureCache.ensure`); each patient's files are written
+  atomically, so a retried or interrupted piece never leaves a file anyone trusts;
+* **cross-validation** — one (model, repeat, fold) fit of the harness
+  (:func:`lymphomil.evaluate.fit_fold`), seeded from (seed, model, repeat, fold), never from the
+  order in which pieces finish.
+
+Both engines run the same functions with the same thread layout (one intra-op thread per
+extraction stream, ``--threads`` per fit), so they give bit-identical cache entries,
+out-of-fold probabilities and predictions. The core never imports Ray: ``lymphomil.ray_engine``
+is imported only when ``--engine ray`` is asked for.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+from lymphomil.errors import LymphomilError
+
+ENGINES = ("local", "ray")
+RAY_INSTALL_FIX = 'install the extra: pip install "lymphomil[ray]" (or run with --engine local)'
+
+
+class LocalEngine:
+    """Everything in this process (feature streams as threads, fits one after another)."""
+
+    name = "local"
+
+    def extract_features(self, cache: Any, patients: Sequence[Any], plans: Sequence[Any],
+                         spec: Any, disk_kinds: Sequence[str]) -> int:
+        return cache._extract(patients, plans, spec, disk_kinds, progress=True)
+
+    def run_fits(self, fit: Callable[[Any, Any], Any], tasks: Sequence[Any],
+                 on_done: Callable[[int, Any], None] | None = None, shared: Any = None) -> list[Any]:
+        """``fit(shared, task)`` for each task in order; ``on_done(index, result)`` after each."""
+        results = []
+        for index, task in enumerate(tasks):
+            results.append(fit(shared, task))
+            if on_done is not None:
+                on_done(index, results[-1])
+        return results
+
+    def close(self) -> None:
+        pass
+
+
+def get_engine(name: str | None, **options: Any) -> Any:
+    """The engine called ``name`` (``local`` or ``ray``); a clear error when Ray is missing."""
+    name = (name or "local").lower()
+    if name == "local":
+        return LocalEngine()
+    if name == "ray":
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            raise LymphomilError("--engine ray needs Ray, which is not installed in this "
+                                 "environment", fix=RAY_INSTALL_FIX) from None
+        from lymphomil.ray_engine import RayEngine
+
+        return RayEngine(**options)
+    raise LymphomilError(f"unknown engine {name!r}", fix=f"use one of {', '.join(ENGINES)}")

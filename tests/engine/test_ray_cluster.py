@@ -1,0 +1,53 @@
+"""A two-node Ray cluster simulated on one machine (ray.cluster_utils.Cluster): the work
+spreads over both nodes and the answers are the local engine's."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lymphomil.data.cohort import load_cohort
+
+from .conftest import SPEC_TEXT, cache_digests, require_ray
+
+ray = require_ray()
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    from ray.cluster_utils import Cluster
+
+    if ray.is_initialized():
+        ray.shutdown()
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    yield cluster
+    ray.shutdown()
+    cluster.shutdown()
+
+
+def test_two_nodes_share_the_work_and_give_the_local_answers(cluster, synthetic_root: Path,
+                                                             tmp_path: Path) -> None:
+    from lymphomil.ray_engine import RayEngine
+    from lymphomil.workflow import attach_features, configure_model, labelled_patients, run_cv
+
+    engine = RayEngine(address=cluster.address, chunk_images=24)
+    assert engine.describe() == "ray: 2 node(s), 2 CPUs"
+    cohort = load_cohort(synthetic_root)
+    model = [configure_model("image-logreg", SPEC_TEXT)]
+    attach_features(cohort.patients, model, tmp_path / "ray", engine=engine)
+    assert len(engine.last_nodes) == 2, "every chunk ran on one node"
+    attach_features(cohort.patients, model, tmp_path / "local")
+    assert cache_digests(tmp_path / "ray") == cache_digests(tmp_path / "local")
+
+    labelled = labelled_patients(cohort)
+    kwargs = dict(folds=3, repeats=2, seed=0, features=SPEC_TEXT)
+    on_ray = run_cv(["logreg", "image-logreg"], labelled.patients, labelled.y,
+                    cache_dir=tmp_path / "ray", engine=engine, **kwargs)
+    here = run_cv(["logreg", "image-logreg"], labelled.patients, labelled.y,
+                  cache_dir=tmp_path / "local", **kwargs)
+    for got, want in zip(on_ray, here, strict=True):
+        np.testing.assert_array_equal(got.proba, want.proba)
