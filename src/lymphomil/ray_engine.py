@@ -41,6 +41,29 @@ class _Images:
         self.image_paths = tuple(Path(p) for p in image_paths)
 
 
+def environment() -> dict[str, str]:
+    """The versions that change the numbers: every node must match the driver's."""
+    from lymphomil.features.env import library_versions as numeric_versions
+    from lymphomil.models.base import library_versions
+
+    return {**library_versions(), **numeric_versions()}
+
+
+def check_environment(expected: dict[str, str]) -> None:
+    """Refuse to work on a node whose libraries differ from the driver's (its features or fits
+    would differ, or land in a cache folder the driver never reads)."""
+    here = environment()
+    differ = {k: (here.get(k), v) for k, v in expected.items() if here.get(k) != v}
+    if differ:
+        from lymphomil.errors import LymphomilError
+
+        what = ", ".join(f"{k} {mine} (driver {theirs})" for k, (mine, theirs) in sorted(differ.items()))
+        raise LymphomilError(f"Ray node {ray.util.get_node_ip_address()} runs other library "
+                             f"versions than the driver: {what}",
+                             fix="install the same lymphomil environment on every node "
+                                 "(the same pip install and pins), then restart its Ray")
+
+
 _WORKER_CACHES: dict[tuple, Any] = {}
 
 
@@ -57,12 +80,13 @@ def _worker_cache(root: str, batch_size: int, on_error: str) -> Any:
 
 @ray.remote(num_cpus=1)
 def extract_chunk(root: str, spec: dict, disk_kinds: list[str], items: list[tuple[list[str], Any]],
-                  batch_size: int, on_error: str) -> dict:
+                  batch_size: int, on_error: str, expected: dict[str, str]) -> dict:
     """Extract one chunk of patients into the cache at ``root``; counts and problems back."""
     import torch
 
     from lymphomil.features.spec import FeatureSpec
 
+    check_environment(expected)
     torch.set_num_threads(1)
     cache = _worker_cache(root, batch_size, on_error)
     feature_spec = FeatureSpec.from_dict(spec)
@@ -80,10 +104,12 @@ def extract_chunk(root: str, spec: dict, disk_kinds: list[str], items: list[tupl
 
 
 @ray.remote
-def run_fit(fit: Callable[[Any, Any], Any], shared: Any, task: Any, threads: int) -> Any:
+def run_fit(fit: Callable[[Any, Any], Any], shared: Any, task: Any, threads: int,
+            expected: dict[str, str]) -> Any:
     """One cross-validation fit with the same thread limits as the local engine."""
     from lymphomil.workflow import set_threads
 
+    check_environment(expected)
     set_threads(threads)
     return fit(shared, task)
 
@@ -134,6 +160,7 @@ class RayEngine:
         self.max_retries = int(max_retries)
         self.started_here = False
         self.last_nodes: set[str] = set()
+        self.environment = environment()
         if not ray.is_initialized():
             os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no phoning home
             address = address or os.environ.get("RAY_ADDRESS") or None
@@ -165,25 +192,39 @@ class RayEngine:
         target = self.chunk_images or min(2048, max(64, total // (4 * self.cluster_cpus()) + 1))
         root = str(Path(cache.root).absolute())
         task = extract_chunk.options(max_retries=self.max_retries)
-        pending = {}
-        for chunk in image_chunks(sizes, target):
+        chunks = image_chunks(sizes, target)
+        # a bounded number in flight: every CPU stays busy, and the driver never holds the
+        # task arguments of the whole cohort at once (its memory stays flat)
+        limit = 2 * self.cluster_cpus() + 2
+        in_flight: dict[Any, int] = {}
+        submitted = 0
+
+        def submit() -> None:
+            nonlocal submitted
+            chunk = chunks[submitted]
+            submitted += 1
             items = [([str(path) for path in patients[i].image_paths], plans[i]) for i in chunk]
             ref = task.remote(root, spec.to_dict(), list(disk_kinds), items, cache.batch_size,
-                              cache.on_error)
-            pending[ref] = chunk
+                              cache.on_error, self.environment)
+            in_flight[ref] = chunk[0]
+
         issues: list[tuple[int, dict]] = []
         start = time.perf_counter()
         done_images = 0
         self.last_nodes = set()
         with progress_task(f"features {spec.label()} ({self.describe()})", total) as advance:
-            waiting = list(pending)
-            while waiting:
-                ready, waiting = ray.wait(waiting, num_returns=1)
+            while submitted < len(chunks) and len(in_flight) < limit:
+                submit()
+            while in_flight:
+                ready, _ = ray.wait(list(in_flight), num_returns=1)
                 for ref in ready:
+                    first = in_flight.pop(ref)
                     result = fetch(ref)
+                    if submitted < len(chunks):
+                        submit()
                     done_images += result["images"]
                     self.last_nodes.add(result["node"])
-                    issues.extend((pending[ref][0], issue) for issue in result["issues"])
+                    issues.extend((first, issue) for issue in result["issues"])
                     rate = done_images / max(time.perf_counter() - start, 1e-9)
                     advance(result["images"], rate=f"{rate:,.0f} img/s")
         # problems in patient order, whatever order the chunks finished in
@@ -197,7 +238,8 @@ class RayEngine:
         """``fit(shared, task)`` for every task as Ray tasks; results in task order."""
         shared_ref = ray.put(shared)
         remote = run_fit.options(num_cpus=self.fit_threads, max_retries=self.max_retries)
-        refs = [remote.remote(fit, shared_ref, task, self.fit_threads) for task in tasks]
+        refs = [remote.remote(fit, shared_ref, task, self.fit_threads, self.environment)
+                for task in tasks]
         index_of = {ref: i for i, ref in enumerate(refs)}
         results: list[Any] = [None] * len(refs)
         waiting = list(refs)

@@ -124,3 +124,19 @@ def test_cli_run_on_ray_matches_local(engine, synthetic_root: Path,
                for n in ("local", "ray")]
     assert metrics[0] == metrics[1]
     assert cache_digests(base / "cache-ray") == cache_digests(base / "cache-local")
+
+
+def test_a_node_with_other_library_versions_is_refused_clearly(engine) -> None:
+    """A worker whose versions differ from the driver's raises the user-facing error (not a
+    Ray traceback), for fits as for feature chunks."""
+    from lymphomil.errors import LymphomilError
+    from lymphomil.evaluate import FoldTask
+
+    real = engine.environment
+    engine.environment = dict(real, torch="0.0.1")
+    try:
+        with pytest.raises(LymphomilError, match=r"other library versions than the driver: "
+                                                 r"torch \S+ \(driver 0\.0\.1\)"):
+            engine.run_fits(lambda shared, task: task, [FoldTask(0, 0, 0, 0, np.zeros(1), np.zeros(1))])
+    finally:
+        engine.environment = real

@@ -7,6 +7,8 @@ import io
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from lymphomil.errors import LymphomilError
@@ -105,3 +107,24 @@ def test_random_flips_are_seeded_and_label_preserving() -> None:
         assert matches
         seen.add(matches[0])
     assert seen == set(FLIP_VIEWS)
+
+
+@settings(max_examples=40, deadline=None)
+@given(width=st.integers(1, 300), height=st.integers(1, 300), progressive=st.booleans(),
+       mode=st.sampled_from(["RGB", "L", "CMYK"]))
+def test_jpeg_size_reads_the_frame_header_as_pillow_does(width: int, height: int,
+                                                         progressive: bool, mode: str) -> None:
+    from lymphomil.features.preprocess import jpeg_size
+
+    buffer = io.BytesIO()
+    Image.new(mode, (width, height)).save(buffer, "JPEG", progressive=progressive)
+    assert jpeg_size(buffer.getvalue()) == (width, height)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=64))
+def test_jpeg_size_never_raises_on_garbage(tail: bytes) -> None:
+    from lymphomil.features.preprocess import jpeg_size
+
+    size = jpeg_size(b"\xff\xd8\xff" + tail)
+    assert size is None or (size[0] > 0 and size[1] > 0)

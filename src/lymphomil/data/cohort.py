@@ -15,7 +15,8 @@ import re
 from dataclasses import dataclass, field, replace
 from datetime import date
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from collections.abc import Sequence as SequenceABC
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -60,7 +61,7 @@ class Patient:
     age: float  # years at the cohort's reference date
     lymph_count: float  # 10^9 cells/L
     split: str  # "train" (labelled folder) or "test"
-    image_paths: tuple[Path, ...]
+    image_paths: Sequence[Path]  # an ImagePaths from the loader (a tuple works too)
     features: Any = field(default=None, repr=False, compare=False)
 
     @property
@@ -329,8 +330,54 @@ def check_image(path: Path, root: Path, full: bool = False) -> str | None:
     return None
 
 
+class ImagePaths(SequenceABC):
+    """A patient's image files as one folder + their names, a ``Path`` made on access.
+
+    A ``Path`` keeps its parsed parts (~450 bytes); a name costs ~60: the table of a
+    million-image cohort stays small on the process that schedules the work.
+    """
+
+    __slots__ = ("folder", "names")
+
+    def __init__(self, folder: str | Path, names: Iterable[str]):
+        self.folder = Path(folder)
+        self.names = tuple(names)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __getitem__(self, index):  # type: ignore[override]
+        if isinstance(index, slice):
+            return tuple(self.folder / name for name in self.names[index])
+        return self.folder / self.names[index]
+
+    def __iter__(self) -> Iterator[Path]:
+        folder = self.folder
+        return (folder / name for name in self.names)
+
+    def __add__(self, other: Iterable[Path]) -> tuple[Path, ...]:
+        return tuple(self) + tuple(other)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, (ImagePaths, tuple, list)):
+            return tuple(self) == tuple(other)
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash((self.folder, self.names))
+
+    def __repr__(self) -> str:
+        return f"ImagePaths({str(self.folder)!r}, {len(self.names)} images)"
+
+    def __getstate__(self) -> tuple:
+        return (self.folder, self.names)
+
+    def __setstate__(self, state: tuple) -> None:
+        self.folder, self.names = state
+
+
 def list_images(folder: Path, root: Path, patient_id: str, log: IssueLog,
-                check: bool = True) -> tuple[Path, ...]:
+                check: bool = True) -> ImagePaths:
     """The patient's JPEGs sorted by name; hidden files ignored, anything else reported."""
     images = []
     for entry in sorted(folder.iterdir(), key=lambda p: p.name):
@@ -353,8 +400,8 @@ def list_images(folder: Path, root: Path, patient_id: str, log: IssueLog,
                                  "replace or remove this image (or run with --on-error skip "
                                  "to leave it out)", file=str(entry), patient_id=patient_id))
             continue
-        images.append(entry)
-    return tuple(images)
+        images.append(entry.name)
+    return ImagePaths(folder, images)
 
 
 # --------------------------------------------------------------------------- cohort

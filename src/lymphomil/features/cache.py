@@ -69,15 +69,16 @@ _DIGESTS: dict[tuple[str, int, int, int], str] = {}
 _DIGEST_LOCK = threading.Lock()
 
 
-def _digest_one(path: Path) -> str:
+def _digest_one(path: str) -> str:
     try:
-        stat = path.stat()
-        key = (str(path), stat.st_size, stat.st_mtime_ns, stat.st_ino)
+        stat = os.stat(path)
+        key = (path, stat.st_size, stat.st_mtime_ns, stat.st_ino)
         with _DIGEST_LOCK:
             known = _DIGESTS.get(key)
         if known is not None:
             return known
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        with open(path, "rb") as handle:
+            digest = hashlib.sha256(handle.read()).hexdigest()
     except OSError as exc:
         raise LymphomilError(f"cannot read the image ({exc.strerror or exc})", file=path,
                              fix="check that the file exists and is readable") from None
@@ -86,13 +87,13 @@ def _digest_one(path: Path) -> str:
     return digest
 
 
-def image_digests(paths: Sequence[Path], threads: int = 8) -> list[str]:
+def image_digests(paths: Sequence[str | Path], threads: int = 8) -> list[str]:
     """sha256 of each file's bytes; memoised per process by (path, size, mtime, inode).
 
     Threads overlap the file reads (hashlib releases the GIL), so 14,000 small files take
     well under a second once they are in the page cache.
     """
-    paths = [Path(p) for p in paths]
+    paths = [str(p) for p in paths]
     if len(paths) < 64:
         return [_digest_one(p) for p in paths]
     chunks = [paths[i::threads] for i in range(threads)]  # one task per thread: no per-file futures
@@ -241,15 +242,17 @@ class FeatureCache:
         return cached
 
     def _plans(self, patients: Sequence[Any], folder: Path) -> list[_Plan]:
-        all_paths = [Path(p) for patient in patients for p in patient.image_paths]
+        all_paths = [str(p) for patient in patients for p in patient.image_paths]
         digests = iter(image_digests(all_paths))
+        del all_paths
         plans = []
         for patient in patients:
             pid = str(patient.id)
             if not pid or pid.startswith(".") or any(c in pid for c in "/\\\0"):
                 raise LymphomilError(f"patient ID {pid!r} cannot name a cache file",
                                      fix="use plain IDs (letters, digits, '_', '-', '.')")
-            names = tuple(Path(p).name for p in patient.image_paths)
+            names = getattr(patient.image_paths, "names", None) or \
+                tuple(Path(p).name for p in patient.image_paths)
             ds = tuple(next(digests) for _ in names)
             content = hashlib.sha256("".join(f"{n}\0{d}\n" for n, d in zip(names, ds)).encode())
             plans.append(_Plan(pid, content.hexdigest()[:16], names, ds, folder))
