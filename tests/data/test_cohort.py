@@ -269,3 +269,17 @@ def test_shared_data_loads_cleanly(shared_data: Path) -> None:
     assert sorted(p.label for p in cohort.labelled).count(0) == 40
     assert sum(p.n_images for p in cohort.patients) == 14107
     assert cohort.issues == []
+
+
+def test_image_paths_behave_like_a_tuple_of_paths(tmp_path: Path) -> None:
+    import copy
+
+    from lymphomil.data.cohort import ImagePaths
+
+    paths = ImagePaths(tmp_path, ["000001.jpg", "000002.jpg", "000003.jpg"])
+    plain = tuple(tmp_path / n for n in ("000001.jpg", "000002.jpg", "000003.jpg"))
+    assert len(paths) == 3 and paths[1] == plain[1] and paths[-1] == plain[-1]
+    assert paths[:2] == plain[:2] and list(paths) == list(plain) and paths == plain
+    assert paths + (tmp_path / "x.jpg",) == plain + (tmp_path / "x.jpg",)
+    assert copy.deepcopy(paths) == paths  # the same state protocol Ray uses to ship a patient
+    assert "3 images" in repr(paths)
