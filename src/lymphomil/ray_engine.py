@@ -42,11 +42,18 @@ class _Images:
 
 
 def environment() -> dict[str, str]:
-    """The versions that change the numbers: every node must match the driver's."""
-    from lymphomil.features.env import library_versions as numeric_versions
-    from lymphomil.models.base import library_versions
+    """The versions that change the numbers: every node must match the driver's (read from
+    package metadata: the driver of a feature run never needs to import torch)."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
 
-    return {**library_versions(), **numeric_versions()}
+    out = {"python": platform.python_version()}
+    for name in ("lymphomil", "numpy", "scikit-learn", "torch", "torchvision", "timm", "pillow"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "absent"
+    return out
 
 
 def check_environment(expected: dict[str, str]) -> None:
