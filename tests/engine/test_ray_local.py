@@ -140,3 +140,19 @@ def test_a_node_with_other_library_versions_is_refused_clearly(engine) -> None:
             engine.run_fits(lambda shared, task: task, [FoldTask(0, 0, 0, 0, np.zeros(1), np.zeros(1))])
     finally:
         engine.environment = real
+
+
+def test_an_interrupted_extraction_resumes_from_the_cache(engine, synthetic_root: Path,
+                                                          tmp_path: Path, local_reference: dict) -> None:
+    """Whatever an earlier (killed) run finished is not recomputed: Ray gets only the rest."""
+    from lymphomil.features.cache import FeatureCache
+    from lymphomil.features.spec import FeatureSpec
+
+    cohort = load_cohort(synthetic_root)
+    spec = FeatureSpec.parse(SPEC_TEXT)
+    FeatureCache(tmp_path / "features").ensure(cohort.patients[:10], spec)  # the part done before
+    cache = FeatureCache(tmp_path / "features")
+    cache.ensure(cohort.patients, spec, engine=engine)
+    assert cache.last_run["cached_patients"] == 10
+    assert cache.last_run["computed_patients"] == len(cohort.patients) - 10
+    assert cache_digests(tmp_path) == local_reference["digests"]
