@@ -86,6 +86,13 @@ def oof_digest(out: Path) -> str:
     return digest.hexdigest()
 
 
+def compare(digests: dict[str, str], what: str, size: int) -> str:
+    """The line that says whether every engine wrote the same bytes."""
+    if len(set(digests.values())) > 1:
+        return f"  !! {what} DIFFER between engines at {size} patients"
+    return f"  {what} bit-identical between {' and '.join(digests)}"
+
+
 def digest_rate(folder: Path) -> float:
     """Images/s of the driver's serial step (reading + hashing every image), page cache warm."""
     code = ("import sys, time; from pathlib import Path; "
@@ -198,10 +205,7 @@ def main() -> None:
             report(f"features {size:>5} patients {images:>6} images  {engine:<5}  "
                    f"{result['wall_s']:7.1f} s  {row['images_per_s']:6.0f} img/s  "
                    f"driver peak RSS {result['driver_peak_rss_mib']:6.0f} MiB")
-        if len(set(digests.values())) > 1:
-            report(f"  !! feature files DIFFER between engines at {size} patients")
-        else:
-            report(f"  feature files bit-identical between {' and '.join(args.engines)}")
+        report(compare(digests, "feature files", size))
         if size not in args.cv_sizes:
             continue
         oofs = {}
@@ -220,10 +224,7 @@ def main() -> None:
                    f"{len(ATTRIBUTE_MODELS)} attribute models + {IMAGE_MODEL})  {engine:<5}  "
                    f"{result['wall_s']:7.1f} s  driver peak RSS "
                    f"{result['driver_peak_rss_mib']:6.0f} MiB")
-        if len(set(oofs.values())) > 1:
-            report(f"  !! out-of-fold probabilities DIFFER between engines at {size} patients")
-        else:
-            report(f"  out-of-fold probabilities bit-identical between {' and '.join(args.engines)}")
+        report(compare(oofs, "out-of-fold probabilities", size))
 
     report("")
     report("ray / local wall time:")
