@@ -137,7 +137,7 @@ def image_chunks(sizes: Sequence[int], target: int) -> list[list[int]]:
     return chunks
 
 
-def fetch(ref: Any) -> Any:
+def fetch(ref: Any, retries: int = MAX_RETRIES) -> Any:
     """``ray.get`` with the task's own user-facing error re-raised as itself."""
     from lymphomil.errors import LymphomilError
 
@@ -149,7 +149,7 @@ def fetch(ref: Any) -> Any:
             raise cause from None
         raise
     except ray.exceptions.WorkerCrashedError:
-        raise LymphomilError(f"a Ray worker died {MAX_RETRIES + 1} times running the same task",
+        raise LymphomilError(f"a Ray worker died {retries + 1} times running the same task",
                              fix="check the workers' memory and logs (ray status; "
                                  "/tmp/ray/session_latest/logs), or run with --engine local") from None
 
@@ -194,6 +194,7 @@ class RayEngine:
                          spec: Any, disk_kinds: Sequence[str]) -> int:
         from lymphomil.cli_app import progress_task
 
+        cache.prepare_folder(spec)  # spec.json once, by the driver
         sizes = [len(p.image_paths) for p in patients]
         total = sum(sizes)
         target = self.chunk_images or min(2048, max(64, total // (4 * self.cluster_cpus()) + 1))
@@ -226,7 +227,7 @@ class RayEngine:
                 ready, _ = ray.wait(list(in_flight), num_returns=1)
                 for ref in ready:
                     first = in_flight.pop(ref)
-                    result = fetch(ref)
+                    result = fetch(ref, self.max_retries)
                     if submitted < len(chunks):
                         submit()
                     done_images += result["images"]
@@ -254,7 +255,7 @@ class RayEngine:
             ready, waiting = ray.wait(waiting, num_returns=1)
             for ref in ready:
                 index = index_of[ref]
-                results[index] = fetch(ref)
+                results[index] = fetch(ref, self.max_retries)
                 if on_done is not None:
                     on_done(index, results[index])
         return results

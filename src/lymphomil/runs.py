@@ -42,6 +42,11 @@ def default_cache_root() -> Path:
     return Path(os.environ.get("LYMPHOMIL_CACHE_DIR") or user_cache_dir("lymphomil")).expanduser()
 
 
+def cache_root(cache_dir: str | Path | None = None) -> Path:
+    """The lymphomil cache for a ``--cache-dir`` (or the default): features/, cv/, synthetic/."""
+    return Path(cache_dir).expanduser() if cache_dir else default_cache_root()
+
+
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:

@@ -116,11 +116,11 @@ def run_cv(model_names: Sequence[str], patients: np.ndarray, y: np.ndarray, *, f
     ``engine`` runs the features and the fits (:mod:`lymphomil.engine`; default: here)."""
     from lymphomil import cvcache
     from lymphomil.evaluate import cross_validate_many
-    from lymphomil.runs import default_cache_root
+    from lymphomil.runs import cache_root
 
     models = [configure_model(name, features) for name in model_names]
     attached = attach_features(patients, models, cache_dir, engine=engine)
-    root = (Path(cache_dir) if cache_dir else default_cache_root()) / "cv"
+    root = cache_root(cache_dir) / "cv"
     results: dict[str, CVResult] = {}
     keys: dict[str, str | None] = {}
     for name, model in zip(model_names, models):

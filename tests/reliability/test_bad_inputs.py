@@ -337,12 +337,17 @@ BAD_IMAGES = {
 }
 
 
-@pytest.mark.parametrize("case", sorted(BAD_IMAGES))
-def test_bad_image_raise(model_dir: Path, tmp_path: Path, case: str) -> None:
-    mutate, words = BAD_IMAGES[case]
+def _mutated_cohort(tmp_path: Path, table: dict, case: str) -> tuple[Path, str, Path]:
+    """A good cohort with ``table[case]``'s damage done: (root, expected words, output CSV)."""
+    mutate, words = table[case]
     root = write_cohort(tmp_path / "cohort")
     mutate(root)
-    out = tmp_path / "pred.csv"
+    return root, words, tmp_path / "pred.csv"
+
+
+@pytest.mark.parametrize("case", sorted(BAD_IMAGES))
+def test_bad_image_raise(model_dir: Path, tmp_path: Path, case: str) -> None:
+    root, words, out = _mutated_cohort(tmp_path, BAD_IMAGES, case)
     result = predict(model_dir, root, out)
     assert result.exit_code == 2, result.output
     assert words in result.output and "fix:" in result.output
@@ -353,10 +358,7 @@ def test_bad_image_raise(model_dir: Path, tmp_path: Path, case: str) -> None:
 
 @pytest.mark.parametrize("case", sorted(BAD_IMAGES))
 def test_bad_image_skip_leaves_the_file_out(model_dir: Path, tmp_path: Path, case: str) -> None:
-    mutate, words = BAD_IMAGES[case]
-    root = write_cohort(tmp_path / "cohort")
-    mutate(root)
-    out = tmp_path / "pred.csv"
+    root, words, out = _mutated_cohort(tmp_path, BAD_IMAGES, case)
     result = predict(model_dir, root, out, "--on-error", "skip")
     assert result.exit_code == 0, result.output
     no_traceback(result)
@@ -381,10 +383,7 @@ PATIENT_FOLDER = {
 
 @pytest.mark.parametrize("case", sorted(PATIENT_FOLDER))
 def test_patient_without_usable_images(model_dir: Path, tmp_path: Path, case: str) -> None:
-    mutate, words = PATIENT_FOLDER[case]
-    root = write_cohort(tmp_path / "cohort")
-    mutate(root)
-    out = tmp_path / "pred.csv"
+    root, words, out = _mutated_cohort(tmp_path, PATIENT_FOLDER, case)
     result = predict(model_dir, root, out)
     assert result.exit_code == 2 and words in result.output and "fix:" in result.output
     no_traceback(result)

@@ -156,9 +156,9 @@ def cache_info(
 
 
 def _cv_folder(cache_dir: Optional[Path]) -> Path:
-    from lymphomil.runs import default_cache_root
+    from lymphomil.runs import cache_root
 
-    return (Path(cache_dir).expanduser() if cache_dir else default_cache_root()) / "cv"
+    return cache_root(cache_dir) / "cv"
 
 
 def _cv_cache_size(cache_dir: Optional[Path]) -> tuple[int, int]:

@@ -58,9 +58,9 @@ def default_root() -> Path:
 
 def feature_root(cache_dir: str | Path | None) -> Path:
     """Where features live for a ``--cache-dir`` (the lymphomil cache root: features/, cv/, …)."""
-    from lymphomil.runs import default_cache_root
+    from lymphomil.runs import cache_root
 
-    return (Path(cache_dir).expanduser() if cache_dir else default_cache_root()) / "features"
+    return cache_root(cache_dir) / "features"
 
 
 # --------------------------------------------------------------------------- image digests
@@ -372,14 +372,14 @@ class FeatureCache:
         disk = self._disk_kinds(spec, kinds)
         _, _, folder = self.spec_key(spec)
         plans = self._plans(patients, folder)
-        todo = [(patients[i], plans[i]) for i in self.missing(plans, spec, disk)]
+        todo = self.missing(plans, spec, disk)
         hashed = time.perf_counter()
-        todo_patients, todo_plans = [p for p, _ in todo], [plan for _, plan in todo]
-        if engine is None or getattr(engine, "name", "local") == "local" or not todo:
-            computed_images = self._extract(todo_patients, todo_plans, spec, disk, progress=True)
-        else:
-            self.prepare_folder(spec)
-            computed_images = engine.extract_features(self, todo_patients, todo_plans, spec, disk)
+        computed_images = 0
+        if todo:
+            from lymphomil.engine import LocalEngine
+
+            computed_images = (engine or LocalEngine()).extract_features(
+                self, [patients[i] for i in todo], [plans[i] for i in todo], spec, disk)
         elapsed = time.perf_counter() - start
         self.last_run = {
             "patients": len(patients), "images": sum(len(p.image_paths) for p in patients),

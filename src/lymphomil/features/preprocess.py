@@ -103,30 +103,32 @@ def jpeg_size(data: bytes | bytearray) -> tuple[int, int] | None:
     return None
 
 
+def _image_size(data: bytes | bytearray) -> tuple[int, int] | None:
+    """(width, height) from the header only: the JPEG markers, else Pillow's parser."""
+    size = jpeg_size(data) if data[:3] == _JPEG_MAGIC else None
+    if size is not None:
+        return size
+    from PIL import Image
+
+    from lymphomil.data.cohort import MAX_IMAGE_SIDE
+
+    try:
+        with Image.open(io.BytesIO(data)) as header:
+            return header.size
+    except Image.DecompressionBombError:
+        return (MAX_IMAGE_SIDE + 1, MAX_IMAGE_SIDE + 1)
+    except Exception:  # not an image PIL knows: the decoders below give the clear error
+        return None
+
+
 def _refuse_huge(data: bytes | bytearray, path: Path) -> None:
     """Read the header only: a tiny file may claim 30000x30000 pixels (a decompression bomb)."""
     from lymphomil.data.cohort import MAX_IMAGE_SIDE
 
-    size = jpeg_size(data) if data[:3] == _JPEG_MAGIC else None
-    if size is not None:
-        width, height = size
-        if max(width, height) > MAX_IMAGE_SIDE:
-            raise LymphomilError(f"the image is {width}x{height} pixels, larger than "
-                                 f"{MAX_IMAGE_SIDE} (decompression bomb?)", file=path,
-                                 fix="replace or remove the file, or run with --on-error skip")
-        return
-    from PIL import Image
-
-    try:
-        with Image.open(io.BytesIO(data)) as header:
-            width, height = header.size
-    except Image.DecompressionBombError:
-        width = height = MAX_IMAGE_SIDE + 1
-    except Exception:  # not an image PIL knows: the decoders below give the clear error
-        return
-    if max(width, height) > MAX_IMAGE_SIDE:
-        raise LymphomilError(f"the image is {width}x{height} pixels, larger than {MAX_IMAGE_SIDE} "
-                             "(decompression bomb?)", file=path,
+    size = _image_size(data)
+    if size is not None and max(size) > MAX_IMAGE_SIDE:
+        raise LymphomilError(f"the image is {size[0]}x{size[1]} pixels, larger than "
+                             f"{MAX_IMAGE_SIDE} (decompression bomb?)", file=path,
                              fix="replace or remove the file, or run with --on-error skip")
 
 
