@@ -215,3 +215,36 @@ def test_resume_after_a_kill(tmp_path: Path) -> None:
     reference = FeatureCache(tmp_path / "reference")
     for p in patients:  # no half-written file was trusted: all equal a clean run
         np.testing.assert_array_equal(cache.load(p, SPEC), reference.load(p, SPEC))
+
+
+def test_image_digests_are_the_files_sha256_and_follow_changes(tmp_path: Path) -> None:
+    import hashlib
+
+    from lymphomil.features.cache import forget_digests, image_digests
+
+    files = []
+    for i in range(80):  # above the threaded cut-off
+        path = tmp_path / f"{i:03d}.bin"
+        path.write_bytes(os.urandom(100 + 997 * i))
+        files.append(path)
+    expected = [hashlib.sha256(p.read_bytes()).hexdigest() for p in files]
+    forget_digests()
+    assert image_digests(files, threads=1) == expected
+    forget_digests()
+    assert image_digests([str(p) for p in files], threads=3) == expected
+    files[5].write_bytes(b"changed, and of another size")  # the memo must not hide a change
+    assert image_digests(files[:6])[5] == hashlib.sha256(b"changed, and of another size").hexdigest()
+    empty = tmp_path / "empty.bin"
+    empty.write_bytes(b"")
+    assert image_digests([empty]) == [hashlib.sha256(b"").hexdigest()]
+    with pytest.raises(LymphomilError, match="cannot read the image"):
+        image_digests([tmp_path / "missing.jpg"])
+
+
+def test_path_strings_keep_the_bag_order(cohort_root: Path) -> None:
+    from lymphomil.features.cache import path_strings
+
+    patient = _patients(cohort_root)[0]
+    strings = path_strings(patient.image_paths)
+    assert strings == [str(p) for p in patient.image_paths]
+    assert path_strings(tuple(patient.image_paths)) == strings

@@ -114,12 +114,19 @@ class Extractor:
             out["views"] = torch.stack(pooled_views)  # (4, B, d)
         return out
 
-    def _decode_batch(self, items: list[tuple[int, int, Path]], record: Callable) -> torch.Tensor:
+    def new_batch(self) -> torch.Tensor:
+        """A zeroed uint8 (B, 3, c, c) batch in channels-last memory, the layout the network
+        runs in: a decoded image (height-width-channel memory) is copied in row by row, and
+        nothing is reordered again before the first convolution."""
+        nhwc = torch.zeros(self.batch_size, self.crop, self.crop, 3, dtype=torch.uint8)
+        return nhwc.permute(0, 3, 1, 2)  # (B, 3, c, c) view, channels-last strides
+
+    def _decode_batch(self, items: list[tuple[int, int, str | Path]], record: Callable) -> torch.Tensor:
         """Decode and centre-crop a batch into one preallocated uint8 tensor (zero padding)."""
-        batch = torch.zeros(self.batch_size, 3, self.crop, self.crop, dtype=torch.uint8)
+        batch = self.new_batch()  # (B, 3, c, c) channels-last
         for row, (job_index, image_index, path) in enumerate(items):
             try:
-                batch[row] = centre_crop(decode_image(path), self.crop)  # (3, c, c)
+                batch[row].copy_(centre_crop(decode_image(path), self.crop))  # (3, c, c)
             except LymphomilError as exc:
                 if self.on_error == "raise":
                     raise
@@ -233,11 +240,11 @@ class Extractor:
         if errors:
             raise errors[0]
 
-    def _batches(self, jobs: Sequence[Job]) -> Iterator[list[tuple[int, int, Path]]]:
-        batch: list[tuple[int, int, Path]] = []
+    def _batches(self, jobs: Sequence[Job]) -> Iterator[list[tuple[int, int, str | Path]]]:
+        batch: list[tuple[int, int, str | Path]] = []
         for job_index, job in enumerate(jobs):
             for image_index, path in enumerate(job.paths):
-                batch.append((job_index, image_index, Path(path)))
+                batch.append((job_index, image_index, path))
                 if len(batch) == self.batch_size:
                     yield batch
                     batch = []
@@ -263,10 +270,12 @@ def model_only_rate(extractor: Extractor, images: torch.Tensor, repeats: int = 1
     already cropped (exactly what :meth:`Extractor.run` feeds the network), with the same
     streams, batch size, precision and kinds: the ceiling for the end-to-end rate."""
     size = extractor.batch_size
-    images = centre_crop(images, extractor.crop).contiguous()  # what the streams feed the model
-    chunks = [images[i:i + size] for i in range(0, len(images), size)]
-    chunks = [c if len(c) == size else torch.cat([c, c.new_zeros(size - len(c), *c.shape[1:])])
-              for c in chunks]
+    images = centre_crop(images, extractor.crop)  # (N, 3, c, c)
+    chunks = []
+    for start in range(0, len(images), size):  # what the streams feed the model: padded batches
+        chunk = extractor.new_batch()  # in the same channels-last layout
+        chunk[:len(images[start:start + size])].copy_(images[start:start + size])
+        chunks.append(chunk)
     lock = threading.Lock()
 
     def stream(queue: list) -> None:
