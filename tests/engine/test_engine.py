@@ -46,6 +46,17 @@ def test_engine_ray_without_the_extra_says_how_to_install_it(
     assert not (tmp_path / "run").exists()
 
 
+def test_features_says_workers_do_not_apply_under_ray(synthetic_root: Path, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)
+    result = runner.invoke(app, ["features", str(synthetic_root), "--engine", "ray", "--workers", "2",
+                                 "--cache-dir", str(tmp_path / "cache")])
+    assert "--workers is ignored under --engine ray" in result.output
+    plain = runner.invoke(app, ["features", str(synthetic_root), "--engine", "ray",
+                                "--cache-dir", str(tmp_path / "cache")])
+    assert "--workers is ignored" not in plain.output
+
+
 def test_config_rejects_an_unknown_engine(tmp_path: Path) -> None:
     config = tmp_path / "run.toml"
     config.write_text('engine = "dask"\n')

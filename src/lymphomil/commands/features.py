@@ -103,6 +103,10 @@ def features(
     loaded = time.perf_counter()
     cache = FeatureCache(feature_root(cache_dir), workers=workers, batch_size=batch_size,
                          on_error=on_error)
+    if engine == "ray" and workers is not None:
+        err_console.print("[yellow]note[/]: --workers is ignored under --engine ray: each Ray task "
+                          "runs one extraction stream, and the cluster's CPUs set how many run at "
+                          "once", highlight=False, soft_wrap=True)
     runner = get_engine(engine)
     try:
         cache.ensure(cohort.patients, spec, kinds=wanted, engine=runner)
