@@ -12,7 +12,9 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -153,21 +155,68 @@ def ensure_replaceable(out: str | Path, marker: str, what: str) -> None:
         raise LymphomilError("the output path is a file", file=out, fix="give a folder path")
 
 
+def _owner() -> str:
+    """This process as ``host-pid``: which leftovers are ours to judge (another machine's PIDs on a
+    shared filesystem mean nothing here)."""
+    host = "".join(c if c.isalnum() or c in "-_" else "_" for c in socket.gethostname()) or "host"
+    return f"{host}-{os.getpid()}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    return True
+
+
+def sweep_stale_staging(final: str | Path) -> list[Path]:
+    """Clear what killed runs on this machine left beside ``final``: staging folders
+    (``.NAME.HOST-PID.*.tmp``) and replaced folders (``.NAME.old.HOST-PID``) whose process is
+    gone. A replaced folder is put back when a kill between the two renames left ``final``
+    missing (it was complete; its checksums still guard it). A live process's, another
+    machine's and any other name's are left alone."""
+    final = Path(final)
+    host = re.escape(_owner().rsplit("-", 1)[0])
+    name = re.escape(final.name)
+    patterns = (re.compile(rf"\.{name}\.{host}-(\d+)\.[a-z0-9_]+\.tmp"),  # mkdtemp's names
+                re.compile(rf"\.{name}\.old\.{host}-(\d+)"))
+    removed: list[Path] = []
+    if not final.parent.is_dir():
+        return removed
+    for entry in final.parent.iterdir():
+        match = patterns[0].fullmatch(entry.name) or patterns[1].fullmatch(entry.name)
+        if (match and not _pid_alive(int(match.group(1))) and entry.is_dir()
+                and not entry.is_symlink()):
+            if match.re is patterns[1] and not os.path.lexists(final):
+                os.replace(entry, final)  # the previous output, whole: back under its name
+                continue
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry)
+    return removed
+
+
 @contextlib.contextmanager
 def staged_dir(final: str | Path) -> Iterator[Path]:
     """Build a folder under a temp name and move it into place only when complete.
 
-    A previous folder at ``final`` is replaced only after the new one is fully written.
+    A previous folder at ``final`` is replaced only after the new one is fully written. The temp
+    names carry this machine and process, so the next run can clear what a killed one left.
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    sweep_stale_staging(final)
+    owner = _owner()
+    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.{owner}.", suffix=".tmp",
+                                    dir=final.parent))
     os.chmod(staging, DIR_MODE)
     try:
         yield staging
         write_checksums(staging)
         if final.exists():
-            trash = final.with_name(f".{final.name}.old.{os.getpid()}")
+            trash = final.with_name(f".{final.name}.old.{owner}")
             os.replace(final, trash)
             os.replace(staging, final)
             shutil.rmtree(trash, ignore_errors=True)

@@ -92,6 +92,16 @@ def test_train_killed_then_rerun(synthetic_root: Path, tmp_path: Path) -> None:
     verify_dir(tmp_path / "model", "model")
 
 
+def test_a_rerun_clears_the_staging_folder_of_a_killed_run(synthetic_root: Path,
+                                                          tmp_path: Path) -> None:
+    args = train_args(synthetic_root, tmp_path, "tree")
+    assert kill_after(start(args, tmp_path), "staging", tmp_path / "model")
+    assert list(tmp_path.glob(".model.*.tmp"))  # what the kill left
+    finish(args, tmp_path)
+    verify_dir(tmp_path / "model", "model")
+    assert not list(tmp_path.glob(".model.*"))  # cleared by the rerun
+
+
 def test_truncated_model_folder_is_refused(synthetic_root: Path, tmp_path: Path) -> None:
     """A model folder without checksums.json (a copy cut short) is refused by predict."""
     from typer.testing import CliRunner
