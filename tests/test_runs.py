@@ -7,17 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-from lymphomil.runs import _owner, staged_dir, sweep_stale_staging, verify_dir
+from lymphomil.runs import _host, _owner, staged_dir, sweep_stale_staging, verify_dir
 
 
 def _dead_pid() -> int:
     process = subprocess.Popen([sys.executable, "-c", "pass"])
     process.wait()
     return process.pid
-
-
-def _host() -> str:
-    return _owner().rsplit("-", 1)[0]
 
 
 def test_dead_staging_is_cleared_live_and_foreign_ones_are_kept(tmp_path: Path) -> None:

@@ -155,11 +155,15 @@ def ensure_replaceable(out: str | Path, marker: str, what: str) -> None:
         raise LymphomilError("the output path is a file", file=out, fix="give a folder path")
 
 
+def _host() -> str:
+    """This machine's name, safe in a file name: which leftovers are ours to judge (another
+    machine's PIDs on a shared filesystem mean nothing here)."""
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in socket.gethostname()) or "host"
+
+
 def _owner() -> str:
-    """This process as ``host-pid``: which leftovers are ours to judge (another machine's PIDs on a
-    shared filesystem mean nothing here)."""
-    host = "".join(c if c.isalnum() or c in "-_" else "_" for c in socket.gethostname()) or "host"
-    return f"{host}-{os.getpid()}"
+    """This process as ``host-pid``."""
+    return f"{_host()}-{os.getpid()}"
 
 
 def _pid_alive(pid: int) -> bool:
@@ -179,7 +183,7 @@ def sweep_stale_staging(final: str | Path) -> list[Path]:
     missing (it was complete; its checksums still guard it). A live process's, another
     machine's and any other name's are left alone."""
     final = Path(final)
-    host = re.escape(_owner().rsplit("-", 1)[0])
+    host = re.escape(_host())
     name = re.escape(final.name)
     patterns = (re.compile(rf"\.{name}\.{host}-(\d+)\.[a-z0-9_]+\.tmp"),  # mkdtemp's names
                 re.compile(rf"\.{name}\.old\.{host}-(\d+)"))

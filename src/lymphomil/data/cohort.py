@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import os
 import re
 from dataclasses import dataclass, field, replace
 from datetime import date
@@ -354,6 +355,12 @@ class ImagePaths(SequenceABC):
     def __iter__(self) -> Iterator[Path]:
         folder = self.folder
         return (folder / name for name in self.names)
+
+    def strings(self) -> list[str]:
+        """The paths as strings, no ``Path`` built per image (~5 µs each, beside a 0.6 ms
+        decode when a cohort streams through the extractor)."""
+        folder = os.fspath(self.folder)
+        return [os.path.join(folder, name) for name in self.names]
 
     def __add__(self, other: Iterable[Path]) -> tuple[Path, ...]:
         return tuple(self) + tuple(other)

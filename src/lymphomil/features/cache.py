@@ -124,12 +124,12 @@ def forget_digests() -> None:
 
 
 def path_strings(paths: Iterable[str | Path]) -> list[str]:
-    """A patient's image paths as strings, without building a ``Path`` per image (~5 µs each:
-    measurable beside a 0.6 ms decode when a cohort streams through the extractor)."""
-    folder, names = getattr(paths, "folder", None), getattr(paths, "names", None)
-    if folder is not None and names is not None:  # data.cohort.ImagePaths
-        root = os.fspath(folder)
-        return [os.path.join(root, name) for name in names]
+    """A patient's image paths as strings (a loader's ``ImagePaths`` makes them without a
+    ``Path`` per image; a plain tuple or list works too)."""
+    from lymphomil.data.cohort import ImagePaths
+
+    if isinstance(paths, ImagePaths):
+        return paths.strings()
     return [os.fspath(p) for p in paths]
 
 

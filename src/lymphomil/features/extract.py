@@ -273,8 +273,9 @@ def model_only_rate(extractor: Extractor, images: torch.Tensor, repeats: int = 1
     images = centre_crop(images, extractor.crop)  # (N, 3, c, c)
     chunks = []
     for start in range(0, len(images), size):  # what the streams feed the model: padded batches
+        part = images[start:start + size]
         chunk = extractor.new_batch()  # in the same channels-last layout
-        chunk[:len(images[start:start + size])].copy_(images[start:start + size])
+        chunk[:len(part)].copy_(part)
         chunks.append(chunk)
     lock = threading.Lock()
 
