@@ -6,7 +6,15 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install demo test test-slow clean
 
+# The install takes about 6.5 GiB (torch's CUDA build with its nvidia libraries); pip's own error
+# when the disk fills is "[Errno 28] No space left on device" with no hint of how much was needed.
+NEED_KIB := 7340032
+
 $(STAMP): pyproject.toml
+	@avail=$$(df -Pk . | awk 'NR==2 {print $$4}'); \
+	if [ -n "$$avail" ] && [ "$$avail" -lt $(NEED_KIB) ]; then \
+	  echo "warning: $$((avail / 1048576)) GiB free here; the install needs about 7 GiB (torch's CUDA build). Free some space if pip fails with 'No space left on device'." >&2; \
+	fi
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e ".[dev,ray]"
