@@ -7,13 +7,32 @@ import subprocess
 import sys
 from pathlib import Path
 
-from lymphomil.runs import _host, _owner, staged_dir, sweep_stale_staging, verify_dir
+from lymphomil import runs
+from lymphomil.runs import (
+    _host,
+    _owner,
+    atomic_write_bytes,
+    staged_dir,
+    sweep_stale_staging,
+    sweep_stale_temp_files,
+    verify_dir,
+)
 
 
 def _dead_pid() -> int:
     process = subprocess.Popen([sys.executable, "-c", "pass"])
     process.wait()
     return process.pid
+
+
+def _plant(folder: Path, names, folders: bool) -> None:
+    """What killed (or live, or foreign) processes left: folders with a file in, or files."""
+    for name in names:
+        if folders:
+            (folder / name).mkdir()
+            (folder / name / "file").write_text("x")
+        else:
+            (folder / name).write_bytes(b"x")
 
 
 def test_dead_staging_is_cleared_live_and_foreign_ones_are_kept(tmp_path: Path) -> None:
@@ -26,9 +45,7 @@ def test_dead_staging_is_cleared_live_and_foreign_ones_are_kept(tmp_path: Path) 
         "other_name": f".runs.{_host()}-{dead}.jkl012cd.tmp",
         "old_format": ".run.mno345ef.tmp",
     }
-    for name in names.values():
-        (tmp_path / name).mkdir()
-        (tmp_path / name / "file").write_text("x")
+    _plant(tmp_path, names.values(), folders=True)
     removed = sweep_stale_staging(final)
     assert removed == [tmp_path / names["dead"]]
     left = {p.name for p in tmp_path.iterdir()}
@@ -64,3 +81,37 @@ def test_staged_dir_names_its_owner_and_clears_a_dead_ones_leftover(tmp_path: Pa
         assert not leftover.exists()
         (staging / "x.txt").write_text("1")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_dead_temp_files_are_removed_live_and_foreign_ones_are_kept(tmp_path: Path) -> None:
+    dead, live = _dead_pid(), os.getpid()
+    names = {
+        "dead": f".a.json.{_host()}-{dead}.abc123_x.tmp",
+        "dead_dotted": f".p-1.pooled.safetensors.{_host()}-{dead}.zz9yy8xx.tmp",
+        "live": f".a.json.{_host()}-{live}.def456yz.tmp",
+        "other_host": f".a.json.elsewhere-{dead}.ghi789ab.tmp",
+        "old_format": ".a.json.mno345ef.tmp",
+        "not_temp": f"a.json.{_host()}-{dead}.abc123_x",
+    }
+    _plant(tmp_path, names.values(), folders=False)
+    (tmp_path / f".d.{_host()}-{dead}.qrs678tu.tmp").mkdir()  # a staging folder: not this sweep's
+    removed = sweep_stale_temp_files(tmp_path)
+    assert removed == sorted([tmp_path / names["dead"], tmp_path / names["dead_dotted"]])
+    left = {p.name for p in tmp_path.iterdir()}
+    assert left == (set(names.values()) - {names["dead"], names["dead_dotted"]}
+                    | {f".d.{_host()}-{dead}.qrs678tu.tmp"})
+    assert sweep_stale_temp_files(tmp_path / "absent") == []
+
+
+def test_atomic_writes_name_their_owner_so_a_kill_can_be_cleared(tmp_path: Path, monkeypatch) -> None:
+    seen: list[str] = []
+    replace = os.replace
+
+    def spy(src, dst):
+        seen.append(Path(src).name)
+        replace(src, dst)
+
+    monkeypatch.setattr(runs.os, "replace", spy)
+    atomic_write_bytes(tmp_path / "out.bin", b"data")
+    assert (tmp_path / "out.bin").read_bytes() == b"data"
+    assert len(seen) == 1 and seen[0].startswith(f".out.bin.{_owner()}.") and seen[0].endswith(".tmp")

@@ -19,7 +19,7 @@ import numpy as np
 
 from lymphomil.evaluate import CVResult
 from lymphomil.models.base import PatientModel, encode_param, library_versions
-from lymphomil.runs import atomic_write_bytes, atomic_write_json
+from lymphomil.runs import atomic_write_bytes, atomic_write_json, sweep_stale_temp_files
 
 CACHE_FORMAT = 1
 
@@ -71,6 +71,7 @@ def store(root: Path, key: str, result: CVResult) -> None:
                  "proba": np.asarray(result.proba, dtype=np.float64),
                  "hard": np.asarray(result.hard, dtype=np.uint8),
                  "fit_seconds": np.asarray(result.fit_seconds, dtype=np.float64)})
+    sweep_stale_temp_files(root)  # what a killed CV left half-written
     atomic_write_bytes(root / f"{key}.safetensors", blob)
     # the JSON is written last and names the arrays' digest: a torn pair is never trusted
     atomic_write_json(root / f"{key}.json", {

@@ -16,8 +16,9 @@ import re
 import shutil
 import socket
 import tempfile
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -61,7 +62,8 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     """Write ``data`` to ``path`` via a temp file and a rename (POSIX-atomic)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # the owner in the name lets a later run clear what a killed one left (sweep_stale_temp_files)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_owner()}.", suffix=".tmp", dir=path.parent)
     try:
         os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, "wb") as handle:
@@ -176,6 +178,20 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _left_by_dead_processes(folder: Path, patterns: Sequence[re.Pattern[str]]
+                            ) -> Iterator[tuple[Path, re.Pattern[str]]]:
+    """Entries of ``folder`` (no symlinks) whose name matches one of ``patterns`` with a PID
+    (group 1) of this machine that no longer runs; with the pattern that matched."""
+    if not folder.is_dir():
+        return
+    for entry in sorted(folder.iterdir()):
+        for pattern in patterns:
+            match = pattern.fullmatch(entry.name)
+            if match and not entry.is_symlink() and not _pid_alive(int(match.group(1))):
+                yield entry, pattern
+                break
+
+
 def sweep_stale_staging(final: str | Path) -> list[Path]:
     """Clear what killed runs on this machine left beside ``final``: staging folders
     (``.NAME.HOST-PID.*.tmp``) and replaced folders (``.NAME.old.HOST-PID``) whose process is
@@ -185,21 +201,32 @@ def sweep_stale_staging(final: str | Path) -> list[Path]:
     final = Path(final)
     host = re.escape(_host())
     name = re.escape(final.name)
-    patterns = (re.compile(rf"\.{name}\.{host}-(\d+)\.[a-z0-9_]+\.tmp"),  # mkdtemp's names
-                re.compile(rf"\.{name}\.old\.{host}-(\d+)"))
+    staging = re.compile(rf"\.{name}\.{host}-(\d+)\.[a-z0-9_]+\.tmp")  # mkdtemp's names
+    replaced = re.compile(rf"\.{name}\.old\.{host}-(\d+)")
     removed: list[Path] = []
-    if not final.parent.is_dir():
-        return removed
-    for entry in final.parent.iterdir():
-        match = patterns[0].fullmatch(entry.name) or patterns[1].fullmatch(entry.name)
-        if (match and not _pid_alive(int(match.group(1))) and entry.is_dir()
-                and not entry.is_symlink()):
-            if match.re is patterns[1] and not os.path.lexists(final):
-                os.replace(entry, final)  # the previous output, whole: back under its name
-                continue
-            shutil.rmtree(entry, ignore_errors=True)
-            removed.append(entry)
+    for entry, pattern in _left_by_dead_processes(final.parent, (staging, replaced)):
+        if not entry.is_dir():
+            continue
+        if pattern is replaced and not os.path.lexists(final):
+            os.replace(entry, final)  # the previous output, whole: back under its name
+            continue
+        shutil.rmtree(entry, ignore_errors=True)
+        removed.append(entry)
     return removed
+
+
+def sweep_stale_temp_files(folder: str | Path) -> list[Path]:
+    """Remove the temp files (``.NAME.HOST-PID.*.tmp``) that killed processes on this machine
+    left in ``folder`` while writing with :func:`atomic_write_bytes`. A live process's, another
+    machine's and any other name's are left alone; no file a reader trusts is touched."""
+    pattern = re.compile(rf"\..+\.{re.escape(_host())}-(\d+)\.[a-z0-9_]+\.tmp")  # mkstemp's
+    removed: list[Path] = []
+    for entry, _ in _left_by_dead_processes(Path(folder), (pattern,)):
+        if entry.is_file():
+            with contextlib.suppress(FileNotFoundError):
+                entry.unlink()
+                removed.append(entry)
+    return sorted(removed)
 
 
 @contextlib.contextmanager

@@ -217,6 +217,27 @@ def test_resume_after_a_kill(tmp_path: Path) -> None:
         np.testing.assert_array_equal(cache.load(p, SPEC), reference.load(p, SPEC))
 
 
+def test_the_next_extraction_clears_a_killed_writers_temp_files(cohort_root: Path, tmp_path: Path) -> None:
+    from lymphomil.runs import _host
+
+    patients = _patients(cohort_root)
+    cache = FeatureCache(tmp_path / "cache")
+    cache.ensure(patients[:1], SPEC)
+    folder = _files(cache)[0].parent
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    # what a SIGKILL inside atomic_write_bytes leaves: a half-written temp file named for its owner
+    leftover = folder / f".{patients[1].id}-x.pooled{SUFFIX}.{_host()}-{dead.pid}.abc123de.tmp"
+    leftover.write_bytes(b"half")
+    live = folder / f".{patients[1].id}-x.pooled{SUFFIX}.{_host()}-{os.getpid()}.fgh456ij.tmp"
+    live.write_bytes(b"being written")
+    assert cache.info()["specs"][0]["temp_files"] == 2
+
+    cache.ensure(patients, SPEC)
+    assert not leftover.exists() and live.exists()  # a live writer's file is its own
+    assert cache.info()["specs"][0]["temp_files"] == 1
+
+
 def test_image_digests_are_the_files_sha256_and_follow_changes(tmp_path: Path) -> None:
     import hashlib
 

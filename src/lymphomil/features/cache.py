@@ -41,7 +41,7 @@ import numpy as np
 from lymphomil.errors import DataIssue, LymphomilError
 from lymphomil.features.env import DECODER, cpu_count, library_versions, resolve_precision
 from lymphomil.features.spec import KINDS, FeatureSpec
-from lymphomil.runs import atomic_write_bytes, atomic_write_json
+from lymphomil.runs import atomic_write_bytes, atomic_write_json, sweep_stale_temp_files
 
 CACHE_FORMAT = 1
 ENV_CACHE_DIR = "LYMPHOMIL_CACHE_DIR"
@@ -452,6 +452,7 @@ class FeatureCache:
         from lymphomil.features.extract import Extractor, Job
 
         key, spec_hash, folder = self.prepare_folder(spec)
+        sweep_stale_temp_files(folder)  # a killed extraction's half-written files
         kinds = tuple(sorted(set(disk_kinds) | {"pooled"}))  # the plain view comes free
         memo = (spec, kinds, self.batch_size, self.workers, self.on_error, self.threads_per_stream)
         with self._lock:  # one inference copy per spec: single-patient loads stay cheap
