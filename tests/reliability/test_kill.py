@@ -22,9 +22,27 @@ from lymphomil.runs import CHECKSUMS, verify_dir
 LYMPHOMIL = Path(sys.executable).with_name("lymphomil")
 
 
-def start(args: list, work: Path) -> subprocess.Popen:
+# The CLI, held inside its staging folder once the folder is complete (checksums written) and
+# before the rename: a kill there is then certain, not a race with a run that takes milliseconds.
+_HELD_IN_STAGING = """
+import sys, time
+from lymphomil import runs
+from lymphomil.cli import main
+write = runs.write_checksums
+def held(folder):
+    written = write(folder)
+    time.sleep(300)
+    return written
+runs.write_checksums = held
+sys.argv[0] = "lymphomil"
+main()
+"""
+
+
+def start(args: list, work: Path, hold_in_staging: bool = False) -> subprocess.Popen:
     env = dict(os.environ, LYMPHOMIL_CACHE_DIR=str(work / "cache-default"))
-    return subprocess.Popen([str(LYMPHOMIL), *map(str, args)], cwd=work, env=env,
+    command = ([sys.executable, "-c", _HELD_IN_STAGING] if hold_in_staging else [str(LYMPHOMIL)])
+    return subprocess.Popen([*command, *map(str, args)], cwd=work, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             start_new_session=True)
 
@@ -95,7 +113,7 @@ def test_train_killed_then_rerun(synthetic_root: Path, tmp_path: Path) -> None:
 def test_a_rerun_clears_the_staging_folder_of_a_killed_run(synthetic_root: Path,
                                                           tmp_path: Path) -> None:
     args = train_args(synthetic_root, tmp_path, "tree")
-    assert kill_after(start(args, tmp_path), "staging", tmp_path / "model")
+    assert kill_after(start(args, tmp_path, hold_in_staging=True), "staging", tmp_path / "model")
     assert list(tmp_path.glob(".model.*.tmp"))  # what the kill left
     finish(args, tmp_path)
     verify_dir(tmp_path / "model", "model")
