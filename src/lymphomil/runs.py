@@ -226,7 +226,7 @@ def sweep_stale_temp_files(folder: str | Path) -> list[Path]:
             with contextlib.suppress(FileNotFoundError):
                 entry.unlink()
                 removed.append(entry)
-    return sorted(removed)
+    return removed
 
 
 @contextlib.contextmanager

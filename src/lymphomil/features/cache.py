@@ -404,6 +404,8 @@ class FeatureCache:
         if todo:
             from lymphomil.engine import LocalEngine
 
+            # once per cohort, not per patient or Ray task: a killed extraction's temp files
+            sweep_stale_temp_files(folder)
             computed_images = (engine or LocalEngine()).extract_features(
                 self, [patients[i] for i in todo], [plans[i] for i in todo], spec, disk)
         elapsed = time.perf_counter() - start
@@ -452,7 +454,6 @@ class FeatureCache:
         from lymphomil.features.extract import Extractor, Job
 
         key, spec_hash, folder = self.prepare_folder(spec)
-        sweep_stale_temp_files(folder)  # a killed extraction's half-written files
         kinds = tuple(sorted(set(disk_kinds) | {"pooled"}))  # the plain view comes free
         memo = (spec, kinds, self.batch_size, self.workers, self.on_error, self.threads_per_stream)
         with self._lock:  # one inference copy per spec: single-patient loads stay cheap
