@@ -39,7 +39,12 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from lymphomil.errors import DataIssue, LymphomilError
-from lymphomil.features.env import DECODER, cpu_count, library_versions, resolve_precision
+from lymphomil.features.env import (
+    DECODER,
+    cpu_count,
+    library_versions,
+    resolve_precision,
+)
 from lymphomil.features.spec import KINDS, FeatureSpec
 from lymphomil.runs import atomic_write_bytes, atomic_write_json, sweep_stale_temp_files
 
