@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -104,3 +106,127 @@ def test_predict_new_patients_only_with_a_report(synthetic_root: Path, tmp_path:
     html = report.read_text()
     assert all(f'id="patient-{pid}"' in html for pid in ids)
     assert html.count("data:image/jpeg;base64") >= len(ids)
+
+
+# --------------------------------------------------------------------------- help that tells
+
+
+def _commands(command, path=()):
+    """(path, click command) of every leaf command of the app, groups walked recursively."""
+    if hasattr(command, "commands"):
+        for name, sub in sorted(command.commands.items()):
+            yield from _commands(sub, path + (name,))
+    else:
+        yield path, command
+
+
+def _option_row(help_text: str, option: str) -> str | None:
+    """The row of ``option`` in the Rich options panel (``│ [*] --name ...``), or None."""
+    for line in help_text.splitlines():
+        cells = line.strip("│ \t").lstrip("* ").split()
+        if cells and cells[0] == option:
+            return line
+    return None
+
+
+def test_every_option_shows_its_choices_or_its_default() -> None:
+    """Walk the whole Typer app: each option's --help row names its choices (a|b) or its
+    default (or says it is required); flags take no value and show none."""
+    import typer.main
+
+    root = typer.main.get_command(app)
+    checked = 0
+    for path, command in _commands(root):
+        result = runner.invoke(app, [*path, "--help"], env={"COLUMNS": "400"})
+        assert result.exit_code == 0, result.output
+        for param in command.params:
+            if param.param_type_name != "option":
+                continue
+            name = next(o for o in param.opts if o.startswith("--"))
+            row = _option_row(result.output, name)
+            assert row is not None, f"{' '.join(path)} {name}: no row in --help"
+            if param.is_flag:
+                assert "<bool>" not in row, f"{' '.join(path)} {name}: a flag shows <bool>"
+                continue
+            shows = "[default:" in row or "[required]" in row or re.search(r"<\w+(\|\w+)+>", row)
+            assert shows, f"{' '.join(path)} {name} shows neither choices nor default: {row}"
+            checked += 1
+    assert checked > 40  # every command's options were looked at, not none by accident
+
+
+def test_help_names_the_choices_and_the_ray_extra() -> None:
+    result = runner.invoke(app, ["run", "--help"], env={"COLUMNS": "400"})
+    assert "<raise|skip>" in _option_row(result.output, "--on-error")
+    engine = _option_row(result.output, "--engine")
+    assert "<local|ray>" in engine and 'pip install "lymphomil[ray]"' in engine
+    for option, default in (("--folds", "5"), ("--repeats", "5"), ("--seed", "0"),
+                            ("--threads", "1"), ("--reference-date", "2024-01-01")):
+        assert f"[default: ({default})]" in _option_row(result.output, option), option
+    assert "<bool>" not in runner.invoke(app, ["predict", "--help"]).output
+
+
+def test_choices_are_enforced() -> None:
+    result = runner.invoke(app, ["cv", "data", "--on-error", "ignore"])
+    assert result.exit_code == 2 and "raise" in result.output and "skip" in result.output
+
+
+# --------------------------------------------------------------------------- progress in logs
+
+
+def test_progress_outside_a_terminal_is_periodic_lines(tmp_path: Path) -> None:
+    """CliRunner's stderr is not a terminal: synth reports count, rate and the end in lines."""
+    result = runner.invoke(app, ["synth", str(tmp_path / "c"), "--patients", "10",
+                                 "--min-images", "2", "--max-images", "3"],
+                           env={"LYMPHOMIL_PROGRESS": ""})
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.output.splitlines() if line.startswith("synth: ")]
+    assert lines, result.output
+    assert re.fullmatch(r"synth: 10/10 patients \(100 %\), [\d.,]+ patients/(s|min), done in .+",
+                        lines[-1]), lines[-1]
+    assert "0/?" not in result.output
+
+
+def test_line_progress_every_tenth_or_every_interval() -> None:
+    from rich.console import Console
+
+    from lymphomil.progress import LineProgress
+
+    now = [0.0]
+    console = Console(file=io.StringIO(), width=200)
+    lines = LineProgress("features x", 1000, "images", console, interval=30,
+                         clock=lambda: now[0])
+    for _ in range(250):  # 250 images in 25 s: 10 % and 20 % reached, 30 s not
+        now[0] += 0.1
+        lines.advance(1)
+    assert [line.split(" (")[0] for line in lines.lines] == ["features x: 100/1,000 images",
+                                                             "features x: 200/1,000 images"]
+    assert lines.lines[0] == "features x: 100/1,000 images (10 %), 10.0 images/s, 1 min 30 s left"
+    now[0] += 31  # a stall: the next image prints a line although no new tenth was reached
+    lines.advance(1)
+    assert lines.lines[-1].startswith("features x: 251/1,000 images (25 %)")
+    lines.advance(749)
+    lines.close()
+    assert lines.lines[-1].startswith("features x: 1,000/1,000 images (100 %)")
+    assert "done in" in lines.lines[-1]
+    assert "models.py" not in console.file.getvalue()
+
+
+def test_log_lines_carry_no_source_location(tmp_path: Path) -> None:
+    import logging
+
+    from lymphomil.cli_app import setup_logging
+
+    buffer = io.StringIO()
+    from lymphomil import progress
+
+    original = progress.ERR_CONSOLE.file
+    progress.ERR_CONSOLE.file = buffer
+    try:
+        setup_logging(logging.WARNING)
+        logging.getLogger("lymphomil.models").warning("too few patients")
+        progress.StageReporter().stage("features")
+    finally:
+        progress.ERR_CONSOLE.file = original
+    text = buffer.getvalue()
+    assert "too few patients" in text and "stage: features" in text
+    assert not re.search(r"\w+\.py:\d+", text), text

@@ -8,19 +8,33 @@ function: no logic lives here.
 from __future__ import annotations
 
 import functools
+import logging
 import os
-import sys
-from contextlib import contextmanager
 from datetime import date
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Literal
 
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn,
-                           TimeElapsedColumn, TimeRemainingColumn)
+from typer.core import TyperOption
 
 from lymphomil.errors import LymphomilError
+from lymphomil.progress import ERR_CONSOLE, StageReporter, progress_task
+
+__all__ = ["CACHE_DEFAULT", "EngineName", "OnError", "RAY_EXTRA", "StageReporter", "app",
+           "cache_app", "console", "err_console", "handle_errors", "is_debug",
+           "parse_date_option", "progress_task", "setup_logging"]
+
+
+def _flag_display_type(self: TyperOption, ctx: Any) -> str | None:
+    """A flag takes no value: show no ``<bool>`` after it in --help (Typer shows one)."""
+    if self.is_flag:
+        return None
+    return _TYPER_DISPLAY_TYPE(self, ctx)
+
+
+_TYPER_DISPLAY_TYPE = TyperOption.display_type_rich
+TyperOption.display_type_rich = _flag_display_type  # type: ignore[method-assign]
 
 app = typer.Typer(
     name="lymphomil",
@@ -33,16 +47,40 @@ app = typer.Typer(
 cache_app = typer.Typer(help="Inspect or clear the feature cache.", no_args_is_help=True)
 app.add_typer(cache_app, name="cache")
 
-#: stdout for results (tables, JSON); stderr for progress and messages
+#: choices shown in --help (Literal: Typer lists them and refuses anything else)
+OnError = Literal["raise", "skip"]
+EngineName = Literal["local", "ray"]
+#: "[ray]" escaped: --help is Rich markup, where a bare [ray] would vanish as a tag
+RAY_EXTRA = 'needs the ray extra: pip install "lymphomil\\[ray]"'
+CACHE_DEFAULT = "$LYMPHOMIL_CACHE_DIR, else the user cache folder"
+
+#: stdout for results (tables, JSON); stderr for progress and messages (no source locations)
 console = Console()
-err_console = Console(stderr=True)
+err_console = ERR_CONSOLE
 
 _STATE = {"debug": False}
 
 
 @app.callback()
-def _main(debug: bool = typer.Option(False, "--debug", help="Show Python tracebacks on errors.")) -> None:
+def _main(debug: bool = typer.Option(False, "--debug", help="Show Python tracebacks on errors "
+                                                            "and debug log lines.")) -> None:
     _STATE["debug"] = debug or os.environ.get("LYMPHOMIL_DEBUG") == "1"
+    setup_logging(logging.DEBUG if _STATE["debug"] else logging.WARNING)
+
+
+def setup_logging(level: int = logging.WARNING) -> None:
+    """lymphomil's log records on stderr through Rich, without ``file.py:123`` locations."""
+    from rich.logging import RichHandler
+
+    logger = logging.getLogger("lymphomil")
+    for handler in list(logger.handlers):
+        if getattr(handler, "_lymphomil", False):
+            logger.removeHandler(handler)
+    handler = RichHandler(console=err_console, show_path=False, show_time=False,
+                          markup=False, rich_tracebacks=False)
+    handler._lymphomil = True  # type: ignore[attr-defined]
+    logger.addHandler(handler)
+    logger.setLevel(level)
 
 
 def is_debug() -> bool:
@@ -87,25 +125,3 @@ def parse_date_option(text: str, option: str = "--reference-date") -> date:
     except ValueError:
         raise LymphomilError(f"{option} {text!r} is not a date in YYYY-MM-DD",
                              fix=f"write e.g. {option} 2024-01-01") from None
-
-
-def make_progress(transient: bool = False) -> Progress:
-    """A Rich progress bar on stderr (hidden when stderr is not a terminal and CI is set)."""
-    return Progress(
-        SpinnerColumn(), TextColumn("[progress.description]{task.description}"), BarColumn(),
-        MofNCompleteColumn(), TextColumn("{task.fields[rate]}"), TimeElapsedColumn(),
-        TimeRemainingColumn(), console=err_console, transient=transient,
-        disable=not sys.stderr.isatty() and os.environ.get("LYMPHOMIL_PROGRESS") != "1",
-    )
-
-
-@contextmanager
-def progress_task(description: str, total: int | None) -> Iterator[Callable[..., None]]:
-    """``with progress_task("cv", 25) as advance: ... advance(1, rate="3.1 fits/s")``."""
-    with make_progress() as progress:
-        task = progress.add_task(description, total=total, rate="")
-
-        def advance(step: float = 1, **fields: Any) -> None:
-            progress.update(task, advance=step, **fields)
-
-        yield advance

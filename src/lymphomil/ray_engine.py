@@ -192,7 +192,7 @@ class RayEngine:
 
     def extract_features(self, cache: Any, patients: Sequence[Any], plans: Sequence[Any],
                          spec: Any, disk_kinds: Sequence[str]) -> int:
-        from lymphomil.cli_app import progress_task
+        from lymphomil.progress import progress_task
 
         cache.prepare_folder(spec)  # spec.json once, by the driver
         sizes = [len(p.image_paths) for p in patients]
@@ -220,7 +220,8 @@ class RayEngine:
         start = time.perf_counter()
         done_images = 0
         self.last_nodes = set()
-        with progress_task(f"features {spec.label()} ({self.describe()})", total) as advance:
+        with progress_task(f"features {spec.label()} ({self.describe()})", total,
+                           "images") as advance:
             while submitted < len(chunks) and len(in_flight) < limit:
                 submit()
             while in_flight:

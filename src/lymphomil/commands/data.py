@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Any, Sequence
 import typer
 from rich.table import Table
 
-from lymphomil.cli_app import (app, console, err_console, handle_errors, parse_date_option,
-                                progress_task)
+from lymphomil.cli_app import (OnError, app, console, err_console, handle_errors,
+                                parse_date_option, progress_task)
 
 if TYPE_CHECKING:  # pragma: no cover
     from lymphomil.data.cohort import Cohort
@@ -46,7 +46,7 @@ def synth(
     """
     from lymphomil.data.synth import write_synthetic_cohort
 
-    with progress_task("synth", total=patients) as advance:
+    with progress_task("synth", patients, "patients") as advance:
         root = write_synthetic_cohort(out, n_patients=patients, seed=seed,
                                       test_fraction=test_fraction,
                                       images_per_patient=(min_images, max_images),
@@ -61,7 +61,7 @@ def explore(
     out: Path = typer.Option(..., "--out", help="Folder for the tables and figures."),
     reference_date: str = typer.Option("2024-01-01", "--reference-date",
                                        help="Date at which ages are computed (YYYY-MM-DD)."),
-    on_error: str = typer.Option("raise", "--on-error",
+    on_error: OnError = typer.Option("raise", "--on-error",
                                  help="raise: stop at the first bad row or image; skip: leave it "
                                       "out and list it in skipped.json."),
 ) -> None:

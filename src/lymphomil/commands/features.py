@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
-from lymphomil.cli_app import app, cache_app, console, err_console, handle_errors
+from lymphomil.cli_app import (CACHE_DEFAULT, RAY_EXTRA, EngineName, OnError, app, cache_app,
+                                console, err_console, handle_errors)
 from lymphomil.errors import LymphomilError
 
 
@@ -42,27 +43,26 @@ def features(
     crop: int = typer.Option(112, "--crop", help="Centre crop in pixels (224 = whole image)."),
     tta: bool = typer.Option(False, "--tta/--no-tta",
                              help="Also extract the 4 flip views (test-time augmentation)."),
-    precision: str = typer.Option("fp32", "--precision",
+    precision: Literal["fp32", "bf16", "auto"] = typer.Option("fp32", "--precision",
                                   help="fp32 (what the models use by default), bf16, or auto "
                                        "(bf16 where the CPU supports it)."),
     weights: str = typer.Option("imagenet", "--weights",
                                 help="imagenet, none (random init) or a state_dict file."),
-    workers: Optional[int] = typer.Option(None, "--workers",
-                                          help="Parallel extraction streams (default: one per core)."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Parallel extraction streams.",
+                                          show_default="one per core"),
     batch_size: int = typer.Option(16, "--batch-size", help="Images per forward pass."),
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir",
-                                             help="Cache folder (default: $LYMPHOMIL_CACHE_DIR "
-                                                  "or the user cache dir); features go in "
-                                                  "features/ under it."),
+                                             help="Cache folder; features go in features/ "
+                                                  "under it.", show_default=CACHE_DEFAULT),
     kinds: str = typer.Option("pooled", "--kinds", help="pooled, views and/or map, comma-separated."),
-    on_error: str = typer.Option("raise", "--on-error",
+    on_error: OnError = typer.Option("raise", "--on-error",
                                  help="raise: stop at the first bad row or image; skip: leave it "
                                       "out and list it."),
     list_names: bool = typer.Option(False, "--list", help="List the backbones and exit."),
-    engine: str = typer.Option("local", "--engine",
-                               help="local, or ray: extraction tasks on a Ray cluster "
-                                    "(RAY_ADDRESS, or a local Ray); the cache folder must be "
-                                    "the same path on every node. Needs lymphomil[ray]."),
+    engine: EngineName = typer.Option("local", "--engine",
+                                      help="local, or ray: extraction tasks on a Ray cluster "
+                                           "(RAY_ADDRESS, or a local Ray); the cache folder "
+                                           f"must be the same path on every node; {RAY_EXTRA}."),
 ) -> None:
     """Extract the instance features of every cell image once, into the feature cache.
 
@@ -129,7 +129,8 @@ def features(
 @cache_app.command("info")
 @handle_errors
 def cache_info(
-    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Cache folder (as for `features`)."),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Cache folder (as for `features`).",
+                                             show_default=CACHE_DEFAULT),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """Show the feature cache's size and its entries per feature spec.
@@ -173,7 +174,8 @@ def _cv_cache_size(cache_dir: Optional[Path]) -> tuple[int, int]:
 @cache_app.command("clear")
 @handle_errors
 def cache_clear(
-    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Cache folder (as for `features`)."),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Cache folder (as for `features`).",
+                                             show_default=CACHE_DEFAULT),
     yes: bool = typer.Option(False, "--yes", help="Do not ask for confirmation."),
 ) -> None:
     """Delete every cached feature file (they are recomputed when needed).

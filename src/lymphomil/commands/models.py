@@ -10,9 +10,10 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from lymphomil.cli_app import (app, console, err_console, handle_errors, make_progress,
-                                parse_date_option, progress_task)
-from lymphomil.config import DEFAULT_MODEL
+from lymphomil.cli_app import (CACHE_DEFAULT, RAY_EXTRA, EngineName, OnError, StageReporter, app,
+                                console, err_console, handle_errors, parse_date_option,
+                                progress_task)
+from lymphomil.config import DEFAULT_CANDIDATES, DEFAULT_MODEL, RunConfig
 from lymphomil.data.cohort import load_cohort
 from lymphomil.evaluate import format_metric
 from lymphomil.runs import atomic_write_json, ensure_replaceable, staged_dir
@@ -23,11 +24,19 @@ REFERENCE_OPT = typer.Option("2024-01-01", "--reference-date",
                              help="date at which ages are computed (stored with the model)")
 ON_ERROR_OPT = typer.Option("raise", "--on-error",
                             help="raise: stop at the first bad input; skip: leave it out and list it")
-CACHE_OPT = typer.Option(None, "--cache-dir", help="feature cache folder (default: user cache)")
+CACHE_OPT = typer.Option(None, "--cache-dir", help="feature cache folder",
+                         show_default=CACHE_DEFAULT)
 FEATURES_OPT = typer.Option(None, "--features",
-                            help="override image models' features, e.g. efficientnet-lite0@112")
+                            help="override image models' features, e.g. efficientnet-lite0@112",
+                            show_default="each model's own")
 ENGINE_HELP = ("where features and CV fits run: local, or ray (joins RAY_ADDRESS or starts a "
-               "local Ray; needs the lymphomil[ray] extra)")
+               f"local Ray; {RAY_EXTRA})")
+
+
+def _run_default(name: str) -> str:
+    """What `run` uses when an option is not given (the config's default) for --help."""
+    value = RunConfig.model_fields[name].get_default(call_default_factory=True)
+    return str(value.isoformat() if hasattr(value, "isoformat") else value)
 THREADS_OPT = typer.Option(1, "--threads", help="threads for model fitting (torch, BLAS); "
                                                  "fixed for reproducibility")
 
@@ -79,18 +88,19 @@ def cv(
     data: Path = DATA_ARG,
     model: List[str] = typer.Option([DEFAULT_MODEL], "--model", "-m",
                                     help="model name (repeat for several; see `lymphomil models`)"),
-    folds: int = typer.Option(5, "--folds"),
-    repeats: int = typer.Option(5, "--repeats"),
-    seed: int = typer.Option(0, "--seed"),
+    folds: int = typer.Option(5, "--folds", help="folds per repeat (patient-level, stratified)"),
+    repeats: int = typer.Option(5, "--repeats", help="repeats, each with a new fold split"),
+    seed: int = typer.Option(0, "--seed", help="seed of the fold splits and the fits"),
     out: Optional[Path] = typer.Option(None, "--out", help="folder for metrics.json, "
-                                                           "oof_<model>.csv, results.md"),
+                                                           "oof_<model>.csv, results.md",
+                                       show_default="none: print only"),
     as_json: bool = typer.Option(False, "--json", help="print machine-readable results"),
     reference_date: str = REFERENCE_OPT,
-    on_error: str = ON_ERROR_OPT,
+    on_error: OnError = ON_ERROR_OPT,
     features: Optional[str] = FEATURES_OPT,
     cache_dir: Optional[Path] = CACHE_OPT,
     threads: int = THREADS_OPT,
-    engine: str = typer.Option("local", "--engine", help=ENGINE_HELP),
+    engine: EngineName = typer.Option("local", "--engine", help=ENGINE_HELP),
 ) -> None:
     """Repeated, stratified, patient-level cross-validation of one or more models.
 
@@ -106,7 +116,8 @@ def cv(
     labelled = labelled_patients(cohort)
     runner = get_engine(engine, fit_threads=threads)
     try:
-        with progress_task("cross-validation fits", total=len(model) * folds * repeats) as advance:
+        with progress_task("cross-validation fits", len(model) * folds * repeats,
+                           "fits") as advance:
             results = run_cv(model, labelled.patients, labelled.y, folds=folds, repeats=repeats,
                              seed=seed, features=features, cache_dir=cache_dir, on_fit=advance,
                              engine=runner)
@@ -135,9 +146,9 @@ def train(
     data: Path = DATA_ARG,
     model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help="model name"),
     out: Path = typer.Option(..., "--out", help="model folder to write"),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = typer.Option(0, "--seed", help="seed of the fit"),
     reference_date: str = REFERENCE_OPT,
-    on_error: str = ON_ERROR_OPT,
+    on_error: OnError = ON_ERROR_OPT,
     features: Optional[str] = FEATURES_OPT,
     cache_dir: Optional[Path] = CACHE_OPT,
     threads: int = THREADS_OPT,
@@ -170,8 +181,9 @@ def predict(
                                                         "of ID,LABEL,PROBA"),
     include_labelled: bool = typer.Option(False, "--all", help="predict labelled patients too"),
     report: Optional[Path] = typer.Option(None, "--report", help="also write an HTML report "
-                                                                 "with each patient's cells"),
-    on_error: str = ON_ERROR_OPT,
+                                                                 "with each patient's cells",
+                                          show_default="no report"),
+    on_error: OnError = ON_ERROR_OPT,
     cache_dir: Optional[Path] = CACHE_OPT,
     threads: int = THREADS_OPT,
 ) -> None:
@@ -207,22 +219,41 @@ def run(
                                                      "the built-in synthetic cohort"),
     out: Path = typer.Option(Path("runs/latest"), "--out", help="run folder to write"),
     config: Optional[Path] = typer.Option(None, "--config", help="TOML config (a run saves its "
-                                                                 "own config.toml)"),
+                                                                 "own config.toml); options "
+                                                                 "given here override it",
+                                          show_default="none: the defaults shown here"),
     model: Optional[str] = typer.Option(None, "--model", "-m",
-                                        help="fit this model instead of the CV winner"),
+                                        help="fit this model instead of the CV winner (see "
+                                             "`lymphomil models`)",
+                                        show_default="the candidate with the best CV"),
     candidates: Optional[str] = typer.Option(None, "--candidates",
-                                             help="comma-separated models to compare by CV"),
-    folds: Optional[int] = typer.Option(None, "--folds"),
-    repeats: Optional[int] = typer.Option(None, "--repeats"),
-    seed: Optional[int] = typer.Option(None, "--seed"),
+                                             help="comma-separated models to compare by CV",
+                                             show_default=",".join(DEFAULT_CANDIDATES)),
+    folds: Optional[int] = typer.Option(None, "--folds",
+                                        help="folds per repeat (patient-level, stratified)",
+                                        show_default=_run_default("folds")),
+    repeats: Optional[int] = typer.Option(None, "--repeats",
+                                          help="repeats, each with a new fold split",
+                                          show_default=_run_default("repeats")),
+    seed: Optional[int] = typer.Option(None, "--seed", help="seed of the splits and the fits",
+                                       show_default=_run_default("seed")),
     patients: Optional[int] = typer.Option(None, "--patients",
-                                           help="size of the synthetic cohort (no DATA)"),
-    reference_date: Optional[str] = typer.Option(None, "--reference-date"),
-    on_error: Optional[str] = typer.Option(None, "--on-error"),
+                                           help="size of the synthetic cohort (no DATA)",
+                                           show_default=_run_default("synthetic_patients")),
+    reference_date: Optional[str] = typer.Option(
+        None, "--reference-date", help="date at which ages are computed (YYYY-MM-DD)",
+        show_default=_run_default("reference_date")),
+    on_error: Optional[OnError] = typer.Option(
+        None, "--on-error", help="raise: stop at the first bad input; skip: leave it out and "
+                                 "list it", show_default=_run_default("on_error")),
     features: Optional[str] = FEATURES_OPT,
     cache_dir: Optional[Path] = CACHE_OPT,
-    threads: Optional[int] = typer.Option(None, "--threads"),
-    engine: Optional[str] = typer.Option(None, "--engine", help=ENGINE_HELP + " [default: local]"),
+    threads: Optional[int] = typer.Option(None, "--threads",
+                                          help="threads for model fitting (torch, BLAS); fixed "
+                                               "for reproducibility",
+                                          show_default=_run_default("threads")),
+    engine: Optional[EngineName] = typer.Option(None, "--engine", help=ENGINE_HELP,
+                                                show_default=_run_default("engine")),
 ) -> None:
     """The main job: validate → explore → CV the candidates → train the best → predict → report.
 
@@ -242,21 +273,13 @@ def run(
         "candidates": [c.strip() for c in candidates.split(",") if c.strip()] if candidates else None,
     })
     ensure_out_is_free(out)
-    with make_progress() as progress:
-        stage_task = progress.add_task("run", total=None, rate="")
-        fits = progress.add_task("cv fits", total=None, rate="", visible=False)
-
-        def stage(name: str) -> None:
-            progress.update(stage_task, description=f"stage: {name}")
-            err_console.log(f"stage: {name}")
-
-        def cv_total(total: int) -> None:
-            progress.update(fits, total=total, visible=True)
-
-        def on_fit(step: int = 1, **fields: object) -> None:
-            progress.update(fits, advance=step, **fields)
-
-        result = run_pipeline(cfg, out, stage=stage, on_fit=on_fit, cv_total=cv_total)
+    reporter = StageReporter()
+    try:
+        result = run_pipeline(cfg, out, stage=reporter.stage, on_fit=reporter.advance,
+                              cv_total=lambda total: reporter.count("cross-validation fits",
+                                                                    total, "fits"))
+    finally:
+        reporter.close()
     console.print(results_table(result.results))
     console.print(f"chosen model: [bold]{result.chosen}[/]; predicted {result.n_predicted} "
                   f"patients; skipped {result.n_skipped}")

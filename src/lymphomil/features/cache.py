@@ -488,9 +488,9 @@ class FeatureCache:
                 atomic_write_bytes(plan.path(kind), _encode(stored, meta))
 
         if progress and self.on_progress is None:
-            from lymphomil.cli_app import progress_task
+            from lymphomil.progress import progress_task
 
-            with progress_task(f"features {spec.label()}", total) as advance:
+            with progress_task(f"features {spec.label()}", total, "images") as advance:
                 self._run(extractor, jobs, write, total, advance)
         else:
             self._run(extractor, jobs, write, total, None)
