@@ -74,3 +74,11 @@ def test_run_refuses_to_overwrite_a_foreign_folder(synthetic_root: Path, tmp_pat
     result = runner.invoke(app, ["run", str(synthetic_root), "--out", str(foreign)])
     assert result.exit_code == 2 and "not a lymphomil run" in result.output
     assert (foreign / "thesis.docx").read_text() == "precious"
+
+
+def test_demo_report_says_synthetic(first_run) -> None:
+    """The synthetic cohort's report carries the banner and links its CSV files."""
+    out, _ = first_run
+    html = (out / "report.html").read_text()
+    assert 'id="synthetic-banner"' in html
+    assert 'href="predictions.csv"' in html and 'href="cv/oof_' in html

@@ -133,7 +133,8 @@ def _run_stages(config: RunConfig, out: Path, engine: object, stage: Callable[[s
         stage("report")
         with _timed(timings, "report"):
             _write_report(staging / "report.html", config, data, chosen, results, summary,
-                          pred, cohort, labelled.patients, timings)
+                          pred, cohort, labelled.patients, timings,
+                          files=run_files(staging, chosen.model_name))
         skipped = cohort.skipped_table()
         if skipped:
             atomic_write_json(staging / "skipped.json", skipped)
@@ -175,9 +176,50 @@ def patient_calls(pred) -> list:
         for i, patient in enumerate(pred.patients)]
 
 
+def synthetic_origin(data: Path | None) -> dict | None:
+    """What generated the cohort at ``data`` (None: the built-in demo cohort), or None when it is
+    not a synthetic cohort. ``lymphomil synth`` leaves its marker file in every cohort it writes."""
+    from lymphomil.data.synth import MARKER
+    from lymphomil.errors import LymphomilError
+    from lymphomil.runs import read_json
+
+    if data is None:
+        return {}
+    marker = Path(data) / MARKER
+    if not marker.is_file():
+        return None
+    try:
+        origin = read_json(marker)
+    except LymphomilError:  # a damaged marker still marks the folder as generated
+        return {}
+    return origin if isinstance(origin, dict) else {}
+
+
+#: what each file of a run folder holds, in the order the report lists them
+RUN_FILES = (("predictions.csv", "ID, LABEL and P(malignant) of every predicted patient"),
+             ("submission.csv", "the Kaggle submission: Id, Predicted"),
+             ("cv/oof_{model}.csv", "the chosen model's out-of-fold probability of every labelled "
+                                    "patient in every repeat"),
+             ("cv/results.md", "the cross-validation table of every candidate"),
+             ("metrics.json", "every candidate's CV metrics, the choice, the timings"),
+             ("model/model_card.json", "the model card (what the model is, how it was checked)"),
+             ("config.toml", "the resolved configuration: repeat the run with --config"))
+
+
+def run_files(folder: Path, model_name: str) -> list[tuple[str, str]]:
+    """(relative path, what it holds) of the files written so far into a run folder; the report
+    links to them. The config and metrics.json are always written, after the report."""
+    files = []
+    for name, what in RUN_FILES:
+        name = name.format(model=model_name)
+        if name in ("config.toml", "metrics.json") or (folder / name).is_file():
+            files.append((name, what))
+    return files
+
+
 def _write_report(path: Path, config: RunConfig, data: Path, chosen: CVResult,
                   results: list[CVResult], summary: dict, pred, cohort, labelled,
-                  timings) -> None:
+                  timings, files: list[tuple[str, str]] | None = None) -> None:
     from lymphomil.models.base import describe_models, library_versions
     from lymphomil.report.render import ReportContext, render_report
 
@@ -189,12 +231,14 @@ def _write_report(path: Path, config: RunConfig, data: Path, chosen: CVResult,
         notes=["The chosen model's CV figure is optimistic: it was picked as the best of "
                f"{len(results)} candidates on the same folds."],
         families={r.model_name: _report_family(r.model_name) for r in results},
-        counts={p.id: float(p.lymph_count) for p in labelled})
+        counts={p.id: float(p.lymph_count) for p in labelled},
+        synthetic=synthetic_origin(data),
+        reference_date=config.reference_date.isoformat(), files=files or [])
     render_report(context, path, gallery_k=config.gallery_k)
 
 
 def write_prediction_report(path: Path, pred, data: Path, model_dir: Path,
-                            gallery_k: int = 8) -> Path:
+                            gallery_k: int = 8, csv_path: Path | None = None) -> Path:
     """The per-patient galleries for new patients (no CV: the model was trained elsewhere)."""
     from lymphomil.models.base import library_versions
     from lymphomil.report.render import ReportContext, render_report
@@ -212,8 +256,17 @@ def write_prediction_report(path: Path, pred, data: Path, model_dir: Path,
         title="lymphomil predictions", data_root=str(data),
         model_name=str(metadata.get("model_name")), model_description="", cv_results=[],
         explore=None, calls=patient_calls(pred), skipped=pred.skipped, config={},
-        versions=library_versions(), timings={}, notes=notes)
+        versions=library_versions(), timings={}, notes=notes,
+        synthetic=synthetic_origin(data), reference_date=metadata.get("reference_date"),
+        files=[] if csv_path is None else [(_relative(csv_path, Path(path).parent),
+                                            "the predictions this page shows")])
     return render_report(context, path, gallery_k=gallery_k)
+
+
+def _relative(target: Path, start: Path) -> str:
+    import os
+
+    return Path(os.path.relpath(Path(target).absolute(), Path(start).absolute())).as_posix()
 
 
 def ensure_out_is_free(out: Path) -> None:

@@ -286,3 +286,31 @@ def test_real_cells_200_patients_under_15_mb(tmp_path: Path) -> None:
     ctx.calls = calls
     path = render_report(ctx, tmp_path / "r.html")
     assert path.stat().st_size < 15e6, f"{path.stat().st_size / 1e6:.1f} MB"
+
+
+# --------------------------------------------------------------------------- synthetic banner
+
+
+def test_synthetic_banner_only_on_a_synthetic_cohort(tmp_path: Path) -> None:
+    ctx = make_context(tmp_path, n_patients=2, n_images=4)
+    ctx.reference_date = "2024-01-01"
+    ctx.files = [("predictions.csv", "the predictions"), ("cv/oof_fusion-alpha.csv", "oof")]
+    real = render_report(ctx, tmp_path / "real.html").read_text()
+    assert 'id="synthetic-banner"' not in real and "SYNTHETIC" not in real
+    ctx.synthetic = {"seed": 0, "n_patients": 60, "generator": "lymphomil.data.synth"}
+    page, text = parse(render_report(ctx, tmp_path / "synthetic.html"))
+    assert page.ids.get("synthetic-banner") == "div"
+    assert "Synthetic cohort, not patient data." in text and "(60 patients, seed 0)" in text
+    # the CSV files are linked (relative: they sit beside the page) and the ages say their date
+    assert "predictions.csv" in page.links and "cv/oof_fusion-alpha.csv" in page.links
+    assert "age in years at the reference date 2024-01-01" in text
+
+
+def test_synthetic_origin_tells_the_demo_from_the_shared_data(synthetic_root: Path) -> None:
+    from lymphomil.pipeline import synthetic_origin
+
+    assert synthetic_origin(None) == {}  # `lymphomil run` without DATA: the built-in cohort
+    origin = synthetic_origin(synthetic_root)
+    assert origin is not None and origin["n_patients"] == 24 and origin["seed"] == 0
+    if SHARED.is_dir():
+        assert synthetic_origin(SHARED) is None

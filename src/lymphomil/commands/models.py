@@ -208,7 +208,7 @@ def predict(
     if report is not None:
         from lymphomil.pipeline import write_prediction_report
 
-        write_prediction_report(report, pred, data, model_dir)
+        write_prediction_report(report, pred, data, model_dir, csv_path=out)
         console.print(f"wrote the per-patient report → {report}")
 
 

@@ -87,6 +87,13 @@ class ReportContext:
     notes: list[str] = field(default_factory=list)
     families: dict[str, str] = field(default_factory=dict)  # model name -> family (else inferred)
     counts: dict[str, float] = field(default_factory=dict)  # patient ID -> count, for the scatter
+    #: set when the data is a generated cohort (``lymphomil synth`` or the demo): what made it
+    #: (e.g. {"seed": 0, "n_patients": 60}); the page then says so on top, in a banner
+    synthetic: dict | None = None
+    #: the date at which ages were computed (YYYY-MM-DD), stated wherever ages are shown
+    reference_date: str | None = None
+    #: files of the run the page links to: (href relative to the report, what the file holds)
+    files: list[tuple[str, str]] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------- small helpers
@@ -323,7 +330,8 @@ def _patient_view(call: PatientCall, k: int, thumbs: Mapping[Path, str | None],
         "call": LABEL_WORDS.get(int(call.predicted), "unknown"),
         "truth": LABEL_WORDS.get(truth) if truth in (0, 1) else None,
         "correct": (truth == int(call.predicted)) if truth in (0, 1) else None,
-        "age": _fmt(call.age, 0), "gender": call.gender, "count": _fmt(call.lymph_count, 2),
+        "age": _fmt(call.age, 0), "age_value": float(call.age) if _finite(call.age) else None,
+        "gender": call.gender, "count": _fmt(call.lymph_count, 2),
         "n_images": call.n_images, "in_reactive_range": in_range,
         "parts": [{"name": name, "proba": float(p), "pct": f"{100 * float(p):.1f}"}
                   for name, p in (call.part_probas or {}).items()],
@@ -364,6 +372,18 @@ def _summary(ctx: ReportContext, summaries: Mapping[str, dict],
         "n_skipped": len(ctx.skipped),
         "reactive_range": (f"{reactive[0]:.2f}–{reactive[1]:.2f}" if reactive else None),
     }
+
+
+def _synthetic_banner(synthetic: Mapping[str, Any] | None) -> str | None:
+    """The banner's one line about what made the cohort; None for real data."""
+    if synthetic is None:
+        return None
+    made = ", ".join(part for part in (
+        f"{synthetic['n_patients']} patients" if "n_patients" in synthetic else "",
+        f"seed {synthetic['seed']}" if "seed" in synthetic else "") if part)
+    return ("lymphomil's generated cohort" + (f" ({made})" if made else "")
+            + ": drawn images and attributes with a built-in signal. No figure on this page says "
+              "anything about real patients or real performance.")
 
 
 def _pretty(value: Any) -> str:
@@ -410,6 +430,9 @@ def build_view(ctx: ReportContext, gallery_k: int = 8, crop: int = THUMB_CROP,
     patients = _patients(ctx, gallery_k, crop, quality)
     return {
         "ctx": ctx, "sections": SECTIONS, "k": gallery_k, "crop": crop,
+        "synthetic": _synthetic_banner(ctx.synthetic), "files": list(ctx.files),
+        "age_note": (f"age in years at the reference date {ctx.reference_date}"
+                     if ctx.reference_date else "age in years at the cohort's reference date"),
         "summary": _summary(ctx, summaries, patients),
         "table_one": _table_one(ctx.explore),
         "cv_groups": _cv_groups(rows), "metric_titles": [t for _, t in TABLE_METRICS],
