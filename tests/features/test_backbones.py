@@ -17,7 +17,7 @@ from lymphomil.features.preprocess import make_preprocess
 def test_registry_lists_the_issue_backbones() -> None:
     names = set(list_backbones())
     assert {"small-cnn", "vgg16", "resnet18", "resnet34", "resnet50", "efficientnet-lite0",
-            "mobilenet-v2", "resnet50-thin"} <= names
+            "mobilenet-v2", "resnet50-thin", "dinov2-s"} <= names
 
 
 @pytest.mark.parametrize("name", list_backbones())
@@ -29,8 +29,12 @@ def test_pooled_and_map_shapes(name: str) -> None:
         fmap = backbone.forward_map(x)
         pooled = backbone.pooled(x)
     assert fmap.dim() == 4 and fmap.shape[:2] == (2, backbone.feature_dim)
-    assert pooled.shape == (2, backbone.feature_dim)
-    torch.testing.assert_close(pooled, fmap.mean(dim=(2, 3)))
+    assert pooled.shape == (2, backbone.pooled_dim)
+    if backbone.pooled_dim == backbone.feature_dim:  # a CNN: the map's global average
+        torch.testing.assert_close(pooled, fmap.mean(dim=(2, 3)))
+    else:  # a ViT: [CLS, mean patch token], the second half being the map's mean
+        assert backbone.pooled_dim == 2 * backbone.feature_dim
+        torch.testing.assert_close(pooled[:, backbone.feature_dim:], fmap.mean(dim=(2, 3)))
     assert backbone.weights_digest == weights_digest(name, weights)
     assert any(p.requires_grad for p in backbone.model.parameters())  # fine-tunable
 

@@ -125,7 +125,7 @@ def test_tta_views_map_and_kinds(cohort_root: Path, tmp_path: Path) -> None:
     cache.ensure(patients, tta, kinds=("pooled", "map"))
     p = patients[0]
     views = cache.load(p, tta, "views")
-    assert views.shape == (4, p.n_images, 256)
+    assert views.shape == (8, p.n_images, 256)  # the 8 dihedral views
     np.testing.assert_allclose(cache.load(p, tta), views.mean(axis=0), rtol=1e-6)
     np.testing.assert_array_equal(cache.load(p, SPEC), views[0])  # plain view, same files
     fmap = cache.load(p, SPEC, "map")

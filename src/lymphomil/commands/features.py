@@ -42,7 +42,8 @@ def features(
                                  help="Backbone name (see `lymphomil features --list`)."),
     crop: int = typer.Option(112, "--crop", help="Centre crop in pixels (224 = whole image)."),
     tta: bool = typer.Option(False, "--tta/--no-tta",
-                             help="Also extract the 4 flip views (test-time augmentation)."),
+                             help="Also extract the 8 dihedral views (flips and rotations; "
+                                  "test-time augmentation, 8x the cost)."),
     precision: Literal["fp32", "bf16", "auto"] = typer.Option("fp32", "--precision",
                                   help="fp32 (what the models use by default), bf16, or auto "
                                        "(bf16 where the CPU supports it)."),

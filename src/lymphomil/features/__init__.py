@@ -24,6 +24,7 @@ _LAZY = {
     "list_backbones": "lymphomil.features.backbones",
     "register_backbone": "lymphomil.features.backbones",
     "FLIP_VIEWS": "lymphomil.features.preprocess",
+    "TTA_VIEWS": "lymphomil.features.preprocess",
     "decode_image": "lymphomil.features.preprocess",
     "flip_view": "lymphomil.features.preprocess",
     "make_preprocess": "lymphomil.features.preprocess",

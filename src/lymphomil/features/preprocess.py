@@ -2,8 +2,9 @@
 
 Each image holds one lymphocyte in its centre, so a centre crop (112 px by default, 224 = the
 whole image) removes the surrounding red cells; DESIGN §3 measured it as worth more than the
-choice of network. Flips are label-preserving for a cell seen from above, so they serve as
-training augmentation and as test-time augmentation (the four :data:`FLIP_VIEWS`).
+choice of network. Flips and rotations are label-preserving for a cell seen from above (a cell has
+no orientation), so flips serve as training augmentation and the eight symmetries of the square
+(:data:`TTA_VIEWS`: flips, and flips of the transpose) as test-time augmentation.
 
 Decoding uses ``torchvision.io.decode_jpeg`` (libjpeg-turbo, pixel-identical to Pillow on the
 challenge's JPEGs and ~10 % faster), with Pillow as the fallback for anything else.
@@ -22,7 +23,11 @@ from lymphomil.errors import LymphomilError
 from lymphomil.features.env import DECODER  # noqa: F401  (the cache key names the decoder)
 
 IMAGE_SIZE = 224  # every challenge image is 224 x 224; others are resized to it
-FLIP_VIEWS = ("none", "h", "v", "hv")  # TTA views: identity, horizontal, vertical, both
+FLIP_VIEWS = ("none", "h", "v", "hv")  # the flips: identity, horizontal, vertical, both
+#: test-time augmentation: the 8 symmetries of the square (the dihedral group D4), i.e. the four
+#: flips of the image and the four flips of its transpose ("t" = swap rows and columns first);
+#: "th"/"tv" are the two 90-degree rotations, "t"/"thv" the two diagonal reflections
+TTA_VIEWS = FLIP_VIEWS + ("t", "th", "tv", "thv")
 _FLIP_DIMS = {"none": (), "h": (-1,), "v": (-2,), "hv": (-2, -1)}
 _JPEG_MAGIC = b"\xff\xd8\xff"
 
@@ -208,10 +213,14 @@ def make_preprocess(crop: int, mean: tuple[float, ...], std: tuple[float, ...]
 
 
 def flip_view(x: torch.Tensor, view: str) -> torch.Tensor:
-    """One of the four TTA views of a (B, C, H, W) batch."""
-    dims = _FLIP_DIMS.get(view)
+    """One of the eight TTA views (:data:`TTA_VIEWS`) of a (B, C, H, W) batch: for a name
+    starting with "t" the transpose (H <-> W) first, then the flips the rest of the name says."""
+    transpose = view.startswith("t")
+    dims = _FLIP_DIMS.get(view[1:] or "none" if transpose else view)
     if dims is None:
-        raise ValueError(f"unknown flip view {view!r}; expected one of {FLIP_VIEWS}")
+        raise ValueError(f"unknown view {view!r}; expected one of {TTA_VIEWS}")
+    if transpose:
+        x = x.transpose(-2, -1)
     return x.flip(dims) if dims else x
 
 

