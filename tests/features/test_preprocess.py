@@ -52,7 +52,7 @@ def test_other_sizes_are_resized(tmp_path) -> None:
 def test_broken_images_name_the_file(tmp_path) -> None:
     text = tmp_path / "notes.jpg"
     text.write_text("not an image")
-    with pytest.raises(LymphomilError, match="notes.jpg.*cannot decode"):
+    with pytest.raises(LymphomilError, match="notes.jpg.*not a JPEG"):
         decode_image(text)
     empty = tmp_path / "empty.jpg"
     empty.write_bytes(b"")
@@ -64,7 +64,7 @@ def test_broken_images_name_the_file(tmp_path) -> None:
     truncated.write_bytes(data.getvalue()[:200])
     with pytest.raises(LymphomilError, match="cut.jpg"):
         decode_image(truncated)
-    with pytest.raises(LymphomilError, match="missing.jpg.*cannot read"):
+    with pytest.raises(LymphomilError, match="missing.jpg.*cannot be read"):
         decode_image(tmp_path / "missing.jpg")
 
 

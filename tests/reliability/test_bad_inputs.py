@@ -186,7 +186,8 @@ def _bom_crlf_quotes(root: Path) -> None:
 
 
 ACCEPTED_CSV = {
-    "extra columns": _header(",ID,LABEL,GENDER,DOB,LYMPH_COUNT,COMMENT"),
+    "extra columns": lambda root: (root / "clinical_annotation.csv").write_text(
+        HEADER + ",COMMENT\n" + "\n".join(row + ",seen twice" for row in GOOD_ROWS) + "\n"),
     "columns reordered, lower case": lambda root: (root / "clinical_annotation.csv").write_text(
         "lymph_count,dob,gender,label,id\n11.2,11/3/1933,M,1,P1\n4.5,28-04-1943,F,0,P2\n"
         "5.76,1/17/1946,F,-1,P3\n"),
@@ -249,12 +250,13 @@ BAD_ROWS = {
     "count zero": ("0,P1,1,M,11/3/1933,0", "must be a positive number"),
     "count 1e9": ("0,P1,1,M,11/3/1933,1e9", "implausible"),
     "count inf": ("0,P1,1,M,11/3/1933,inf", "must be a positive number"),
-    "short row": ("0,P1,1,M", "the date of birth is empty"),
+    "short row": ("0,P1,1,M", "the row has 4 fields, the header 6"),
 }
 
 FIX_WORDS = {"ID": "rename", "label": "use 1 (malignant)", "DOB": "write the date",
              "gender": "use M or F", "count": "lymphocyte count in 10^9", "duplicate": "one row",
-             "short": "write the date"}
+             "short": "as many comma-separated fields", "long": "as many comma-separated fields",
+             "number": "lymphocyte count in 10^9", "labelled": "set LABEL -1"}
 
 
 def _rows_with(case: str, row: str) -> list[str]:
@@ -323,7 +325,7 @@ def _subfolder(root: Path) -> None:
 
 BAD_IMAGES = {
     # case: (mutate P1's folder, words); the bad file is left out of P1's bag under skip
-    "truncated JPEG": (_write("000001.jpg", lambda: jpeg_bytes()[:300]), "truncated JPEG"),
+    "truncated JPEG": (_write("000001.jpg", lambda: jpeg_bytes()[:300]), "damaged JPEG"),
     "zero-byte file": (_write("000001.jpg", b""), "empty (zero-byte)"),
     "PNG named .jpg": (_write("000001.jpg", lambda: jpeg_bytes(fmt="PNG")), "PNG file despite"),
     "RGBA PNG named .jpg": (_write("000001.jpg", lambda: jpeg_bytes("RGBA", fmt="PNG")),

@@ -9,10 +9,12 @@ the row and the fix, or recorded (``on_error='skip'``) in :attr:`Cohort.issues`.
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import math
 import os
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import date
 from pathlib import Path
@@ -21,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from lymphomil.data.images import image_problem, kind_problem
 from lymphomil.errors import DataIssue, IssueLog, LymphomilError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -38,10 +41,16 @@ REQUIRED_COLUMNS = (COL_ID, COL_LABEL, COL_GENDER, COL_DOB, COL_COUNT)
 LABELS = {-1: "unknown", 0: "reactive", 1: "malignant"}
 IMAGE_SUFFIXES = (".jpg", ".jpeg")
 MAX_COUNT = 1000.0  # 10^9 cells/L; the labelled set tops out at 295
-MAX_IMAGE_SIDE = 4096  # larger images are refused (decompression bombs)
-MIN_BIRTH_YEAR = 1880
+MIN_COUNT = 0.1  # 10^9 cells/L; below is not a measurable count (the labelled set's lowest: 2.28)
+MAX_AGE = 120  # years at the reference date
+MIN_BIRTH_YEAR = 1880  # kept for callers; the age bound (MAX_AGE) is what is checked
+from lymphomil.data.images import MAX_IMAGE_SIDE  # noqa: E402  (re-exported: older imports)
 
 _ID_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
+#: a number as a person writes it in a CSV: ASCII digits, one '.', an optional exponent; no '_',
+#: thousands separators, decimal commas or other scripts' digits (Python's float() takes '4_74')
+_NUMBER = re.compile(r"^[+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?$", re.ASCII)
+_LABEL = re.compile(r"^(?:-1|\+?[01])(?:\.0*)?$", re.ASCII)
 _SLASH_DATE = re.compile(r"^(\d{1,2})/(\d{1,2})/(\d{4})$")  # M/D/YYYY (the challenge's US style)
 _DASH_DATE = re.compile(r"^(\d{1,2})-(\d{1,2})-(\d{4})$")  # DD-MM-YYYY
 _ISO_DATE = re.compile(r"^(\d{4})-(\d{1,2})-(\d{1,2})$")  # YYYY-MM-DD
@@ -169,27 +178,33 @@ def parse_gender(text: str) -> str:
 
 def parse_label(text: str) -> int:
     value = text.strip()
-    try:
-        number = float(value)
-    except ValueError:
-        raise ValueError(f"label {text!r} is not -1, 0 or 1") from None
-    if number not in (-1.0, 0.0, 1.0):
+    if not _LABEL.match(value):
         raise ValueError(f"label {text!r} is not -1, 0 or 1")
-    return int(number)
+    return int(float(value))
 
 
 def parse_count(text: str) -> float:
     value = text.strip()
     if not value:
         raise ValueError("the lymphocyte count is empty")
-    try:
-        number = float(value)
-    except ValueError:
-        raise ValueError(f"lymphocyte count {text!r} is not a number") from None
+    if value.lower().lstrip("+-") in ("inf", "infinity", "nan"):
+        raise ValueError(f"lymphocyte count {text!r} must be a positive number")
+    if value.startswith("-") and _NUMBER.match(value[1:]):
+        raise ValueError(f"lymphocyte count {text!r} must be a positive number")
+    if not _NUMBER.match(value):
+        hint = ""
+        if "," in value:
+            hint = " (a decimal comma or a thousands separator: write 4.74, not 4,74)"
+        elif "_" in value:
+            hint = " ('_' is not allowed in a number)"
+        raise ValueError(f"lymphocyte count {text!r} is not a number{hint}")
+    number = float(value)
     if not math.isfinite(number) or number <= 0:
         raise ValueError(f"lymphocyte count {text!r} must be a positive number")
     if number > MAX_COUNT:
         raise ValueError(f"lymphocyte count {text!r} is implausible (above {MAX_COUNT:g} x10^9/L)")
+    if number < MIN_COUNT:
+        raise ValueError(f"lymphocyte count {text!r} is implausible (below {MIN_COUNT:g} x10^9/L)")
     return number
 
 
@@ -212,6 +227,8 @@ class Row:
     file: Path
     line: int  # 1-based line number in the file (header is line 1)
     values: dict[str, str]
+    n_fields: int = 0  # fields on this line
+    n_header: int = 0  # fields in the header: a row must have as many
 
 
 def read_table(path: Path) -> list[Row]:
@@ -267,7 +284,7 @@ def _read_records(path: Path, reader: Any) -> list[Row]:
         if not record or all(not cell.strip() for cell in record):
             continue
         values = {c: (record[i] if i < len(record) else "") for c, i in position.items()}
-        rows.append(Row(path, line_no, values))
+        rows.append(Row(path, line_no, values, len(record), len(header)))
     return rows
 
 
@@ -283,52 +300,32 @@ def _inside(path: Path, root: Path) -> bool:
 
 
 def _link_problem(path: Path, root: Path) -> str | None:
-    if path.is_symlink() and not _inside(path, root):
+    if not path.is_symlink():
+        return None
+    try:
+        target = Path(os.path.realpath(path, strict=True))
+    except OSError as exc:  # a loop, or a target that does not exist
+        return "is a symbolic link loop" if exc.errno == errno.ELOOP else \
+            "is a broken symbolic link (its target does not exist)"
+    except RuntimeError:  # older Pythons report a loop this way
+        return "is a symbolic link loop"
+    if not _inside(target, root):
         return "is a symbolic link that leads outside the data folder"
     return None
 
 
-def check_image(path: Path, root: Path, full: bool = False) -> str | None:
+def check_image(path: Path, root: Path, full: bool = True) -> str | None:
     """Return why ``path`` is not a usable cell image, or ``None`` when it is.
 
-    Cheap checks by default (JPEG start/end markers, header size): a truncated or renamed file
-    is caught without decoding 14,000 images. ``full`` decodes the pixels too.
+    The file's kind first (a named pipe, a device or a link loop is refused without being
+    opened), then its header (format, geometry) and, with ``full``, a strict decode: libjpeg's
+    corrupt-data warnings (a file cut short with its end marker put back, bytes overwritten
+    mid-stream) make it damaged. See :mod:`lymphomil.data.images`.
     """
     problem = _link_problem(path, root)
     if problem:
         return problem
-    try:
-        size = path.stat().st_size
-    except OSError as exc:
-        return f"cannot be read ({exc.strerror})"
-    if size == 0:
-        return "is an empty (zero-byte) file"
-    try:
-        with open(path, "rb") as handle:
-            head = handle.read(4)
-            handle.seek(max(0, size - 2))
-            tail = handle.read(2)
-    except OSError as exc:
-        return f"cannot be read ({exc.strerror})"
-    if head[:3] != b"\xff\xd8\xff":
-        kind = "a PNG" if head.startswith(b"\x89PNG") else "not a JPEG"
-        return f"is {kind} file despite its name"
-    if tail != b"\xff\xd9":
-        return "is a truncated JPEG (no end-of-image marker)"
-    from PIL import Image
-
-    try:
-        with Image.open(path) as image:
-            width, height = image.size
-            if width > MAX_IMAGE_SIDE or height > MAX_IMAGE_SIDE:
-                return f"is {width}x{height} pixels, larger than {MAX_IMAGE_SIDE} (decompression bomb?)"
-            if full:
-                image.load()
-    except Image.DecompressionBombError:
-        return "is too large to decode safely (decompression bomb)"
-    except Exception as exc:  # PIL raises many types for broken files
-        return f"is not a readable JPEG ({type(exc).__name__}: {exc})"
-    return None
+    return image_problem(path, decode=full)
 
 
 class ImagePaths(SequenceABC):
@@ -384,30 +381,54 @@ class ImagePaths(SequenceABC):
 
 
 def list_images(folder: Path, root: Path, patient_id: str, log: IssueLog,
-                check: bool = True) -> ImagePaths:
-    """The patient's JPEGs sorted by name; hidden files ignored, anything else reported."""
-    images = []
-    for entry in sorted(folder.iterdir(), key=lambda p: p.name):
-        if entry.name.startswith("."):
+                check: bool = True, pool: Any = None) -> ImagePaths:
+    """The patient's JPEGs sorted by name; hidden files ignored, anything else reported.
+
+    Every entry's kind is checked from the directory listing (no open, no extra system call
+    for a plain file): a named pipe, a device or a link loop named ``x.jpg`` is refused even
+    without ``check``. With ``check`` each image is decoded strictly (in ``pool`` when given).
+    """
+    with os.scandir(folder) as scan:
+        entries = sorted(scan, key=lambda e: e.name)
+    candidates: list[tuple[str, Path]] = []
+    for entry in entries:
+        name = entry.name
+        if name.startswith("."):
             continue  # .DS_Store, ._foo.jpg, editor files: never cells
-        if entry.is_dir():
-            log.report(DataIssue(f"unexpected sub-folder {entry.name!r} in a patient folder",
-                                 "move it out of the patient's folder", file=str(entry),
+        path = Path(entry.path)
+        try:
+            is_dir = entry.is_dir(follow_symlinks=False)
+        except OSError:
+            is_dir = False
+        if is_dir:
+            log.report(DataIssue(f"unexpected sub-folder {name!r} in a patient folder",
+                                 "move it out of the patient's folder", file=str(path),
                                  patient_id=patient_id))
             continue
-        if entry.suffix.lower() not in IMAGE_SUFFIXES:
-            log.report(DataIssue(f"not a .jpg file ({entry.name!r})",
+        if os.path.splitext(name)[1].lower() not in IMAGE_SUFFIXES:
+            log.report(DataIssue(f"not a .jpg file ({name!r})",
                                  "keep only the patient's cell images (.jpg) in the folder",
-                                 file=str(entry), patient_id=patient_id))
+                                 file=str(path), patient_id=patient_id))
             continue
-        # without ``check`` (a warm `features` run) only the free test: a link leaving the folder
-        problem = check_image(entry, root) if check else _link_problem(entry, root)
-        if problem:
-            log.report(DataIssue(f"image {problem}",
+        problem = _link_problem(path, root) if entry.is_symlink() else None
+        if problem is None and not entry.is_file(follow_symlinks=False):
+            problem = kind_problem(path)  # a pipe, a device, a link to one: never opened
+        candidates.append((name, path) if problem is None else (name, problem))  # type: ignore
+    if check:
+        todo = [(i, item[1]) for i, item in enumerate(candidates) if isinstance(item[1], Path)]
+        run = pool.map if pool is not None else map
+        for (i, path), problem in zip(todo, run(lambda p: image_problem(p), [p for _, p in todo])):
+            if problem is not None:
+                candidates[i] = (candidates[i][0], problem)
+    images = []
+    for name, outcome in candidates:
+        if isinstance(outcome, str):
+            log.report(DataIssue(f"image {outcome}",
                                  "replace or remove this image (or run with --on-error skip "
-                                 "to leave it out)", file=str(entry), patient_id=patient_id))
+                                 "to leave it out)", file=str(folder / name),
+                                 patient_id=patient_id))
             continue
-        images.append(entry.name)
+        images.append(name)
     return ImagePaths(folder, images)
 
 
@@ -443,6 +464,12 @@ def _field(name: str, parse: Any, text: str) -> Any:
 
 def _patient_from_row(row: Row, reference: date) -> tuple[str, int, str, date, float, float]:
     """Validate one CSV row; raise :class:`FieldError` (a ValueError) naming the bad field."""
+    if row.n_header and row.n_fields != row.n_header:
+        more = row.n_fields > row.n_header
+        raise FieldError("fields", f"the row has {row.n_fields} fields, the header "
+                                   f"{row.n_header}" + (" (a decimal comma such as 4,74, or a "
+                                                        "comma inside an unquoted value?)"
+                                                        if more else " (a value is missing)"))
     patient_id = _field("ID", check_id, row.values[COL_ID])
     label = _field("label", parse_label, row.values[COL_LABEL])
     gender = _field("gender", parse_gender, row.values[COL_GENDER])
@@ -450,10 +477,13 @@ def _patient_from_row(row: Row, reference: date) -> tuple[str, int, str, date, f
     if dob > reference:
         raise FieldError("date", f"date of birth {row.values[COL_DOB]!r} is after the reference "
                                  f"date {reference.isoformat()}")
-    if dob.year < MIN_BIRTH_YEAR:
-        raise FieldError("date", f"date of birth {row.values[COL_DOB]!r} is implausibly early")
+    age = age_at(dob, reference)
+    if age > MAX_AGE:
+        raise FieldError("date", f"date of birth {row.values[COL_DOB]!r} is implausibly early "
+                                 f"(age {age:.0f} at the reference date {reference.isoformat()}; "
+                                 f"the limit is {MAX_AGE} years)")
     count = _field("count", parse_count, row.values[COL_COUNT])
-    return patient_id, label, gender, dob, age_at(dob, reference), count
+    return patient_id, label, gender, dob, age, count
 
 
 _FIXES = {
@@ -462,6 +492,8 @@ _FIXES = {
     "gender": "use M or F",
     "date": "write the date as M/D/YYYY (11/3/1933) or DD-MM-YYYY (28-04-1943)",
     "count": "give the lymphocyte count in 10^9 cells/L as a positive number (e.g. 12.4)",
+    "fields": "give every row as many comma-separated fields as the header (write decimals "
+              "with a point: 4.74; quote a value that holds a comma)",
 }
 
 
@@ -483,6 +515,28 @@ def load_cohort(root: str | Path, *, reference_date: date = DEFAULT_REFERENCE_DA
                              fix="give the path of the challenge folder (dlmi-lymphocytosis/)")
     root = root.resolve()
     log = IssueLog(on_error)
+    with _decode_pool(check_images) as pool:
+        return _load(root, reference_date, log, check_images, pool)
+
+
+@contextmanager
+def _decode_pool(check: bool) -> Iterator[Any]:
+    """Threads for the strict decode of every image (libjpeg-turbo releases the GIL)."""
+    if not check:
+        yield None
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        cores = os.cpu_count() or 1
+    with ThreadPoolExecutor(max_workers=max(1, min(8, cores))) as pool:
+        yield pool
+
+
+def _load(root: Path, reference_date: date, log: IssueLog, check_images: bool,
+          pool: Any) -> Cohort:
     patients: list[Patient] = []
     seen: dict[str, Row] = {}
     for csv_path in _csv_files(root):
@@ -501,6 +555,11 @@ def load_cohort(root: str | Path, *, reference_date: date = DEFAULT_REFERENCE_DA
                                      row=row.line, patient_id=pid))
                 continue
             seen[pid] = row
+            split_problem = _split_problem(root, csv_path, pid, label)
+            if split_problem:
+                log.report(DataIssue(split_problem[0], split_problem[1], file=str(csv_path),
+                                     row=row.line, patient_id=pid))
+                continue
             folder = _find_folder(root, pid, label)
             if folder is None:
                 log.report(DataIssue(
@@ -508,7 +567,7 @@ def load_cohort(root: str | Path, *, reference_date: date = DEFAULT_REFERENCE_DA
                     f"add the folder {TRAIN_DIR}/{pid}/ (or {TEST_DIR}/{pid}/) with its cell "
                     "images, or remove the row", file=str(csv_path), row=row.line, patient_id=pid))
                 continue
-            images = list_images(folder, root, pid, log, check=check_images)
+            images = list_images(folder, root, pid, log, check=check_images, pool=pool)
             if not images:
                 log.report(DataIssue(f"no usable .jpg cell images in {folder}",
                                      "add the patient's cell images or remove the row",
@@ -528,6 +587,23 @@ def load_cohort(root: str | Path, *, reference_date: date = DEFAULT_REFERENCE_DA
                                      "add the patient's row to the CSV or move the folder away",
                                      file=str(folder), patient_id=folder.name))
     return Cohort(root, patients, log.issues, reference_date, ignored)
+
+
+def _split_problem(root: Path, csv_path: Path, patient_id: str, label: int
+                   ) -> tuple[str, str] | None:
+    """Why a row's split is contradictory (problem, fix), or None: never a silent choice."""
+    both = all((root / sub / patient_id).is_dir() for sub in (TRAIN_DIR, TEST_DIR))
+    if both:
+        return (f"patient {patient_id} has an image folder under both {TRAIN_DIR}/ and "
+                f"{TEST_DIR}/", f"keep one of {TRAIN_DIR}/{patient_id}/ and "
+                f"{TEST_DIR}/{patient_id}/ (labelled patients in {TRAIN_DIR}/)")
+    if csv_path == root / TEST_CSV and label in (0, 1):
+        return (f"labelled row (LABEL {label}) in the test CSV {TEST_CSV}, which holds the "
+                "patients to predict", f"set LABEL -1, or move the row to {TRAIN_CSV}")
+    if csv_path == root / TRAIN_CSV and label == -1:
+        return (f"row without a label (LABEL -1) in the training CSV {TRAIN_CSV}",
+                f"give its label (0 or 1), or move the row to {TEST_CSV}")
+    return None
 
 
 def _find_folder(root: Path, patient_id: str, label: int) -> Path | None:

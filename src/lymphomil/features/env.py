@@ -13,9 +13,10 @@ from pathlib import Path
 from lymphomil.errors import LymphomilError
 
 PRECISIONS = ("auto", "bf16", "fp32")
-#: the image decoder (part of the feature cache key): libjpeg-turbo through torchvision's op,
-#: Pillow for anything else (pixel-identical on the challenge's JPEGs)
-DECODER = "torchvision.decode_jpeg+pil-fallback"
+#: the image decoder (part of the feature cache key): libjpeg-turbo through simplejpeg, strict
+#: (corrupt data is an error), Pillow for CMYK and non-JPEGs (pixel-identical on the challenge's
+#: JPEGs to the former torchvision op)
+DECODER = "simplejpeg-strict+pil-fallback"
 #: libraries whose versions can change the numbers (part of the feature cache key)
 NUMERIC_LIBRARIES = ("torch", "torchvision", "timm", "pillow")
 

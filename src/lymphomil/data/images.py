@@ -1,0 +1,209 @@
+"""Is a file a usable cell image? Checked by its kind, its header and by decoding it.
+
+Torch-free (the loader and a fully cached run never import torch). The same checks serve the
+cohort loader (:func:`image_problem`, before any command uses a cohort) and the feature
+extractor (:func:`read_image_file` and :func:`decode_jpeg_strict`, through
+``lymphomil.features.preprocess.decode_bytes``), so a damaged image gets the same message
+whichever command meets it first.
+
+* **Kind, before any open**: a named pipe called ``x.jpg`` would block a reader forever, a device
+  would stream without end; a symbolic link loop cannot be followed. They are refused from
+  ``stat`` alone (:func:`kind_problem`), and the open itself is non-blocking with the file's type
+  checked again on the open descriptor (a file swapped for a pipe in between is still refused).
+* **Geometry from the header**: a side over :data:`MAX_IMAGE_SIDE` (a decompression bomb), under
+  :data:`MIN_IMAGE_SIDE`, or a side ratio over :data:`MAX_ASPECT` is not a cell image.
+* **Decoding, strictly**: libjpeg-turbo (through simplejpeg) reports *recoverable* corruption —
+  a file cut short with its end marker put back ("premature end of data segment"), bytes
+  overwritten mid-stream — as warnings and would otherwise fill the rest with grey; here a
+  warning is an error. Data after the end-of-image marker is fine (libjpeg stops there).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from pathlib import Path
+
+import numpy as np
+
+MAX_IMAGE_SIDE = 4096  # larger images are refused (decompression bombs)
+MIN_IMAGE_SIDE = 32  # smaller: no cell to see (the challenge's images are 224 x 224)
+MAX_ASPECT = 4.0  # longer side / shorter side; the challenge's images are square
+MAX_FILE_BYTES = 64 << 20  # a cell image is ~10 KiB; a file this large is not one
+JPEG_MAGIC = b"\xff\xd8\xff"
+PNG_MAGIC = b"\x89PNG"
+
+_NOT_REGULAR = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISCHR, "a character device"),
+                (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"),
+                (stat.S_ISDIR, "a folder"))
+
+#: libjpeg's messages for a colour space TurboJPEG cannot convert (Pillow decodes those)
+_CMYK = ("CMYK", "YCCK")
+
+
+class ImageProblem(ValueError):
+    """Why bytes or a file are not a usable cell image (the text follows 'image ...')."""
+
+
+def _kind_of(mode: int) -> str | None:
+    for test, name in _NOT_REGULAR:
+        if test(mode):
+            return name
+    return None if stat.S_ISREG(mode) else "not a regular file"
+
+
+def kind_problem(path: str | Path) -> str | None:
+    """Why ``path`` is not a regular file (following links), from ``stat`` alone: never opens it."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "is a symbolic link loop"
+        if exc.errno == errno.ENOENT and os.path.islink(path):
+            return "is a broken symbolic link (its target does not exist)"
+        return f"cannot be read ({exc.strerror or exc})"
+    kind = _kind_of(st.st_mode)
+    return f"is {kind}, not a regular file" if kind else None
+
+
+def read_image_file(path: str | Path) -> bytearray:
+    """A regular file's bytes into a writable buffer; :class:`ImageProblem` for anything else.
+
+    The open is non-blocking and the descriptor's type is checked before reading: a named pipe or
+    a device is never read, even one that replaced the file after the loader looked at it.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        problem = kind_problem(path)
+        raise ImageProblem(problem or f"cannot be read ({exc.strerror or exc})") from None
+    try:
+        st = os.fstat(fd)
+        kind = _kind_of(st.st_mode)
+        if kind:
+            raise ImageProblem(f"is {kind}, not a regular file")
+        if st.st_size > MAX_FILE_BYTES:
+            raise ImageProblem(f"is {st.st_size / 2**20:.0f} MiB, larger than "
+                               f"{MAX_FILE_BYTES >> 20} MiB (not a cell image)")
+        data = bytearray(st.st_size)
+        with os.fdopen(fd, "rb", closefd=False) as handle:
+            del data[handle.readinto(data):]
+    except OSError as exc:
+        raise ImageProblem(f"cannot be read ({exc.strerror or exc})") from None
+    finally:
+        os.close(fd)
+    return data
+
+
+def geometry_problem(width: int, height: int) -> str | None:
+    """Why a width x height image is not a plausible cell image, naming the bound."""
+    if width > MAX_IMAGE_SIDE or height > MAX_IMAGE_SIDE:
+        return f"is {width}x{height} pixels, larger than {MAX_IMAGE_SIDE} (decompression bomb?)"
+    if min(width, height) < MIN_IMAGE_SIDE:
+        return (f"is {width}x{height} pixels, smaller than {MIN_IMAGE_SIDE} px on a side "
+                "(not a cell image)")
+    if max(width, height) > MAX_ASPECT * min(width, height):
+        return (f"is {width}x{height} pixels, more elongated than {MAX_ASPECT:g}:1 "
+                "(not a cell image)")
+    return None
+
+
+def jpeg_header(data: bytes | bytearray) -> tuple[int, int, str]:
+    """(width, height, colour space) of JPEG bytes; :class:`ImageProblem` when unreadable."""
+    import simplejpeg
+
+    if not data:
+        raise ImageProblem("is an empty (zero-byte) file")
+    if data[:3] != JPEG_MAGIC:
+        kind = "a PNG" if data[:4] == PNG_MAGIC else "not a JPEG"
+        raise ImageProblem(f"is {kind} file despite its name")
+    try:
+        height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data)
+    except ValueError as exc:
+        raise ImageProblem(f"is a damaged JPEG (unreadable header: {_libjpeg(exc)})") from None
+    return width, height, colorspace
+
+
+def _libjpeg(exc: Exception) -> str:
+    text = str(exc)
+    return text.split("(): ", 1)[-1] if "(): " in text else text
+
+
+def needs_pillow(colorspace: str) -> bool:
+    """TurboJPEG does not convert these to RGB; Pillow's ``convert('RGB')`` does."""
+    return colorspace.upper() in _CMYK
+
+
+def decode_jpeg_strict(data: bytes | bytearray, colorspace: str) -> np.ndarray:
+    """JPEG bytes -> (H, W, 3) uint8 RGB; libjpeg's corrupt-data warnings raise
+    :class:`ImageProblem`. ``colorspace`` from :func:`jpeg_header` (CMYK goes to Pillow)."""
+    if needs_pillow(colorspace):
+        return _decode_pillow(data)
+    import simplejpeg
+
+    try:
+        return simplejpeg.decode_jpeg(data, "RGB", strict=True)
+    except ValueError as exc:
+        raise ImageProblem(f"is a damaged JPEG ({_libjpeg(exc)})") from None
+
+
+def _decode_pillow(data: bytes | bytearray) -> np.ndarray:
+    import io
+
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+            return np.array(image.convert("RGB"))  # writable: torch shares it
+    except Image.DecompressionBombError:
+        raise ImageProblem("is too large to decode safely (decompression bomb)") from None
+    except Exception as exc:  # Pillow raises many types for broken files
+        raise ImageProblem(f"is not a readable JPEG ({type(exc).__name__}: {exc})") from None
+
+
+def bytes_problem(data: bytes | bytearray, decode: bool = True) -> str | None:
+    """Why encoded bytes are not a usable cell image (header, geometry, and a strict decode
+    when ``decode``), or ``None``."""
+    try:
+        width, height, colorspace = jpeg_header(data)
+        problem = geometry_problem(width, height)
+        if problem:
+            return problem
+        if decode:
+            decode_jpeg_strict(data, colorspace)
+    except ImageProblem as exc:
+        return str(exc)
+    return None
+
+
+# path -> (size, mtime_ns, inode, problem): a file is decoded once per process while unchanged
+_CHECKED: dict[str, tuple[int, int, int, str | None]] = {}
+
+
+def image_problem(path: str | Path, decode: bool = True) -> str | None:
+    """Why the file at ``path`` is not a usable cell image, or ``None`` (see the module doc).
+
+    Memoised per process by (path, size, mtime, inode): the stages of a run load the cohort
+    more than once but decode each image once.
+    """
+    key = os.fspath(path)
+    problem = kind_problem(key)
+    if problem:
+        return problem
+    try:
+        data = read_image_file(key)
+        st = os.stat(key)
+    except ImageProblem as exc:
+        return str(exc)
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or exc})"
+    state = (st.st_size, st.st_mtime_ns, st.st_ino)
+    known = _CHECKED.get(key)
+    if known is not None and known[:3] == state and (known[3] is not None or decode):
+        return known[3]
+    problem = bytes_problem(data, decode)
+    if decode or problem is not None:
+        _CHECKED[key] = (*state, problem)
+    return problem
