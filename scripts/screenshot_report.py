@@ -60,6 +60,23 @@ def screenshot(report: Path, out: Path, width: int = 1280, height: int = 2000,
     return out
 
 
+def dump_dom(report: Path, fragment: str = "", timeout: float = 120.0) -> str:
+    """The page's DOM after its scripts ran (``fragment``: e.g. ``sort=p-desc``), as HTML text."""
+    browser = find_chromium()
+    if browser is None:
+        raise FileNotFoundError("Chromium was not found (looked for " + ", ".join(CANDIDATES)
+                                + ")")
+    url = Path(report).resolve().as_uri() + (f"#{fragment}" if fragment else "")
+    with tempfile.TemporaryDirectory(prefix="lymphomil-chromium-") as profile:
+        done = subprocess.run([browser, *FLAGS, f"--user-data-dir={profile}", "--dump-dom", url],
+                              capture_output=True, text=True, timeout=timeout, check=False,
+                              env={**os.environ, "HOME": profile})
+    if done.returncode != 0 or "<html" not in done.stdout:
+        raise RuntimeError(f"Chromium dumped no page (exit {done.returncode}):\n"
+                           + done.stderr[-2000:])
+    return done.stdout
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("report", type=Path, help="the report.html to render")

@@ -20,6 +20,7 @@ from lymphomil.config import RunConfig, to_toml
 from lymphomil.data.cohort import load_cohort
 from lymphomil.evaluate import CVResult
 from lymphomil.runs import atomic_write_json, atomic_write_text, default_cache_root, staged_dir
+from lymphomil.uncertainty import N_REFITS
 
 
 def synthetic_default(patients: int, seed: int) -> Path:
@@ -130,11 +131,16 @@ def _run_stages(config: RunConfig, out: Path, engine: object, stage: Callable[[s
                 write_predictions(pred, staging / "submission.csv", kaggle=True)
             else:
                 atomic_write_text(staging / "submission.csv", "Id,Predicted\n")
+        spread = None
+        if len(pred.ids):
+            stage(f"uncertainty ({N_REFITS} refits)")
+            with _timed(timings, "uncertainty"):
+                spread = _refit_spread(chosen.model_name, config, labelled, pred, engine)
         stage("report")
         with _timed(timings, "report"):
             _write_report(staging / "report.html", config, data, chosen, results, summary,
                           pred, cohort, labelled.patients, timings,
-                          files=run_files(staging, chosen.model_name))
+                          files=run_files(staging, chosen.model_name), spread=spread)
         skipped = cohort.skipped_table()
         if skipped:
             atomic_write_json(staging / "skipped.json", skipped)
@@ -151,6 +157,20 @@ def _run_stages(config: RunConfig, out: Path, engine: object, stage: Callable[[s
                      timings)
 
 
+def _refit_spread(name: str, config: RunConfig, labelled, pred, engine: object):
+    """The spread of each predicted patient's probability over refits of the chosen model."""
+    from lymphomil.runs import cache_root
+    from lymphomil.uncertainty import cached_refit_probas, refit_spread
+    from lymphomil.workflow import attach_features, configure_model
+
+    model = configure_model(name, config.features)
+    patients = attach_features(labelled.patients, [model], config.cache_dir)
+    probas = cached_refit_probas(cache_root(config.cache_dir) / "cv", model, patients,
+                                 labelled.y, pred.patients, seed=config.seed, name=name,
+                                 engine=engine)
+    return refit_spread(probas)
+
+
 def _report_family(name: str) -> str:
     from lymphomil.workflow import configure_model
 
@@ -158,8 +178,9 @@ def _report_family(name: str) -> str:
     return family if family in ("attributes", "fusion") else "images"
 
 
-def patient_calls(pred) -> list:
-    """One report entry per predicted patient: call, probability, the cells behind it."""
+def patient_calls(pred, spread=None) -> list:
+    """One report entry per predicted patient: call, probability, its spread (if measured), the
+    cells behind it."""
     from lymphomil.report.render import PatientCall
 
     if not len(pred.ids):
@@ -172,7 +193,8 @@ def patient_calls(pred) -> list:
         lymph_count=float(patient.lymph_count), n_images=patient.n_images,
         image_paths=list(patient.image_paths),
         instance_scores=None if scores is None else np.asarray(scores[i]),
-        part_probas=None if parts is None else {k: float(v[i]) for k, v in parts.items()})
+        part_probas=None if parts is None else {k: float(v[i]) for k, v in parts.items()},
+        interval=None if spread is None else (float(spread.low[i]), float(spread.high[i])))
         for i, patient in enumerate(pred.patients)]
 
 
@@ -219,21 +241,22 @@ def run_files(folder: Path, model_name: str) -> list[tuple[str, str]]:
 
 def _write_report(path: Path, config: RunConfig, data: Path, chosen: CVResult,
                   results: list[CVResult], summary: dict, pred, cohort, labelled,
-                  timings, files: list[tuple[str, str]] | None = None) -> None:
+                  timings, files: list[tuple[str, str]] | None = None, spread=None) -> None:
     from lymphomil.models.base import describe_models, library_versions
     from lymphomil.report.render import ReportContext, render_report
 
     context = ReportContext(
         title="lymphomil report", data_root=str(data), model_name=chosen.model_name,
         model_description=describe_models().get(chosen.model_name, ""), cv_results=results,
-        explore=summary, calls=patient_calls(pred), skipped=cohort.skipped_table(),
+        explore=summary, calls=patient_calls(pred, spread), skipped=cohort.skipped_table(),
         config=config.model_dump(mode="json"), versions=library_versions(), timings=timings,
         notes=["The chosen model's CV figure is optimistic: it was picked as the best of "
                f"{len(results)} candidates on the same folds."],
         families={r.model_name: _report_family(r.model_name) for r in results},
         counts={p.id: float(p.lymph_count) for p in labelled},
         synthetic=synthetic_origin(data),
-        reference_date=config.reference_date.isoformat(), files=files or [])
+        reference_date=config.reference_date.isoformat(), files=files or [],
+        interval_method=spread.method if spread is not None else None)
     render_report(context, path, gallery_k=config.gallery_k)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import re
+import shutil
 import time
 from html.parser import HTMLParser
 from pathlib import Path
@@ -89,9 +90,11 @@ def make_calls(root: Path, n_patients: int, n_images: int,
         proba = float(rng.uniform())
         scores = None if i == 1 else rng.normal(size=n_images)
         parts = {"attributes": 0.8, "images": 0.3} if i == 2 else None
+        spread = float(rng.uniform(0.02, 0.3))
         calls.append(PatientCall(pid, proba, int(proba >= 0.5), 1 if i == 3 else -1,
                                  float(rng.uniform(30, 90)), "F" if i % 2 else "M",
-                                 float(rng.uniform(4, 40)), n_images, paths, scores, parts))
+                                 float(rng.uniform(4, 40)), n_images, paths, scores, parts,
+                                 interval=(max(0.0, proba - spread), min(1.0, proba + spread))))
     return calls
 
 
@@ -108,7 +111,8 @@ def make_context(tmp_path: Path, n_patients: int = 6, n_images: int = 20,
         config={"cv": {"folds": 4, "repeats": 3}}, versions={"lymphomil": "0.1.0"},
         timings={"cv": 12.5, "predict": 0.4},
         notes=notes if notes is not None else ["chosen by the same CV: optimistic"],
-        counts={f"L{i}": float(4 + i) for i in range(40)})
+        counts={f"L{i}": float(4 + i) for i in range(40)},
+        interval_method="10th–90th percentile of 20 refits (test)")
 
 
 # --------------------------------------------------------------------------- parsing
@@ -314,3 +318,74 @@ def test_synthetic_origin_tells_the_demo_from_the_shared_data(synthetic_root: Pa
     assert origin is not None and origin["n_patients"] == 24 and origin["seed"] == 0
     if SHARED.is_dir():
         assert synthetic_origin(SHARED) is None
+
+
+# --------------------------------------------------------------------------- uncertainty
+
+
+def test_borderline_is_a_spread_across_the_threshold() -> None:
+    from lymphomil.report.render import interval_view
+    from lymphomil.uncertainty import borderline
+
+    low = np.array([0.40, 0.50, 0.30, 0.10, 0.55, 0.49])
+    high = np.array([0.60, 0.70, 0.50, 0.40, 0.90, 0.49])
+    # called malignant at p >= 0.5: [0.5, 0.7] is malignant throughout, [0.3, 0.5] is not
+    assert borderline(low, high).tolist() == [True, False, True, False, False, False]
+    assert borderline(low, high, threshold=0.45).tolist() == [True, False, True, False, False,
+                                                               False]
+    view = interval_view((0.62, 0.41))  # ends in any order
+    assert view["borderline"] and view["text"] == "0.41–0.62" and view["width"] == pytest.approx(0.21)
+    assert interval_view(None) == {"low": None, "high": None, "width": None, "borderline": False,
+                                   "text": "–"}
+
+
+def _rows(text: str) -> list[dict[str, str]]:
+    """The patient table's rows, in page order, as their data-* attributes."""
+    table = text[text.index('id="ptable"'):]
+    table = table[:table.index("</table>")]
+    return [dict(re.findall(r'data-([\w-]+)="([^"]*)"', row))
+            for row in re.findall(r"<tr data-index=[^>]*>", table)]
+
+
+def test_patient_table_rows_carry_the_flags_and_sort_keys(tmp_path: Path) -> None:
+    from lymphomil.uncertainty import borderline
+
+    ctx = make_context(tmp_path, n_patients=8, n_images=4)
+    ctx.calls[0].interval = (0.45, 0.55)
+    ctx.calls[1].interval = (0.55, 0.9)
+    ctx.calls[2].interval = None  # not measured: no flag, sorts last
+    rows = _rows(render_report(ctx, tmp_path / "r.html", gallery_k=2).read_text())
+    assert [r["id"] for r in rows] == [c.id for c in ctx.calls]
+    for row, call in zip(rows, ctx.calls):
+        assert float(row["p"]) == pytest.approx(call.proba, abs=1e-6)
+        expected = call.interval is not None and bool(borderline(*call.interval))
+        assert row["borderline"] == ("1" if expected else "0"), call.id
+        assert ("borderline" in row["search"]) == expected
+    assert rows[0]["borderline"] == "1" and rows[1]["borderline"] == "0"
+    assert rows[2]["width"] == ""
+
+
+def _browser_order(report: Path, fragment: str) -> list[str]:
+    from .test_browser import load_script
+
+    return [row["id"] for row in _rows(load_script().dump_dom(report, fragment))]
+
+
+@pytest.mark.skipif(not shutil.which("chromium") and not Path("/usr/bin/chromium").is_file(),
+                    reason="Chromium is not installed (apt-get install chromium)")
+def test_patient_table_sorts_in_a_browser(tmp_path: Path) -> None:
+    """The page's own script sorts the table (#sort=KEY-DIR on load, as a header click does):
+    numbers numerically, missing values last, ties in page order."""
+    ctx = make_context(tmp_path, n_patients=7, n_images=4)
+    ctx.calls[3].proba = ctx.calls[5].proba  # a tie keeps page order
+    ctx.calls[4].interval = None
+    report = render_report(ctx, tmp_path / "r.html", gallery_k=2)
+    calls = list(enumerate(ctx.calls))
+    by_p = [c.id for _, c in sorted(calls, key=lambda t: (-t[1].proba, t[0]))]
+    assert _browser_order(report, "sort=p-desc") == by_p
+    measured = [(i, c) for i, c in calls if c.interval is not None]
+    by_width = [c.id for _, c in sorted(measured, key=lambda t: (t[1].interval[1] - t[1].interval[0],
+                                                                 t[0]))]
+    assert _browser_order(report, "sort=width-asc") == by_width + [ctx.calls[4].id]
+    by_count = [c.id for _, c in sorted(calls, key=lambda t: (-t[1].lymph_count, t[0]))]
+    assert _browser_order(report, "sort=count-desc") == by_count

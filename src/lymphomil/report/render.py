@@ -67,6 +67,8 @@ class PatientCall:
     #: one score per image, higher = more suspicious; None for attribute-only models
     instance_scores: np.ndarray | None
     part_probas: dict[str, float] | None = None  # e.g. {"attributes": 0.8, "images": 0.3}
+    #: (low, high) spread of P(malignant) (lymphomil.uncertainty); None when not measured
+    interval: tuple[float, float] | None = None
 
 
 @dataclass
@@ -94,6 +96,9 @@ class ReportContext:
     reference_date: str | None = None
     #: files of the run the page links to: (href relative to the report, what the file holds)
     files: list[tuple[str, str]] = field(default_factory=list)
+    #: how the patients' intervals were made, in words (None: no interval was measured)
+    interval_method: str | None = None
+    threshold: float = 0.5  # P(malignant) at and above which a patient is called malignant
 
 
 # --------------------------------------------------------------------------- small helpers
@@ -311,8 +316,21 @@ def gallery_indices(call: PatientCall, k: int) -> tuple[list[int], list[int]]:
 # --------------------------------------------------------------------------- patients
 
 
+def interval_view(interval: tuple[float, float] | None, threshold: float = 0.5) -> dict[str, Any]:
+    """An interval as the page shows it: ends, width, percentages for the bar, borderline flag."""
+    from lymphomil.uncertainty import borderline
+
+    if interval is None or not all(_finite(v) for v in interval):
+        return {"low": None, "high": None, "width": None, "borderline": False, "text": "–"}
+    low, high = sorted(float(v) for v in interval)
+    return {"low": low, "high": high, "width": high - low,
+            "borderline": bool(borderline(low, high, threshold)),
+            "low_pct": f"{100 * low:.1f}", "width_pct": f"{100 * (high - low):.1f}",
+            "text": f"{low:.2f}–{high:.2f}"}
+
+
 def _patient_view(call: PatientCall, k: int, thumbs: Mapping[Path, str | None],
-                  reactive: tuple[float, float] | None) -> dict[str, Any]:
+                  reactive: tuple[float, float] | None, threshold: float = 0.5) -> dict[str, Any]:
     top, bottom = gallery_indices(call, k)
     scores = call.instance_scores
 
@@ -333,6 +351,8 @@ def _patient_view(call: PatientCall, k: int, thumbs: Mapping[Path, str | None],
         "age": _fmt(call.age, 0), "age_value": float(call.age) if _finite(call.age) else None,
         "gender": call.gender, "count": _fmt(call.lymph_count, 2),
         "n_images": call.n_images, "in_reactive_range": in_range,
+        "count_value": float(call.lymph_count) if _finite(call.lymph_count) else None,
+        "interval": interval_view(call.interval, threshold),
         "parts": [{"name": name, "proba": float(p), "pct": f"{100 * float(p):.1f}"}
                   for name, p in (call.part_probas or {}).items()],
         "scored": scores is not None,
@@ -347,7 +367,7 @@ def _patients(ctx: ReportContext, k: int, crop: int, quality: int) -> list[dict[
         needed += [call.image_paths[i] for i in (*top, *bottom)]
     thumbs = _thumbnails(needed, crop, quality)
     reactive = _reactive_range(ctx)
-    return [_patient_view(call, k, thumbs, reactive) for call in ctx.calls]
+    return [_patient_view(call, k, thumbs, reactive, ctx.threshold) for call in ctx.calls]
 
 
 # --------------------------------------------------------------------------- summary & appendix
@@ -369,6 +389,8 @@ def _summary(ctx: ReportContext, summaries: Mapping[str, dict],
         "n_malignant": sum(p["call"] == "malignant" for p in unknown),
         "n_reactive": sum(p["call"] == "reactive" for p in unknown),
         "n_labelled_shown": len(patients) - len(unknown) if len(unknown) < len(patients) else 0,
+        "n_borderline": sum(p["interval"]["borderline"] for p in unknown),
+        "has_intervals": any(p["interval"]["low"] is not None for p in patients),
         "n_skipped": len(ctx.skipped),
         "reactive_range": (f"{reactive[0]:.2f}–{reactive[1]:.2f}" if reactive else None),
     }
