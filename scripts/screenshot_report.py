@@ -11,6 +11,7 @@ profile), so the screenshot also shows that the page needs nothing from outside.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -37,8 +38,29 @@ def find_chromium() -> str | None:
     return "/usr/bin/chromium" if Path("/usr/bin/chromium").is_file() else None
 
 
+#: put element ``id`` at the top of the page: hide whatever comes before it, level by level
+_FOCUS = """<script>document.addEventListener("DOMContentLoaded", function () {
+  var el = document.getElementById(%s); if (!el) { return; }
+  for (var node = el; node && node.parentNode && node !== document.body; node = node.parentNode) {
+    for (var s = node.previousElementSibling; s; s = s.previousElementSibling) {
+      if (s.tagName !== "ASIDE" && s.tagName !== "SCRIPT" && s.tagName !== "STYLE") { s.style.display = "none"; }
+    }
+  }
+});</script>"""
+
+
+def focused_copy(report: Path, element: str) -> Path:
+    """A copy of ``report`` beside it that starts at the element ``element`` (for screenshots of
+    one part of a long page); the caller removes it."""
+    html = Path(report).read_text(encoding="utf-8")
+    copy = Path(report).with_name(f".{Path(report).stem}.focus-{os.getpid()}.html")
+    copy.write_text(html.replace("</head>", _FOCUS % json.dumps(element) + "</head>", 1),
+                    encoding="utf-8")
+    return copy
+
+
 def screenshot(report: Path, out: Path, width: int = 1280, height: int = 2000,
-               timeout: float = 120.0) -> Path:
+               timeout: float = 120.0, fragment: str = "", element: str = "") -> Path:
     """Save a ``width``×``height`` PNG of ``report`` as Chromium draws it; raise on failure."""
     browser = find_chromium()
     if browser is None:
@@ -49,11 +71,17 @@ def screenshot(report: Path, out: Path, width: int = 1280, height: int = 2000,
     if not report.is_file():
         raise FileNotFoundError(f"{report}: no such report")
     out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="lymphomil-chromium-") as profile:
-        command = [browser, *FLAGS, f"--user-data-dir={profile}", f"--screenshot={out}",
-                   f"--window-size={width},{height}", report.as_uri()]
-        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False,
-                              env={**os.environ, "HOME": profile})
+    page = focused_copy(report, element) if element else report
+    try:
+        with tempfile.TemporaryDirectory(prefix="lymphomil-chromium-") as profile:
+            command = [browser, *FLAGS, f"--user-data-dir={profile}", f"--screenshot={out}",
+                       f"--window-size={width},{height}",
+                       page.as_uri() + (f"#{fragment}" if fragment else "")]
+            done = subprocess.run(command, capture_output=True, text=True, timeout=timeout,
+                                  check=False, env={**os.environ, "HOME": profile})
+    finally:
+        if element:
+            page.unlink(missing_ok=True)
     if not out.is_file() or out.stat().st_size == 0:
         raise RuntimeError(f"Chromium wrote no screenshot (exit {done.returncode}):\n"
                            + done.stderr[-2000:])
@@ -84,9 +112,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--width", type=int, default=1280)
     parser.add_argument("--height", type=int, default=2000)
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds before giving up")
+    parser.add_argument("--fragment", default="",
+                        help="part of the page to show, e.g. calibration (an element id) or "
+                             "sort=p-desc (the patient table sorted on load)")
+    parser.add_argument("--element", default="",
+                        help="id of the element to start the screenshot at (e.g. calibration, "
+                             "patient-P12): what comes before it is hidden")
     args = parser.parse_args(argv)
     try:
-        path = screenshot(args.report, args.out, args.width, args.height, args.timeout)
+        path = screenshot(args.report, args.out, args.width, args.height, args.timeout,
+                          args.fragment, args.element)
     except FileNotFoundError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -178,6 +178,17 @@ def _report_family(name: str) -> str:
     return family if family in ("attributes", "fusion") else "images"
 
 
+def score_units(model) -> str | None:
+    """What the model's cell scores are (its ``instance_score_units``); a fusion's come from its
+    image part, which scores the cells. None for a model without cell scores."""
+    if model is None:
+        return None
+    image_part = getattr(model, "image_model_", None)
+    if image_part is not None:
+        return score_units(image_part)
+    return getattr(model, "instance_score_units", None)
+
+
 def patient_calls(pred, spread=None) -> list:
     """One report entry per predicted patient: call, probability, its spread (if measured), the
     cells behind it."""
@@ -256,7 +267,8 @@ def _write_report(path: Path, config: RunConfig, data: Path, chosen: CVResult,
         counts={p.id: float(p.lymph_count) for p in labelled},
         synthetic=synthetic_origin(data),
         reference_date=config.reference_date.isoformat(), files=files or [],
-        interval_method=spread.method if spread is not None else None)
+        interval_method=spread.method if spread is not None else None,
+        score_units=score_units(pred.model))
     render_report(context, path, gallery_k=config.gallery_k)
 
 
@@ -281,6 +293,7 @@ def write_prediction_report(path: Path, pred, data: Path, model_dir: Path,
         explore=None, calls=patient_calls(pred), skipped=pred.skipped, config={},
         versions=library_versions(), timings={}, notes=notes,
         synthetic=synthetic_origin(data), reference_date=metadata.get("reference_date"),
+        score_units=score_units(pred.model),
         files=[] if csv_path is None else [(_relative(csv_path, Path(path).parent),
                                             "the predictions this page shows")])
     return render_report(context, path, gallery_k=gallery_k)

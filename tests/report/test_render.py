@@ -389,3 +389,21 @@ def test_patient_table_sorts_in_a_browser(tmp_path: Path) -> None:
     assert _browser_order(report, "sort=width-asc") == by_width + [ctx.calls[4].id]
     by_count = [c.id for _, c in sorted(calls, key=lambda t: (-t[1].lymph_count, t[0]))]
     assert _browser_order(report, "sort=count-desc") == by_count
+
+
+def test_gallery_legend_states_the_units_of_the_model_that_scored(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from lymphomil.models.pooled import ImageLogRegModel
+    from lymphomil.pipeline import score_units
+
+    ctx = make_context(tmp_path, n_patients=1, n_images=4)
+    ctx.score_units = "cell log-odds of malignancy (cell classifier)"
+    page, text = parse(render_report(ctx, tmp_path / "r.html", gallery_k=2))
+    assert page.ids.get("score-legend") == "p" and "#score-legend" in page.links
+    assert "cell log-odds of malignancy (cell classifier)" in text
+    # the units come from the model; a fusion's from its image part, which scores the cells
+    image = ImageLogRegModel()
+    assert score_units(image) == ImageLogRegModel.instance_score_units
+    assert score_units(SimpleNamespace(image_model_=image)).startswith("logit share")
+    assert score_units(None) is None

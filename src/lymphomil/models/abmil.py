@@ -42,6 +42,7 @@ class ABMILModel(NeuralFeatureModel, PatientModel):
     """Gated-attention MIL over a patient's cells; optionally with the clinical attributes."""
 
     family = "abmil"
+    instance_score_units = "attention weight (a patient's weights sum to 1)"
 
     def __init__(self, features="efficientnet-lite0@112", use_attributes=False, hidden=128,
                  attention_dim=64, dropout=0.25, lr=5e-4, weight_decay=1e-4, batch_size=8,

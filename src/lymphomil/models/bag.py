@@ -48,6 +48,7 @@ class BagModel(NeuralFeatureModel, PatientModel):
     """Many-to-one: bags of ``bag_size`` cells pooled (min/max/sum/mean/attention) → MLP."""
 
     family = "bag"
+    instance_score_units = "cell P(malignant), 0–1 (a bag of copies of the one cell)"
 
     def __init__(self, features="efficientnet-lite0@112", bag_size=16, pooling="attention",
                  hidden=64, attention_dim=64, dropout=0.1, lr=1e-3, weight_decay=1e-4,

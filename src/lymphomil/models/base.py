@@ -150,6 +150,8 @@ class PatientModel(ClassifierMixin, BaseEstimator):
 
     #: a short family name shown in tables ("attributes", "instance", "mil", ...)
     family: ClassVar[str] = "base"
+    #: what one number of :meth:`instance_scores` is (the report's gallery legend says it)
+    instance_score_units: ClassVar[str] = "cell score (units not stated by the model)"
 
     # -- to implement -------------------------------------------------------------------------
     def fit(self, patients: np.ndarray, y: np.ndarray) -> "PatientModel":  # pragma: no cover

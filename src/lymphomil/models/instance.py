@@ -68,6 +68,7 @@ class InstanceModel(NeuralFeatureModel, PatientModel):
     """Per-cell classifier trained with the patient's label; cell probabilities aggregated."""
 
     family = "instance"
+    instance_score_units = "cell P(malignant), 0–1, from the per-cell classifier"
 
     def __init__(self, features="efficientnet-lite0@112", hidden=64, dropout=0.1,
                  aggregate="mean", top_k=10, train_on="all", calibrate="platt", lr=1e-3,

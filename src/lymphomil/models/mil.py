@@ -73,6 +73,7 @@ class MILModel(NeuralFeatureModel, PatientModel):
     """The founding MIL head on cached spatial feature maps of a frozen backbone."""
 
     family = "mil"
+    instance_score_units = "position logit of the cell (max or mean over its map positions)"
     feature_kind = "map"
 
     def __init__(self, features="efficientnet-lite0@112", cell_score="max", lr=1e-3,
@@ -266,6 +267,7 @@ class MILEndToEndModel(PatientModel):
     """The founding MIL model fine-tuned end to end from the cell images (report §3.2.2)."""
 
     family = "mil"
+    instance_score_units = "position logit of the cell (max or mean over its map positions)"
 
     def __init__(self, backbone="efficientnet-lite0", weights="imagenet", crop=112,
                  grad_images=32, batch_size=2, lr=1e-3, backbone_lr=None, weight_decay=0.0,

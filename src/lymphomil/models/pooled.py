@@ -41,6 +41,9 @@ class ImageLogRegModel(PatientModel):
 
     family = "image"
     feature_kind = "pooled"
+    instance_score_units = ("logit share (unitless): the cell's term of the patient's image "
+                            "logit, whose mean over the cells is that logit; not a cell-level "
+                            "probability")
 
     def __init__(self, features="efficientnet-lite0@112", pooling="mean",
                  Cs=(0.001, 0.01, 0.1, 1.0, 10.0), inner_folds=5, scoring="neg_log_loss",

@@ -99,6 +99,8 @@ class ReportContext:
     #: how the patients' intervals were made, in words (None: no interval was measured)
     interval_method: str | None = None
     threshold: float = 0.5  # P(malignant) at and above which a patient is called malignant
+    #: what one cell score is, from the model that made the scores (its ``instance_score_units``)
+    score_units: str | None = None
 
 
 # --------------------------------------------------------------------------- small helpers
