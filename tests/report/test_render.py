@@ -407,3 +407,38 @@ def test_gallery_legend_states_the_units_of_the_model_that_scored(tmp_path: Path
     assert score_units(image) == ImageLogRegModel.instance_score_units
     assert score_units(SimpleNamespace(image_model_=image)).startswith("logit share")
     assert score_units(None) is None
+
+
+# --------------------------------------------------------------------------- calibration
+
+
+def test_calibration_numbers_are_scikit_learns() -> None:
+    from sklearn.calibration import calibration_curve
+    from sklearn.metrics import brier_score_loss
+
+    from lymphomil.report.render import calibration_stats
+
+    result = fake_cv("fusion-alpha", 2.0, n=60, repeats=4)
+    result.proba[1, 3] = 0.3  # exactly on an edge: the lower bin, as scikit-learn bins it
+    stats = calibration_stats(result, n_bins=10)
+    y = np.tile(result.y, result.proba.shape[0])
+    p = result.proba.ravel()
+    prob_true, prob_pred = calibration_curve(y, p, n_bins=10, strategy="uniform")
+    assert np.allclose(stats["prob_true"], prob_true) and np.allclose(stats["prob_pred"], prob_pred)
+    assert stats["brier"] == pytest.approx(brier_score_loss(y, p))
+    assert stats["brier_per_repeat"] == pytest.approx(
+        [brier_score_loss(result.y, result.proba[r]) for r in range(4)])
+    assert sum(stats["bin_counts"]) == p.size == stats["n_predictions"]
+    assert sum(n > 0 for n in stats["bin_counts"]) == len(prob_true)
+    share = result.y.mean()
+    assert stats["brier_reference"] == pytest.approx(share * (1 - share))
+
+
+def test_calibration_section_shows_the_brier_score(rendered: tuple[ReportContext, Path]) -> None:
+    from lymphomil.report.render import calibration_stats
+
+    ctx, path = rendered
+    page, text = parse(path)
+    assert page.ids.get("calibration") == "section" and page.ids.get("calibration-bins") == "table"
+    chosen = next(r for r in ctx.cv_results if r.model_name == ctx.model_name)
+    assert f'<div class="value">{calibration_stats(chosen)["brier"]:.3f}</div>' in text

@@ -220,6 +220,33 @@ def _lowest(rows: Sequence[Mapping[str, Any]]) -> float:
     return min(lows) if lows else 0.4
 
 
+def calibration_figure(stats: Mapping[str, Any], name: str) -> bytes:
+    """Reliability diagram of out-of-fold probabilities, with how many fall in each bin."""
+    return _draw(_calibration, stats, name)
+
+
+def _calibration(stats: Mapping[str, Any], name: str) -> Any:
+    figure = _new_figure(6.4, 5.0)
+    top, bottom = figure.subplots(2, 1, sharex=True, height_ratios=(3, 1))
+    top.plot([0, 1], [0, 1], color="#999999", linewidth=0.9, linestyle="--",
+              label="perfectly calibrated")
+    pred, true = np.asarray(stats["prob_pred"]), np.asarray(stats["prob_true"])
+    top.plot(pred, true, marker="o", color=ACCENT, linewidth=1.4, markersize=5,
+             label=f"{name}  (Brier {stats['brier']:.3f})")
+    top.set_xlim(-0.01, 1.01)
+    top.set_ylim(-0.03, 1.03)
+    top.set_ylabel("fraction malignant (observed)")
+    top.legend(loc="upper left", frameon=False)
+    edges = np.asarray(stats["bin_edges"])
+    counts = np.asarray(stats["bin_counts"])
+    bottom.bar(edges[:-1], counts, width=np.diff(edges), align="edge", color="#9fb3c8",
+               edgecolor="white", linewidth=0.6)
+    bottom.set_ylabel("predictions")
+    bottom.set_xlabel("out-of-fold P(malignant), every patient in every repeat")
+    bottom.grid(axis="x", visible=False)
+    return figure
+
+
 def count_scatter_figure(result: CVResult, counts: Mapping[str, float]) -> bytes | None:
     """The chosen model's out-of-fold probability against the lymphocyte count.
 

@@ -34,6 +34,7 @@ SECTIONS = (
     ("cross-validation", "Cross-validation"),
     ("roc", "ROC & confusion"),
     ("hard-subset", "Hard subset"),
+    ("calibration", "Calibration"),
     ("patients", "Patients"),
     ("skipped", "Skipped inputs"),
     ("appendix", "Appendix"),
@@ -174,6 +175,74 @@ def _cv_groups(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                            "rows": []})
         groups[-1]["rows"].append(row)
     return groups
+
+
+CALIBRATION_BINS = 10
+
+
+def calibration_stats(result: CVResult, n_bins: int = CALIBRATION_BINS) -> dict[str, Any]:
+    """Calibration of a model's out-of-fold probabilities, every (patient, repeat) pair pooled:
+    each is a genuine prediction of a model that never saw the patient. The reliability curve is
+    scikit-learn's ``calibration_curve`` (uniform bins), the Brier score ``brier_score_loss``;
+    also the Brier score of each repeat and of always predicting the malignant share."""
+    from sklearn.calibration import calibration_curve
+    from sklearn.metrics import brier_score_loss
+
+    proba = np.asarray(result.proba, dtype=float)
+    y = np.broadcast_to(np.asarray(result.y, dtype=int), proba.shape)
+    keep = np.isfinite(proba)
+    p, t = proba[keep], y[keep]
+    prob_true, prob_pred = calibration_curve(t, p, n_bins=n_bins, strategy="uniform")
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    # binned as calibration_curve bins (an edge value goes to the lower bin)
+    counts = np.bincount(np.searchsorted(edges[1:-1], p), minlength=n_bins)
+    per_repeat = [brier_score_loss(y[r][keep[r]], proba[r][keep[r]])
+                  for r in range(proba.shape[0]) if keep[r].any()]
+    prevalence = float(np.mean(result.y))
+    return {"prob_true": prob_true.tolist(), "prob_pred": prob_pred.tolist(),
+            "bin_edges": edges.tolist(), "bin_counts": counts.tolist(),
+            "brier": float(brier_score_loss(t, p)),
+            "brier_per_repeat": [float(b) for b in per_repeat],
+            "brier_reference": prevalence * (1 - prevalence), "n_predictions": int(p.size),
+            "n_patients": int(len(result.y)), "n_repeats": int(proba.shape[0])}
+
+
+def _calibration(ctx: ReportContext, chosen: CVResult | None) -> dict[str, Any] | None:
+    """The chosen model's reliability diagram and every candidate's Brier score."""
+    if chosen is None:
+        return None
+    stats = calibration_stats(chosen)
+    per = np.asarray(stats["brier_per_repeat"])
+    rows = []
+    for result in ctx.cv_results:
+        other = stats if result is chosen else calibration_stats(result)
+        rows.append({"name": result.model_name, "chosen": result is chosen,
+                     "brier": f"{other['brier']:.3f}"})
+    rows.sort(key=lambda r: (r["brier"], r["name"]))
+    return {
+        "figure": plots.data_uri(plots.calibration_figure(stats, chosen.model_name)),
+        "brier": f"{stats['brier']:.3f}",
+        "brier_repeats": (f"{per.mean():.3f} ± {per.std(ddof=1):.3f}" if per.size > 1
+                          else f"{per.mean():.3f}" if per.size else "n/a"),
+        "reference": f"{stats['brier_reference']:.3f}",
+        "n_predictions": stats["n_predictions"], "n_patients": stats["n_patients"],
+        "n_repeats": stats["n_repeats"], "bins": len(stats["bin_edges"]) - 1,
+        "bins_table": _bins_table(stats),
+        "rows": rows,
+    }
+
+
+def _bins_table(stats: Mapping[str, Any]) -> list[dict[str, str]]:
+    """One row per bin: its range, how many predictions, their mean and the observed share
+    (calibration_curve drops empty bins: the points go with the non-empty ones, in order)."""
+    points = iter(zip(stats["prob_pred"], stats["prob_true"]))
+    rows = []
+    edges = stats["bin_edges"]
+    for lo, hi, n in zip(edges[:-1], edges[1:], stats["bin_counts"]):
+        pred, true = next(points) if n else (None, None)
+        rows.append({"range": f"{lo:.1f}–{hi:.1f}", "n": str(int(n)),
+                     "pred": _fmt(pred), "true": _fmt(true)})
+    return rows
 
 
 def _figures(ctx: ReportContext, summaries: Mapping[str, dict], rows: Sequence[dict],
@@ -461,6 +530,7 @@ def build_view(ctx: ReportContext, gallery_k: int = 8, crop: int = THUMB_CROP,
         "table_one": _table_one(ctx.explore),
         "cv_groups": _cv_groups(rows), "metric_titles": [t for _, t in TABLE_METRICS],
         "figures": _figures(ctx, summaries, rows, chosen),
+        "calibration": _calibration(ctx, chosen),
         "patients": patients,
         "appendix": _appendix(ctx),
     }
