@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import platform
 from pathlib import Path
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, Sequence
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
@@ -66,9 +66,33 @@ def describe_models() -> dict[str, str]:
     return {name: _MODELS[name][1] for name in sorted(_MODELS)}
 
 
+#: ``select:A,B,C`` names the nested choice among registered models A, B, C (models/ensemble.py)
+SELECT_PREFIX = "select:"
+
+
+def selection_name(candidates: Sequence[str]) -> str:
+    return SELECT_PREFIX + ",".join(candidates)
+
+
+def selection_candidates(name: str) -> list[str] | None:
+    """The candidates of a ``select:A,B,C`` name; ``None`` for any other name."""
+    if not name.startswith(SELECT_PREFIX):
+        return None
+    return [part.strip() for part in name[len(SELECT_PREFIX):].split(",") if part.strip()]
+
+
 def create_model(name: str, **overrides: Any) -> "PatientModel":
-    """Build a registered model configuration; ``overrides`` become constructor arguments."""
+    """Build a registered model configuration; ``overrides`` become constructor arguments.
+    ``select:A,B,C`` builds the nested selection among the registered models A, B and C."""
     _ensure_registered()
+    candidates = selection_candidates(name)
+    if candidates is not None:
+        unknown = [c for c in candidates if c not in _MODELS]
+        if not candidates or unknown:
+            raise LymphomilError(f"selection {name!r}: unknown or missing candidate(s) "
+                                 f"{', '.join(unknown) or '(none)'}",
+                                 fix=f"name registered models: {', '.join(sorted(_MODELS))}")
+        return model_class("SelectModel")(candidates=tuple(candidates), **overrides)
     if name not in _MODELS:
         raise LymphomilError(f"unknown model {name!r}",
                              fix=f"choose one of: {', '.join(sorted(_MODELS))}")

@@ -4,6 +4,12 @@ Rules on P(malignant): ``min`` and ``max`` (at the 0.5 threshold these are the r
 of labels), ``alpha`` (α·p_attr + (1−α)·p_img, α chosen by inner CV) and ``stack`` (a logistic
 regression on the two out-of-fold logits). ``alpha`` and ``stack`` learn from out-of-fold
 probabilities of an inner CV on the training part only, so under the harness they are nested.
+
+Count gating (``count_gate``, a margin ≥ 0; ``None`` = off): a patient whose lymphocyte count
+exceeds the largest count of a *reactive* training patient by more than that share is called
+malignant whatever the fused evidence says (every reactive patient of the challenge has a count
+below 7.7, DESIGN §1); inside the range the fused image and attribute evidence decides. The
+bound is learned from the training patients only.
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ from lymphomil.models.attributes import AttributeModel
 from lymphomil.models.base import PatientModel, create_model, register_class, register_model
 
 RULES = ("alpha", "min", "max", "stack", "mean")
+#: P(malignant) given to a patient above the gate's count bound (a fact of the training data)
+GATED_PROBA = 0.99
 _EPS = 1e-6
 
 
@@ -37,12 +45,13 @@ class FusionModel(PatientModel):
     def __init__(self, attribute_model: PatientModel | None = None,
                  image_model: PatientModel | None = None, rule: str = "alpha",
                  alphas: tuple = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
-                 inner_folds: int = 5, random_state: int = 0):
+                 inner_folds: int = 5, count_gate: float | None = None, random_state: int = 0):
         self.attribute_model = attribute_model
         self.image_model = image_model
         self.rule = rule
         self.alphas = alphas
         self.inner_folds = inner_folds
+        self.count_gate = count_gate
         self.random_state = random_state
 
     def _parts(self) -> tuple[PatientModel, PatientModel]:
@@ -95,9 +104,21 @@ class FusionModel(PatientModel):
         self.attribute_model_.fit(patients, y)
         self.image_model_ = with_seed(clone(image), derive_seed(self.random_state, "image"))
         self.image_model_.fit(patients, y)
+        self.gate_count_ = self._gate_bound(patients, y)
         self.classes_ = np.array([0, 1])
         self.is_fitted_ = True
         return self
+
+    def _gate_bound(self, patients: np.ndarray, y: np.ndarray) -> float:
+        """The count above which the gate calls malignant (inf when off or no reactive patient)."""
+        if self.count_gate is None:
+            return float("inf")
+        margin = float(self.count_gate)
+        if not np.isfinite(margin) or margin < 0:
+            raise LymphomilError(f"count_gate={self.count_gate!r} must be a margin >= 0 or None",
+                                 fix="e.g. count_gate=0.1 (10 % above the reactive range)")
+        reactive = [p.lymph_count for p, label in zip(patients, y) if label == 0]
+        return float(max(reactive) * (1 + margin)) if reactive else float("inf")
 
     def _choose_alpha(self, oof: np.ndarray, y: np.ndarray) -> float:
         """α with the best inner balanced accuracy; ties go to the α closest to 0.5."""
@@ -125,6 +146,8 @@ class FusionModel(PatientModel):
         p_attr = self.attribute_model_.predict_proba(patients)[:, 1]
         p_img = self.image_model_.predict_proba(patients)[:, 1]
         p = np.clip(self.combine(p_attr, p_img), 0.0, 1.0)
+        counts = np.array([patient.lymph_count for patient in patients], dtype=float)
+        p = np.where(counts > self.gate_count_, np.maximum(p, GATED_PROBA), p)
         return np.column_stack([1 - p, p])
 
     def part_probas(self, patients: np.ndarray) -> dict[str, np.ndarray]:
@@ -137,13 +160,16 @@ class FusionModel(PatientModel):
         return self.image_model_.instance_scores(patients)
 
     def _get_state(self) -> tuple[dict, dict[str, np.ndarray]]:
-        return ({"alpha": self.alpha_, "stack_intercept": self.stack_intercept_},
+        return ({"alpha": self.alpha_, "stack_intercept": self.stack_intercept_,
+                 "gate_count": self.gate_count_ if np.isfinite(self.gate_count_) else None},
                 {"stack_coef": np.asarray(self.stack_coef_, dtype=np.float64)})
 
     def _set_state(self, meta: dict, arrays: dict[str, np.ndarray]) -> None:
         self.alpha_ = float(meta["alpha"])
         self.stack_intercept_ = float(meta["stack_intercept"])
         self.stack_coef_ = arrays["stack_coef"]
+        gate = meta.get("gate_count")
+        self.gate_count_ = float("inf") if gate is None else float(gate)
         self.classes_ = np.array([0, 1])
 
     def _fitted_submodels(self) -> dict[str, PatientModel]:
@@ -154,12 +180,28 @@ class FusionModel(PatientModel):
         self.image_model_ = submodels["images"]
 
 
-def _fusion(rule: str, image: str = "image-logreg-thin"):
+def _fusion(rule: str, image: str = "image-logreg-thin", **options: object):
     return lambda: FusionModel(attribute_model=AttributeModel(param_grid="compact"),
-                               image_model=create_model(image), rule=rule)
+                               image_model=create_model(image), rule=rule, **options)
 
 
 for _rule, _doc in (("alpha", "α-weighted sum, α by inner CV"), ("min", "min rule (AND)"),
                     ("max", "max rule (OR)"), ("stack", "logistic stacker on out-of-fold logits"),
                     ("mean", "mean of the two probabilities")):
     register_model(f"fusion-{_rule}", f"attribute logreg (compact grid) + image-logreg-thin, {_doc}")(_fusion(_rule))
+
+
+#: fusions whose image side is one of the issue-17 image models (mean rule, compact attributes)
+FUSION_VARIANTS = {
+    "fusion-mean-cells": ("cell-topk", {}, "cell-topk (cell-level top-k on ResNet-50-thin)"),
+    "fusion-mean-cells-attr": ("cell-topk-attr", {}, "cell-topk-attr (age and count in the cell classifier)"),
+    "fusion-mean-proto": ("prototypes", {}, "prototype histograms (k-means on ResNet-50-thin cells)"),
+    "fusion-mean-ens": ("image-ensemble", {}, "the mean of image-logreg-thin and cell-topk"),
+    "fusion-mean-gated": ("image-logreg-thin", {"count_gate": 0.1},
+                          "image-logreg-thin, count-gated 10 % above the reactive range"),
+    "fusion-mean-ens-gated": ("image-ensemble", {"count_gate": 0.1},
+                              "image-ensemble, count-gated 10 % above the reactive range"),
+}
+for _name, (_image, _options, _doc) in FUSION_VARIANTS.items():
+    register_model(_name, f"attribute logreg (compact grid) + {_doc}, mean of the probabilities")(
+        _fusion("mean", _image, **_options))

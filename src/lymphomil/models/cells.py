@@ -1,0 +1,216 @@
+"""``cell-topk``: a cell classifier trained on patient labels; a patient is the mean of its top-k cells.
+
+Top-k multiple-instance learning on cached features (Campanella et al. 2019; the rank-1 public
+solution of the challenge fine-tuned the same idea): every cell inherits its patient's label, a
+linear classifier (standardised features, L2 logistic regression) learns to score cells, and a
+patient's score is the mean of the ``k`` highest cell log-odds (``k = 0``: all cells). Each patient
+weighs the same in the fit whatever its number of cells, and the two classes weigh the same.
+
+Everything tuned is tuned inside ``fit`` on the patients it is given: an inner stratified split of
+*patients* (never of cells) gives out-of-fold patient scores for every ``k`` in ``ks`` from the
+same inner fits; ``k`` is the one with the best inner ROC AUC, and a one-dimensional logistic
+(Platt) map of the chosen score, fitted on those out-of-fold scores with balanced classes, turns
+scores into probabilities that late fusion can average. ``attributes=True`` gives the cell
+classifier the patient's age and log10 lymphocyte count as two more inputs (the rank-1 solution fed
+it the count).
+
+``instance_scores`` are the cells' log-odds of malignancy under the cell classifier: the units the
+report's galleries state.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+from scipy.special import expit
+
+from lymphomil.errors import LymphomilError
+from lymphomil.evaluate import _roc_auc, derive_seed
+from lymphomil.models.base import PatientModel, register_class, register_model
+from lymphomil.models.pooled import FUSION_FEATURES
+from lymphomil.models.training import (check_int, check_patients, check_patients_y, parse_spec,
+                                       read_bags, resolve_seed)
+
+#: the two attributes a cell classifier may see beside its image features
+CELL_ATTRIBUTES = ("age", "log10_lymph_count")
+
+
+def top_k_mean(scores: np.ndarray, k: int) -> float:
+    """Mean of the ``k`` largest scores (all of them when ``k`` is 0 or exceeds the bag)."""
+    if k <= 0 or k >= len(scores):
+        return float(scores.mean())
+    return float(np.partition(scores, len(scores) - k)[len(scores) - k:].mean())
+
+
+def _cell_attributes(patient) -> np.ndarray:
+    return np.array([patient.age, np.log10(patient.lymph_count)], dtype=np.float64)  # (2,)
+
+
+def _cell_weights(y: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """Per-cell weights: every patient weighs 1/n_cells, each class half of the total."""
+    per_patient = np.ones(len(y), dtype=np.float64)
+    for label in (0, 1):
+        chosen = y == label
+        per_patient[chosen] = 0.5 / max(int(chosen.sum()), 1)
+    weights = np.repeat(per_patient / sizes, sizes)
+    return weights * (len(weights) / weights.sum())  # mean 1: C keeps its usual scale
+
+
+@register_class
+class CellTopKModel(PatientModel):
+    """Cell-level logistic regression on patient labels; patient score = mean top-k cell log-odds."""
+
+    family = "cell"
+    feature_kind = "pooled"
+    instance_score_units = "cell log-odds of malignancy (cell classifier)"
+
+    def __init__(self, features=FUSION_FEATURES, C=0.01, ks=(0, 32, 8), attributes=False,
+                 inner_folds=3, calibrate=True, max_iter=2000, random_state=0):
+        self.features = features
+        self.C = C
+        self.ks = ks
+        self.attributes = attributes
+        self.inner_folds = inner_folds
+        self.calibrate = calibrate
+        self.max_iter = max_iter
+        self.random_state = random_state
+
+    def required_features(self):
+        return [(parse_spec(self.features), self.feature_kind)]
+
+    # -- cells ------------------------------------------------------------------------------------
+    def _cells(self, patients: np.ndarray, n_features: int | None = None) -> list[np.ndarray]:
+        """Each patient's cell rows, with the two attributes appended when asked (n_i, d[+2])."""
+        bags = read_bags(patients, parse_spec(self.features), self.feature_kind, n_features)
+        if not self.attributes:
+            return [bag.astype(np.float64) for bag in bags]
+        return [np.hstack([bag.astype(np.float64),
+                           np.broadcast_to(_cell_attributes(p), (len(bag), 2))])
+                for p, bag in zip(patients, bags)]
+
+    def _fit_cells(self, bags: list[np.ndarray], y: np.ndarray) -> dict[str, np.ndarray]:
+        """One cell classifier as plain arrays (scaler mean/scale, weights, intercept)."""
+        from sklearn.linear_model import LogisticRegression
+
+        sizes = np.array([len(b) for b in bags])
+        X = np.concatenate(bags)  # (cells, d)
+        mean, scale = X.mean(axis=0), X.std(axis=0)
+        scale[scale == 0] = 1.0
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", category=UserWarning)
+            from sklearn.exceptions import ConvergenceWarning
+            warnings.simplefilter("ignore", category=ConvergenceWarning)
+            lr = LogisticRegression(C=float(self.C), max_iter=int(self.max_iter))
+            lr.fit((X - mean) / scale, np.repeat(y, sizes), sample_weight=_cell_weights(y, sizes))
+        return {"mean": mean, "scale": scale, "coef": lr.coef_[0].astype(np.float64),
+                "intercept": np.asarray(lr.intercept_, dtype=np.float64)}
+
+    @staticmethod
+    def _cell_logits(fitted: dict[str, np.ndarray], bags: list[np.ndarray]) -> list[np.ndarray]:
+        return [((bag - fitted["mean"]) / fitted["scale"]) @ fitted["coef"] + fitted["intercept"][0]
+                for bag in bags]
+
+    # -- fit / predict ------------------------------------------------------------------------------
+    def _check_params(self) -> list[int]:
+        check_int("inner_folds", self.inner_folds, 2)
+        check_int("max_iter", self.max_iter)
+        if not (isinstance(self.C, (int, float)) and np.isfinite(self.C) and self.C > 0):
+            raise LymphomilError(f"C={self.C!r} must be a positive number", fix="e.g. C=0.01")
+        ks = [int(k) for k in np.atleast_1d(np.asarray(self.ks))]
+        if not ks or any(k < 0 for k in ks):
+            raise LymphomilError(f"ks={self.ks!r} must be non-negative cell counts (0 = all)",
+                                 fix="e.g. ks=(0, 32, 8)")
+        return ks
+
+    def _choose_k(self, bags: list[np.ndarray], y: np.ndarray, ks: list[int],
+                  seed: int) -> tuple[int, float, float, list[float]]:
+        """k by inner out-of-fold ROC AUC, and the Platt map of that k's out-of-fold scores."""
+        from sklearn.model_selection import StratifiedKFold
+
+        folds = min(int(self.inner_folds), int(np.bincount(y, minlength=2).min()))
+        if folds < 2 or (len(ks) == 1 and not self.calibrate):
+            return ks[0], 1.0, 0.0, []
+        oof = np.zeros((len(ks), len(y)))  # (K, n) out-of-fold patient scores
+        splitter = StratifiedKFold(folds, shuffle=True, random_state=derive_seed(seed, "cell-inner"))
+        for train, test in splitter.split(np.zeros(len(y)), y):
+            fitted = self._fit_cells([bags[i] for i in train], y[train])
+            for i, logits in zip(test, self._cell_logits(fitted, [bags[i] for i in test])):
+                oof[:, i] = [top_k_mean(logits, k) for k in ks]
+        aucs = [float(a) for a in _roc_auc(oof, np.broadcast_to(y, oof.shape))]
+        best = int(np.nanargmax(np.where(np.isfinite(aucs), aucs, -np.inf)))  # first = list order
+        slope, offset = 1.0, 0.0
+        if self.calibrate:
+            from sklearn.linear_model import LogisticRegression
+
+            platt = LogisticRegression(class_weight="balanced").fit(oof[best][:, None], y)
+            slope, offset = float(platt.coef_[0, 0]), float(platt.intercept_[0])
+        return ks[best], slope, offset, aucs
+
+    def fit(self, patients, y):
+        patients, y = check_patients_y(patients, y)
+        ks = self._check_params()
+        seed = resolve_seed(self.random_state)
+        bags = self._cells(patients)
+        self.n_features_ = int(bags[0].shape[1] - (2 if self.attributes else 0))
+        self.k_, self.platt_slope_, self.platt_offset_, self.inner_auc_ = self._choose_k(
+            bags, y, ks, seed)
+        fitted = self._fit_cells(bags, y)
+        self.scaler_mean_, self.scaler_scale_ = fitted["mean"], fitted["scale"]
+        self.coef_, self.intercept_ = fitted["coef"], fitted["intercept"]
+        self.classes_ = np.array([0, 1])
+        self.seed_ = seed
+        self.is_fitted_ = True
+        return self
+
+    def _fitted_arrays(self) -> dict[str, np.ndarray]:
+        return {"mean": self.scaler_mean_, "scale": self.scaler_scale_, "coef": self.coef_,
+                "intercept": self.intercept_}
+
+    def instance_scores(self, patients):
+        """Each cell's log-odds of malignancy under the cell classifier."""
+        self._check_fitted()
+        return self._cell_logits(self._fitted_arrays(),
+                                 self._cells(check_patients(patients), self.n_features_))
+
+    def decision_function(self, patients):
+        """Each patient's calibrated logit: Platt map of its mean top-k cell log-odds."""
+        scores = np.array([top_k_mean(cells, self.k_) for cells in self.instance_scores(patients)])
+        return self.platt_slope_ * scores + self.platt_offset_
+
+    def predict_proba(self, patients):
+        p1 = expit(self.decision_function(patients))
+        return np.column_stack([1 - p1, p1])
+
+    def _get_state(self):
+        meta = {"k": self.k_, "platt_slope": self.platt_slope_, "platt_offset": self.platt_offset_,
+                "inner_auc": self.inner_auc_, "n_features": self.n_features_, "seed": self.seed_}
+        arrays = {"scaler_mean": self.scaler_mean_, "scaler_scale": self.scaler_scale_,
+                  "coef": self.coef_, "intercept": self.intercept_}
+        return meta, arrays
+
+    def _set_state(self, meta, arrays):
+        self.k_ = int(meta["k"])
+        self.platt_slope_ = float(meta["platt_slope"])
+        self.platt_offset_ = float(meta["platt_offset"])
+        self.inner_auc_ = list(meta.get("inner_auc", []))
+        self.n_features_ = int(meta["n_features"])
+        self.seed_ = int(meta.get("seed", 0))
+        self.scaler_mean_ = np.asarray(arrays["scaler_mean"], dtype=np.float64)
+        self.scaler_scale_ = np.asarray(arrays["scaler_scale"], dtype=np.float64)
+        self.coef_ = np.asarray(arrays["coef"], dtype=np.float64)
+        self.intercept_ = np.asarray(arrays["intercept"], dtype=np.float64)
+        self.classes_ = np.array([0, 1])
+
+
+@register_model("cell-topk",
+                "cell logistic regression on patient labels, mean of top-k cell log-odds "
+                "(k by inner CV), ResNet-50-thin features")
+def _cell_topk() -> CellTopKModel:
+    return CellTopKModel()
+
+
+@register_model("cell-topk-attr",
+                "cell-topk with the patient's age and log count as inputs of the cell classifier")
+def _cell_topk_attr() -> CellTopKModel:
+    return CellTopKModel(attributes=True)
