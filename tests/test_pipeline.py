@@ -72,7 +72,7 @@ def test_run_refuses_to_overwrite_a_foreign_folder(synthetic_root: Path, tmp_pat
     foreign.mkdir()
     (foreign / "thesis.docx").write_text("precious")
     result = runner.invoke(app, ["run", str(synthetic_root), "--out", str(foreign)])
-    assert result.exit_code == 2 and "not a lymphomil run" in result.output
+    assert result.exit_code == 2 and "was not written by lymphomil" in result.output
     assert (foreign / "thesis.docx").read_text() == "precious"
 
 

@@ -94,9 +94,13 @@ def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
-        except LymphomilError as exc:
+        except (LymphomilError, OSError) as exc:
             if is_debug():
                 raise
+            if isinstance(exc, OSError):  # a full or read-only disk, a permission: the user's fix
+                from lymphomil.errors import from_os_error
+
+                exc = from_os_error(exc)
             # escaped: a file name or a fix may hold [brackets] that Rich would eat as markup
             err_console.print(f"[bold red]error:[/] {escape(exc.render())}", highlight=False,
                               soft_wrap=True)
@@ -114,14 +118,21 @@ def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
                               "  re-run with --debug for the traceback, and report it",
                               highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
+        finally:  # the outputs this command locked (lymphomil.runs.claim_output)
+            from lymphomil.runs import release_claims
+
+            release_claims()
 
     return wrapper
 
 
 def parse_date_option(text: str, option: str = "--reference-date") -> date:
     """A YYYY-MM-DD option value, or a clear error naming the option."""
+    from lymphomil.params import check_reference_date
+
     try:
-        return date.fromisoformat(text)
+        value = date.fromisoformat(text.strip())
     except ValueError:
         raise LymphomilError(f"{option} {text!r} is not a date in YYYY-MM-DD",
                              fix=f"write e.g. {option} 2024-01-01") from None
+    return check_reference_date(value, option)

@@ -6,6 +6,7 @@ is in that file, and nothing in it depends on the calendar or the machine.
 
 from __future__ import annotations
 
+import os
 import tomllib
 from datetime import date
 from pathlib import Path
@@ -29,20 +30,20 @@ class RunConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     data: Path | None = Field(None, description="challenge-layout folder; none = synthetic cohort")
-    synthetic_patients: int = Field(60, ge=8)
+    synthetic_patients: int = Field(60, ge=8, le=100_000)
     synthetic_seed: int = 0
     candidates: list[str] = Field(default_factory=lambda: list(DEFAULT_CANDIDATES))
     model: str | None = Field(None, description="fit this model instead of the CV winner")
-    folds: int = Field(5, ge=2)
-    repeats: int = Field(5, ge=1)
+    folds: int = Field(5, ge=2, le=50)
+    repeats: int = Field(5, ge=1, le=100)
     seed: int = 0
     reference_date: date = date(2024, 1, 1)
     on_error: str = "raise"
     features: str | None = Field(None, description="override image models' features, e.g. "
                                                    "'efficientnet-lite0@112'")
     cache_dir: Path | None = None
-    threads: int = Field(1, ge=1, description="threads for model fitting (torch, BLAS)")
-    gallery_k: int = Field(8, ge=1)
+    threads: int = Field(1, ge=1, le=256, description="threads for model fitting (torch, BLAS)")
+    gallery_k: int = Field(8, ge=1, le=64)
     engine: str = Field("local", description="where features and CV fits run: local or ray "
                                               "(RAY_ADDRESS, or a local Ray)")
 
@@ -55,6 +56,35 @@ class RunConfig(BaseModel):
             raise ValueError(f"engine must be one of {', '.join(ENGINES)}")
         return value
 
+    @field_validator("candidates")
+    @classmethod
+    def _candidates(cls, value: list[str]) -> list[str]:
+        return _model_names(value, "candidates")
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, value: str | None) -> str | None:
+        return None if value is None else _model_names([value], "model")[0]
+
+    @field_validator("features")
+    @classmethod
+    def _features(cls, value: str | None) -> str | None:
+        from lymphomil.params import check_features_option
+
+        try:
+            return check_features_option(value, "features")
+        except LymphomilError as exc:
+            raise ValueError(f"{exc.problem} ({exc.fix})") from None
+
+    @field_validator("reference_date")
+    @classmethod
+    def _reference(cls, value: date) -> date:
+        from lymphomil.params import MAX_YEAR, MIN_YEAR
+
+        if not MIN_YEAR <= value.year <= MAX_YEAR:
+            raise ValueError(f"{value.isoformat()} is implausible (years {MIN_YEAR} to {MAX_YEAR})")
+        return value
+
     @field_validator("on_error")
     @classmethod
     def _policy(cls, value: str) -> str:
@@ -63,8 +93,25 @@ class RunConfig(BaseModel):
         return value
 
 
+def _model_names(names: list[str], field_name: str) -> list[str]:
+    from lymphomil.params import check_model_names
+
+    try:
+        return check_model_names(names, field_name)
+    except LymphomilError as exc:
+        raise ValueError(f"{exc.problem} ({exc.fix})") from None
+
+
+#: the fields holding paths: relative ones in a config file are relative to that file's folder
+PATH_FIELDS = ("data", "cache_dir")
+
+
 def load_config(path: Path | None, overrides: dict[str, Any]) -> RunConfig:
-    """File values, then non-None command-line ``overrides`` on top."""
+    """File values, then non-None command-line ``overrides`` on top.
+
+    A relative path in the file is read relative to the file's folder (a saved config.toml
+    repeats its run from any working directory); one on the command line, to the working
+    directory."""
     data: dict[str, Any] = {}
     if path is not None:
         try:
@@ -72,9 +119,23 @@ def load_config(path: Path | None, overrides: dict[str, Any]) -> RunConfig:
         except FileNotFoundError:
             raise LymphomilError("config file not found", file=path,
                                  fix="give the path of a TOML file (a run saves its config.toml)") from None
+        except IsADirectoryError:
+            raise LymphomilError("the config path is a folder, not a TOML file", file=path,
+                                 fix="give the config.toml file inside it") from None
+        except UnicodeDecodeError as exc:
+            raise LymphomilError(f"the file is not UTF-8 text (byte {exc.start})", file=path,
+                                 fix="save the config as UTF-8 TOML") from None
+        except OSError as exc:
+            raise LymphomilError(f"cannot read the config file ({exc.strerror or exc})",
+                                 file=path, fix="check the path and its permissions") from None
         except tomllib.TOMLDecodeError as exc:
             raise LymphomilError(f"not valid TOML ({exc})", file=path,
                                  fix="correct the TOML syntax") from None
+        base = Path(path).expanduser().absolute().parent
+        for key in PATH_FIELDS:
+            value = data.get(key)
+            if isinstance(value, str) and value and not Path(value).expanduser().is_absolute():
+                data[key] = str(base / value)
     data.update({k: v for k, v in overrides.items() if v is not None})
     try:
         return RunConfig(**data)
@@ -102,5 +163,7 @@ def to_toml(config: RunConfig) -> str:
     lines = ["# lymphomil run configuration (resolved); repeat with: lymphomil run --config <this file>"]
     for key, value in config.model_dump().items():
         if value is not None:
+            if isinstance(value, Path):  # absolute: the file repeats the run from anywhere
+                value = Path(os.path.abspath(value.expanduser()))
             lines.append(f"{key} = {_toml_value(value)}")
     return "\n".join(lines) + "\n"

@@ -9,9 +9,11 @@ atomically; a damaged entry is ignored and recomputed.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Sequence
 
@@ -78,3 +80,73 @@ def store(root: Path, key: str, result: CVResult) -> None:
         "model_name": result.model_name, "patient_ids": result.patient_ids,
         "params": result.params, "seed": result.seed,
         "arrays_sha256": hashlib.sha256(blob).hexdigest()})
+    _record(root, key)
+
+
+# --------------------------------------------------------------------------- the manifest
+
+#: the CV cache's own list of the entries it wrote: `cache clear` removes these and nothing else
+MANIFEST = ".lymphomil-cache.json"
+_KEY = re.compile(r"[0-9a-f]{32}")
+
+
+@contextlib.contextmanager
+def _manifest_lock(root: Path):
+    """One writer of the manifest at a time (processes of a run, parallel runs)."""
+    import fcntl
+
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".lymphomil-cache.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _read_manifest(root: Path) -> list[str]:
+    try:
+        record = json.loads((root / MANIFEST).read_text(encoding="utf-8"))
+        keys = record["entries"]
+        return [k for k in keys if isinstance(k, str) and _KEY.fullmatch(k)]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+
+
+def _record(root: Path, key: str) -> None:
+    with _manifest_lock(root):
+        keys = _read_manifest(root)
+        if key not in keys:
+            atomic_write_json(root / MANIFEST, {"written_by": "lymphomil", "entries": keys + [key]})
+
+
+def entry_files(root: Path) -> list[Path]:
+    """The files of the entries the manifest lists (those that exist)."""
+    files = []
+    for key in _read_manifest(root):
+        for suffix in (".json", ".safetensors"):
+            path = root / f"{key}{suffix}"
+            if path.is_file() and not path.is_symlink():
+                files.append(path)
+    return files
+
+
+def clear(root: Path) -> tuple[int, int, list[Path]]:
+    """Remove the entries the manifest lists, then the manifest: (files, bytes, files kept).
+
+    Anything else in the folder (someone's notes, another tool's files) is left where it is
+    and returned, so the caller can say so."""
+    removed = freed = 0
+    if not root.is_dir():
+        return 0, 0, []
+    with _manifest_lock(root):
+        for path in entry_files(root):
+            with contextlib.suppress(FileNotFoundError):
+                freed += path.stat().st_size
+                path.unlink()
+                removed += 1
+        with contextlib.suppress(FileNotFoundError):
+            (root / MANIFEST).unlink()
+    sweep_stale_temp_files(root)
+    kept = [p for p in sorted(root.iterdir()) if p.name not in (".lymphomil-cache.lock",)]
+    return removed, freed, kept

@@ -64,3 +64,26 @@ class IssueLog:
         if self.on_error == "raise":
             raise issue.to_error()
         self.issues.append(issue)
+
+
+def from_os_error(exc: OSError) -> LymphomilError:
+    """A disk or permission failure as a message naming the file and the fix (never a bug)."""
+    import errno
+
+    where = exc.filename if exc.filename is not None else None
+    reason = exc.strerror or str(exc)
+    fixes = {
+        errno.ENOSPC: "free some space on that disk, or point --cache-dir / --out at another one",
+        errno.EDQUOT: "free some space (the disk quota is reached), or use another folder",
+        errno.EROFS: "the disk is read-only: point --cache-dir / --out at a writable folder",
+        errno.EACCES: "check the permissions, or point --cache-dir / --out at a folder you own",
+        errno.EPERM: "check the permissions, or point --cache-dir / --out at a folder you own",
+        errno.ELOOP: "the path is a symbolic link loop: replace the link",
+        errno.ENAMETOOLONG: "use a shorter path",
+        errno.ENOENT: "check the path",
+        errno.ENOTDIR: "a part of the path is a file, not a folder: check the path",
+        errno.EISDIR: "the path is a folder where a file was expected: check the path",
+    }
+    return LymphomilError(f"cannot read or write ({reason})", file=where,
+                          fix=fixes.get(exc.errno or 0, "check the path, its permissions and the "
+                                                       "free space"))

@@ -226,14 +226,21 @@ def predict_patients(model: PatientModel, targets: Sequence[Patient], cohort: Co
 def predict_folder(model_dir: Path, data: Path, *, on_error: str = "raise",
                    include_labelled: bool = False, cache_dir: Path | None = None) -> Predictions:
     """Predict every unlabelled patient of ``data`` (every patient with ``include_labelled``)."""
-    model = load_model(model_dir)
-    reference = model_reference_date(model_dir)
+    from lymphomil.models.schema import FIX, read_model_folder
+
+    model, metadata = read_model_folder(model_dir)  # checksums, then a strict schema
+    reference = date.fromisoformat(metadata["reference_date"])
     cohort = load_cohort(data, reference_date=reference, on_error=on_error)
     targets = cohort.patients if include_labelled else cohort.unlabelled
     if not targets:
         raise LymphomilError("no patients to predict (no LABEL -1 rows with images)", file=data,
                              fix="add unlabelled patients (LABEL -1) or use --all")
-    return predict_patients(model, targets, cohort, cache_dir)
+    try:
+        return predict_patients(model, targets, cohort, cache_dir)
+    except (ValueError, IndexError, RuntimeError) as exc:  # stored arrays of the wrong shapes
+        raise LymphomilError(f"the model's stored state does not fit its features "
+                             f"({type(exc).__name__}: {exc})", file=Path(model_dir) / "model.json",
+                             fix=FIX) from None
 
 
 def write_predictions(pred: Predictions, out: Path, kaggle: bool = False) -> Path:

@@ -45,7 +45,11 @@ def synth(
     Example: lymphomil synth out/synth --patients 60 --seed 0
     """
     from lymphomil.data.synth import write_synthetic_cohort
+    from lymphomil.params import check_fraction, check_images_per_patient, check_synthetic
 
+    check_synthetic(patients)  # the writer checks OUT (its own marker) and locks it
+    check_fraction(test_fraction, "--test-fraction")
+    check_images_per_patient(min_images, max_images)
     with progress_task("synth", patients, "patients") as advance:
         root = write_synthetic_cohort(out, n_patients=patients, seed=seed,
                                       test_fraction=test_fraction,
@@ -73,10 +77,12 @@ def explore(
     """
     from lymphomil.data.cohort import load_cohort
     from lymphomil.explore import GENDER_COLUMNS, STATISTICS, explore as explore_cohort
-    from lymphomil.runs import atomic_write_json
+    from lymphomil.runs import atomic_write_json, claim_output, write_output_marker
 
-    cohort = load_cohort(data, reference_date=parse_date_option(reference_date),
-                         on_error=on_error)
+    reference = parse_date_option(reference_date)
+    # a folder: not a file, not the data's, empty or written by an earlier `explore`
+    claim_output(out, "explore", {"data folder": data})
+    cohort = load_cohort(data, reference_date=reference, on_error=on_error)
     result = explore_cohort(cohort, out)
     rows = result["attributes_by_label"]
     for attribute in dict.fromkeys(row["attribute"] for row in rows):
@@ -90,6 +96,7 @@ def explore(
             "issues": cohort.skipped_table()})
         files.append(skipped_path)
         _print_skipped(cohort, skipped_path)
+    write_output_marker(out, "explore")  # the files it wrote: a later explore may replace them
     console.print(f"wrote {len(files)} files to {out}:")
     for path in files:
         console.print(f"  {path}")

@@ -89,6 +89,13 @@ def features(
     if data is None:
         raise LymphomilError("no data folder given",
                              fix="lymphomil features DATA (the challenge folder), or --list")
+    from lymphomil.params import check_backbone, check_batch_size, check_crop, check_workers
+
+    # every option before any work: a 5000 px crop once ran a 5000x5000 probe through the network
+    check_crop(crop)
+    check_batch_size(batch_size)
+    check_workers(workers)
+    check_backbone(backbone)
     wanted = _parse_kinds(kinds)
     if tta and "views" not in wanted:
         wanted = wanted + ("views",)
@@ -168,7 +175,10 @@ def _cv_folder(cache_dir: Optional[Path]) -> Path:
 
 
 def _cv_cache_size(cache_dir: Optional[Path]) -> tuple[int, int]:
-    files = [p for p in _cv_folder(cache_dir).glob("*") if p.is_file()]
+    """The CV results the cache's manifest lists (only those are the cache's to clear)."""
+    from lymphomil.cvcache import entry_files
+
+    files = entry_files(_cv_folder(cache_dir))
     return len(files), sum(p.stat().st_size for p in files)
 
 
@@ -191,10 +201,15 @@ def cache_clear(
         info = cache.info()
         typer.confirm(f"delete {info['files']} feature files ({_human_bytes(info['bytes'])}) "
                       f"under {info['root']} and the cached CV results?", abort=True)
+    from lymphomil.cvcache import clear as clear_cv
+
     freed = cache.clear()
-    cv_files, cv_bytes = _cv_cache_size(cache_dir)
-    for path in _cv_folder(cache_dir).glob("*"):
-        if path.is_file():
-            path.unlink()
+    # only the CV results the cache's own manifest lists: never whatever else is in cv/
+    cv_files, cv_bytes, kept = clear_cv(_cv_folder(cache_dir))
     console.print(f"freed {_human_bytes(freed + cv_bytes)} under {cache.root.parent} "
                   f"(features and {cv_files} CV result files)")
+    if kept:
+        err_console.print(f"[yellow]left alone[/]: {len(kept)} file(s) in {_cv_folder(cache_dir)} "
+                          "that the cache did not write: "
+                          + ", ".join(escape(p.name) for p in kept[:5]), highlight=False,
+                          soft_wrap=True)

@@ -16,7 +16,7 @@ from lymphomil.cli_app import (CACHE_DEFAULT, RAY_EXTRA, EngineName, OnError, St
 from lymphomil.config import DEFAULT_CANDIDATES, DEFAULT_MODEL, RunConfig
 from lymphomil.data.cohort import load_cohort
 from lymphomil.evaluate import format_metric
-from lymphomil.runs import atomic_write_json, ensure_replaceable, staged_dir
+from lymphomil.runs import atomic_write_json, cache_root, claim_output, staged_dir
 
 DATA_ARG = typer.Argument(..., help="challenge-layout folder (clinical_annotation.csv or "
                                     "trainset/ + testset/)", show_default=False)
@@ -107,13 +107,23 @@ def cv(
     Example: lymphomil cv ../shared/data/dlmi-lymphocytosis -m logreg -m svm --out runs/cv
     """
     from lymphomil.engine import get_engine
+    from lymphomil.params import (check_features_option, check_folds, check_folds_against,
+                                  check_model_names, check_repeats, check_threads)
     from lymphomil.workflow import labelled_patients, run_cv, set_threads, write_cv_outputs
 
-    set_threads(threads)
+    # every option before any work; the folds against the data once it is read
+    check_model_names(model)
+    check_folds(folds)
+    check_repeats(repeats)
+    check_threads(threads)
+    check_features_option(features)
+    ref = parse_date_option(reference_date)
     if out is not None:
-        ensure_replaceable(out, "metrics.json", "cv")
-    cohort = load_cohort(data, reference_date=parse_date_option(reference_date), on_error=on_error)
+        claim_output(out, "cv", {"data folder": data, "cache folder": cache_root(cache_dir)})
+    set_threads(threads)
+    cohort = load_cohort(data, reference_date=ref, on_error=on_error)
     labelled = labelled_patients(cohort)
+    check_folds_against(folds, labelled.y)
     runner = get_engine(engine, fit_threads=threads)
     try:
         with progress_task("cross-validation fits", len(model) * folds * repeats,
@@ -125,7 +135,7 @@ def cv(
         runner.close()
     payload = {r.model_name: r.to_dict() for r in results}
     if out is not None:  # staged: a folder with checksums.json is a finished one
-        with staged_dir(out) as staging:
+        with staged_dir(out, "cv") as staging:
             write_cv_outputs(results, staging)
             if cohort.issues:
                 atomic_write_json(staging / "skipped.json", cohort.skipped_table())
@@ -157,11 +167,15 @@ def train(
 
     Example: lymphomil train ../shared/data/dlmi-lymphocytosis --model logreg --out runs/model
     """
+    from lymphomil.params import check_features_option, check_model_names, check_threads
     from lymphomil.workflow import configure_model, labelled_patients, set_threads, train_model
 
-    set_threads(threads)
-    ensure_replaceable(out, "model.json", "model")
+    check_model_names([model])
+    check_threads(threads)
+    check_features_option(features)
     ref = parse_date_option(reference_date)
+    claim_output(out, "model", {"data folder": data, "cache folder": cache_root(cache_dir)})
+    set_threads(threads)
     cohort = load_cohort(data, reference_date=ref, on_error=on_error)
     labelled = labelled_patients(cohort)
     estimator = configure_model(model, features)
@@ -193,8 +207,16 @@ def predict(
 
     Example: lymphomil predict runs/model ../shared/data/dlmi-lymphocytosis --out submission.csv --kaggle
     """
+    from lymphomil.params import check_threads
     from lymphomil.workflow import predict_folder, set_threads, write_predictions
 
+    check_threads(threads)
+    inputs = {"model folder": model_dir, "data folder": data, "cache folder": cache_root(cache_dir)}
+    claim_output(out, "predictions", inputs, folder=False)
+    claim_output(out.with_name(out.stem + ".skipped.json"), "skipped list", inputs, folder=False)
+    if report is not None:
+        claim_output(report, "report", dict(inputs, **{"--out file": out}), folder=False,
+                     option="--report")
     set_threads(threads)
     pred = predict_folder(model_dir, data, on_error=on_error, include_labelled=include_labelled,
                           cache_dir=cache_dir)
@@ -263,7 +285,7 @@ def run(
     Example: lymphomil run ../shared/data/dlmi-lymphocytosis --out runs/shared
     """
     from lymphomil.config import load_config
-    from lymphomil.pipeline import ensure_out_is_free, run_pipeline
+    from lymphomil.pipeline import run_pipeline
 
     cfg = load_config(config, {
         "data": data, "model": model, "folds": folds, "repeats": repeats, "seed": seed,
@@ -272,7 +294,8 @@ def run(
         "reference_date": parse_date_option(reference_date) if reference_date else None,
         "candidates": [c.strip() for c in candidates.split(",") if c.strip()] if candidates else None,
     })
-    ensure_out_is_free(out)
+    claim_output(out, "run", {"data folder": cfg.data, "config file": config,
+                              "cache folder": cache_root(cfg.cache_dir)})
     reporter = StageReporter()
     try:
         result = run_pipeline(cfg, out, stage=reporter.stage, on_fit=reporter.advance,

@@ -1,0 +1,185 @@
+"""A model folder read through a strict schema (pydantic): every field's type and range.
+
+``checksums.json`` proves the files are the ones written, not that they make sense: a hand-edited
+model.json with its checksum recomputed must still be a clear error, never a crash deep inside
+a fit's state. :func:`read_model_folder` checks the checksums, then ``metadata.json`` and every
+``model.json`` (sub-models too) against the schema, then loads the model and checks that its
+feature specs are the ones the metadata names.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import date
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from lymphomil.errors import LymphomilError
+
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
+FIX = "re-create the model folder with `lymphomil train` (never edit it by hand)"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class SpecSchema(_Strict):
+    backbone: str
+    weights: str
+    crop: int = Field(ge=8, le=224)
+    tta: bool
+    precision: Literal["fp32", "bf16"]
+
+    @field_validator("backbone")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        from lymphomil.features.backbones import list_backbones
+
+        if value not in list_backbones():
+            raise ValueError(f"unknown backbone {value!r}")
+        return value
+
+
+class FeatureUse(_Strict):
+    spec: SpecSchema
+    kind: Literal["pooled", "views", "map"]
+
+
+class TrainingSchema(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    n_patients: int = Field(ge=2)
+    n_malignant: int = Field(ge=1)
+    n_reactive: int = Field(ge=1)
+    patient_ids: list[str]
+
+
+class MetadataSchema(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    model_name: str
+    reference_date: str
+    seed: int
+    features: list[FeatureUse]
+    training: TrainingSchema
+    versions: dict[str, str]
+
+    @field_validator("model_name")
+    @classmethod
+    def _registered(cls, value: str) -> str:
+        from lymphomil.models.base import list_models
+
+        if value not in list_models():
+            raise ValueError(f"{value!r} is not a registered model")
+        return value
+
+    @field_validator("reference_date")
+    @classmethod
+    def _date(cls, value: str) -> str:
+        try:
+            parsed = date.fromisoformat(value)
+        except ValueError:
+            raise ValueError(f"{value!r} is not a date in YYYY-MM-DD") from None
+        if not 1900 <= parsed.year <= 2200:
+            raise ValueError(f"{value!r} is implausible (years 1900 to 2200)")
+        return value
+
+
+class ModelJsonSchema(_Strict):
+    format: Literal[1]
+    class_: str = Field(alias="class")
+    family: str
+    params: dict[str, Any]
+    state: dict[str, Any]
+    submodels: list[str]
+    versions: dict[str, str]
+
+    @field_validator("class_")
+    @classmethod
+    def _allowed(cls, value: str) -> str:
+        from lymphomil.models.base import _CLASSES, _ensure_registered
+
+        _ensure_registered()
+        if value not in _CLASSES:
+            raise ValueError(f"{value!r} is not a lymphomil model class")
+        return value
+
+    @field_validator("submodels")
+    @classmethod
+    def _names(cls, value: list[str]) -> list[str]:
+        bad = [v for v in value if not _SAFE_NAME.match(v) or ".." in v]
+        if bad:
+            raise ValueError(f"sub-model name(s) {bad} are not plain folder names")
+        return value
+
+
+def _problems(exc: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'the file'}: {e['msg']}"
+                     for e in exc.errors()[:5])
+
+
+def _check(schema: type[BaseModel], path: Path) -> BaseModel:
+    from lymphomil.runs import read_json
+
+    data = read_json(path)
+    try:
+        return schema.model_validate(data)
+    except ValidationError as exc:
+        raise LymphomilError(f"the file does not describe a valid model ({_problems(exc)})",
+                             file=path, fix=FIX) from None
+
+
+def _check_tree(folder: Path, depth: int = 0) -> None:
+    if depth > 8:
+        raise LymphomilError("sub-models nest too deep", file=folder, fix=FIX)
+    parsed = _check(ModelJsonSchema, folder / "model.json")
+    for name in parsed.submodels:  # type: ignore[attr-defined]
+        sub = folder / "sub" / name
+        if not (sub / "model.json").is_file():
+            raise LymphomilError(f"sub-model {name!r} is missing", file=sub, fix=FIX)
+        _check_tree(sub, depth + 1)
+
+
+def read_model_folder(folder: str | Path):
+    """(model, metadata dict) of a folder written by `lymphomil train`, checked strictly."""
+    from lymphomil.models.base import load_model
+    from lymphomil.runs import verify_dir
+
+    folder = Path(folder)
+    verify_dir(folder, "model")
+    if not (folder / "metadata.json").is_file():
+        raise LymphomilError("not a model folder (no metadata.json)", file=folder,
+                             fix="give a folder written by `lymphomil train`")
+    metadata = _check(MetadataSchema, folder / "metadata.json")
+    _check_tree(folder)
+    try:
+        model = load_model(folder)
+    except LymphomilError:
+        raise
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError, RuntimeError) as exc:
+        raise LymphomilError(f"model.json does not describe a model lymphomil can load "
+                             f"({type(exc).__name__}: {exc})", file=folder / "model.json",
+                             fix=FIX) from None
+    wanted = sorted(_key((s.to_dict(), k)) for s, k in _required(model))
+    stated = sorted(_key((f.spec.model_dump(), f.kind)) for f in metadata.features)  # type: ignore
+    if wanted != stated:
+        raise LymphomilError("metadata.json names other features than the model's parameters "
+                             "(edited by hand?)", file=folder / "metadata.json", fix=FIX)
+    return model, metadata.model_dump()
+
+
+def _required(model: Any) -> list:
+    try:
+        return list(model.required_features())
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:
+        raise LymphomilError(f"the model's feature parameters are not valid ({exc})",
+                             fix=FIX) from None
+
+
+def _key(item: tuple[dict, str]) -> str:
+    import json
+
+    return json.dumps(item, sort_keys=True, default=str)

@@ -1,0 +1,183 @@
+"""Every option value is checked before any work: ranges, names, and against the data.
+
+Each check raises a :class:`LymphomilError` that names the option, the value, the bound and a
+fix. The bounds also cap memory: no option value can make a command allocate more than a few
+GiB before it refuses (a 5000-pixel crop ran a 5000x5000 probe through the backbone before).
+Commands call these first; :func:`check_folds_against` once the labelled patients are known,
+before any feature is computed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import date
+from pathlib import Path
+
+from lymphomil.errors import LymphomilError
+
+MIN_CROP, MAX_CROP = 8, 224  # the images are resized to 224 x 224; a crop is a centre square
+MAX_FOLDS = 50
+MAX_REPEATS = 100
+MAX_THREADS = 256
+MAX_WORKERS = 64
+MAX_BATCH = 1024  # images per forward pass: 1024 x 3 x 224^2 float32 = 0.6 GiB
+MAX_PATIENTS = 100_000  # synthetic cohorts
+MAX_IMAGES_PER_PATIENT = 2_000
+MAX_GALLERY = 64
+MIN_YEAR, MAX_YEAR = 1900, 2200  # reference dates
+
+
+def _int_range(option: str, value: int, low: int, high: int, fix: str | None = None) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise LymphomilError(f"{option} {value!r} is out of range ({low} to {high})",
+                             fix=fix or f"give {option} a whole number between {low} and {high}")
+    return value
+
+
+def check_crop(crop: int, option: str = "--crop") -> int:
+    return _int_range(option, crop, MIN_CROP, MAX_CROP,
+                      f"use {option} between {MIN_CROP} and {MAX_CROP} pixels (the images are "
+                      f"224 x 224; {MAX_CROP} = the whole image, 112 the default)")
+
+
+def check_folds(folds: int, option: str = "--folds") -> int:
+    return _int_range(option, folds, 2, MAX_FOLDS, f"use {option} between 2 and {MAX_FOLDS} "
+                                                   "(5 is the default)")
+
+
+def check_repeats(repeats: int, option: str = "--repeats") -> int:
+    return _int_range(option, repeats, 1, MAX_REPEATS, f"use {option} between 1 and "
+                                                       f"{MAX_REPEATS} (5 is the default)")
+
+
+def check_threads(threads: int, option: str = "--threads") -> int:
+    return _int_range(option, threads, 1, MAX_THREADS, f"use {option} between 1 and "
+                                                       f"{MAX_THREADS} (one per core at most)")
+
+
+def check_workers(workers: int | None, option: str = "--workers") -> int | None:
+    if workers is None:
+        return None
+    return _int_range(option, workers, 1, MAX_WORKERS, f"use {option} between 1 and "
+                                                       f"{MAX_WORKERS}, or leave it out (one per "
+                                                       "core)")
+
+
+def check_batch_size(batch: int, option: str = "--batch-size") -> int:
+    return _int_range(option, batch, 1, MAX_BATCH, f"use {option} between 1 and {MAX_BATCH} "
+                                                   "(16 is the default)")
+
+
+def check_gallery(k: int, option: str = "gallery_k") -> int:
+    return _int_range(option, k, 1, MAX_GALLERY)
+
+
+def check_synthetic(patients: int, option: str = "--patients") -> int:
+    return _int_range(option, patients, 8, MAX_PATIENTS,
+                      f"use {option} between 8 and {MAX_PATIENTS}")
+
+
+def check_images_per_patient(low: int, high: int) -> tuple[int, int]:
+    _int_range("--min-images", low, 1, MAX_IMAGES_PER_PATIENT)
+    _int_range("--max-images", high, 1, MAX_IMAGES_PER_PATIENT)
+    if low > high:
+        raise LymphomilError(f"--min-images {low} is above --max-images {high}",
+                             fix="give --min-images at most --max-images")
+    return low, high
+
+
+def check_fraction(value: float, option: str) -> float:
+    import math
+
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and 0.0 <= value < 1.0):
+        raise LymphomilError(f"{option} {value!r} is out of range (0 to below 1)",
+                             fix=f"give {option} as a share, e.g. 0.25")
+    return float(value)
+
+
+def check_reference_date(value: date, option: str = "--reference-date") -> date:
+    if not MIN_YEAR <= value.year <= MAX_YEAR:
+        raise LymphomilError(f"{option} {value.isoformat()} is implausible (years {MIN_YEAR} to "
+                             f"{MAX_YEAR})", fix=f"write e.g. {option} 2024-01-01")
+    return value
+
+
+def check_on_error(policy: str, option: str = "--on-error") -> str:
+    if policy not in ("raise", "skip"):
+        raise LymphomilError(f"{option} {policy!r} is not raise or skip",
+                             fix=f"use {option} raise or {option} skip")
+    return policy
+
+
+def check_model_names(names: Sequence[str], option: str = "--model") -> list[str]:
+    """Registered model names, at least one, none twice."""
+    from lymphomil.models.base import list_models, selection_candidates
+
+    names = [str(n).strip() for n in names]
+    if not names or not all(names):
+        raise LymphomilError(f"{option}: the list of models is empty",
+                             fix=f"name at least one model (see `lymphomil models`), e.g. "
+                                 f"{option} logreg")
+    known = list_models()
+    unknown = [c for n in names for c in (selection_candidates(n) or [n]) if c not in known]
+    if unknown:
+        raise LymphomilError(f"{option}: unknown model(s) {', '.join(map(repr, unknown))}",
+                             fix=f"choose one of: {', '.join(known)}")
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise LymphomilError(f"{option}: model(s) {', '.join(twice)} named twice",
+                             fix="name each model once")
+    return names
+
+
+def check_features_option(text: str | None, option: str = "--features") -> str | None:
+    """``backbone@crop[+tta]``: a registered backbone and a crop in range."""
+    if text is None:
+        return None
+    from lymphomil.features.backbones import list_backbones
+
+    name, _, rest = text.partition("@")
+    crop_text = rest.removesuffix("+tta")
+    backbones = list_backbones()
+    if name not in backbones:
+        raise LymphomilError(f"{option} {text!r}: unknown backbone {name!r}",
+                             fix=f"write BACKBONE@CROP with a backbone of: {', '.join(backbones)}")
+    if crop_text:
+        if not crop_text.isascii() or not crop_text.isdigit():
+            raise LymphomilError(f"{option} {text!r}: the crop {crop_text!r} is not a number",
+                                 fix=f"write e.g. {option} {name}@112")
+        check_crop(int(crop_text), f"{option} crop")
+    return text
+
+
+def check_folds_against(folds: int, y: Iterable[int], option: str = "--folds") -> None:
+    """Stratified folds need at least ``folds`` patients of each class."""
+    import numpy as np
+
+    counts = np.bincount(np.asarray(list(y), dtype=int), minlength=2)
+    smallest = int(counts.min())
+    if folds > smallest:
+        which = "malignant (1)" if counts[1] < counts[0] else "reactive (0)"
+        raise LymphomilError(f"{option} {folds} is more than the {smallest} {which} patients, "
+                             "the smallest class", fix=f"use {option} {max(2, smallest)} or "
+                                                       "fewer, or add labelled patients")
+
+
+def check_output_folder_path(out: Path, option: str = "--out") -> Path:
+    """A folder path: not an existing file."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise LymphomilError(f"{option} is an existing file, not a folder", file=out,
+                             fix=f"give {option} a folder path (new, or one lymphomil wrote)")
+    return out
+
+
+def check_backbone(name: str, option: str = "--backbone") -> str:
+    from lymphomil.features.backbones import list_backbones
+
+    backbones = list_backbones()
+    if name not in backbones:
+        raise LymphomilError(f"{option}: unknown backbone {name!r}",
+                             fix=f"choose one of: {', '.join(backbones)} "
+                                 "(`lymphomil features --list`)")
+    return name
