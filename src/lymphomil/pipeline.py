@@ -93,15 +93,12 @@ def _run_stages(config: RunConfig, out: Path, engine: object, stage: Callable[[s
         stage("synthetic cohort")
         with _timed(timings, "synthetic cohort"):
             data = synthetic_default(config.synthetic_patients, config.synthetic_seed)
-    with staged_dir(out, "run") as staging:
+    with staged_dir(out) as staging:
         stage("validate and explore")
         with _timed(timings, "validate + explore"):
             cohort = load_cohort(data, reference_date=config.reference_date,
                                  on_error=config.on_error)
             labelled = labelled_patients(cohort)
-            from lymphomil.params import check_folds_against
-
-            check_folds_against(config.folds, labelled.y, "folds")  # before any feature
             summary = explore(cohort, staging / "explore")
         candidates = list(dict.fromkeys(config.candidates + ([config.model] if config.model else [])))
         stage("features")
@@ -253,6 +250,27 @@ def run_files(folder: Path, model_name: str) -> list[tuple[str, str]]:
     return files
 
 
+def error_calls(chosen: CVResult, model, labelled, cache_dir: Path | None = None) -> list:
+    """Report entries of the labelled patients ``chosen`` gets wrong out of fold: their mean
+    out-of-fold probability and its range, and their cells ranked by the final ``model``."""
+    from lymphomil.report.render import PatientCall, oof_errors
+    from lymphomil.workflow import attach_features
+
+    errors = oof_errors(chosen)
+    if not errors:
+        return []
+    by_id = {p.id: p for p in labelled}
+    patients = attach_features([by_id[e["id"]] for e in errors], [model], cache_dir)
+    scores = model.instance_scores(patients)
+    return [PatientCall(
+        id=e["id"], proba=e["mean"], predicted=int(e["mean"] >= 0.5), true_label=e["label"],
+        age=float(p.age), gender=p.gender, lymph_count=float(p.lymph_count),
+        n_images=p.n_images, image_paths=list(p.image_paths),
+        instance_scores=None if scores is None else np.asarray(scores[i]),
+        interval=(e["low"], e["high"]), oof_wrong=(e["wrong"], e["repeats"]))
+        for i, (e, p) in enumerate(zip(errors, patients))]
+
+
 def _write_report(path: Path, config: RunConfig, data: Path, chosen: CVResult,
                   results: list[CVResult], summary: dict, pred, cohort, labelled,
                   timings, files: list[tuple[str, str]] | None = None, spread=None) -> None:
@@ -271,7 +289,8 @@ def _write_report(path: Path, config: RunConfig, data: Path, chosen: CVResult,
         synthetic=synthetic_origin(data),
         reference_date=config.reference_date.isoformat(), files=files or [],
         interval_method=spread.method if spread is not None else None,
-        score_units=score_units(pred.model))
+        score_units=score_units(pred.model),
+        errors=error_calls(chosen, pred.model, labelled, config.cache_dir))
     render_report(context, path, gallery_k=config.gallery_k)
 
 

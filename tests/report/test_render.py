@@ -442,3 +442,46 @@ def test_calibration_section_shows_the_brier_score(rendered: tuple[ReportContext
     assert page.ids.get("calibration") == "section" and page.ids.get("calibration-bins") == "table"
     chosen = next(r for r in ctx.cv_results if r.model_name == ctx.model_name)
     assert f'<div class="value">{calibration_stats(chosen)["brier"]:.3f}</div>' in text
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def test_oof_errors_are_the_patients_wrong_on_average() -> None:
+    from lymphomil.report.render import oof_errors
+
+    proba = np.array([[0.9, 0.6, 0.2, 0.45, 0.1],
+                      [0.8, 0.3, 0.4, 0.55, 0.2],
+                      [0.7, 0.4, 0.1, 0.35, 0.3]])
+    y = np.array([1, 1, 1, 0, 0])
+    result = CVResult("m", list("abcde"), y, np.zeros((3, 5), int), proba,
+                      np.zeros((3, 5), bool), np.zeros((3, 2)))
+    errors = oof_errors(result)
+    # b: mean 0.433 (label 1), c: mean 0.233 (label 1); d: mean 0.45 < 0.5 is right for label 0
+    assert [e["id"] for e in errors] == ["c", "b"]  # most confidently wrong first
+    assert errors[1]["wrong"] == 2 and errors[1]["repeats"] == 3
+    assert (errors[1]["low"], errors[1]["high"]) == (0.3, 0.6)
+    assert errors[0]["mean"] == pytest.approx(0.7 / 3)
+
+
+def test_errors_section_shows_each_error_with_its_cells(tmp_path: Path) -> None:
+    from lymphomil.report.render import oof_errors
+
+    ctx = make_context(tmp_path, n_patients=2, n_images=6)
+    wrong = PatientCall("L7", 0.31, 0, 1, 71.0, "F", 5.1, 6, ctx.calls[0].image_paths,
+                        np.arange(6.0), interval=(0.2, 0.55), oof_wrong=(4, 5))
+    ctx.errors = [wrong]
+    page, text = parse(render_report(ctx, tmp_path / "r.html", gallery_k=3))
+    assert page.ids.get("error-L7") == "section" and "#error-L7" in page.links
+    assert "wrong in 4 of 5 repeats" in text and "the ranking is in-sample" in text
+    errors_part = text[text.index('id="errors"'):text.index('id="skipped"')]
+    assert errors_part.count("data:image/jpeg") == 6  # 3 most + 3 least suspicious cells
+    ctx.errors = []
+    ctx.cv_results = [fake_cv("fusion-alpha", 0.4)]  # a weak model: some patients wrong
+    _, text = parse(render_report(ctx, tmp_path / "r2.html", gallery_k=3))
+    expected = [e["id"] for e in oof_errors(next(r for r in ctx.cv_results
+                                                 if r.model_name == ctx.model_name))]
+    assert expected and f"wrong out of fold: {', '.join(expected)}." in text
+    ctx.cv_results = [fake_cv("fusion-alpha", 9.0)]  # a model with no error out of fold
+    _, text = parse(render_report(ctx, tmp_path / "r3.html", gallery_k=3))
+    assert "gets every one of the 40 labelled patients right out of fold" in text

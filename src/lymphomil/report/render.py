@@ -36,6 +36,7 @@ SECTIONS = (
     ("hard-subset", "Hard subset"),
     ("calibration", "Calibration"),
     ("patients", "Patients"),
+    ("errors", "Errors to learn from"),
     ("skipped", "Skipped inputs"),
     ("appendix", "Appendix"),
 )
@@ -70,6 +71,8 @@ class PatientCall:
     part_probas: dict[str, float] | None = None  # e.g. {"attributes": 0.8, "images": 0.3}
     #: (low, high) spread of P(malignant) (lymphomil.uncertainty); None when not measured
     interval: tuple[float, float] | None = None
+    #: out-of-fold cases: (repeats in which the call was wrong, repeats)
+    oof_wrong: tuple[int, int] | None = None
 
 
 @dataclass
@@ -102,6 +105,10 @@ class ReportContext:
     threshold: float = 0.5  # P(malignant) at and above which a patient is called malignant
     #: what one cell score is, from the model that made the scores (its ``instance_score_units``)
     score_units: str | None = None
+    #: labelled patients the chosen model gets wrong out of fold (see :func:`oof_errors`):
+    #: ``proba`` is the mean out-of-fold probability, ``interval`` its range over the repeats,
+    #: the cells are ranked by the final model (which was trained with these patients)
+    errors: list[PatientCall] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------- small helpers
@@ -400,8 +407,26 @@ def interval_view(interval: tuple[float, float] | None, threshold: float = 0.5) 
             "text": f"{low:.2f}–{high:.2f}"}
 
 
+def oof_errors(result: CVResult, threshold: float = 0.5) -> list[dict[str, Any]]:
+    """The labelled patients whose mean out-of-fold probability is on the wrong side of the
+    threshold, most confidently wrong first: index, mean, range, wrong repeats."""
+    proba = np.asarray(result.proba, dtype=float)
+    mean = np.nanmean(proba, axis=0)
+    y = np.asarray(result.y, dtype=int)
+    wrong_each = (proba >= threshold).astype(int) != y[None, :]
+    out = []
+    for i in np.flatnonzero((mean >= threshold).astype(int) != y):
+        out.append({"index": int(i), "id": result.patient_ids[i], "label": int(y[i]),
+                    "mean": float(mean[i]), "low": float(np.nanmin(proba[:, i])),
+                    "high": float(np.nanmax(proba[:, i])),
+                    "wrong": int(wrong_each[:, i].sum()), "repeats": int(proba.shape[0])})
+    out.sort(key=lambda e: (-abs(e["mean"] - threshold), e["id"]))
+    return out
+
+
 def _patient_view(call: PatientCall, k: int, thumbs: Mapping[Path, str | None],
-                  reactive: tuple[float, float] | None, threshold: float = 0.5) -> dict[str, Any]:
+                  reactive: tuple[float, float] | None, threshold: float = 0.5,
+                  prefix: str = "patient") -> dict[str, Any]:
     top, bottom = gallery_indices(call, k)
     scores = call.instance_scores
 
@@ -414,7 +439,14 @@ def _patient_view(call: PatientCall, k: int, thumbs: Mapping[Path, str | None],
     in_range = None if reactive is None else reactive[0] <= call.lymph_count <= reactive[1]
     truth = int(call.true_label)
     return {
-        "id": call.id, "anchor": f"patient-{call.id}",
+        "id": call.id, "anchor": f"{prefix}-{call.id}",
+        "model_label": "Model" if call.oof_wrong is None else "Out of fold",
+        "oof_wrong": (f"{call.oof_wrong[0]} of {call.oof_wrong[1]}"
+                      if call.oof_wrong is not None else None),
+        "caveat": (None if call.oof_wrong is None else
+                   "P(malignant) here is the mean of the out-of-fold probabilities (range over "
+                   "the repeats beside it). The cells are ranked by the final model, which was "
+                   "trained with this patient: the ranking is in-sample."),
         "proba": float(call.proba), "pct": f"{100 * float(call.proba):.1f}",
         "call": LABEL_WORDS.get(int(call.predicted), "unknown"),
         "truth": LABEL_WORDS.get(truth) if truth in (0, 1) else None,
@@ -431,14 +463,18 @@ def _patient_view(call: PatientCall, k: int, thumbs: Mapping[Path, str | None],
     }
 
 
-def _patients(ctx: ReportContext, k: int, crop: int, quality: int) -> list[dict[str, Any]]:
+def _patients(ctx: ReportContext, k: int, crop: int,
+              quality: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(predicted patients, out-of-fold errors) as the page shows them."""
     needed = []
-    for call in ctx.calls:
+    for call in [*ctx.calls, *ctx.errors]:
         top, bottom = gallery_indices(call, k)
         needed += [call.image_paths[i] for i in (*top, *bottom)]
     thumbs = _thumbnails(needed, crop, quality)
     reactive = _reactive_range(ctx)
-    return [_patient_view(call, k, thumbs, reactive, ctx.threshold) for call in ctx.calls]
+    return ([_patient_view(call, k, thumbs, reactive, ctx.threshold) for call in ctx.calls],
+            [_patient_view(call, k, thumbs, reactive, ctx.threshold, "error")
+             for call in ctx.errors])
 
 
 # --------------------------------------------------------------------------- summary & appendix
@@ -520,7 +556,7 @@ def build_view(ctx: ReportContext, gallery_k: int = 8, crop: int = THUMB_CROP,
     summaries = {r.model_name: r.summary() for r in ctx.cv_results}
     chosen = next((r for r in ctx.cv_results if r.model_name == ctx.model_name), None)
     rows = _cv_rows(ctx.cv_results, summaries, ctx.model_name, ctx.families)
-    patients = _patients(ctx, gallery_k, crop, quality)
+    patients, errors = _patients(ctx, gallery_k, crop, quality)
     return {
         "ctx": ctx, "sections": SECTIONS, "k": gallery_k, "crop": crop,
         "synthetic": _synthetic_banner(ctx.synthetic), "files": list(ctx.files),
@@ -531,7 +567,10 @@ def build_view(ctx: ReportContext, gallery_k: int = 8, crop: int = THUMB_CROP,
         "cv_groups": _cv_groups(rows), "metric_titles": [t for _, t in TABLE_METRICS],
         "figures": _figures(ctx, summaries, rows, chosen),
         "calibration": _calibration(ctx, chosen),
-        "patients": patients,
+        "patients": patients, "errors": errors,
+        "oof_error_ids": [e["id"] for e in oof_errors(chosen, ctx.threshold)] if chosen else [],
+        "n_labelled": next((len(r.y) for r in ctx.cv_results if r.model_name == ctx.model_name),
+                           None),
         "appendix": _appendix(ctx),
     }
 
