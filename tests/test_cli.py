@@ -230,3 +230,18 @@ def test_log_lines_carry_no_source_location(tmp_path: Path) -> None:
     text = buffer.getvalue()
     assert "too few patients" in text and "stage: features" in text
     assert not re.search(r"\w+\.py:\d+", text), text
+
+
+def test_cv_select_adds_the_nested_selection_row(synthetic_root: Path, tmp_path: Path) -> None:
+    result = invoke("cv", synthetic_root, "-m", "tree", "--select", "tree,logreg-compact",
+                    "--folds", "3", "--repeats", "1", "--json", "--cache-dir", tmp_path / "cache")
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    assert set(payload) == {"tree", "select:tree,logreg-compact"}
+    assert payload["select:tree,logreg-compact"]["params"]["candidates"]
+
+
+def test_cv_select_with_an_unknown_candidate_is_a_clear_error(synthetic_root: Path) -> None:
+    result = runner.invoke(app, ["cv", str(synthetic_root), "--select", "tree,nonsense"])
+    assert result.exit_code == 2
+    assert "nonsense" in result.output and "--select" in result.output

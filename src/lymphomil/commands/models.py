@@ -101,10 +101,17 @@ def cv(
     cache_dir: Optional[Path] = CACHE_OPT,
     threads: int = THREADS_OPT,
     engine: EngineName = typer.Option("local", "--engine", help=ENGINE_HELP),
+    select: Optional[str] = typer.Option(
+        None, "--select", help="comma-separated candidates: adds the row 'select:A,B,C', the "
+                               "choice among them made by inner CV inside each outer training "
+                               "part (the honest figure for 'the best of these')",
+        show_default="none"),
 ) -> None:
     """Repeated, stratified, patient-level cross-validation of one or more models.
 
     Example: lymphomil cv ../shared/data/dlmi-lymphocytosis -m logreg -m svm --out runs/cv
+
+    Honest selection: lymphomil cv DATA -m fusion-mean -m cell-topk --select fusion-mean,cell-topk
     """
     from lymphomil.engine import get_engine
     from lymphomil.params import (check_features_option, check_folds, check_folds_against,
@@ -112,6 +119,10 @@ def cv(
     from lymphomil.workflow import labelled_patients, run_cv, set_threads, write_cv_outputs
 
     # every option before any work; the folds against the data once it is read
+    if select is not None:
+        from lymphomil.models.base import selection_name
+
+        model = [*model, selection_name(check_model_names(select.split(","), "--select"))]
     check_model_names(model)
     check_folds(folds)
     check_repeats(repeats)
