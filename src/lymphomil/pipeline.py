@@ -138,9 +138,11 @@ def _run_stages(config: RunConfig, out: Path, engine: object, stage: Callable[[s
                 spread = _refit_spread(chosen.model_name, config, labelled, pred, engine)
         stage("report")
         with _timed(timings, "report"):
+            card = write_run_model_card(staging / "model", model, config, chosen, results,
+                                        spread)
             _write_report(staging / "report.html", config, data, chosen, results, summary,
                           pred, cohort, labelled.patients, timings,
-                          files=run_files(staging, chosen.model_name), spread=spread)
+                          files=run_files(staging, chosen.model_name), spread=spread, card=card)
         skipped = cohort.skipped_table()
         if skipped:
             atomic_write_json(staging / "skipped.json", skipped)
@@ -179,14 +181,10 @@ def _report_family(name: str) -> str:
 
 
 def score_units(model) -> str | None:
-    """What the model's cell scores are (its ``instance_score_units``); a fusion's come from its
-    image part, which scores the cells. None for a model without cell scores."""
-    if model is None:
-        return None
-    image_part = getattr(model, "image_model_", None)
-    if image_part is not None:
-        return score_units(image_part)
-    return getattr(model, "instance_score_units", None)
+    """What the model's cell scores are (see :func:`lymphomil.model_card.score_units`)."""
+    from lymphomil.model_card import score_units as units
+
+    return units(model)
 
 
 def patient_calls(pred, spread=None) -> list:
@@ -271,9 +269,28 @@ def error_calls(chosen: CVResult, model, labelled, cache_dir: Path | None = None
         for i, (e, p) in enumerate(zip(errors, patients))]
 
 
+def write_run_model_card(model_dir: Path, model, config: RunConfig, chosen: CVResult,
+                         results: list[CVResult], spread=None) -> dict:
+    """The trained model's card (lymphomil.model_card), written into its folder; returned for
+    the report."""
+    from lymphomil.model_card import build_model_card, write_model_card
+    from lymphomil.models.base import describe_models
+    from lymphomil.report.render import calibration_stats
+    from lymphomil.runs import read_json
+
+    card = build_model_card(
+        model, chosen.model_name, read_json(Path(model_dir) / "metadata.json"), chosen=chosen,
+        results=results, forced=bool(config.model), brier=calibration_stats(chosen)["brier"],
+        uncertainty=None if spread is None else spread.method,
+        description=describe_models().get(chosen.model_name, ""))
+    write_model_card(model_dir, card)
+    return card
+
+
 def _write_report(path: Path, config: RunConfig, data: Path, chosen: CVResult,
                   results: list[CVResult], summary: dict, pred, cohort, labelled,
-                  timings, files: list[tuple[str, str]] | None = None, spread=None) -> None:
+                  timings, files: list[tuple[str, str]] | None = None, spread=None,
+                  card: dict | None = None) -> None:
     from lymphomil.models.base import describe_models, library_versions
     from lymphomil.report.render import ReportContext, render_report
 
@@ -290,7 +307,7 @@ def _write_report(path: Path, config: RunConfig, data: Path, chosen: CVResult,
         reference_date=config.reference_date.isoformat(), files=files or [],
         interval_method=spread.method if spread is not None else None,
         score_units=score_units(pred.model),
-        errors=error_calls(chosen, pred.model, labelled, config.cache_dir))
+        errors=error_calls(chosen, pred.model, labelled, config.cache_dir), model_card=card)
     render_report(context, path, gallery_k=config.gallery_k)
 
 
@@ -301,7 +318,10 @@ def write_prediction_report(path: Path, pred, data: Path, model_dir: Path,
     from lymphomil.report.render import ReportContext, render_report
     from lymphomil.runs import read_json
 
+    from lymphomil.model_card import MODEL_CARD_JSON
+
     metadata = read_json(Path(model_dir) / "metadata.json")
+    card_path = Path(model_dir) / MODEL_CARD_JSON
     cv = metadata.get("cv")
     notes = [f"Model {metadata.get('model_name')} from {model_dir}, trained on "
              f"{metadata['training']['n_patients']} patients."]
@@ -316,6 +336,7 @@ def write_prediction_report(path: Path, pred, data: Path, model_dir: Path,
         versions=library_versions(), timings={}, notes=notes,
         synthetic=synthetic_origin(data), reference_date=metadata.get("reference_date"),
         score_units=score_units(pred.model),
+        model_card=read_json(card_path) if card_path.is_file() else None,
         files=[] if csv_path is None else [(_relative(csv_path, Path(path).parent),
                                             "the predictions this page shows")])
     return render_report(context, path, gallery_k=gallery_k)

