@@ -41,6 +41,8 @@ def test_train_then_predict_round_trip(synthetic_root: Path, tmp_path: Path) -> 
                     "--cache-dir", tmp_path / "cache")
     assert result.exit_code == 0, result.output
     assert (model_dir / "metadata.json").is_file() and (model_dir / "checksums.json").is_file()
+    card = json.loads((model_dir / "model_card.json").read_text())  # `train` writes its card
+    assert card["model"]["name"] == "logreg" and card["cross_validation"] is None
     out = tmp_path / "pred.csv"
     result = invoke("predict", model_dir, synthetic_root, "--out", out,
                     "--cache-dir", tmp_path / "cache")
