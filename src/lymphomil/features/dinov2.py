@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lymphomil.errors import LymphomilError
 from lymphomil.features.onnx_weights import OnnxGraph, read_onnx
 
 PATCH = 14
@@ -108,11 +109,12 @@ class DinoV2Small(nn.Module):
 
     def tokens(self, x: torch.Tensor) -> tuple[torch.Tensor, int, int]:
         """Final-norm tokens (B, 1 + h*w, 384) with the patch grid (h, w)."""
+        if min(x.shape[-2:]) < PATCH:
+            raise LymphomilError(f"a {x.shape[-2]}x{x.shape[-1]} px crop is smaller than one "
+                                 f"{PATCH} px ViT patch",
+                                 fix="use a crop of at least 14 px for dinov2-s (112 or 224)")
         patches = self.patch_embed(x)  # (B, 384, h, w)
         batch, _, h, w = patches.shape
-        if h < 1 or w < 1:
-            raise ValueError(f"a {x.shape[-2]}x{x.shape[-1]} input is smaller than one "
-                             f"{PATCH} px patch")
         seq = patches.flatten(2).transpose(1, 2)  # (B, h*w, 384)
         seq = torch.cat([self.cls_token.expand(batch, -1, -1).to(seq.dtype), seq], dim=1)
         seq = seq + self.position_embeddings(h, w).to(seq.dtype)  # (B, 1 + h*w, 384)
