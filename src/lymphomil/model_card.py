@@ -162,17 +162,17 @@ def _selection(chosen: Any, results: Sequence[Any], forced: bool) -> dict[str, A
     runner_up = next((r.model_name for r in ranked if r.model_name != chosen.model_name), None)
     if forced:
         how = "named by the user (--model), not chosen by the CV"
-        optimism = ("not selected on these folds: its CV figure carries no selection optimism, "
+        optimism = ("Not selected on these folds: its CV figure carries no selection optimism, "
                     "beyond any earlier choice of this model on the same data")
     elif len(results) > 1:
         how = (f"the best mean balanced accuracy of {len(results)} candidates under the same "
                "repeated CV (ties: the hard subset, then list order)")
-        optimism = (f"optimistic: the winner of {len(results)} candidates on the same folds. "
+        optimism = (f"Optimistic: the winner of {len(results)} candidates on the same folds. "
                     "No nested selection was run, so the size of the optimism is not measured; "
                     "every candidate's figure is listed for comparison.")
     else:
         how = "the only candidate"
-        optimism = "none from selection (one candidate)"
+        optimism = "None from selection (one candidate)."
     return {"how": how, "candidates_balanced_accuracy": scores, "runner_up": runner_up,
             "optimism": optimism}
 

@@ -510,7 +510,7 @@ def test_model_card_section_shows_the_card(tmp_path: Path) -> None:
                              "intervals": "mean ± std", "brier_score": 0.081,
                              "metrics": {"balanced_accuracy": {"mean": 0.92, "std": 0.01,
                                                                "ci_low": 0.88, "ci_high": 0.96}}},
-        "selection": {"how": "best of 5", "optimism": "optimistic: the winner of 5",
+        "selection": {"how": "best of 5", "optimism": "Optimistic: the winner of 5",
                       "runner_up": "fusion-max",
                       "candidates_balanced_accuracy": {"fusion-max": 0.91, "fusion-alpha": 0.92}},
         "uncertainty": "20 refits", "versions": {"torch": "2.14.1"}}
