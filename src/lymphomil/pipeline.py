@@ -93,12 +93,15 @@ def _run_stages(config: RunConfig, out: Path, engine: object, stage: Callable[[s
         stage("synthetic cohort")
         with _timed(timings, "synthetic cohort"):
             data = synthetic_default(config.synthetic_patients, config.synthetic_seed)
-    with staged_dir(out) as staging:
+    with staged_dir(out, "run") as staging:
         stage("validate and explore")
         with _timed(timings, "validate + explore"):
             cohort = load_cohort(data, reference_date=config.reference_date,
                                  on_error=config.on_error)
             labelled = labelled_patients(cohort)
+            from lymphomil.params import check_folds_against
+
+            check_folds_against(config.folds, labelled.y, "folds")  # before any feature
             summary = explore(cohort, staging / "explore")
         candidates = list(dict.fromkeys(config.candidates + ([config.model] if config.model else [])))
         stage("features")

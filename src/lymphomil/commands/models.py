@@ -325,5 +325,10 @@ def run(
     console.print(f"chosen model: [bold]{result.chosen}[/]; predicted {result.n_predicted} "
                   f"patients; skipped {result.n_skipped}")
     console.print("timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in result.timings.items()))
+    skipped_file = out / "skipped.json"  # listed as predict and cv list them
+    if skipped_file.is_file():
+        from lymphomil.runs import read_json
+
+        print_skips(read_json(skipped_file), skipped_file)
     console.print(f"wrote {out}/report.html, submission.csv, predictions.csv, metrics.json, "
                   "config.toml, model/")

@@ -132,10 +132,41 @@ def _check(schema: type[BaseModel], path: Path) -> BaseModel:
                              file=path, fix=FIX) from None
 
 
+def _param_types(path: Path, class_name: str, params: dict[str, Any]) -> None:
+    """Each saved hyper-parameter has the type of the class's default (an int stays an int)."""
+    from lymphomil.models.base import model_class
+
+    try:
+        defaults = model_class(class_name)().get_params(deep=False)
+    except Exception:  # a class without defaults for every parameter: the load checks it
+        return
+    for name, value in params.items():
+        if name not in defaults:
+            raise LymphomilError(f"the file does not describe a valid model (params.{name}: "
+                                 f"not a parameter of {class_name})", file=path, fix=FIX)
+        default = defaults[name]
+        if default is None or value is None or isinstance(value, dict):
+            continue
+        number = (int, float)
+        if isinstance(default, bool) or isinstance(value, bool):
+            ok = isinstance(value, bool) == isinstance(default, bool)
+        elif isinstance(default, number):
+            ok = isinstance(value, number)  # an int where a float was, and the other way
+        elif isinstance(default, str):
+            ok = isinstance(value, str)
+        else:
+            ok = True  # lists, tuples, specs, models: their own decoders check them
+        if not ok:
+            raise LymphomilError(f"the file does not describe a valid model (params.{name}: "
+                                 f"{value!r} is not a {type(default).__name__})", file=path,
+                                 fix=FIX)
+
+
 def _check_tree(folder: Path, depth: int = 0) -> None:
     if depth > 8:
         raise LymphomilError("sub-models nest too deep", file=folder, fix=FIX)
     parsed = _check(ModelJsonSchema, folder / "model.json")
+    _param_types(folder / "model.json", parsed.class_, parsed.params)  # type: ignore
     for name in parsed.submodels:  # type: ignore[attr-defined]
         sub = folder / "sub" / name
         if not (sub / "model.json").is_file():
@@ -157,7 +188,10 @@ def read_model_folder(folder: str | Path):
     _check_tree(folder)
     try:
         model = load_model(folder)
-    except LymphomilError:
+    except LymphomilError as exc:
+        if exc.file is None:  # a model's own check (e.g. saved predictions not reproduced)
+            raise LymphomilError(exc.problem, file=folder / "model.json",
+                                 fix=exc.fix or FIX) from None
         raise
     except (TypeError, ValueError, KeyError, IndexError, AttributeError, RuntimeError) as exc:
         raise LymphomilError(f"model.json does not describe a model lymphomil can load "
