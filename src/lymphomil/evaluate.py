@@ -23,6 +23,7 @@ from sklearn.base import clone
 from sklearn.model_selection import StratifiedKFold
 
 from lymphomil.errors import LymphomilError
+from lymphomil.metrics import balanced_accuracy
 
 if TYPE_CHECKING:  # pragma: no cover  (models import this module: no cycle at run time)
     from lymphomil.models.base import PatientModel
@@ -69,19 +70,6 @@ def hard_mask(counts: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.nda
 # --------------------------------------------------------------------------- metrics
 
 
-def _balanced_accuracy(pred: np.ndarray, y: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
-    """Balanced accuracy along the last axis (vectorised over bootstrap rows); nan if a class is absent."""
-    if mask is None:
-        mask = np.ones_like(y, dtype=bool)
-    pos, neg = (y == 1) & mask, (y == 0) & mask
-    n_pos, n_neg = pos.sum(-1), neg.sum(-1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        tpr = (pred & pos).sum(-1) / n_pos
-        tnr = (~pred & neg).sum(-1) / n_neg
-    out = (tpr + tnr) / 2
-    return np.where((n_pos > 0) & (n_neg > 0), out, np.nan)
-
-
 def _roc_auc(proba: np.ndarray, y: np.ndarray) -> np.ndarray:
     ranks = rankdata(proba, axis=-1)
     n_pos = (y == 1).sum(-1)
@@ -102,11 +90,11 @@ def metrics_of(proba: np.ndarray, y: np.ndarray, hard: np.ndarray,
     with np.errstate(invalid="ignore", divide="ignore"):
         f1 = np.where(2 * tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn), np.nan)
     return {
-        "balanced_accuracy": _balanced_accuracy(pred, y),
+        "balanced_accuracy": balanced_accuracy(pred, y),
         "accuracy": (pred == positive).mean(-1),
         "f1": f1,
         "roc_auc": _roc_auc(proba, y),
-        "hard_balanced_accuracy": _balanced_accuracy(pred, y, hard),
+        "hard_balanced_accuracy": balanced_accuracy(pred, y, hard),
     }
 
 

@@ -13,7 +13,7 @@ from lymphomil.features.memory import InMemoryStore
 from lymphomil.models.abmil import ABMILModel
 from lymphomil.models.base import create_model
 from lymphomil.models.heads import GatedAttentionMIL
-from lymphomil.models.training import pad_bags
+from lymphomil.models.inputs import pad_bags
 from tests.models.conftest import (SPEC, assert_clone_and_params, assert_isolated,
                                    assert_learns, assert_outputs, assert_round_trip,
                                    assert_same_seed_same_result, balanced_accuracy)

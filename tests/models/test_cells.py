@@ -13,7 +13,7 @@ from lymphomil.models.base import create_model
 from lymphomil.models.cells import CellTopKModel, _cell_weights, top_k_mean
 from lymphomil.models.ensemble import EnsembleModel, SelectModel
 from lymphomil.models.prototypes import PrototypeModel, histogram
-from lymphomil.models.training import resolve_seed
+from lymphomil.models.checks import resolve_seed
 from tests.models.conftest import (SPEC, assert_clone_and_params, assert_isolated, assert_learns,
                                    assert_outputs, assert_round_trip,
                                    assert_same_seed_same_result)

@@ -9,7 +9,8 @@ import torch
 from lymphomil.models.base import create_model, load_model
 from lymphomil.models.heads import BNSigmoidAggregation, BNSigmoidMIL
 from lymphomil.models.mil import MILEndToEndModel, MILNet, forward_with_subset
-from lymphomil.models.training import make_generator, pad_bags
+from lymphomil.models.checks import make_generator
+from lymphomil.models.inputs import pad_bags
 from tests.models.conftest import (SPEC, assert_clone_and_params, assert_isolated, assert_learns,
                                    assert_outputs, assert_round_trip,
                                    assert_same_seed_same_result)

@@ -36,11 +36,14 @@ ATTRIBUTE_NAMES = ("age", "log10_lymph_count", "male")
 
 
 def attribute_matrix(patients: Sequence, use_n_images: bool = False,
-                     log_count: bool = True) -> np.ndarray:
-    """(n, k) float matrix of the clinical attributes (the only place they become numbers)."""
+                     log_count: bool = True, log_base: str = "10") -> np.ndarray:
+    """(n, k) float64 matrix of the clinical attributes (the only place they become numbers):
+    age, the lymphocyte count (its logarithm to ``log_base`` "10" or "e" when ``log_count``),
+    male (1/0), and the number of images when ``use_n_images``."""
+    log = {"10": math.log10, "e": math.log}[log_base]
     rows = []
     for p in patients:
-        count = math.log10(p.lymph_count) if log_count else p.lymph_count
+        count = log(p.lymph_count) if log_count else p.lymph_count
         row = [p.age, count, 1.0 if p.gender == "M" else 0.0]
         if use_n_images:
             row.append(float(p.n_images))
@@ -166,13 +169,7 @@ class AttributeModel(PatientModel):
     def __init__(self, algorithm: str = "logreg", param_grid: list | dict | str | None = None,
                  inner_folds: int = 5, use_n_images: bool = False, log_count: bool = True,
                  class_weight: str | None = "balanced", random_state: int = 0):
-        self.algorithm = algorithm
-        self.param_grid = param_grid
-        self.inner_folds = inner_folds
-        self.use_n_images = use_n_images
-        self.log_count = log_count
-        self.class_weight = class_weight
-        self.random_state = random_state
+        self._store_params(locals())
 
     # -- helpers -------------------------------------------------------------------------------
     def _pipeline(self) -> Pipeline:
@@ -232,9 +229,7 @@ class AttributeModel(PatientModel):
             self.estimator_ = self._refit(best, X, y)
         self.best_params_ = {k.removeprefix("clf__"): v for k, v in best.items()}
         self.X_train_, self.y_train_ = X, y
-        self.classes_ = np.array([0, 1])
-        self.is_fitted_ = True
-        return self
+        return self._mark_fitted()
 
     def _refit(self, best: dict, X: np.ndarray, y: np.ndarray) -> Pipeline:
         pipeline = clone(self._pipeline()).set_params(**best)
@@ -270,7 +265,6 @@ class AttributeModel(PatientModel):
                 "of scikit-learn", fix="re-train the model with `lymphomil train`")
         self.best_params_ = {k.removeprefix("clf__"): v for k, v in best.items()}
         self.X_train_, self.y_train_ = X, y
-        self.classes_ = np.array([0, 1])
 
 
 def _attribute_factory(algorithm: str) -> Callable[[], AttributeModel]:

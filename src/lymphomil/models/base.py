@@ -209,8 +209,20 @@ class PatientModel(ClassifierMixin, BaseEstimator):
             raise NotImplementedError
 
     # -- shared ---------------------------------------------------------------------------------
+    def _store_params(self, values: dict[str, Any]) -> None:
+        """An ``__init__``'s whole body, ``self._store_params(locals())``: every constructor
+        argument kept as given, nothing else (scikit-learn's rule)."""
+        for name in self._get_param_names():
+            setattr(self, name, values[name])
+
     def predict(self, patients: np.ndarray) -> np.ndarray:
         return (self.predict_proba(patients)[:, 1] >= 0.5).astype(int)
+
+    def _mark_fitted(self) -> "PatientModel":
+        """End of ``fit`` (and of loading): the two classes, and fitted."""
+        self.classes_ = np.array([0, 1])
+        self.is_fitted_ = True
+        return self
 
     def _check_fitted(self) -> None:
         if not getattr(self, "is_fitted_", False):
@@ -276,8 +288,7 @@ def _load_from(folder: Path) -> PatientModel:
                              fix="re-create the model with `lymphomil train`") from None
     model._set_submodels({name: _load_from(folder / "sub" / name) for name in spec["submodels"]})
     model._set_state(spec["state"], arrays)
-    model.is_fitted_ = True
-    return model
+    return model._mark_fitted()
 
 
 def load_model(folder: str | Path) -> PatientModel:

@@ -29,8 +29,9 @@ from lymphomil.errors import LymphomilError
 from lymphomil.evaluate import _roc_auc, derive_seed
 from lymphomil.models.base import PatientModel, register_class, register_model
 from lymphomil.models.pooled import FUSION_FEATURES
-from lymphomil.models.training import (check_int, check_patients, check_patients_y, parse_spec,
-                                       read_bags, resolve_seed)
+from lymphomil.models.checks import (check_int, check_patients, check_patients_y, parse_spec,
+                                     resolve_seed)
+from lymphomil.models.inputs import read_bags
 
 #: the two attributes a cell classifier may see beside its image features
 CELL_ATTRIBUTES = ("age", "log10_lymph_count")
@@ -67,14 +68,7 @@ class CellTopKModel(PatientModel):
 
     def __init__(self, features=FUSION_FEATURES, C=0.01, ks=(0, 32, 8), attributes=False,
                  inner_folds=3, calibrate=True, max_iter=2000, random_state=0):
-        self.features = features
-        self.C = C
-        self.ks = ks
-        self.attributes = attributes
-        self.inner_folds = inner_folds
-        self.calibrate = calibrate
-        self.max_iter = max_iter
-        self.random_state = random_state
+        self._store_params(locals())
 
     def required_features(self):
         return [(parse_spec(self.features), self.feature_kind)]
@@ -158,10 +152,8 @@ class CellTopKModel(PatientModel):
         fitted = self._fit_cells(bags, y)
         self.scaler_mean_, self.scaler_scale_ = fitted["mean"], fitted["scale"]
         self.coef_, self.intercept_ = fitted["coef"], fitted["intercept"]
-        self.classes_ = np.array([0, 1])
         self.seed_ = seed
-        self.is_fitted_ = True
-        return self
+        return self._mark_fitted()
 
     def _fitted_arrays(self) -> dict[str, np.ndarray]:
         return {"mean": self.scaler_mean_, "scale": self.scaler_scale_, "coef": self.coef_,
@@ -200,7 +192,6 @@ class CellTopKModel(PatientModel):
         self.scaler_scale_ = np.asarray(arrays["scaler_scale"], dtype=np.float64)
         self.coef_ = np.asarray(arrays["coef"], dtype=np.float64)
         self.intercept_ = np.asarray(arrays["intercept"], dtype=np.float64)
-        self.classes_ = np.array([0, 1])
 
 
 @register_model("cell-topk",

@@ -22,7 +22,7 @@ from lymphomil.evaluate import cross_validate_many, derive_seed, with_seed
 from lymphomil.features.spec import FeatureSpec
 from lymphomil.models.base import (PatientModel, create_model, positive_proba, register_class,
                                    register_model)
-from lymphomil.models.training import check_int, check_patients, check_patients_y, resolve_seed
+from lymphomil.models.checks import check_int, check_patients, check_patients_y, resolve_seed
 
 
 def _resolve(member: "PatientModel | str") -> PatientModel:
@@ -50,9 +50,7 @@ class EnsembleModel(PatientModel):
     family = "ensemble"
 
     def __init__(self, members=("image-logreg-thin", "cell-topk"), bootstrap=0, random_state=0):
-        self.members = members
-        self.bootstrap = bootstrap
-        self.random_state = random_state
+        self._store_params(locals())
 
     @property
     def instance_score_units(self) -> str:
@@ -77,9 +75,7 @@ class EnsembleModel(PatientModel):
                     rows = _stratified_bootstrap(y, np.random.default_rng(derive_seed(seed, "bag", i, b)))
                 model = with_seed(clone(_resolve(member)), derive_seed(seed, "member", i, b))
                 self.models_.append(model.fit(patients[rows], y[rows]))
-        self.classes_ = np.array([0, 1])
-        self.is_fitted_ = True
-        return self
+        return self._mark_fitted()
 
     def predict_proba(self, patients):
         self._check_fitted()
@@ -96,7 +92,7 @@ class EnsembleModel(PatientModel):
         return {"n_models": len(self.models_)}, {}
 
     def _set_state(self, meta, arrays):
-        self.classes_ = np.array([0, 1])
+        pass  # the members are the submodels
 
     def _fitted_submodels(self):
         return {f"m{i:03d}": model for i, model in enumerate(self.models_)}
@@ -113,10 +109,7 @@ class SelectModel(PatientModel):
 
     def __init__(self, candidates=("fusion-mean", "fusion-mean-cells"), inner_folds=3,
                  inner_repeats=1, random_state=0):
-        self.candidates = candidates
-        self.inner_folds = inner_folds
-        self.inner_repeats = inner_repeats
-        self.random_state = random_state
+        self._store_params(locals())
 
     @property
     def instance_score_units(self) -> str:
@@ -157,9 +150,7 @@ class SelectModel(PatientModel):
         self.chosen_ = named[chosen][0]
         self.model_ = with_seed(clone(named[chosen][1]), derive_seed(seed, "select", self.chosen_))
         self.model_.fit(patients, y)
-        self.classes_ = np.array([0, 1])
-        self.is_fitted_ = True
-        return self
+        return self._mark_fitted()
 
     def predict_proba(self, patients):
         self._check_fitted()
@@ -175,7 +166,6 @@ class SelectModel(PatientModel):
     def _set_state(self, meta, arrays):
         self.chosen_ = str(meta["chosen"])
         self.inner_scores_ = dict(meta.get("inner_scores", {}))
-        self.classes_ = np.array([0, 1])
 
     def _fitted_submodels(self):
         return {"chosen": self.model_}

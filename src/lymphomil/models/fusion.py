@@ -20,20 +20,17 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold
 
 from lymphomil.errors import LymphomilError
-from lymphomil.evaluate import _balanced_accuracy, derive_seed, with_seed
+from lymphomil.evaluate import derive_seed, with_seed
 from lymphomil.features.spec import FeatureSpec
+from lymphomil.metrics import balanced_accuracy, logit
 from lymphomil.models.attributes import AttributeModel
 from lymphomil.models.base import PatientModel, create_model, register_class, register_model
 
 RULES = ("alpha", "min", "max", "stack", "mean")
 #: P(malignant) given to a patient above the gate's count bound (a fact of the training data)
 GATED_PROBA = 0.99
+#: the clip of the stacker's logits
 _EPS = 1e-6
-
-
-def _logit(p: np.ndarray) -> np.ndarray:
-    p = np.clip(p, _EPS, 1 - _EPS)
-    return np.log(p / (1 - p))
 
 
 @register_class
@@ -46,13 +43,7 @@ class FusionModel(PatientModel):
                  image_model: PatientModel | None = None, rule: str = "alpha",
                  alphas: tuple = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
                  inner_folds: int = 5, count_gate: float | None = None, random_state: int = 0):
-        self.attribute_model = attribute_model
-        self.image_model = image_model
-        self.rule = rule
-        self.alphas = alphas
-        self.inner_folds = inner_folds
-        self.count_gate = count_gate
-        self.random_state = random_state
+        self._store_params(locals())
 
     def _parts(self) -> tuple[PatientModel, PatientModel]:
         if self.rule not in RULES:
@@ -97,7 +88,7 @@ class FusionModel(PatientModel):
             if self.rule == "alpha":
                 self.alpha_ = self._choose_alpha(oof, y)
             else:
-                stacker = LogisticRegression(class_weight="balanced").fit(_logit(oof), y)
+                stacker = LogisticRegression(class_weight="balanced").fit(logit(oof, _EPS), y)
                 self.stack_coef_ = stacker.coef_[0].astype(float)
                 self.stack_intercept_ = float(stacker.intercept_[0])
         self.attribute_model_ = with_seed(clone(attribute), derive_seed(self.random_state, "attr"))
@@ -105,9 +96,7 @@ class FusionModel(PatientModel):
         self.image_model_ = with_seed(clone(image), derive_seed(self.random_state, "image"))
         self.image_model_.fit(patients, y)
         self.gate_count_ = self._gate_bound(patients, y)
-        self.classes_ = np.array([0, 1])
-        self.is_fitted_ = True
-        return self
+        return self._mark_fitted()
 
     def _gate_bound(self, patients: np.ndarray, y: np.ndarray) -> float:
         """The count above which the gate calls malignant (inf when off or no reactive patient)."""
@@ -124,7 +113,7 @@ class FusionModel(PatientModel):
         """α with the best inner balanced accuracy; ties go to the α closest to 0.5."""
         alphas = np.asarray(self.alphas, dtype=float)
         fused = alphas[:, None] * oof[None, :, 0] + (1 - alphas[:, None]) * oof[None, :, 1]
-        scores = _balanced_accuracy(fused >= 0.5, y[None, :])  # (A,)
+        scores = balanced_accuracy(fused >= 0.5, y[None, :])  # (A,)
         best = np.flatnonzero(scores >= np.nanmax(scores) - 1e-12)
         return float(alphas[best[np.argmin(np.abs(alphas[best] - 0.5))]])
 
@@ -137,7 +126,7 @@ class FusionModel(PatientModel):
             return (p_attr + p_img) / 2
         if self.rule == "alpha":
             return self.alpha_ * p_attr + (1 - self.alpha_) * p_img
-        z = self.stack_intercept_ + _logit(p_attr) * self.stack_coef_[0] + _logit(p_img) * self.stack_coef_[1]
+        z = self.stack_intercept_ + logit(p_attr, _EPS) * self.stack_coef_[0] + logit(p_img, _EPS) * self.stack_coef_[1]
         return 1 / (1 + np.exp(-z))
 
     def predict_proba(self, patients: np.ndarray) -> np.ndarray:
@@ -170,7 +159,6 @@ class FusionModel(PatientModel):
         self.stack_coef_ = arrays["stack_coef"]
         gate = meta.get("gate_count")
         self.gate_count_ = float("inf") if gate is None else float(gate)
-        self.classes_ = np.array([0, 1])
 
     def _fitted_submodels(self) -> dict[str, PatientModel]:
         return {"attributes": self.attribute_model_, "images": self.image_model_}

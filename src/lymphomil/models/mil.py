@@ -31,14 +31,11 @@ import torch
 from torch import nn
 
 from lymphomil.errors import LymphomilError
-from lymphomil.models.base import PatientModel, register_class, register_model
+from lymphomil.models.base import register_class, register_model
+from lymphomil.models.checks import check_choice, check_float, check_int, make_generator
 from lymphomil.models.heads import BNSigmoidMIL
-from lymphomil.models.training import (BALANCE, NeuralFeatureModel, check_choice, check_float,
-                                       check_int, check_patients, check_patients_y, chunks,
-                                       class_weights, epoch_order, fit_loop, inner_split,
-                                       load_module_arrays, make_generator, module_arrays,
-                                       read_bags, resolve_seed, score_validation, seeded,
-                                       optimise_step)
+from lymphomil.models.inputs import read_bags
+from lymphomil.models.neural import FitState, NeuralPatientModel
 
 CELL_SCORES = ("max", "mean")
 
@@ -69,7 +66,7 @@ def channel_standardizer(maps: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray
 
 
 @register_class
-class MILModel(NeuralFeatureModel, PatientModel):
+class MILModel(NeuralPatientModel):
     """The founding MIL head on cached spatial feature maps of a frozen backbone."""
 
     family = "mil"
@@ -79,64 +76,26 @@ class MILModel(NeuralFeatureModel, PatientModel):
     def __init__(self, features="efficientnet-lite0@112", cell_score="max", lr=1e-3,
                  weight_decay=0.0, batch_size=8, max_epochs=40, patience=8,
                  validation_fraction=0.2, balance="weighted", random_state=0):
-        self.features = features
-        self.cell_score = cell_score
-        self.lr = lr
-        self.weight_decay = weight_decay
-        self.batch_size = batch_size
-        self.max_epochs = max_epochs
-        self.patience = patience
-        self.validation_fraction = validation_fraction
-        self.balance = balance
-        self.random_state = random_state
+        self._store_params(locals())
 
-    def fit(self, patients, y):
-        patients, y = check_patients_y(patients, y)
-        self._check_training_params()
+    def _check_params(self) -> None:
         check_choice("cell_score", self.cell_score, CELL_SCORES)
+
+    def _new_net(self) -> BNSigmoidMIL:
+        return BNSigmoidMIL(self.n_features_)
+
+    def _fit_inputs(self, patients, train_idx):
+        """Channels standardised with the training patients' statistics; each patient's map
+        as (positions as rows (n*h*w, d), number of images)."""
         maps = read_bags(patients, self._spec(), self.feature_kind)
-        seed = resolve_seed(self.random_state)
-        train_idx, val_idx = inner_split(y, self.validation_fraction, seed)
         self.n_features_ = int(maps[0].shape[1])
         self.channel_mean_, self.channel_scale_ = channel_standardizer(
             [maps[i] for i in train_idx])
-        rows = [self._rows(m) for m in maps]  # standardised once: [(n_i*h*w, d)]
-        n_images = [len(m) for m in maps]
-        del maps
-        y_train = y[train_idx]
-        weights = torch.from_numpy(class_weights(y_train, self.balance))  # (2,)
+        return [(self._rows(m), len(m)) for m in maps]
 
-        with seeded(seed):
-            net = BNSigmoidMIL(self.n_features_)
-            optimizer = torch.optim.Adam(net.parameters(), lr=self.lr,
-                                         weight_decay=self.weight_decay)
-            generator = make_generator(seed, 1)
-
-            def train_epoch(epoch: int) -> float:
-                total, seen = 0.0, 0
-                for batch in chunks(epoch_order(y_train, self.balance, generator),
-                                    self.batch_size):
-                    members = train_idx[batch]
-                    logits, _, _ = net.forward_rows([rows[i] for i in members])  # (b,)
-                    t = torch.from_numpy(y[members]).float()  # (b,)
-                    total += optimise_step(optimizer, logits, t,
-                                           weights if self.balance == "weighted" else None)
-                    seen += len(members)
-                return total / max(seen, 1)
-
-            def validate() -> tuple[float, float]:
-                p = [self._forward_one(net, rows[i], n_images[i])[0] for i in val_idx]
-                return score_validation(y[val_idx], np.array(p))
-
-            history, best = fit_loop(net, train_epoch=train_epoch,
-                                     validate=validate if len(val_idx) else None,
-                                     max_epochs=self.max_epochs, patience=self.patience,
-                                     description="mil")
-        self.net_ = net
-        self.history_, self.best_epoch_, self.seed_ = history, best, seed
-        self.classes_ = np.array([0, 1])
-        self.is_fitted_ = True
-        return self
+    def _inputs(self, patients):
+        maps = read_bags(patients, self._spec(), self.feature_kind, self.n_features_)
+        return [(self._rows(m), len(m)) for m in maps]
 
     def _rows(self, m: np.ndarray) -> torch.Tensor:
         """(n, d, h, w) map -> standardised positions as rows (n*h*w, d), image after image."""
@@ -144,44 +103,25 @@ class MILModel(NeuralFeatureModel, PatientModel):
         rows = np.ascontiguousarray(m.transpose(0, 2, 3, 1)).reshape(n * h * w, d)
         return torch.from_numpy((rows - self.channel_mean_) / self.channel_scale_)  # (n*h*w, d)
 
-    def _forward_one(self, net: BNSigmoidMIL, rows: torch.Tensor, n_images: int
-                     ) -> tuple[float, np.ndarray]:
-        """One patient alone, eval mode: (P(malignant), cell scores (n,))."""
+    def _batch_logits(self, net: BNSigmoidMIL, state: FitState, units, batch):
+        return net.forward_rows([state.inputs[i][0] for i in units[batch]])[0]  # (b,)
+
+    def _patient_output(self, net: BNSigmoidMIL, inputs, i: int) -> tuple[float, np.ndarray]:
+        """(P(malignant), per cell image the max or mean of its position logits)."""
+        rows, n_images = inputs[i]
         with torch.no_grad():
             logit, _, positions = net.forward_rows([rows])  # (1,), [(n*h*w,)]
         per_image = positions[0].reshape(n_images, -1)  # (n, h*w)
         return float(torch.sigmoid(logit)[0]), _cell_scores(per_image, self.cell_score)
 
-    def _outputs(self, patients) -> list[tuple[float, np.ndarray]]:
-        self._check_fitted()
-        maps = read_bags(check_patients(patients), self._spec(), self.feature_kind,
-                         self.n_features_)
-        self.net_.eval()
-        return [self._forward_one(self.net_, self._rows(m), len(m)) for m in maps]
+    def _state(self):
+        return ({"n_features": self.n_features_},
+                {"channel_mean": self.channel_mean_, "channel_scale": self.channel_scale_})
 
-    def predict_proba(self, patients):
-        p1 = np.array([p for p, _ in self._outputs(patients)])
-        return np.column_stack([1 - p1, p1])
-
-    def instance_scores(self, patients):
-        """Per cell image, the max (or mean) of its position logits."""
-        return [s for _, s in self._outputs(patients)]
-
-    def _get_state(self):
-        meta = {"n_features": self.n_features_, **self._loop_meta()}
-        arrays = {"channel_mean": self.channel_mean_, "channel_scale": self.channel_scale_,
-                  **module_arrays(self.net_)}
-        return meta, arrays
-
-    def _set_state(self, meta, arrays):
+    def _load_state(self, meta, arrays):
         self.n_features_ = int(meta["n_features"])
-        self._set_loop_meta(meta)
         self.channel_mean_ = np.asarray(arrays["channel_mean"], dtype=np.float32)
         self.channel_scale_ = np.asarray(arrays["channel_scale"], dtype=np.float32)
-        self.net_ = BNSigmoidMIL(self.n_features_)
-        load_module_arrays(self.net_, arrays)
-        self.net_.eval()
-        self.classes_ = np.array([0, 1])
 
 
 @register_model("mil", "founding MIL head (1x1 conv, BN-sigmoid weights) on cached feature maps")
@@ -235,15 +175,20 @@ def forward_with_subset(net: MILNet, x: torch.Tensor, counts: list[int], n_grad:
 
 
 class _Images:
-    """Centre-cropped uint8 cell images per patient, decoded on demand (optionally kept)."""
+    """Centre-cropped uint8 cell images of patient ``i`` (``images[i]``), decoded on demand
+    (optionally kept)."""
 
-    def __init__(self, crop: int, keep: bool):
-        self.crop, self.keep = crop, keep
+    def __init__(self, patients: np.ndarray, crop: int, keep: bool):
+        self.patients, self.crop, self.keep = patients, crop, keep
         self._kept: dict[str, torch.Tensor] = {}
 
-    def __call__(self, patient) -> torch.Tensor:
+    def __len__(self) -> int:
+        return len(self.patients)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
         from lymphomil.features.preprocess import centre_crop, decode_image
 
+        patient = self.patients[i]
         if patient.id in self._kept:
             return self._kept[patient.id]
         if not patient.image_paths:
@@ -263,7 +208,7 @@ def _freeze_batchnorm(module: nn.Module) -> None:
 
 
 @register_class
-class MILEndToEndModel(PatientModel):
+class MILEndToEndModel(NeuralPatientModel):
     """The founding MIL model fine-tuned end to end from the cell images (report §3.2.2)."""
 
     family = "mil"
@@ -274,28 +219,14 @@ class MILEndToEndModel(PatientModel):
                  flips=True, freeze_bn=True, max_epochs=10, patience=3,
                  validation_fraction=0.2, balance="weighted", cell_score="max",
                  cache_images=True, chunk_size=64, channels_last=True, random_state=0):
-        self.backbone = backbone
-        self.weights = weights
-        self.crop = crop
-        self.grad_images = grad_images
-        self.batch_size = batch_size
-        self.lr = lr
-        self.backbone_lr = backbone_lr
-        self.weight_decay = weight_decay
-        self.flips = flips
-        self.freeze_bn = freeze_bn
-        self.max_epochs = max_epochs
-        self.patience = patience
-        self.validation_fraction = validation_fraction
-        self.balance = balance
-        self.cell_score = cell_score
-        self.cache_images = cache_images
-        self.chunk_size = chunk_size
-        self.channels_last = channels_last
-        self.random_state = random_state
+        self._store_params(locals())
 
     def required_features(self):
         return []  # reads the cell images themselves
+
+    @property
+    def _description(self) -> str:
+        return f"mil-e2e {self.backbone}"
 
     def _check_params(self) -> None:
         check_int("crop", self.crop, 8)
@@ -303,132 +234,89 @@ class MILEndToEndModel(PatientModel):
             raise LymphomilError(f"crop={self.crop} is larger than the 224 px images",
                                  fix="use a crop between 8 and 224")
         check_int("grad_images", self.grad_images)
-        check_int("batch_size", self.batch_size)
-        check_float("lr", self.lr, 0.0, low_open=True)
         if self.backbone_lr is not None:
             check_float("backbone_lr", self.backbone_lr, 0.0)
-        check_float("weight_decay", self.weight_decay, 0.0)
-        check_int("max_epochs", self.max_epochs)
-        check_int("patience", self.patience)
-        check_float("validation_fraction", self.validation_fraction, 0.0, 0.5)
-        check_choice("balance", self.balance, BALANCE)
         check_choice("cell_score", self.cell_score, CELL_SCORES)
         check_int("chunk_size", self.chunk_size)
 
-    def fit(self, patients, y):
+    def _fit_inputs(self, patients, train_idx):
+        return _Images(patients, self.crop, bool(self.cache_images))
+
+    def _inputs(self, patients):
+        return _Images(patients, self.crop, keep=False)
+
+    @property
+    def _preprocess(self):
+        from lymphomil.features.preprocess import make_preprocess
+
+        return make_preprocess(self.crop, self.norm_mean_, self.norm_std_)
+
+    def _new_net(self) -> MILNet:
+        """The backbone with its pretrained weights, every parameter trainable, and the head."""
         from lymphomil.features.backbones import create_backbone
-        from lymphomil.features.preprocess import make_preprocess, random_flips
 
-        patients, y = check_patients_y(patients, y)
-        self._check_params()
-        seed = resolve_seed(self.random_state)
-        train_idx, val_idx = inner_split(y, self.validation_fraction, seed)
-        y_train = y[train_idx]
-        weights = torch.from_numpy(class_weights(y_train, self.balance))  # (2,)
-        images = _Images(self.crop, bool(self.cache_images))
+        bb = create_backbone(self.backbone, self.weights)
+        self.feature_dim_ = int(bb.feature_dim)
+        self.norm_mean_, self.norm_std_ = tuple(bb.mean), tuple(bb.std)
+        self.weights_digest_ = bb.weights_digest
+        net = MILNet(bb.model, self.feature_dim_, bool(self.channels_last))
+        for p in net.parameters():
+            p.requires_grad_(True)
+        return net
 
-        with seeded(seed):
-            bb = create_backbone(self.backbone, self.weights)
-            self.feature_dim_ = int(bb.feature_dim)
-            self.norm_mean_, self.norm_std_ = tuple(bb.mean), tuple(bb.std)
-            self.weights_digest_ = bb.weights_digest
-            preprocess = make_preprocess(self.crop, bb.mean, bb.std)
-            net = MILNet(bb.model, self.feature_dim_, bool(self.channels_last))
-            for p in net.parameters():
-                p.requires_grad_(True)
-            backbone_lr = self.lr if self.backbone_lr is None else self.backbone_lr
-            groups = [{"params": net.head.parameters(), "lr": self.lr}]
-            if backbone_lr > 0:
-                groups.append({"params": net.backbone.parameters(), "lr": backbone_lr})
-            else:
-                net.backbone.requires_grad_(False)
-            optimizer = torch.optim.Adam(groups, lr=self.lr, weight_decay=self.weight_decay)
-            order_gen, flip_gen, subset_gen = (make_generator(seed, s) for s in (1, 2, 3))
+    def _restored_net(self) -> MILNet:
+        from lymphomil.features.backbones import create_backbone
 
-            def train_epoch(epoch: int) -> float:
-                if self.freeze_bn:
-                    _freeze_batchnorm(net.backbone)
-                total, seen = 0.0, 0
-                for batch in chunks(epoch_order(y_train, self.balance, order_gen),
-                                    self.batch_size):
-                    rows = train_idx[batch]
-                    raw = [images(patients[i]) for i in rows]  # [(n_b, 3, c, c) uint8]
-                    x = preprocess(torch.cat(raw))  # (M, 3, c, c)
-                    if self.flips:
-                        x = random_flips(x, flip_gen)  # (M, 3, c, c)
-                    logits, _ = forward_with_subset(net, x, [len(r) for r in raw],
-                                                    self.grad_images, subset_gen,
-                                                    self.chunk_size)  # (b,)
-                    t = torch.from_numpy(y[rows]).float()  # (b,)
-                    total += optimise_step(optimizer, logits, t,
-                                           weights if self.balance == "weighted" else None)
-                    seen += len(rows)
-                return total / max(seen, 1)
+        bb = create_backbone(self.backbone, "none")  # architecture only: the weights follow
+        return MILNet(bb.model, self.feature_dim_, bool(self.channels_last)).requires_grad_(False)
 
-            def validate() -> tuple[float, float]:
-                p = [self._forward_one(net, preprocess, images(patients[i]))[0] for i in val_idx]
-                return score_validation(y[val_idx], np.array(p))
+    def _optimizer(self, net: MILNet) -> torch.optim.Optimizer:
+        backbone_lr = self.lr if self.backbone_lr is None else self.backbone_lr
+        groups = [{"params": net.head.parameters(), "lr": self.lr}]
+        if backbone_lr > 0:
+            groups.append({"params": net.backbone.parameters(), "lr": backbone_lr})
+        else:
+            net.backbone.requires_grad_(False)
+        return torch.optim.Adam(groups, lr=self.lr, weight_decay=self.weight_decay)
 
-            history, best = fit_loop(net, train_epoch=train_epoch,
-                                     validate=validate if len(val_idx) else None,
-                                     max_epochs=self.max_epochs, patience=self.patience,
-                                     description=f"mil-e2e {self.backbone}")
-        net.requires_grad_(False)
-        self.net_ = net
-        self.history_, self.best_epoch_, self.seed_ = history, best, seed
-        self.classes_ = np.array([0, 1])
-        self.is_fitted_ = True
-        return self
+    def _epoch_units(self, net: MILNet, state: FitState, epoch: int):
+        if self.freeze_bn:
+            _freeze_batchnorm(net.backbone)
+        if not state.extra:
+            state.extra.update(preprocess=self._preprocess, flips=make_generator(state.seed, 2),
+                               subset=make_generator(state.seed, 3))
+        return super()._epoch_units(net, state, epoch)
 
-    def _forward_one(self, net: MILNet, preprocess, raw: torch.Tensor
-                     ) -> tuple[float, np.ndarray]:
-        """One patient alone, eval mode: (P(malignant), cell scores (n,))."""
+    def _batch_logits(self, net: MILNet, state: FitState, units, batch):
+        from lymphomil.features.preprocess import random_flips
+
+        raw = [state.inputs[i] for i in units[batch]]  # [(n_b, 3, c, c) uint8]
+        x = state.extra["preprocess"](torch.cat(raw))  # (M, 3, c, c)
+        if self.flips:
+            x = random_flips(x, state.extra["flips"])  # (M, 3, c, c)
+        return forward_with_subset(net, x, [len(r) for r in raw], self.grad_images,
+                                   state.extra["subset"], self.chunk_size)[0]  # (b,)
+
+    def _patient_output(self, net: MILNet, inputs, i: int) -> tuple[float, np.ndarray]:
+        """(P(malignant), per cell image the max or mean of its position logits)."""
+        raw = inputs[i]
         with torch.no_grad():
-            maps = net.maps(preprocess(raw), self.chunk_size)  # (n, d, h, w)
+            maps = net.maps(self._preprocess(raw), self.chunk_size)  # (n, d, h, w)
             logit, _, positions = net.head.forward_images(maps, [len(raw)])  # (1,)
         return float(torch.sigmoid(logit)[0]), _cell_scores(positions, self.cell_score)
 
-    def _outputs(self, patients) -> list[tuple[float, np.ndarray]]:
-        from lymphomil.features.preprocess import make_preprocess
+    def _after_fit(self, state: FitState) -> None:
+        self.net_.requires_grad_(False)
 
-        self._check_fitted()
-        preprocess = make_preprocess(self.crop, self.norm_mean_, self.norm_std_)
-        images = _Images(self.crop, keep=False)
-        self.net_.eval()
-        return [self._forward_one(self.net_, preprocess, images(p))
-                for p in check_patients(patients)]
+    def _state(self):
+        return ({"feature_dim": self.feature_dim_, "norm_mean": list(self.norm_mean_),
+                 "norm_std": list(self.norm_std_), "weights_digest": self.weights_digest_}, {})
 
-    def predict_proba(self, patients):
-        p1 = np.array([p for p, _ in self._outputs(patients)])
-        return np.column_stack([1 - p1, p1])
-
-    def instance_scores(self, patients):
-        """Per cell image, the max (or mean) of its position logits."""
-        return [s for _, s in self._outputs(patients)]
-
-    def _get_state(self):
-        meta = {"feature_dim": self.feature_dim_, "norm_mean": list(self.norm_mean_),
-                "norm_std": list(self.norm_std_), "weights_digest": self.weights_digest_,
-                "history": self.history_, "best_epoch": int(self.best_epoch_),
-                "seed": int(self.seed_)}
-        return meta, module_arrays(self.net_)
-
-    def _set_state(self, meta, arrays):
-        from lymphomil.features.backbones import create_backbone
-
+    def _load_state(self, meta, arrays):
         self.feature_dim_ = int(meta["feature_dim"])
         self.norm_mean_ = tuple(float(v) for v in meta["norm_mean"])
         self.norm_std_ = tuple(float(v) for v in meta["norm_std"])
         self.weights_digest_ = meta.get("weights_digest", "")
-        self.history_ = list(meta.get("history", []))
-        self.best_epoch_ = int(meta.get("best_epoch", 0))
-        self.seed_ = int(meta.get("seed", 0))
-        bb = create_backbone(self.backbone, "none")  # architecture only: the weights follow
-        self.net_ = MILNet(bb.model, self.feature_dim_, bool(self.channels_last))
-        load_module_arrays(self.net_, arrays)
-        self.net_.requires_grad_(False)
-        self.net_.eval()
-        self.classes_ = np.array([0, 1])
 
 
 @register_model("mil-e2e", "founding MIL model fine-tuned end to end (EfficientNet-Lite0, 112 px)")

@@ -22,8 +22,9 @@ from scipy.special import expit
 
 from lymphomil.errors import LymphomilError
 from lymphomil.models.base import PatientModel, register_class, register_model
-from lymphomil.models.training import (check_choice, check_int, check_patients, check_patients_y,
-                                       parse_spec, read_bags, resolve_seed)
+from lymphomil.models.checks import (check_choice, check_int, check_patients, check_patients_y,
+                                     parse_spec, resolve_seed)
+from lymphomil.models.inputs import read_bags
 
 POOLINGS = ("mean", "mean+std")
 
@@ -48,13 +49,7 @@ class ImageLogRegModel(PatientModel):
     def __init__(self, features="efficientnet-lite0@112", pooling="mean",
                  Cs=(0.001, 0.01, 0.1, 1.0, 10.0), inner_folds=5, scoring="neg_log_loss",
                  max_iter=5000, random_state=0):
-        self.features = features
-        self.pooling = pooling
-        self.Cs = Cs
-        self.inner_folds = inner_folds
-        self.scoring = scoring
-        self.max_iter = max_iter
-        self.random_state = random_state
+        self._store_params(locals())
 
     def required_features(self):
         return [(parse_spec(self.features), self.feature_kind)]
@@ -103,10 +98,8 @@ class ImageLogRegModel(PatientModel):
         self.scaler_scale_ = scaler.scale_.astype(np.float64)
         self.coef_ = lr.coef_.astype(np.float64)  # (1, d)
         self.intercept_ = lr.intercept_.astype(np.float64)  # (1,)
-        self.classes_ = np.array([0, 1])
         self.seed_ = seed
-        self.is_fitted_ = True
-        return self
+        return self._mark_fitted()
 
     def _decision(self, X: np.ndarray) -> np.ndarray:
         return ((X - self.scaler_mean_) / self.scaler_scale_) @ self.coef_[0] + self.intercept_[0]
@@ -151,7 +144,6 @@ class ImageLogRegModel(PatientModel):
         self.scaler_scale_ = np.asarray(arrays["scaler_scale"], dtype=np.float64)
         self.coef_ = np.asarray(arrays["coef"], dtype=np.float64)
         self.intercept_ = np.asarray(arrays["intercept"], dtype=np.float64)
-        self.classes_ = np.array([0, 1])
 
 
 @register_model("image-logreg",

@@ -19,8 +19,9 @@ from scipy.special import expit
 from lymphomil.errors import LymphomilError
 from lymphomil.models.base import PatientModel, register_class, register_model
 from lymphomil.models.pooled import FUSION_FEATURES
-from lymphomil.models.training import (check_int, check_patients, check_patients_y, parse_spec,
-                                       read_bags, resolve_seed)
+from lymphomil.models.checks import (check_int, check_patients, check_patients_y, parse_spec,
+                                     resolve_seed)
+from lymphomil.models.inputs import read_bags
 
 
 def _assign(bag: np.ndarray, centres: np.ndarray, mean: np.ndarray, scale: np.ndarray) -> np.ndarray:
@@ -47,12 +48,7 @@ class PrototypeModel(PatientModel):
 
     def __init__(self, features=FUSION_FEATURES, n_prototypes=16, cells_per_patient=64,
                  Cs=(0.01, 0.1, 1.0, 10.0), inner_folds=5, random_state=0):
-        self.features = features
-        self.n_prototypes = n_prototypes
-        self.cells_per_patient = cells_per_patient
-        self.Cs = Cs
-        self.inner_folds = inner_folds
-        self.random_state = random_state
+        self._store_params(locals())
 
     def required_features(self):
         return [(parse_spec(self.features), self.feature_kind)]
@@ -108,9 +104,7 @@ class PrototypeModel(PatientModel):
         self.C_ = float(lr.C)
         self.h_mean_, self.h_scale_ = scaler.mean_.astype(np.float64), scaler.scale_.astype(np.float64)
         self.coef_, self.intercept_ = lr.coef_[0].astype(np.float64), float(lr.intercept_[0])
-        self.classes_ = np.array([0, 1])
-        self.is_fitted_ = True
-        return self
+        return self._mark_fitted()
 
     def decision_function(self, patients):
         self._check_fitted()
@@ -138,7 +132,6 @@ class PrototypeModel(PatientModel):
         self.n_features_ = int(meta["n_features"])
         for name in ("centres", "mean", "scale", "h_mean", "h_scale", "coef"):
             setattr(self, f"{name}_", np.asarray(arrays[name], dtype=np.float64))
-        self.classes_ = np.array([0, 1])
 
 
 @register_model("prototypes",

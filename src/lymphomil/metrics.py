@@ -1,0 +1,31 @@
+"""Small numeric definitions shared by the harness and the models (numpy only, the bottom layer)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def balanced_accuracy(pred: np.ndarray, y: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    """Balanced accuracy of boolean calls ``pred`` against labels ``y`` along the last axis
+    (vectorised over leading rows, e.g. bootstrap draws); nan where a class is absent."""
+    pred = np.asarray(pred, dtype=bool)
+    if mask is None:
+        mask = np.ones_like(y, dtype=bool)
+    pos, neg = (y == 1) & mask, (y == 0) & mask
+    n_pos, n_neg = pos.sum(-1), neg.sum(-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        tpr = (pred & pos).sum(-1) / n_pos
+        tnr = (~pred & neg).sum(-1) / n_neg
+    out = (tpr + tnr) / 2
+    return np.where((n_pos > 0) & (n_neg > 0), out, np.nan)
+
+
+def logit(p: np.ndarray, eps: float) -> np.ndarray:
+    """log(p / (1 - p)) of ``p`` clipped to [eps, 1 - eps] (float64).
+
+    The clip is an explicit argument because its callers' fitted numbers depend on it: the
+    instance model's Platt map was fitted with 1e-4 (a ``vote`` score of exactly 0 or 1), the
+    fusion's stacker with 1e-6.
+    """
+    p = np.clip(np.asarray(p, dtype=np.float64), eps, 1 - eps)
+    return np.log(p / (1 - p))
