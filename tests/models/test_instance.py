@@ -8,9 +8,7 @@ import pytest
 from lymphomil.errors import LymphomilError
 from lymphomil.models.base import create_model
 from lymphomil.models.instance import AGGREGATES, InstanceModel, aggregate_scores
-from tests.models.conftest import (SPEC, assert_clone_and_params, assert_isolated, assert_learns,
-                                   assert_outputs, assert_round_trip,
-                                   assert_same_seed_same_result)
+from tests.models.conftest import SPEC, assert_learns, assert_outputs
 
 OPTIONS = dict(features=SPEC, max_epochs=25)
 
@@ -33,13 +31,6 @@ def test_history_records_each_epoch(fitted) -> None:
         assert set(record) == {"epoch", "train_loss", "val_loss", "val_bal_acc", "seconds",
                                "cpu_seconds"}
         assert record["seconds"] >= 0 and record["cpu_seconds"] >= 0
-
-
-def test_round_trip_seed_clone_isolation(fitted, feature_cohort, tmp_path) -> None:
-    assert_round_trip(fitted, feature_cohort, tmp_path / "model")
-    assert_same_seed_same_result(fitted, feature_cohort)
-    assert_clone_and_params(fitted, "instance")
-    assert_isolated(fitted, feature_cohort)
 
 
 def test_instance_scores_are_cell_probabilities(fitted, feature_cohort) -> None:
