@@ -22,37 +22,55 @@ from lymphomil.runs import CHECKSUMS, verify_dir
 LYMPHOMIL = Path(sys.executable).with_name("lymphomil")
 
 
-# The CLI, held inside its staging folder once the folder is complete (checksums written) and
-# before the rename: a kill there is then certain, not a race with a run that takes milliseconds.
-_HELD_IN_STAGING = """
+# The CLI, held at a hooked phase so that a kill there is certain, not a race with a run that takes
+# milliseconds: "fit" (inside the model's fit, before any output exists) or "staging" (inside its
+# staging folder once the folder is complete, checksums written, before the rename). The held
+# process writes the marker file, then sleeps.
+_HELD_AT = """
 import sys, time
+from pathlib import Path
 from lymphomil import runs
 from lymphomil.cli import main
-write = runs.write_checksums
-def held(folder):
-    written = write(folder)
+from lymphomil.models.attributes import AttributeModel
+phase, marker = sys.argv.pop(1), Path(sys.argv.pop(1))
+def hold():
+    marker.write_text(phase)
     time.sleep(300)
-    return written
-runs.write_checksums = held
+if phase == "staging":
+    write = runs.write_checksums
+    def held(folder):
+        written = write(folder)
+        hold()
+        return written
+    runs.write_checksums = held
+elif phase == "fit":
+    def held_fit(self, patients, y):
+        hold()
+    AttributeModel.fit = held_fit
 sys.argv[0] = "lymphomil"
 main()
 """
+HELD = ".held"  # the marker, in the working folder
 
 
-def start(args: list, work: Path, hold_in_staging: bool = False) -> subprocess.Popen:
+def start(args: list, work: Path, hold_at: str | None = None) -> subprocess.Popen:
     env = dict(os.environ, LYMPHOMIL_CACHE_DIR=str(work / "cache-default"))
-    command = ([sys.executable, "-c", _HELD_IN_STAGING] if hold_in_staging else [str(LYMPHOMIL)])
+    command = ([sys.executable, "-c", _HELD_AT, hold_at, str(work / HELD)] if hold_at
+               else [str(LYMPHOMIL)])
     return subprocess.Popen([*command, *map(str, args)], cwd=work, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             start_new_session=True)
 
 
 def kill_after(proc: subprocess.Popen, when: float | str, out: Path) -> bool:
-    """SIGKILL the process group after ``when`` seconds, or ``"staging"``: as soon as a staged
-    temp folder for ``out`` appears. False when the process had already finished."""
+    """SIGKILL the process group after ``when`` seconds, ``"staging"``: as soon as a staged
+    temp folder for ``out`` appears, or ``"held"``: as soon as a process started with ``hold_at``
+    is held (its marker file exists). False when the process had already finished."""
     deadline = time.monotonic() + (when if isinstance(when, float) else 120.0)
     while time.monotonic() < deadline and proc.poll() is None:
         if when == "staging" and list(out.parent.glob(f".{out.name}.*.tmp")):
+            break
+        if when == "held" and (out.parent / HELD).exists():
             break
         time.sleep(0.005 if when == "staging" else 0.05)
     finished = proc.poll() is not None
@@ -75,6 +93,18 @@ def assert_folder_safe(out: Path, what: str) -> None:
     for entry in out.parent.iterdir():
         if entry.name.endswith(".tmp"):
             assert entry.name.startswith(f".{out.name}.") or entry.name.startswith("."), entry
+
+
+def assert_same_bytes(folder: Path, reference: Path) -> None:
+    """Every file of ``folder`` (names and bytes) as in ``reference``."""
+    def files(root: Path) -> dict[str, bytes]:
+        return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+                if p.is_file()}
+
+    got, expected = files(folder), files(reference)
+    assert sorted(got) == sorted(expected)
+    for name in expected:
+        assert got[name] == expected[name], f"{name} differs from a clean run's"
 
 
 def assert_no_visible_temp(folder: Path) -> None:
@@ -102,22 +132,26 @@ def cv_args(root: Path, work: Path, models: tuple[str, ...]) -> list:
 # --------------------------------------------------------------------------- fast (default)
 
 
-def test_train_killed_then_rerun(synthetic_root: Path, tmp_path: Path) -> None:
-    args = train_args(synthetic_root, tmp_path, "tree")
-    kill_after(start(args, tmp_path), 1.0, tmp_path / "model")
-    assert_folder_safe(tmp_path / "model", "model")
-    finish(args, tmp_path)
-    verify_dir(tmp_path / "model", "model")
-
-
-def test_a_rerun_clears_the_staging_folder_of_a_killed_run(synthetic_root: Path,
-                                                          tmp_path: Path) -> None:
-    args = train_args(synthetic_root, tmp_path, "tree")
-    assert kill_after(start(args, tmp_path, hold_in_staging=True), "staging", tmp_path / "model")
-    assert list(tmp_path.glob(".model.*.tmp"))  # what the kill left
-    finish(args, tmp_path)
-    verify_dir(tmp_path / "model", "model")
-    assert not list(tmp_path.glob(".model.*"))  # cleared by the rerun
+@pytest.mark.parametrize("phase", ["fit", "staging"])
+def test_train_killed_at_a_hooked_phase_then_rerun_equals_a_clean_run(
+        synthetic_root: Path, tmp_path: Path, phase: str) -> None:
+    work, clean = tmp_path / "killed", tmp_path / "clean"
+    work.mkdir()
+    clean.mkdir()
+    args = train_args(synthetic_root, work, "tree")
+    assert kill_after(start(args, work, hold_at=phase), "held", work / "model"), \
+        "the process finished before the kill"
+    assert (work / HELD).read_text() == phase
+    assert_folder_safe(work / "model", "model")
+    if phase == "staging":
+        assert list(work.glob(".model.*.tmp"))  # what the kill left
+    else:
+        assert not (work / "model").exists()
+    finish(args, work)
+    verify_dir(work / "model", "model")
+    assert not list(work.glob(".model.*"))  # cleared by the rerun
+    finish(train_args(synthetic_root, clean, "tree"), clean)
+    assert_same_bytes(work / "model", clean / "model")
 
 
 def test_truncated_model_folder_is_refused(synthetic_root: Path, tmp_path: Path) -> None:
