@@ -373,3 +373,42 @@ def test_on_error_skip_is_the_same_in_cv_train_and_run(tmp_path: Path) -> None:
     for command, issues in listed.items():
         assert [i["file"] for i in issues] == [str(victim.resolve())], (command, issues)
         assert "premature end of data segment" in issues[0]["problem"], (command, issues)
+
+
+def test_clean_verdicts_are_kept_across_processes(tmp_path: Path, monkeypatch) -> None:
+    """A later command decodes only new or changed images (the verdicts live in the cache);
+    a damaged image is never remembered as clean."""
+    from lymphomil.data import images
+    from lymphomil.data.cohort import load_cohort
+
+    monkeypatch.setenv("LYMPHOMIL_CACHE_DIR", str(tmp_path / "cache"))
+    root = write_cohort(tmp_path / "cohort")
+    decoded: list[str] = []
+    real = images.bytes_problem
+
+    def counting(data, decode=True):
+        decoded.append("x")
+        return real(data, decode)
+
+    monkeypatch.setattr(images, "bytes_problem", counting)
+
+    def fresh_process() -> None:  # what a new process starts with
+        monkeypatch.setattr(images, "_CHECKED", {})
+        monkeypatch.setattr(images, "_MEMO", None)
+
+    load_cohort(root)
+    assert len(decoded) == 6 and (tmp_path / "cache" / "validated").is_dir()
+    fresh_process()
+    decoded.clear()
+    load_cohort(root)
+    assert decoded == []  # all six trusted: unchanged size, time and inode
+    damaged = _folder(root) / "000001.jpg"
+    damaged.write_bytes(cut_with_end_marker(noisy_jpeg()))
+    fresh_process()
+    decoded.clear()
+    with pytest.raises(Exception, match="premature end"):
+        load_cohort(root)
+    assert decoded == ["x"]  # only the changed file
+    fresh_process()
+    with pytest.raises(Exception, match="premature end"):
+        load_cohort(root)  # still refused: damaged verdicts are not kept

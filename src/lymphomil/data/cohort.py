@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from lymphomil.data.images import image_problem, kind_problem
+from lymphomil.data.images import image_problem, kind_problem, save_memo
 from lymphomil.errors import DataIssue, IssueLog, LymphomilError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -515,8 +515,12 @@ def load_cohort(root: str | Path, *, reference_date: date = DEFAULT_REFERENCE_DA
                              fix="give the path of the challenge folder (dlmi-lymphocytosis/)")
     root = root.resolve()
     log = IssueLog(on_error)
-    with _decode_pool(check_images) as pool:
-        return _load(root, reference_date, log, check_images, pool)
+    try:
+        with _decode_pool(check_images) as pool:
+            return _load(root, reference_date, log, check_images, pool)
+    finally:
+        if check_images:
+            save_memo()  # clean verdicts for later commands (see lymphomil.data.images)
 
 
 @contextmanager
