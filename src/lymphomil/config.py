@@ -114,6 +114,18 @@ def load_config(path: Path | None, overrides: dict[str, Any]) -> RunConfig:
     directory."""
     data: dict[str, Any] = {}
     if path is not None:
+        import stat
+
+        try:  # a named pipe or a device would block the read or never end
+            mode = os.stat(path).st_mode
+            if not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
+                raise LymphomilError("the config path is not a regular file (a named pipe or a "
+                                     "device?)", file=path, fix="give the path of a TOML file")
+            if os.stat(path).st_size > 1 << 20:
+                raise LymphomilError("the config file is larger than 1 MiB (not a run config)",
+                                     file=path, fix="give the path of a TOML file")
+        except OSError:
+            pass  # the read below names the problem
         try:
             data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
         except FileNotFoundError:

@@ -570,3 +570,13 @@ def _assert_in_is_predicted_plus_skipped(cohort: Path, tmp_path: Path, command: 
     left_out = {s["patient_id"] for s in skipped if s["patient_id"] not in predicted}
     assert set(ids_in) == set(predicted) | (left_out & set(ids_in)), (ids_in, predicted, skipped)
     assert len(predicted) == len(set(predicted))
+
+
+def test_a_config_that_is_a_named_pipe_is_refused_at_once(tmp_path: Path) -> None:
+    pipe = tmp_path / "config.toml"
+    os.mkfifo(pipe)
+    start = time.perf_counter()
+    result = invoke("run", "--config", pipe, "--out", tmp_path / "run")
+    assert result.exit_code == 2 and "not a regular file" in result.output, result.output
+    assert time.perf_counter() - start < 30
+    no_traceback(result)
