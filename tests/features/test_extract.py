@@ -87,4 +87,16 @@ def test_paths_may_be_strings_or_paths(patients, backbone) -> None:
 def test_model_only_rate_runs_the_same_batches(patients, backbone) -> None:
     extractor = Extractor(backbone, CROP, "fp32", batch_size=4, workers=2)
     images = torch.stack([decode_image(p) for p in patients[0].image_paths])  # (n, 3, H, W)
-    assert model_only_rate(extractor, images) > 0
+    shapes = []
+    forward = extractor.forward
+
+    def counted(x: torch.Tensor):
+        shapes.append(tuple(x.shape))
+        return forward(x)
+
+    extractor.forward = counted
+    rate = model_only_rate(extractor, images, repeats=2)
+    n_batches = -(-len(images) // 4)
+    # one warm-up batch, then every padded batch of the extraction once per repeat
+    assert shapes == [(4, 3, CROP, CROP)] * (1 + 2 * n_batches)
+    assert np.isfinite(rate) and rate > 0

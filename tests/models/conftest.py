@@ -91,7 +91,9 @@ def with_new_features(patient: Patient, bags: dict[str, np.ndarray]) -> Patient:
 # --------------------------------------------------------------------------- contract checks
 
 
-def assert_learns(model, cohort: FeatureCohort, minimum: float = 0.75) -> float:
+def assert_learns(model, cohort: FeatureCohort, minimum: float) -> float:
+    """Balanced accuracy on the held-out toy patients >= ``minimum``: set it near the observed
+    score (one patient of a class of 20 moves it by 0.025), so a regression shows."""
     score = balanced_accuracy(cohort.y_test, model.predict(cohort.test))
     assert score >= minimum, f"balanced accuracy {score:.3f} < {minimum}"
     return score

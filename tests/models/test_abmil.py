@@ -30,7 +30,7 @@ def test_registered_configurations() -> None:
 
 def test_learns_and_outputs(fitted, feature_cohort) -> None:
     _, model = fitted
-    assert_learns(model, feature_cohort)
+    assert_learns(model, feature_cohort, minimum=0.875)  # observed 0.925 (both)
     assert_outputs(model, feature_cohort)
     for weights in model.instance_scores(feature_cohort.test):  # attention weights
         assert weights.sum() == pytest.approx(1.0)
@@ -58,7 +58,7 @@ def test_attributes_reach_the_head() -> None:
     test, y_test = _attribute_only_cohort(40, 2, store)
     with_attr = ABMILModel(features=SPEC, use_attributes=True, max_epochs=40)
     with_attr.fit(train, y)
-    assert balanced_accuracy(y_test, with_attr.predict(test)) >= 0.85
+    assert balanced_accuracy(y_test, with_attr.predict(test)) >= 0.925  # observed 0.975
     # standardised with the training patients' statistics
     assert with_attr.attribute_mean_.shape == (3,)
     assert with_attr.attribute_mean_[1] == pytest.approx(

@@ -22,18 +22,16 @@ def fitted(feature_cohort):
 
 def test_learns_and_outputs(fitted, feature_cohort) -> None:
     assert fitted.pooling == "attention"
-    assert_learns(fitted, feature_cohort)
+    assert_learns(fitted, feature_cohort, minimum=0.825)  # observed 0.875
     assert_outputs(fitted, feature_cohort)
 
 
 @pytest.mark.parametrize("pooling", [p for p in POOLINGS if p != "attention"])
 def test_each_pooling_learns(feature_cohort, pooling: str) -> None:
     model = BagModel(**{**OPTIONS, "pooling": pooling})
-    if pooling == "min":  # most of a malignant patient's cells look reactive: min is weak here
-        model.fit(feature_cohort.train, feature_cohort.y_train)
-        assert model.predict_proba(feature_cohort.test).shape == (len(feature_cohort.test), 2)
-        return
-    assert_learns(model.fit(feature_cohort.train, feature_cohort.y_train), feature_cohort)
+    observed = {"min": 0.875, "max": 0.875, "sum": 0.975, "mean": 0.95}[pooling]
+    assert_learns(model.fit(feature_cohort.train, feature_cohort.y_train), feature_cohort,
+                  minimum=observed - 0.05)
 
 
 def test_training_bags_are_disjoint_or_resampled() -> None:

@@ -19,7 +19,7 @@ def fitted(feature_cohort):
 
 
 def test_learns_and_outputs(fitted, feature_cohort) -> None:
-    assert_learns(fitted, feature_cohort)
+    assert_learns(fitted, feature_cohort, minimum=0.95)  # observed 1.0
     assert_outputs(fitted, feature_cohort)
 
 
@@ -49,7 +49,9 @@ def test_instance_scores_are_cell_probabilities(fitted, feature_cohort) -> None:
 # of a malignant patient's cells look reactive here
 def test_each_aggregate_learns_once_calibrated(feature_cohort, aggregate: str) -> None:
     model = InstanceModel(features=SPEC, aggregate=aggregate, top_k=5, max_epochs=15)
-    assert_learns(model.fit(feature_cohort.train, feature_cohort.y_train), feature_cohort)
+    observed = {"max": 0.875, "top-k": 0.975, "vote": 0.975}[aggregate]
+    assert_learns(model.fit(feature_cohort.train, feature_cohort.y_train), feature_cohort,
+                  minimum=observed - 0.05)
 
 
 def test_aggregates() -> None:
@@ -66,14 +68,20 @@ def test_aggregates() -> None:
 def test_campanella_top_k_training(feature_cohort) -> None:
     model = InstanceModel(features=SPEC, aggregate="top-k", top_k=5, train_on="top-k",
                           lr=1e-2, max_epochs=40).fit(feature_cohort.train, feature_cohort.y_train)
-    assert_learns(model, feature_cohort)
+    assert_learns(model, feature_cohort, minimum=0.925)  # observed 0.975
 
 
 @pytest.mark.parametrize("balance", ["none", "sampler"])
 def test_balance_options_run(feature_cohort, balance: str) -> None:
-    model = InstanceModel(features=SPEC, balance=balance, max_epochs=3, hidden=0)
-    model.fit(feature_cohort.train, feature_cohort.y_train)
-    assert len(model.history_) == 3 or model.best_epoch_ >= 1
+    options = dict(features=SPEC, max_epochs=3, hidden=0)
+    model = InstanceModel(balance=balance, **options).fit(feature_cohort.train,
+                                                          feature_cohort.y_train)
+    assert len(model.history_) == 3  # patience 6: no early stop within 3 epochs
+    assert 1 <= model.best_epoch_ <= 3
+    weighted = InstanceModel(balance="weighted", **options).fit(feature_cohort.train,
+                                                                feature_cohort.y_train)
+    assert not np.array_equal(model.predict_proba(feature_cohort.test),
+                              weighted.predict_proba(feature_cohort.test))  # the option acts
 
 
 @pytest.mark.parametrize("bad", [dict(aggregate="median"), dict(balance="smote"),

@@ -99,7 +99,7 @@ def fitted(feature_cohort):
 
 def test_learns_and_outputs(fitted, feature_cohort) -> None:
     assert fitted.required_features()[0][1] == "map"
-    assert_learns(fitted, feature_cohort)
+    assert_learns(fitted, feature_cohort, minimum=0.925)  # observed 0.975
     assert_outputs(fitted, feature_cohort)
 
 
@@ -112,7 +112,7 @@ def test_cell_scores_follow_the_shifted_cells(fitted, feature_cohort) -> None:
     scores = np.concatenate(fitted.instance_scores(feature_cohort.test))
     projection = np.concatenate([p.bag(SPEC).astype(np.float64) @ direction
                                  for p in feature_cohort.test])
-    assert np.corrcoef(scores, projection)[0, 1] > 0.5
+    assert np.corrcoef(scores, projection)[0, 1] > 0.8  # observed 0.887
 
 
 # --------------------------------------------------------------------------- end to end
