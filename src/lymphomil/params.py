@@ -20,7 +20,10 @@ MAX_FOLDS = 50
 MAX_REPEATS = 100
 MAX_THREADS = 256
 MAX_WORKERS = 64
-MAX_BATCH = 1024  # images per forward pass: 1024 x 3 x 224^2 float32 = 0.6 GiB
+MAX_BATCH = 512  # images per forward pass
+#: images in flight (streams x batch): the network's activations at 224 px are ~5 MB an image
+#: for EfficientNet-Lite0, so 512 in flight stay within a few GiB
+MAX_IN_FLIGHT = 512
 MAX_PATIENTS = 100_000  # synthetic cohorts
 MAX_IMAGES_PER_PATIENT = 2_000
 MAX_GALLERY = 64
@@ -66,6 +69,19 @@ def check_workers(workers: int | None, option: str = "--workers") -> int | None:
 def check_batch_size(batch: int, option: str = "--batch-size") -> int:
     return _int_range(option, batch, 1, MAX_BATCH, f"use {option} between 1 and {MAX_BATCH} "
                                                    "(16 is the default)")
+
+
+def check_in_flight(workers: int | None, batch: int) -> None:
+    """Streams x batch size bounds the extraction's memory."""
+    import os
+
+    streams = workers or len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
+        else workers or (os.cpu_count() or 1)
+    if streams * batch > MAX_IN_FLIGHT:
+        raise LymphomilError(f"--workers {streams} x --batch-size {batch} = {streams * batch} "
+                             f"images in flight, more than {MAX_IN_FLIGHT}",
+                             fix=f"lower --batch-size to {max(1, MAX_IN_FLIGHT // streams)} or "
+                                 "fewer, or use fewer --workers")
 
 
 def check_gallery(k: int, option: str = "gallery_k") -> int:

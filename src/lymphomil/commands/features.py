@@ -89,12 +89,14 @@ def features(
     if data is None:
         raise LymphomilError("no data folder given",
                              fix="lymphomil features DATA (the challenge folder), or --list")
-    from lymphomil.params import check_backbone, check_batch_size, check_crop, check_workers
+    from lymphomil.params import (check_backbone, check_batch_size, check_crop, check_in_flight,
+                                  check_workers)
 
     # every option before any work: a 5000 px crop once ran a 5000x5000 probe through the network
     check_crop(crop)
     check_batch_size(batch_size)
     check_workers(workers)
+    check_in_flight(workers, batch_size)
     check_backbone(backbone)
     wanted = _parse_kinds(kinds)
     if tta and "views" not in wanted:
