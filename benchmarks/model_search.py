@@ -19,7 +19,8 @@ from lymphomil.evaluate import format_metric
 from lymphomil.models.attributes import AttributeModel
 from lymphomil.models.base import create_model
 from lymphomil.models.fusion import FusionModel
-from lymphomil.workflow import labelled_patients, run_cv, set_threads
+from lymphomil.runtime import set_threads
+from lymphomil.workflow import labelled_patients, run_cv
 
 REPO = Path(__file__).resolve().parents[1]
 

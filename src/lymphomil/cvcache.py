@@ -1,7 +1,8 @@
 """A content-addressed cache of cross-validation results (what makes a warm `run` fast).
 
 The key covers everything the out-of-fold predictions depend on: the model's class and every
-hyper-parameter, each patient's ID, label, attributes and image files (path, size, mtime), the
+hyper-parameter, each patient's ID, label, attributes and image files (path and sha256 of the
+bytes: a rewrite that keeps the size and puts the mtime back still misses), the
 fold plan (folds, repeats, seed) and the library versions. Models are deterministic for a fixed
 seed, so a hit returns exactly what refitting would. Entries are JSON + safetensors written
 atomically; a damaged entry is ignored and recomputed.
@@ -12,13 +13,13 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import re
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from lymphomil.data.digests import image_digests
 from lymphomil.evaluate import CVResult
 from lymphomil.models.base import PatientModel, encode_param, library_versions
 from lymphomil.runs import atomic_write_bytes, atomic_write_json, sweep_stale_temp_files
@@ -26,20 +27,18 @@ from lymphomil.runs import atomic_write_bytes, atomic_write_json, sweep_stale_te
 CACHE_FORMAT = 1
 
 
-def _patient_fingerprint(patient) -> list:
-    files = []
-    for path in patient.image_paths:
-        stat = os.stat(path)
-        files.append([str(path), stat.st_size, stat.st_mtime_ns])
+def _patient_fingerprint(patient, digests) -> list:
+    files = [[str(path), next(digests)] for path in patient.image_paths]
     return [patient.id, patient.label, patient.gender, patient.age, patient.lymph_count, files]
 
 
 def cv_key(model: PatientModel, name: str, patients: Sequence, folds: int, repeats: int,
            seed: int) -> str:
+    digests = iter(image_digests([path for p in patients for path in p.image_paths]))
     payload = {
         "format": CACHE_FORMAT, "name": name, "class": type(model).__name__,
         "params": encode_param(model.get_params(deep=False)),
-        "patients": [_patient_fingerprint(p) for p in patients],
+        "patients": [_patient_fingerprint(p, digests) for p in patients],
         "folds": folds, "repeats": repeats, "seed": seed, "versions": library_versions(),
     }
     text = json.dumps(payload, sort_keys=True, default=str)

@@ -26,7 +26,7 @@ from typing import Any, Callable, Sequence
 import ray
 
 from lymphomil.errors import DataIssue
-from lymphomil.features.env import cpu_count
+from lymphomil.runtime import cpu_count
 
 #: task retries after a worker dies (Ray's default for tasks, stated so it cannot drift)
 MAX_RETRIES = 3
@@ -114,7 +114,7 @@ def extract_chunk(root: str, spec: dict, disk_kinds: list[str], items: list[tupl
 def run_fit(fit: Callable[[Any, Any], Any], shared: Any, task: Any, threads: int,
             expected: dict[str, str]) -> Any:
     """One cross-validation fit with the same thread limits as the local engine."""
-    from lymphomil.workflow import set_threads
+    from lymphomil.runtime import set_threads
 
     check_environment(expected)
     set_threads(threads)

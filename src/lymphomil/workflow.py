@@ -19,26 +19,9 @@ from lymphomil.errors import LymphomilError
 from lymphomil.evaluate import CVResult
 from lymphomil.models.base import PatientModel, create_model, load_model
 from lymphomil.runs import atomic_write_json, atomic_write_text, read_json, staged_dir
+from lymphomil.runtime import set_threads  # noqa: F401 (the commands' name for it)
 
 METADATA_JSON = "metadata.json"
-
-
-_THREAD_LIMITS: list = []
-
-
-def set_threads(threads: int) -> None:
-    """Fix torch's and the BLAS libraries' thread counts for model fitting.
-
-    Same threads → same floating-point reductions → same answers; and small models on 2 cores
-    run faster on one thread than on two that spin against another process. Feature extraction
-    manages its own threads (one decoding while one computes).
-    """
-    import torch
-    from threadpoolctl import threadpool_limits
-
-    threads = max(1, int(threads))
-    torch.set_num_threads(threads)
-    _THREAD_LIMITS[:] = [threadpool_limits(limits=threads)]  # kept alive: the limit holds
 
 
 def configure_model(name: str, features: str | None = None, **overrides: object) -> PatientModel:

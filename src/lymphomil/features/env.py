@@ -6,11 +6,11 @@ needs to import torch, which alone takes longer than the rest of a warm run.
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
 from lymphomil.errors import LymphomilError
+from lymphomil.runtime import cpu_count  # noqa: F401 (re-exported)
 
 PRECISIONS = ("auto", "bf16", "fp32")
 #: the image decoder (part of the feature cache key): libjpeg-turbo through simplejpeg, strict
@@ -19,14 +19,6 @@ PRECISIONS = ("auto", "bf16", "fp32")
 DECODER = "simplejpeg-strict+pil-fallback"
 #: libraries whose versions can change the numbers (part of the feature cache key)
 NUMERIC_LIBRARIES = ("torch", "torchvision", "timm", "pillow")
-
-
-def cpu_count() -> int:
-    """Cores this process may use (the affinity mask, not the machine's total)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # macOS, Windows
-        return max(1, os.cpu_count() or 1)
 
 
 def _cpuinfo_flags() -> set[str] | None:
