@@ -218,18 +218,13 @@ def test_log_lines_carry_no_source_location(tmp_path: Path) -> None:
 
     from lymphomil.cli_app import setup_logging
 
-    buffer = io.StringIO()
-    from lymphomil import progress
+    from lymphomil.progress import ERR_CONSOLE, StageReporter
 
-    original = progress.ERR_CONSOLE.file
-    progress.ERR_CONSOLE.file = buffer
-    try:
-        setup_logging(logging.WARNING)
+    setup_logging(logging.WARNING)  # through the CLI's own stderr console
+    with ERR_CONSOLE.capture() as captured:  # captures without re-pointing the console
         logging.getLogger("lymphomil.models").warning("too few patients")
-        progress.StageReporter().stage("features")
-    finally:
-        progress.ERR_CONSOLE.file = original
-    text = buffer.getvalue()
+        StageReporter().stage("features")
+    text = captured.get()
     assert "too few patients" in text and "stage: features" in text
     assert not re.search(r"\w+\.py:\d+", text), text
 

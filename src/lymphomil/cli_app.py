@@ -68,15 +68,16 @@ def _main(debug: bool = typer.Option(False, "--debug", help="Show Python traceba
     setup_logging(logging.DEBUG if _STATE["debug"] else logging.WARNING)
 
 
-def setup_logging(level: int = logging.WARNING) -> None:
-    """lymphomil's log records on stderr through Rich, without ``file.py:123`` locations."""
+def setup_logging(level: int = logging.WARNING, console: Console | None = None) -> None:
+    """lymphomil's log records on stderr (or ``console``) through Rich, without ``file.py:123``
+    locations."""
     from rich.logging import RichHandler
 
     logger = logging.getLogger("lymphomil")
     for handler in list(logger.handlers):
         if getattr(handler, "_lymphomil", False):
             logger.removeHandler(handler)
-    handler = RichHandler(console=err_console, show_path=False, show_time=False,
+    handler = RichHandler(console=console or err_console, show_path=False, show_time=False,
                           markup=False, rich_tracebacks=False)
     handler._lymphomil = True  # type: ignore[attr-defined]
     logger.addHandler(handler)
