@@ -32,7 +32,7 @@ class LocalEngine:
 
     def extract_features(self, cache: Any, patients: Sequence[Any], plans: Sequence[Any],
                          spec: Any, disk_kinds: Sequence[str]) -> int:
-        return cache._extract(patients, plans, spec, disk_kinds, progress=True)
+        return cache.extract(patients, plans, spec, disk_kinds, progress=True)
 
     def run_fits(self, fit: Callable[[Any, Any], Any], tasks: Sequence[Any],
                  on_done: Callable[[int, Any], None] | None = None, shared: Any = None) -> list[Any]:

@@ -101,7 +101,7 @@ def extract_chunk(root: str, spec: dict, disk_kinds: list[str], items: list[tupl
     todo = cache.missing(plans, feature_spec, disk_kinds)  # a retried chunk skips finished ones
     before = len(cache.issues)
     start = time.perf_counter()
-    cache._extract([_Images(items[i][0]) for i in todo], [plans[i] for i in todo], feature_spec,
+    cache.extract([_Images(items[i][0]) for i in todo], [plans[i] for i in todo], feature_spec,
                    disk_kinds, progress=False)
     return {"images": sum(len(paths) for paths, _ in items),
             "computed_images": sum(len(items[i][0]) for i in todo),

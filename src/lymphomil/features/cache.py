@@ -329,7 +329,7 @@ class FeatureCache:
         plan = self._plans([patient], folder)[0]
         array = self._read(plan, disk, spec_hash)
         if array is None:
-            self._extract([patient], [plan], spec, [disk], progress=False)
+            self.extract([patient], [plan], spec, [disk], progress=False)
             array = self._read(plan, disk, spec_hash)
             if array is None:
                 raise LymphomilError(f"features of patient {plan.patient_id} could not be read "
@@ -358,12 +358,12 @@ class FeatureCache:
         hashed = time.perf_counter()
         computed_images = 0
         if todo:
-            from lymphomil.engine import LocalEngine
-
             # once per cohort, not per patient or Ray task: a killed extraction's temp files
             sweep_stale_temp_files(folder)
-            computed_images = (engine or LocalEngine()).extract_features(
-                self, [patients[i] for i in todo], [plans[i] for i in todo], spec, disk)
+            todo_patients, todo_plans = [patients[i] for i in todo], [plans[i] for i in todo]
+            computed_images = (self.extract(todo_patients, todo_plans, spec, disk, progress=True)
+                               if engine is None else
+                               engine.extract_features(self, todo_patients, todo_plans, spec, disk))
         elapsed = time.perf_counter() - start
         self.last_run = {
             "patients": len(patients), "images": sum(len(p.image_paths) for p in patients),
@@ -398,8 +398,11 @@ class FeatureCache:
         return [i for i, plan in enumerate(plans)
                 if not all(self._valid_on_disk(plan, k, spec_hash) for k in disk_kinds)]
 
-    def _extract(self, patients: Sequence[Any], plans: Sequence[_Plan], spec: FeatureSpec,
-                 disk_kinds: Sequence[str], progress: bool) -> int:
+    def extract(self, patients: Sequence[Any], plans: Sequence[_Plan], spec: FeatureSpec,
+                disk_kinds: Sequence[str], progress: bool) -> int:
+        """Compute and store the features of ``patients`` (their ``plans`` from :meth:`ensure`
+        or :meth:`missing`) in this process; the number of images computed. What an engine
+        runs, here or on a worker."""
         if not plans:
             return 0
         with self._extract_lock:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import sys
 import threading
 import urllib.error
 from pathlib import Path
@@ -150,9 +151,12 @@ def weights_digest(name: str, weights: str = "imagenet") -> str:
     """The digest :func:`~lymphomil.features.backbones.create_backbone` records, without
     building (or importing) the network: a memoised file hash."""
     if name not in BUILTIN_BACKBONES:
-        from lymphomil.features.backbones import check_name
-
-        check_name(name)
+        # a backbone registered at run time is in the registry of the (imported) backbones module
+        registry = sys.modules.get("lymphomil.features.backbones")
+        if registry is None:
+            raise LymphomilError(f"unknown backbone {name!r}",
+                                 fix=f"choose one of: {', '.join(BUILTIN_BACKBONES)}")
+        registry.check_name(name)
     weights = str(weights)
     if weights == "none":
         return RANDOM_DIGEST

@@ -1,0 +1,121 @@
+"""Layers point down: the import graph of src/lymphomil (every import statement, those inside
+functions and under ``TYPE_CHECKING`` included) has no cycle, no library module imports the
+command-line layer, and the bottom modules import nothing of lymphomil but the errors."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "src" / "lymphomil"
+CLI = ("lymphomil.cli", "lymphomil.cli_app", "lymphomil.commands", "lymphomil.__main__")
+#: modules every layer may use, that use nothing of lymphomil themselves (but its errors)
+BOTTOM = ("lymphomil.errors", "lymphomil.metrics", "lymphomil.runtime")
+
+
+def modules() -> dict[str, Path]:
+    out = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        out[name] = path
+    return out
+
+
+def imports(name: str, path: Path, known: dict[str, Path]) -> set[str]:
+    """The lymphomil modules ``name`` imports (``from pkg import sub`` counts as ``pkg.sub``)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+                parts = parts[:len(parts) - (node.level - 1)]
+                base = ".".join(parts + ([base] if base else []))
+            targets = [base] + [f"{base}.{alias.name}" for alias in node.names]
+        else:
+            continue
+        for target in targets:
+            while target and target not in known:
+                target = target.rpartition(".")[0]
+            if target and target != name:
+                found.add(target)
+    return found
+
+
+def graph() -> dict[str, set[str]]:
+    known = modules()
+    edges = {name: imports(name, path, known) for name, path in known.items()}
+    # a package's __init__ that re-exports its own children is not a loop of design
+    return {name: {t for t in targets if not (t.startswith(name + ".")
+                                              and known[name].name == "__init__.py")}
+            for name, targets in edges.items()}
+
+
+def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(edges[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(edges):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def is_cli(name: str) -> bool:
+    return any(name == c or name.startswith(c + ".") for c in CLI)
+
+
+def test_the_graph_is_read() -> None:
+    edges = graph()
+    assert len(edges) > 40
+    assert "lymphomil.models.base" in edges["lymphomil.models.neural"]
+    assert {"lymphomil.cli_app", "lymphomil.commands.models"} <= edges["lymphomil.cli"]
+
+
+def test_the_cycle_finder_finds_a_cycle() -> None:
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_no_import_cycle() -> None:
+    assert cycles(graph()) == []
+
+
+def test_no_library_module_imports_the_cli() -> None:
+    upward = sorted((name, target) for name, targets in graph().items() if not is_cli(name)
+                    for target in targets if is_cli(target))
+    assert upward == []
+
+
+def test_the_bottom_imports_nothing_above_it() -> None:
+    edges = graph()
+    for name in BOTTOM:
+        assert edges[name] <= {"lymphomil.errors"}, (name, edges[name])
