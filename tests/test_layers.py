@@ -119,3 +119,17 @@ def test_the_bottom_imports_nothing_above_it() -> None:
     edges = graph()
     for name in BOTTOM:
         assert edges[name] <= {"lymphomil.errors"}, (name, edges[name])
+
+
+def test_the_command_line_starts_without_the_heavy_libraries() -> None:
+    """`lymphomil --help` only builds the Typer app: none of the numeric or rendering libraries
+    is imported for it (scikit-learn and scipy alone took 2.5 s of a 3 s `--help`)."""
+    import subprocess
+    import sys
+
+    heavy = ("sklearn", "scipy", "torch", "pandas", "safetensors", "PIL", "jinja2", "matplotlib",
+             "ray")
+    code = ("import sys, lymphomil.cli; "
+            f"print(','.join(m for m in {heavy!r} if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""

@@ -18,9 +18,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
-from scipy.stats import rankdata
-from sklearn.base import clone
-from sklearn.model_selection import StratifiedKFold
 
 from lymphomil.errors import LymphomilError
 from lymphomil.metrics import balanced_accuracy
@@ -52,6 +49,8 @@ def fold_plan(y: np.ndarray, folds: int, repeats: int, seed: int) -> np.ndarray:
         raise LymphomilError(
             f"{folds}-fold CV needs at least {folds} patients of each class; the smallest class "
             f"has {smallest}", fix=f"use --folds {max(2, smallest)} or add labelled patients")
+    from sklearn.model_selection import StratifiedKFold
+
     plan = np.empty((repeats, len(y)), dtype=int)
     for r in range(repeats):
         splitter = StratifiedKFold(folds, shuffle=True, random_state=derive_seed(seed, "split", r))
@@ -71,6 +70,8 @@ def hard_mask(counts: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.nda
 
 
 def _roc_auc(proba: np.ndarray, y: np.ndarray) -> np.ndarray:
+    from scipy.stats import rankdata  # scipy and scikit-learn load on first use: `--help` stays fast
+
     ranks = rankdata(proba, axis=-1)
     n_pos = (y == 1).sum(-1)
     n_neg = (y == 0).sum(-1)
@@ -178,6 +179,8 @@ class FoldTask:
 def fit_fold(model: "PatientModel", patients: np.ndarray, y: np.ndarray, train: np.ndarray,
              test: np.ndarray, seed: int) -> tuple[np.ndarray, float]:
     """Fit a seeded clone on ``train``; (P(malignant) of ``test``, wall seconds)."""
+    from sklearn.base import clone
+
     fitted = with_seed(clone(model), seed)
     start = time.perf_counter()
     fitted.fit(patients[train], y[train])
