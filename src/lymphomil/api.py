@@ -1,0 +1,77 @@
+"""The Python API: the few things a user scripts with (re-exported by ``import lymphomil``).
+
+    import lymphomil
+
+    cohort = lymphomil.load_cohort("data/dlmi-lymphocytosis")
+    cv = lymphomil.cross_validate("fusion-mean", cohort, folds=3, repeats=1)
+    model = lymphomil.create_model("fusion-mean")
+    train = lymphomil.with_features(cohort.labelled, model)
+    model.fit(train, lymphomil.labels_of(train))
+
+A patient array from :func:`with_features` carries its feature store explicitly (each patient's
+``features``), so an image model reads its instance features from it; nothing is attached behind
+the caller's back. The command line runs these same functions.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
+
+import numpy as np
+
+from lymphomil.data.cohort import Cohort, load_cohort, labels_of  # noqa: F401 (the API)
+from lymphomil.models.base import PatientModel, create_model, list_models, load_model  # noqa: F401
+
+if TYPE_CHECKING:  # pragma: no cover
+    from lymphomil.evaluate import CVResult
+    from lymphomil.pipeline import RunResult
+
+
+def _model(model: "PatientModel | str") -> PatientModel:
+    return create_model(model) if isinstance(model, str) else model
+
+
+def with_features(patients: Iterable[Any], *models: "PatientModel | str",
+                  cache_dir: str | Path | None = None) -> np.ndarray:
+    """The patients as a 1-D array, each carrying the feature store that ``models`` read (their
+    features computed into the on-disk cache first where missing); unchanged for models that
+    read no image features."""
+    from lymphomil.workflow import attach_features
+
+    return attach_features(list(patients), [_model(m) for m in models],
+                           Path(cache_dir) if cache_dir is not None else None)
+
+
+def cross_validate(model: "PatientModel | str", cohort: "Cohort | Sequence[Any]", *,
+                   folds: int = 5, repeats: int = 5, seed: int = 0,
+                   cache_dir: str | Path | None = None) -> "CVResult":
+    """Repeated, stratified, patient-level CV of ``model`` (a registered name or a model) on the
+    labelled patients of ``cohort`` (a :class:`Cohort`, or labelled patients); out-of-fold
+    probabilities, metrics and intervals in the returned ``CVResult`` (``.summary()``)."""
+    from lymphomil.evaluate import cross_validate as harness
+    from lymphomil.workflow import labelled_patients
+
+    if isinstance(cohort, Cohort):
+        labelled = labelled_patients(cohort)
+        patients, y = labelled.patients, labelled.y
+    else:
+        patients = list(cohort)
+        y = labels_of(patients)
+    name = model if isinstance(model, str) else None
+    model = _model(model)
+    patients = with_features(patients, model, cache_dir=cache_dir)
+    return harness(model, patients, y, folds=folds, repeats=repeats, seed=seed, model_name=name)
+
+
+def run(data: str | Path | None = None, out: str | Path = "lymphomil-run",
+        **options: Any) -> "RunResult":
+    """What ``lymphomil run`` does: validate and explore, CV the candidates, train the best,
+    predict the unlabelled patients, write the report, into ``out``. ``data=None``: a synthetic
+    cohort. ``options``: any field of :class:`lymphomil.config.RunConfig` (``candidates``,
+    ``folds``, ``repeats``, ``seed``, ``cache_dir``, ...)."""
+    from lymphomil.config import RunConfig
+    from lymphomil.pipeline import run_pipeline
+
+    config = RunConfig(data=Path(data) if data is not None else None, **options)
+    return run_pipeline(config, Path(out))

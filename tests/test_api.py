@@ -1,0 +1,48 @@
+"""The public Python API: ``import lymphomil`` is cheap, and the README's example runs."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import lymphomil
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def readme_example() -> str:
+    text = README.read_text(encoding="utf-8")
+    section = text[text.index("## Python"):]
+    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+
+
+def test_import_is_cheap_and_exports_the_api() -> None:
+    code = ("import sys, lymphomil; "
+            "print(','.join(m for m in ('numpy', 'sklearn', 'torch', 'lymphomil.models') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
+    for name in ("load_cohort", "create_model", "load_model", "cross_validate", "run",
+                 "with_features", "labels_of", "list_models"):
+        assert callable(getattr(lymphomil, name)), name
+    assert set(lymphomil.__all__) >= {"load_cohort", "create_model", "load_model",
+                                      "cross_validate", "run"}
+
+
+def test_the_readme_example_runs(synthetic_root: Path, tmp_path: Path, monkeypatch) -> None:
+    """The example as written, on the synthetic cohort instead of the shared data."""
+    code = readme_example()
+    assert 'data = "../shared/data/dlmi-lymphocytosis"' in code
+    code = code.replace('"../shared/data/dlmi-lymphocytosis"', repr(str(synthetic_root)))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LYMPHOMIL_CACHE_DIR", str(tmp_path / "cache"))
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    result = namespace["result"]
+    assert (tmp_path / "my-run" / "report.html").is_file()
+    assert result.chosen in ("logreg", "fusion-mean")
+    assert (tmp_path / "my-model" / "model.json").is_file()
+    assert len(namespace["p_malignant"]) == len(namespace["cohort"].unlabelled)
+    assert 0 <= namespace["cv"].summary()["balanced_accuracy"]["mean"] <= 1
