@@ -74,9 +74,9 @@ def test_save_load_gives_identical_probabilities(data, tmp_path: Path, algorithm
     model.save(tmp_path / "m")
     loaded = load_model(tmp_path / "m")
     assert np.array_equal(loaded.predict_proba(test), model.predict_proba(test))
-    # nothing but JSON, safetensors and the checksum list
+    # nothing but JSON, safetensors, the checksum list and lymphomil's record of what it wrote
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == [
-        "arrays.safetensors", "checksums.json", "model.json"]
+        ".lymphomil-output.json", "arrays.safetensors", "checksums.json", "model.json"]
 
 
 def test_tampered_model_is_refused(data, tmp_path: Path) -> None:
