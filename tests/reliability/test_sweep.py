@@ -586,3 +586,17 @@ def test_a_config_that_is_a_named_pipe_is_refused_at_once(tmp_path: Path) -> Non
     assert result.exit_code == 2 and "not a regular file" in result.output, result.output
     assert time.perf_counter() - start < 30
     no_traceback(result)
+
+
+def test_cache_clear_leaves_a_file_put_in_a_feature_folder(small_cohort: Path,
+                                                           tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    result = invoke(*_argv(FEATURES + ["--crop", "112"], data=small_cohort, cache=cache))
+    assert result.exit_code == 0, result.output
+    folder = next((cache / "features").iterdir())
+    (folder / "my-analysis.ipynb").write_text("mine")
+    result = invoke("cache", "clear", "--cache-dir", cache, "--yes")
+    assert result.exit_code == 0, result.output
+    assert (folder / "my-analysis.ipynb").read_text() == "mine"
+    assert sorted(p.name for p in folder.iterdir()) == ["my-analysis.ipynb"]
+    assert "left alone" in result.output and "my-analysis.ipynb" in result.output

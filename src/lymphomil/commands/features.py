@@ -210,8 +210,9 @@ def cache_clear(
     cv_files, cv_bytes, kept = clear_cv(_cv_folder(cache_dir))
     console.print(f"freed {_human_bytes(freed + cv_bytes)} under {cache.root.parent} "
                   f"(features and {cv_files} CV result files)")
+    kept = list(getattr(cache, "kept", [])) + kept
     if kept:
-        err_console.print(f"[yellow]left alone[/]: {len(kept)} file(s) in {_cv_folder(cache_dir)} "
+        err_console.print(f"[yellow]left alone[/]: {len(kept)} file(s) under {cache.root.parent} "
                           "that the cache did not write: "
                           + ", ".join(escape(p.name) for p in kept[:5]), highlight=False,
                           soft_wrap=True)

@@ -505,11 +505,25 @@ class FeatureCache:
         return {"root": str(self.root), "bytes": total_bytes, "files": total_files, "specs": specs}
 
     def clear(self) -> int:
-        """Delete every spec folder under the root (only folders this cache made); bytes freed."""
+        """Delete the files this cache wrote in its spec folders (spec.json, feature files by
+        their content-addressed names, temp files of its writes); bytes freed. Anything else a
+        spec folder holds is left, and the folder with it (:attr:`kept`)."""
+        import re
+
+        ours = re.compile(r"(.+-[0-9a-f]{16}\.[a-z]+\.safetensors|\..+\.tmp|spec\.json)")
         freed = 0
+        self.kept: list[Path] = []
         for folder in self._spec_folders():
-            freed += sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
-            shutil.rmtree(folder, ignore_errors=True)
+            for path in sorted(folder.iterdir()):
+                if path.is_file() and not path.is_symlink() and ours.fullmatch(path.name):
+                    freed += path.stat().st_size
+                    path.unlink()
+                else:
+                    self.kept.append(path)
+            try:
+                folder.rmdir()
+            except OSError:  # something else is in it: not ours to delete
+                pass
         with self._lock:
             self._lru.clear()
             self._lru_bytes = 0
