@@ -9,7 +9,7 @@ import torch
 from lymphomil.errors import LymphomilError
 from lymphomil.models.bag import BagModel, inference_bags, training_bags
 from lymphomil.models.base import create_model
-from lymphomil.models.heads import POOLINGS, PoolingMIL
+from lymphomil.models.heads import BAG_POOLINGS, PoolingMIL
 from tests.models.conftest import SPEC, assert_learns, assert_outputs
 
 OPTIONS = dict(features=SPEC, bag_size=8, max_epochs=30)
@@ -26,7 +26,7 @@ def test_learns_and_outputs(fitted, feature_cohort) -> None:
     assert_outputs(fitted, feature_cohort)
 
 
-@pytest.mark.parametrize("pooling", [p for p in POOLINGS if p != "attention"])
+@pytest.mark.parametrize("pooling", [p for p in BAG_POOLINGS if p != "attention"])
 def test_each_pooling_learns(feature_cohort, pooling: str) -> None:
     model = BagModel(**{**OPTIONS, "pooling": pooling})
     observed = {"min": 0.875, "max": 0.875, "sum": 0.975, "mean": 0.95}[pooling]
@@ -51,7 +51,7 @@ def test_inference_bags_cover_every_cell_deterministically() -> None:
         np.testing.assert_array_equal(bags, inference_bags(n, 8))
 
 
-@pytest.mark.parametrize("pooling", POOLINGS)
+@pytest.mark.parametrize("pooling", BAG_POOLINGS)
 def test_pooling_head_ignores_padding(pooling: str) -> None:
     torch.manual_seed(0)
     head = PoolingMIL(6, pooling, hidden=8, attention_dim=4).eval()

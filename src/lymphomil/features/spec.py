@@ -22,12 +22,17 @@ if TYPE_CHECKING:  # pragma: no cover
 #:  "map":    (n_images, d, h, w) float32, the backbone's last spatial feature map
 KINDS = ("pooled", "views", "map")
 
+#: the centre crop of every default (112 px of the 224 px images: the cell, little background)
+DEFAULT_CROP = 112
+#: the features the neural families and image-logreg read unless told otherwise
+DEFAULT_FEATURES = f"efficientnet-lite0@{DEFAULT_CROP}"
+
 
 @dataclass(frozen=True)
 class FeatureSpec:
     backbone: str = "efficientnet-lite0"
     weights: str = "imagenet"  # "imagenet", "none", or a path to a local state_dict
-    crop: int = 112  # centre crop in pixels; 224 = whole image
+    crop: int = DEFAULT_CROP  # centre crop in pixels; 224 = whole image
     tta: bool = False  # the 8 dihedral views as TTA ("views" kind; "pooled" averages them)
     precision: str = "fp32"  # "fp32" or "bf16" (resolved: never "auto" here)
 
@@ -48,7 +53,7 @@ class FeatureSpec:
             return cls.from_dict(text)
         name, _, rest = text.partition("@")
         tta = rest.endswith("+tta")
-        crop = int(rest.removesuffix("+tta")) if rest.removesuffix("+tta") else 112
+        crop = int(rest.removesuffix("+tta")) if rest.removesuffix("+tta") else DEFAULT_CROP
         return cls(backbone=name, crop=crop, tta=tta)
 
     def label(self) -> str:

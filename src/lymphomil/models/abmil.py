@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from lymphomil.errors import LymphomilError
+from lymphomil.features.spec import DEFAULT_FEATURES
 from lymphomil.models.attributes import attribute_matrix
 from lymphomil.models.base import register_class, register_model
 from lymphomil.models.checks import check_float, check_int
@@ -50,7 +51,7 @@ class ABMILModel(NeuralPatientModel):
     family = "abmil"
     instance_score_units = "attention weight (a patient's weights sum to 1)"
 
-    def __init__(self, features="efficientnet-lite0@112", use_attributes=False, hidden=128,
+    def __init__(self, features=DEFAULT_FEATURES, use_attributes=False, hidden=128,
                  attention_dim=64, dropout=0.25, lr=5e-4, weight_decay=1e-4, batch_size=8,
                  max_epochs=60, patience=10, validation_fraction=0.2, balance="weighted",
                  random_state=0):

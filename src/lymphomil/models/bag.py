@@ -18,9 +18,10 @@ import math
 import numpy as np
 import torch
 
+from lymphomil.features.spec import DEFAULT_FEATURES
 from lymphomil.models.base import register_class, register_model
 from lymphomil.models.checks import check_choice, check_float, check_int, check_patients, numpy_rng
-from lymphomil.models.heads import POOLINGS, PoolingMIL
+from lymphomil.models.heads import BAG_POOLINGS, PoolingMIL
 from lymphomil.models.neural import FitState, NeuralPatientModel
 from lymphomil.models.training import class_weights
 
@@ -47,7 +48,7 @@ class BagModel(NeuralPatientModel):
     family = "bag"
     instance_score_units = "cell P(malignant), 0–1 (a bag of copies of the one cell)"
 
-    def __init__(self, features="efficientnet-lite0@112", bag_size=16, pooling="attention",
+    def __init__(self, features=DEFAULT_FEATURES, bag_size=16, pooling="attention",
                  hidden=64, attention_dim=64, dropout=0.1, lr=1e-3, weight_decay=1e-4,
                  batch_size=32, max_epochs=60, patience=8, validation_fraction=0.2,
                  balance="weighted", random_state=0):
@@ -59,7 +60,7 @@ class BagModel(NeuralPatientModel):
 
     def _check_params(self) -> None:
         check_int("bag_size", self.bag_size)
-        check_choice("pooling", self.pooling, POOLINGS)
+        check_choice("pooling", self.pooling, BAG_POOLINGS)
         check_int("hidden", self.hidden, 0)
         check_int("attention_dim", self.attention_dim)
         check_float("dropout", self.dropout, 0.0, 1.0, high_open=True)

@@ -18,7 +18,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-POOLINGS = ("min", "max", "sum", "mean", "attention")
+#: how a bag of cells becomes one vector inside a network (cf. pooled.FEATURE_POOLINGS)
+BAG_POOLINGS = ("min", "max", "sum", "mean", "attention")
 
 
 def _zero_padding(X: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -69,8 +70,8 @@ class PoolingMIL(nn.Module):
     def __init__(self, in_dim: int, pooling: str = "attention", hidden: int = 64,
                  attention_dim: int = 64, dropout: float = 0.1):
         super().__init__()
-        if pooling not in POOLINGS:
-            raise ValueError(f"pooling {pooling!r} is not one of {POOLINGS}")
+        if pooling not in BAG_POOLINGS:
+            raise ValueError(f"pooling {pooling!r} is not one of {BAG_POOLINGS}")
         self.pooling = pooling
         if pooling == "attention":
             self.attention = nn.Sequential(nn.Linear(in_dim, attention_dim), nn.Tanh(),

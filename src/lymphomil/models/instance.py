@@ -21,6 +21,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from lymphomil.features.spec import DEFAULT_FEATURES
 from lymphomil.metrics import logit
 from lymphomil.models.base import register_class, register_model
 from lymphomil.models.checks import check_choice, check_float, check_int
@@ -64,7 +65,7 @@ class InstanceModel(NeuralPatientModel):
     family = "instance"
     instance_score_units = "cell P(malignant), 0–1, from the per-cell classifier"
 
-    def __init__(self, features="efficientnet-lite0@112", hidden=64, dropout=0.1,
+    def __init__(self, features=DEFAULT_FEATURES, hidden=64, dropout=0.1,
                  aggregate="mean", top_k=10, train_on="all", calibrate="platt", lr=1e-3,
                  weight_decay=1e-4, batch_size=256, max_epochs=40, patience=6,
                  validation_fraction=0.2, balance="weighted", random_state=0):

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from lymphomil.errors import LymphomilError
+from lymphomil.features.spec import DEFAULT_CROP, DEFAULT_FEATURES
 from lymphomil.models.base import register_class, register_model
 from lymphomil.models.checks import check_choice, check_float, check_int, make_generator
 from lymphomil.models.heads import BNSigmoidMIL
@@ -73,7 +74,7 @@ class MILModel(NeuralPatientModel):
     instance_score_units = "position logit of the cell (max or mean over its map positions)"
     feature_kind = "map"
 
-    def __init__(self, features="efficientnet-lite0@112", cell_score="max", lr=1e-3,
+    def __init__(self, features=DEFAULT_FEATURES, cell_score="max", lr=1e-3,
                  weight_decay=0.0, batch_size=8, max_epochs=40, patience=8,
                  validation_fraction=0.2, balance="weighted", random_state=0):
         self._store_params(locals())
@@ -214,7 +215,7 @@ class MILEndToEndModel(NeuralPatientModel):
     family = "mil"
     instance_score_units = "position logit of the cell (max or mean over its map positions)"
 
-    def __init__(self, backbone="efficientnet-lite0", weights="imagenet", crop=112,
+    def __init__(self, backbone="efficientnet-lite0", weights="imagenet", crop=DEFAULT_CROP,
                  grad_images=32, batch_size=2, lr=1e-3, backbone_lr=None, weight_decay=0.0,
                  flips=True, freeze_bn=True, max_epochs=10, patience=3,
                  validation_fraction=0.2, balance="weighted", cell_score="max",

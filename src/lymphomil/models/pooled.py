@@ -21,12 +21,14 @@ import numpy as np
 from scipy.special import expit
 
 from lymphomil.errors import LymphomilError
+from lymphomil.features.spec import DEFAULT_CROP, DEFAULT_FEATURES
 from lymphomil.models.base import PatientModel, register_class, register_model
 from lymphomil.models.checks import (check_choice, check_int, check_patients, check_patients_y,
                                      parse_spec, resolve_seed)
 from lymphomil.models.inputs import read_bags
 
-POOLINGS = ("mean", "mean+std")
+#: how a patient's cell features become its one feature vector (cf. heads.BAG_POOLINGS)
+FEATURE_POOLINGS = ("mean", "mean+std")
 
 
 def pool_bag(bag: np.ndarray, pooling: str) -> np.ndarray:
@@ -46,7 +48,7 @@ class ImageLogRegModel(PatientModel):
                             "logit, whose mean over the cells is that logit; not a cell-level "
                             "probability")
 
-    def __init__(self, features="efficientnet-lite0@112", pooling="mean",
+    def __init__(self, features=DEFAULT_FEATURES, pooling="mean",
                  Cs=(0.001, 0.01, 0.1, 1.0, 10.0), inner_folds=5, scoring="neg_log_loss",
                  max_iter=5000, random_state=0):
         self._store_params(locals())
@@ -65,7 +67,7 @@ class ImageLogRegModel(PatientModel):
         from sklearn.preprocessing import StandardScaler
 
         patients, y = check_patients_y(patients, y)
-        check_choice("pooling", self.pooling, POOLINGS)
+        check_choice("pooling", self.pooling, FEATURE_POOLINGS)
         check_int("inner_folds", self.inner_folds, 2)
         check_int("max_iter", self.max_iter)
         Cs = [float(c) for c in np.atleast_1d(np.asarray(self.Cs, dtype=float))]
@@ -153,7 +155,7 @@ def _image_logreg() -> ImageLogRegModel:
 
 
 #: the backbone whose features fused best with the attributes (DESIGN §3, docs/results.md)
-FUSION_FEATURES = "resnet50-thin@112"
+FUSION_FEATURES = f"resnet50-thin@{DEFAULT_CROP}"
 
 
 @register_model("image-logreg-thin",
