@@ -239,7 +239,9 @@ def check_not_an_input(out: str | Path, inputs: dict[str, str | Path | None],
         if target == source:
             raise LymphomilError(f"{option} is the {name} itself", file=out,
                                  fix=f"write the output elsewhere: {option} must not be an input")
-        if target.is_relative_to(source) and (source.is_dir() or not source.exists()):
+        # an output inside the cache folder is allowed (the cache only adds its own files)
+        if (target.is_relative_to(source) and name != "cache folder"
+                and (source.is_dir() or not source.exists())):
             raise LymphomilError(f"{option} lies inside the {name} ({source})", file=out,
                                  fix=f"write the output outside the {name}")
         if source.is_relative_to(target):
