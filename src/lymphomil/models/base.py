@@ -218,6 +218,12 @@ class PatientModel(ClassifierMixin, BaseEstimator):
     def predict(self, patients: np.ndarray) -> np.ndarray:
         return (self.predict_proba(patients)[:, 1] >= 0.5).astype(int)
 
+    def _set_arrays(self, arrays: dict[str, np.ndarray], names: Sequence[str],
+                    dtype: Any = np.float64) -> None:
+        """Loading: each saved array ``name`` becomes the fitted attribute ``name_``."""
+        for name in names:
+            setattr(self, f"{name}_", np.asarray(arrays[name], dtype=dtype))
+
     def _mark_fitted(self) -> "PatientModel":
         """End of ``fit`` (and of loading): the two classes, and fitted."""
         self.classes_ = np.array([0, 1])

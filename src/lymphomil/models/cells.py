@@ -188,10 +188,7 @@ class CellTopKModel(PatientModel):
         self.inner_auc_ = list(meta.get("inner_auc", []))
         self.n_features_ = int(meta["n_features"])
         self.seed_ = int(meta.get("seed", 0))
-        self.scaler_mean_ = np.asarray(arrays["scaler_mean"], dtype=np.float64)
-        self.scaler_scale_ = np.asarray(arrays["scaler_scale"], dtype=np.float64)
-        self.coef_ = np.asarray(arrays["coef"], dtype=np.float64)
-        self.intercept_ = np.asarray(arrays["intercept"], dtype=np.float64)
+        self._set_arrays(arrays, ("scaler_mean", "scaler_scale", "coef", "intercept"))
 
 
 @register_model("cell-topk",

@@ -130,8 +130,7 @@ class PrototypeModel(PatientModel):
     def _set_state(self, meta, arrays):
         self.C_, self.intercept_ = float(meta["C"]), float(meta["intercept"])
         self.n_features_ = int(meta["n_features"])
-        for name in ("centres", "mean", "scale", "h_mean", "h_scale", "coef"):
-            setattr(self, f"{name}_", np.asarray(arrays[name], dtype=np.float64))
+        self._set_arrays(arrays, ("centres", "mean", "scale", "h_mean", "h_scale", "coef"))
 
 
 @register_model("prototypes",
