@@ -45,19 +45,35 @@ class FeatureSpec:
 
     @classmethod
     def parse(cls, text: "str | FeatureSpec | dict") -> "FeatureSpec":
-        """``"efficientnet-lite0@112"``, ``"dinov2-s@112+tta"`` (TTA = mean over the 8 flips and
-        rotations), a dict or a spec."""
+        """A spec from its text, ``BACKBONE[:WEIGHTS]@CROP[+tta][+bf16]``, a dict or a spec.
+
+        ``"efficientnet-lite0@112"``; ``"dinov2-s@112+tta"`` (TTA = mean over the 8 flips and
+        rotations); ``"resnet18:none@224"`` (random weights); ``"resnet18:/w/r18.pt@112+bf16"``
+        (a local state_dict, bf16 features): every option of ``lymphomil features`` can be
+        written, and :meth:`label` writes it back (``FeatureSpec.parse(s.label()) == s``).
+        """
         if isinstance(text, FeatureSpec):
             return text
         if isinstance(text, dict):
             return cls.from_dict(text)
-        name, _, rest = text.partition("@")
-        tta = rest.endswith("+tta")
-        crop = int(rest.removesuffix("+tta")) if rest.removesuffix("+tta") else DEFAULT_CROP
-        return cls(backbone=name, crop=crop, tta=tta)
+        head, at, rest = text.rpartition("@")
+        if not at:
+            head, rest = text, ""
+        flags = rest.split("+")
+        unknown = [f for f in flags[1:] if f not in ("tta", "bf16", "fp32")]
+        if unknown:
+            raise ValueError(f"unknown option(s) {', '.join('+' + f for f in unknown)}; "
+                             "use +tta and/or +bf16")
+        name, _, weights = head.partition(":")
+        crop = int(flags[0]) if flags[0] else DEFAULT_CROP
+        return cls(backbone=name, weights=weights or "imagenet", crop=crop, tta="tta" in flags[1:],
+                   precision="bf16" if "bf16" in flags[1:] else "fp32")
 
     def label(self) -> str:
-        return f"{self.backbone}@{self.crop}" + ("+tta" if self.tta else "")
+        """The text :meth:`parse` reads back; the defaults (ImageNet weights, fp32) unwritten."""
+        weights = "" if self.weights == "imagenet" else f":{self.weights}"
+        return (f"{self.backbone}{weights}@{self.crop}" + ("+tta" if self.tta else "")
+                + ("+bf16" if self.precision == "bf16" else ""))
 
 
 class FeatureStore(Protocol):

@@ -132,5 +132,5 @@ def parse_spec(features: Any) -> "FeatureSpec":
         return FeatureSpec.parse(features)
     except (ValueError, TypeError) as exc:
         raise LymphomilError(f"features={features!r} is not a feature spec ({exc})",
-                             fix='write it as BACKBONE@CROP, e.g. "efficientnet-lite0@112" '
-                                 'or "resnet18@224+tta"') from None
+                             fix='write it as BACKBONE[:WEIGHTS]@CROP[+tta][+bf16], e.g. '
+                                 '"efficientnet-lite0@112" or "resnet18:none@224+tta"') from None
