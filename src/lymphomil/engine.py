@@ -17,12 +17,34 @@ is imported only when ``--engine ray`` is asked for.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 from lymphomil.errors import LymphomilError
 
 ENGINES = ("local", "ray")
 RAY_INSTALL_FIX = 'install the extra: pip install "lymphomil[ray]" (or run with --engine local)'
+
+
+class Engine(Protocol):
+    """Where independent, idempotent pieces of work run. Both kinds map a function over tasks:
+    ``extract_features`` runs ``cache.extract`` over chunks of patients, ``run_fits`` runs
+    ``fit(shared, task)`` over the harness's fits; results come back in task order."""
+
+    name: str
+
+    def extract_features(self, cache: Any, patients: Sequence[Any], plans: Sequence[Any],
+                         spec: Any, disk_kinds: Sequence[str]) -> int:
+        """Compute the features of ``patients`` into ``cache``; the number of images."""
+        ...
+
+    def run_fits(self, fit: Callable[[Any, Any], Any], tasks: Sequence[Any],
+                 on_done: Callable[[int, Any], None] | None = None,
+                 shared: Any = None) -> list[Any]:
+        """``[fit(shared, task) for task in tasks]``; ``on_done(index, result)`` as each ends."""
+        ...
+
+    def close(self) -> None:
+        ...
 
 
 class LocalEngine:

@@ -22,7 +22,8 @@ import numpy as np
 from lymphomil.errors import LymphomilError
 from lymphomil.metrics import balanced_accuracy
 
-if TYPE_CHECKING:  # pragma: no cover  (models import this module: no cycle at run time)
+if TYPE_CHECKING:  # pragma: no cover
+    from lymphomil.engine import Engine
     from lymphomil.models.base import PatientModel
 
 METRICS = ("balanced_accuracy", "accuracy", "f1", "roc_auc", "hard_balanced_accuracy")
@@ -197,7 +198,7 @@ def run_fold_task(shared: dict, task: FoldTask) -> tuple[np.ndarray, float]:
 def cross_validate_many(models: Sequence[tuple[str, "PatientModel"]], patients: Sequence,
                         y: np.ndarray, *, folds: int = 5, repeats: int = 5, seed: int = 0,
                         on_fit: Callable[..., None] | None = None,
-                        engine: object = None) -> list[CVResult]:
+                        engine: "Engine | None" = None) -> list[CVResult]:
     """Repeated stratified patient-level CV of several models on the same fold plan.
 
     Every (model, repeat, fold) fit is one independent task for ``engine`` (default: here, one
@@ -240,7 +241,8 @@ def cross_validate_many(models: Sequence[tuple[str, "PatientModel"]], patients: 
 
 def cross_validate(model: "PatientModel", patients: Sequence, y: np.ndarray, *, folds: int = 5,
                    repeats: int = 5, seed: int = 0, model_name: str | None = None,
-                   on_fit: Callable[..., None] | None = None, engine: object = None) -> CVResult:
+                   on_fit: Callable[..., None] | None = None,
+                   engine: "Engine | None" = None) -> CVResult:
     """Repeated stratified patient-level CV of ``model`` (cloned and re-seeded for every fit)."""
     name = model_name or type(model).__name__
     return cross_validate_many([(name, model)], patients, y, folds=folds, repeats=repeats,
