@@ -37,8 +37,9 @@ def _override_features(model: PatientModel, features: str) -> None:
     if "features" in params:
         model.set_params(features=features)
     for value in params.values():
-        if isinstance(value, PatientModel):
-            _override_features(value, features)
+        for part in (value if isinstance(value, (tuple, list)) else (value,)):
+            if isinstance(part, PatientModel):  # a nested model, or one of an ensemble's members
+                _override_features(part, features)
 
 
 def feature_store(cache_dir: Path | None = None):

@@ -188,3 +188,11 @@ def test_bad_ensemble_and_selection_options(feature_cohort) -> None:
         EnsembleModel(members=()).fit(feature_cohort.train, feature_cohort.y_train)
     with pytest.raises(LymphomilError, match="no candidates"):
         SelectModel(candidates=()).fit(feature_cohort.train, feature_cohort.y_train)
+
+
+def test_features_override_reaches_every_ensemble_member() -> None:
+    from lymphomil.workflow import configure_model
+
+    fusion = configure_model("fusion-mean-seeds", "toy@112")
+    members = fusion.image_model.members
+    assert len(members) == 5 and all(m.features == "toy@112" for m in members)

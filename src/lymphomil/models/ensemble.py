@@ -177,7 +177,19 @@ class SelectModel(PatientModel):
 @register_model("image-ensemble",
                 "mean of image-logreg-thin and cell-topk probabilities (two poolings, one backbone)")
 def _image_ensemble() -> EnsembleModel:
-    return EnsembleModel()
+    return EnsembleModel(members=(create_model("image-logreg-thin"), create_model("cell-topk")))
+
+
+@register_model("image-logreg-thin-seeds",
+                "image-logreg-thin averaged over 5 seeds of its inner C search (less seed noise)")
+def _image_seeds() -> EnsembleModel:
+    return EnsembleModel(members=tuple(create_model("image-logreg-thin") for _ in range(5)))
+
+
+@register_model("image-logreg-thin-bagged",
+                "image-logreg-thin bagged over 10 stratified bootstrap samples of the patients")
+def _image_bagged() -> EnsembleModel:
+    return EnsembleModel(members=(create_model("image-logreg-thin"),), bootstrap=10)
 
 
 @register_model("select-default",

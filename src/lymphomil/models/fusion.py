@@ -185,6 +185,8 @@ FUSION_VARIANTS = {
     "fusion-mean-cells-attr": ("cell-topk-attr", {}, "cell-topk-attr (age and count in the cell classifier)"),
     "fusion-mean-proto": ("prototypes", {}, "prototype histograms (k-means on ResNet-50-thin cells)"),
     "fusion-mean-ens": ("image-ensemble", {}, "the mean of image-logreg-thin and cell-topk"),
+    "fusion-mean-seeds": ("image-logreg-thin-seeds", {}, "image-logreg-thin over 5 inner-CV seeds"),
+    "fusion-mean-bagged": ("image-logreg-thin-bagged", {}, "image-logreg-thin bagged 10 times"),
     "fusion-mean-gated": ("image-logreg-thin", {"count_gate": 0.1},
                           "image-logreg-thin, count-gated 10 % above the reactive range"),
     "fusion-mean-ens-gated": ("image-ensemble", {"count_gate": 0.1},
