@@ -207,29 +207,34 @@ class AttributeModel(PatientModel):
         if len(np.unique(y)) < 2:
             raise LymphomilError("training needs both reactive (0) and malignant (1) patients",
                                  fix="add labelled patients of both classes")
-        pipeline = self._pipeline()
-        grid = self._grid()
-        best: dict = {}
+        pipeline = self._pipeline()  # an unknown algorithm is refused before anything runs
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", category=ConvergenceWarning)
             warnings.simplefilter("ignore", category=UserWarning)
             warnings.simplefilter("ignore", category=FutureWarning)
-            if grid:
-                folds = min(self.inner_folds, int(np.bincount(y).min()))
-                if folds < 2:
-                    raise LymphomilError("too few patients of one class for inner tuning",
-                                         fix="use more labelled patients or param_grid='none'")
-                search = GridSearchCV(
-                    pipeline, grid, scoring="balanced_accuracy", refit=False,
-                    cv=StratifiedKFold(folds, shuffle=True, random_state=int(self.random_state)),
-                    error_score=np.nan, n_jobs=1)
-                search.fit(X, y, **self._fit_kwargs(y))
-                best = dict(search.best_params_)
-                self.search_score_ = float(search.best_score_)
+            best = self._tune(pipeline, X, y)
             self.estimator_ = self._refit(best, X, y)
         self.best_params_ = {k.removeprefix("clf__"): v for k, v in best.items()}
         self.X_train_, self.y_train_ = X, y
         return self._mark_fitted()
+
+    def _tune(self, pipeline: Pipeline, X: np.ndarray, y: np.ndarray) -> dict:
+        """The grid's best parameters by inner stratified CV for balanced accuracy ({} when
+        there is no grid)."""
+        grid = self._grid()
+        if not grid:
+            return {}
+        folds = min(self.inner_folds, int(np.bincount(y).min()))
+        if folds < 2:
+            raise LymphomilError("too few patients of one class for inner tuning",
+                                 fix="use more labelled patients or param_grid='none'")
+        search = GridSearchCV(
+            pipeline, grid, scoring="balanced_accuracy", refit=False,
+            cv=StratifiedKFold(folds, shuffle=True, random_state=int(self.random_state)),
+            error_score=np.nan, n_jobs=1)
+        search.fit(X, y, **self._fit_kwargs(y))
+        self.search_score_ = float(search.best_score_)
+        return dict(search.best_params_)
 
     def _refit(self, best: dict, X: np.ndarray, y: np.ndarray) -> Pipeline:
         pipeline = clone(self._pipeline()).set_params(**best)

@@ -61,11 +61,6 @@ class ImageLogRegModel(PatientModel):
         return np.stack([pool_bag(b, self.pooling) for b in bags])  # (n, d or 2d)
 
     def fit(self, patients, y):
-        from sklearn.linear_model import LogisticRegression
-        from sklearn.model_selection import GridSearchCV, StratifiedKFold
-        from sklearn.pipeline import Pipeline
-        from sklearn.preprocessing import StandardScaler
-
         patients, y = check_patients_y(patients, y)
         check_choice("pooling", self.pooling, FEATURE_POOLINGS)
         check_int("inner_folds", self.inner_folds, 2)
@@ -77,6 +72,23 @@ class ImageLogRegModel(PatientModel):
         seed = resolve_seed(self.random_state)
         X = self._pooled(patients)
         self.n_features_ = int(X.shape[1] // (2 if self.pooling == "mean+std" else 1))
+        fitted, self.C_, self.cv_scores_ = self._search(X, y, Cs, seed)
+        scaler, lr = fitted.named_steps["scale"], fitted.named_steps["lr"]
+        self.scaler_mean_ = scaler.mean_.astype(np.float64)
+        self.scaler_scale_ = scaler.scale_.astype(np.float64)
+        self.coef_ = lr.coef_.astype(np.float64)  # (1, d)
+        self.intercept_ = lr.intercept_.astype(np.float64)  # (1,)
+        self.seed_ = seed
+        return self._mark_fitted()
+
+    def _search(self, X: np.ndarray, y: np.ndarray, Cs: list[float], seed: int):
+        """(the pipeline refitted with the chosen C, C, the inner CV's mean scores): C by a
+        stratified inner CV when there is a choice and enough patients, else the middle C."""
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.model_selection import GridSearchCV, StratifiedKFold
+        from sklearn.pipeline import Pipeline
+        from sklearn.preprocessing import StandardScaler
+
         pipeline = Pipeline([("scale", StandardScaler()),
                              ("lr", LogisticRegression(class_weight="balanced",
                                                        max_iter=self.max_iter))])
@@ -88,20 +100,10 @@ class ImageLogRegModel(PatientModel):
                                       cv=StratifiedKFold(n_splits, shuffle=True, random_state=seed),
                                       refit=True, error_score="raise")
                 search.fit(X, y)
-                fitted = search.best_estimator_
-                self.C_ = float(search.best_params_["lr__C"])
-                self.cv_scores_ = [float(s) for s in search.cv_results_["mean_test_score"]]
-            else:
-                self.C_ = Cs[len(Cs) // 2]
-                fitted = pipeline.set_params(lr__C=self.C_).fit(X, y)
-                self.cv_scores_ = []
-        scaler, lr = fitted.named_steps["scale"], fitted.named_steps["lr"]
-        self.scaler_mean_ = scaler.mean_.astype(np.float64)
-        self.scaler_scale_ = scaler.scale_.astype(np.float64)
-        self.coef_ = lr.coef_.astype(np.float64)  # (1, d)
-        self.intercept_ = lr.intercept_.astype(np.float64)  # (1,)
-        self.seed_ = seed
-        return self._mark_fitted()
+                return (search.best_estimator_, float(search.best_params_["lr__C"]),
+                        [float(s) for s in search.cv_results_["mean_test_score"]])
+            C = Cs[len(Cs) // 2]
+            return pipeline.set_params(lr__C=C).fit(X, y), C, []
 
     def _decision(self, X: np.ndarray) -> np.ndarray:
         return ((X - self.scaler_mean_) / self.scaler_scale_) @ self.coef_[0] + self.intercept_[0]
