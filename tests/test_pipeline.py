@@ -82,3 +82,14 @@ def test_demo_report_says_synthetic(first_run) -> None:
     html = (out / "report.html").read_text()
     assert 'id="synthetic-banner"' in html
     assert 'href="predictions.csv"' in html and 'href="cv/oof_' in html
+
+
+def test_galleries_are_ranked_by_a_cell_classifier(first_run) -> None:
+    """The chosen model's image side scores whole bags, so a cell-topk ranks the cells; the
+    report says so and states the units."""
+    from lymphomil.models.cells import CellTopKModel
+
+    out, _ = first_run
+    html = (out / "report.html").read_text()
+    assert "ranked by cell-topk" in html
+    assert CellTopKModel.instance_score_units in html

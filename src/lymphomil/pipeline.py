@@ -143,9 +143,11 @@ def _run_stages(config: RunConfig, out: Path, engine: object, stage: Callable[[s
         with _timed(timings, "report"):
             card = write_run_model_card(staging / "model", model, config, chosen, results,
                                         spread)
+            scorer = gallery_scorer(model, config, labelled, config.cache_dir)
             _write_report(staging / "report.html", config, data, chosen, results, summary,
                           pred, cohort, labelled.patients, timings,
-                          files=run_files(staging, chosen.model_name), spread=spread, card=card)
+                          files=run_files(staging, chosen.model_name), spread=spread, card=card,
+                          scorer=scorer)
         skipped = cohort.skipped_table()
         if skipped:
             atomic_write_json(staging / "skipped.json", skipped)
@@ -190,14 +192,40 @@ def score_units(model) -> str | None:
     return units(model)
 
 
-def patient_calls(pred, spread=None) -> list:
+#: the model that scores cells for the galleries when the chosen model has no cell classifier
+GALLERY_SCORER = "cell-topk"
+
+
+def gallery_scorer(model, config: RunConfig, labelled, cache_dir: Path | None = None):
+    """The model whose cell scores rank the galleries: the chosen model when its cell scores come
+    from a cell classifier, else ``cell-topk`` fitted on the labelled patients (issue 15 item 2:
+    a mean-pooled linear model's per-cell "logit shares" are not evidence about single cells)."""
+    from lymphomil.models.base import create_model
+    from lymphomil.workflow import attach_features, configure_model
+
+    cell_units = create_model(GALLERY_SCORER).instance_score_units
+    if score_units(model) == cell_units:
+        return model
+    scorer = configure_model(GALLERY_SCORER, config.features)
+    patients = attach_features(labelled.patients, [scorer], cache_dir)
+    return scorer.fit(patients, labelled.y)
+
+
+def _cell_scores(scorer, patients, cache_dir: Path | None = None):
+    from lymphomil.workflow import attach_features
+
+    return scorer.instance_scores(attach_features(patients, [scorer], cache_dir))
+
+
+def patient_calls(pred, spread=None, scorer=None, cache_dir: Path | None = None) -> list:
     """One report entry per predicted patient: call, probability, its spread (if measured), the
-    cells behind it."""
+    cells behind it (ranked by ``scorer``, default the model that made the calls)."""
     from lymphomil.report.render import PatientCall
 
     if not len(pred.ids):
         return []
-    scores = pred.model.instance_scores(pred.patients)
+    scores = (pred.model.instance_scores(pred.patients) if scorer is None
+              else _cell_scores(scorer, pred.patients, cache_dir))
     parts = pred.model.part_probas(pred.patients) if hasattr(pred.model, "part_probas") else None
     return [PatientCall(
         id=patient.id, proba=float(pred.proba[i]), predicted=int(pred.labels[i]),
@@ -262,7 +290,7 @@ def error_calls(chosen: CVResult, model, labelled, cache_dir: Path | None = None
         return []
     by_id = {p.id: p for p in labelled}
     patients = attach_features([by_id[e["id"]] for e in errors], [model], cache_dir)
-    scores = model.instance_scores(patients)
+    scores = _cell_scores(model, patients, cache_dir)
     return [PatientCall(
         id=e["id"], proba=e["mean"], predicted=int(e["mean"] >= 0.5), true_label=e["label"],
         age=float(p.age), gender=p.gender, lymph_count=float(p.lymph_count),
@@ -293,24 +321,31 @@ def write_run_model_card(model_dir: Path, model, config: RunConfig, chosen: CVRe
 def _write_report(path: Path, config: RunConfig, data: Path, chosen: CVResult,
                   results: list[CVResult], summary: dict, pred, cohort, labelled,
                   timings, files: list[tuple[str, str]] | None = None, spread=None,
-                  card: dict | None = None) -> None:
+                  card: dict | None = None, scorer=None) -> None:
     from lymphomil.models.base import describe_models, library_versions
     from lymphomil.report.render import ReportContext, render_report
 
+    scorer = pred.model if scorer is None else scorer
+    notes = ["The chosen model's CV figure is optimistic: it was picked as the best of "
+             f"{len(results)} candidates on the same folds."]
+    if scorer is not pred.model:
+        notes.append(f"Cells in the galleries are ranked by {GALLERY_SCORER} (a cell classifier "
+                     f"trained on the labelled patients' labels), not by {chosen.model_name}, "
+                     "whose image side scores whole bags.")
     context = ReportContext(
         title="lymphomil report", data_root=str(data), model_name=chosen.model_name,
         model_description=describe_models().get(chosen.model_name, ""), cv_results=results,
-        explore=summary, calls=patient_calls(pred, spread), skipped=cohort.skipped_table(),
+        explore=summary, calls=patient_calls(pred, spread, scorer, config.cache_dir),
+        skipped=cohort.skipped_table(),
         config=config.model_dump(mode="json"), versions=library_versions(), timings=timings,
-        notes=["The chosen model's CV figure is optimistic: it was picked as the best of "
-               f"{len(results)} candidates on the same folds."],
+        notes=notes,
         families={r.model_name: _report_family(r.model_name) for r in results},
         counts={p.id: float(p.lymph_count) for p in labelled},
         synthetic=synthetic_origin(data),
         reference_date=config.reference_date.isoformat(), files=files or [],
         interval_method=spread.method if spread is not None else None,
-        score_units=score_units(pred.model),
-        errors=error_calls(chosen, pred.model, labelled, config.cache_dir), model_card=card)
+        score_units=score_units(scorer),
+        errors=error_calls(chosen, scorer, labelled, config.cache_dir), model_card=card)
     render_report(context, path, gallery_k=config.gallery_k)
 
 
