@@ -412,3 +412,21 @@ def test_clean_verdicts_are_kept_across_processes(tmp_path: Path, monkeypatch) -
     fresh_process()
     with pytest.raises(Exception, match="premature end"):
         load_cohort(root)  # still refused: damaged verdicts are not kept
+
+
+@pytest.mark.parametrize("kind", ["named pipe", "symlink loop"])
+def test_an_annotation_csv_that_is_not_a_file_is_refused_at_once(model_dir: Path, tmp_path: Path,
+                                                                 kind: str) -> None:
+    root = write_cohort(tmp_path / "cohort")
+    csv_path = root / "clinical_annotation.csv"
+    csv_path.unlink()
+    if kind == "named pipe":
+        os.mkfifo(csv_path)
+    else:
+        csv_path.symlink_to(csv_path.name)
+    with deadline(60):
+        result = predict(model_dir, root, tmp_path / "pred.csv", "--on-error", "skip")
+    assert result.exit_code == 2, result.output
+    assert "clinical_annotation.csv: the annotation file is a" in result.output
+    assert "fix:" in result.output
+    no_traceback(result)

@@ -436,6 +436,13 @@ def list_images(folder: Path, root: Path, patient_id: str, log: IssueLog,
 
 
 def _csv_files(root: Path) -> list[Path]:
+    for rel in (ROOT_CSV, TRAIN_CSV, TEST_CSV):  # a pipe or a device would block or never end
+        path = root / rel
+        if os.path.lexists(path):
+            problem = kind_problem(path)
+            if problem:
+                raise LymphomilError(f"the annotation file {problem}", file=path,
+                                     fix="replace it with the CSV file itself")
     if (root / ROOT_CSV).is_file():
         return [root / ROOT_CSV]
     found = [root / rel for rel in (TRAIN_CSV, TEST_CSV) if (root / rel).is_file()]
