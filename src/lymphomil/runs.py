@@ -489,3 +489,10 @@ def _put_in_place(staging: Path, final: Path) -> None:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def check_cache_location(cache_dir: str | Path | None, data: str | Path | None) -> None:
+    """The cache writes files: never inside the data folder (nor the data folder itself)."""
+    if data is None:
+        return
+    check_not_an_input(cache_root(cache_dir), {"data folder": data}, "--cache-dir")

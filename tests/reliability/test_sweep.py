@@ -612,3 +612,18 @@ def test_an_output_beside_the_cache_in_one_folder_is_fine(small_cohort: Path,
     result = invoke(*_argv(CV + ["--out", str(tmp_path / "x")], data=small_cohort,
                            cache=tmp_path / "x" / "cache"))
     assert result.exit_code == 2 and "holds the cache folder" in result.output, result.output
+
+
+@pytest.mark.parametrize("command", ["features", "cv", "train", "predict", "run"])
+def test_the_cache_is_never_written_into_the_data_folder(cohort: Path, logreg_model: Path,
+                                                         tmp_path: Path, command: str) -> None:
+    before = tree_digest(cohort)
+    argv = _argv(COMMANDS[command], data=cohort, cache=cohort / "trainset" / "cache",
+                 tmp=tmp_path, model=logreg_model)
+    if command == "predict":
+        argv += ["--cache-dir", str(cohort / "trainset" / "cache")]
+    result = invoke(*argv)
+    assert result.exit_code == 2, result.output
+    assert "--cache-dir lies inside the data folder" in result.output and "fix:" in result.output
+    no_traceback(result)
+    assert tree_digest(cohort) == before and not (cohort / "trainset" / "cache").exists()

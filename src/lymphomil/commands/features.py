@@ -98,6 +98,9 @@ def features(
     check_workers(workers)
     check_in_flight(workers, batch_size)
     check_backbone(backbone)
+    from lymphomil.runs import check_cache_location
+
+    check_cache_location(cache_dir, data)
     wanted = _parse_kinds(kinds)
     if tta and "views" not in wanted:
         wanted = wanted + ("views",)

@@ -16,7 +16,8 @@ from lymphomil.cli_app import (CACHE_DEFAULT, RAY_EXTRA, EngineName, OnError, St
 from lymphomil.config import DEFAULT_CANDIDATES, DEFAULT_MODEL, RunConfig
 from lymphomil.data.cohort import load_cohort
 from lymphomil.evaluate import format_metric
-from lymphomil.runs import atomic_write_json, cache_root, claim_output, staged_dir
+from lymphomil.runs import (atomic_write_json, cache_root, check_cache_location, claim_output,
+                            staged_dir)
 
 DATA_ARG = typer.Argument(..., help="challenge-layout folder (clinical_annotation.csv or "
                                     "trainset/ + testset/)", show_default=False)
@@ -129,6 +130,7 @@ def cv(
     check_threads(threads)
     check_features_option(features)
     ref = parse_date_option(reference_date)
+    check_cache_location(cache_dir, data)
     if out is not None:
         claim_output(out, "cv", {"data folder": data, "cache folder": cache_root(cache_dir)})
     set_threads(threads)
@@ -185,6 +187,7 @@ def train(
     check_threads(threads)
     check_features_option(features)
     ref = parse_date_option(reference_date)
+    check_cache_location(cache_dir, data)
     claim_output(out, "model", {"data folder": data, "cache folder": cache_root(cache_dir)})
     set_threads(threads)
     cohort = load_cohort(data, reference_date=ref, on_error=on_error)
@@ -229,6 +232,7 @@ def predict(
     from lymphomil.workflow import predict_folder, set_threads, write_predictions
 
     check_threads(threads)
+    check_cache_location(cache_dir, data)
     inputs = {"model folder": model_dir, "data folder": data, "cache folder": cache_root(cache_dir)}
     claim_output(out, "predictions", inputs, folder=False)
     claim_output(out.with_name(out.stem + ".skipped.json"), "skipped list", inputs, folder=False)
@@ -312,6 +316,7 @@ def run(
         "reference_date": parse_date_option(reference_date) if reference_date else None,
         "candidates": [c.strip() for c in candidates.split(",") if c.strip()] if candidates else None,
     })
+    check_cache_location(cfg.cache_dir, cfg.data)
     claim_output(out, "run", {"data folder": cfg.data, "config file": config,
                               "cache folder": cache_root(cfg.cache_dir)})
     reporter = StageReporter()
