@@ -93,3 +93,17 @@ def test_galleries_are_ranked_by_a_cell_classifier(first_run) -> None:
     html = (out / "report.html").read_text()
     assert "ranked by cell-topk" in html
     assert CellTopKModel.instance_score_units in html
+
+
+def test_nested_selection_is_reported_but_never_chosen(synthetic_root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["run", str(synthetic_root), "--out", str(out), "--candidates",
+                                 "tree,logreg-compact", "--folds", "3", "--repeats", "1",
+                                 "--nested-selection", "--cache-dir", str(tmp_path / "cache")],
+                           catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["chosen_model"] in ("tree", "logreg-compact")
+    assert set(metrics["candidates"]) == {"tree", "logreg-compact"}
+    assert 0.0 <= metrics["nested_selection"]["balanced_accuracy"]["mean"] <= 1.0
+    assert "Honest figure of the choice itself" in (out / "report.html").read_text()

@@ -44,6 +44,9 @@ class RunConfig(BaseModel):
     cache_dir: Path | None = None
     threads: int = Field(1, ge=1, le=256, description="threads for model fitting (torch, BLAS)")
     gallery_k: int = Field(8, ge=1, le=64)
+    nested_selection: bool = Field(False, description="also cross-validate the choice among the "
+                                   "candidates made inside each outer training part (the honest "
+                                   "figure of 'the best of these'; about 3x the candidates' CV)")
     engine: str = Field("local", description="where features and CV fits run: local or ray "
                                               "(RAY_ADDRESS, or a local Ray)")
 

@@ -83,6 +83,7 @@ def _run_stages(config: RunConfig, out: Path, engine: object, stage: Callable[[s
                 on_fit: Callable[..., None] | None,
                 cv_total: Callable[[int], None] | None) -> RunResult:
     from lymphomil.explore import explore
+    from lymphomil.models.base import selection_name
     from lymphomil.workflow import (attach_features, configure_model, labelled_patients,
                                     predict_patients, run_cv, train_model, write_cv_outputs,
                                     write_predictions)
@@ -104,21 +105,24 @@ def _run_stages(config: RunConfig, out: Path, engine: object, stage: Callable[[s
             check_folds_against(config.folds, labelled.y, "folds")  # before any feature
             summary = explore(cohort, staging / "explore")
         candidates = list(dict.fromkeys(config.candidates + ([config.model] if config.model else [])))
+        selection = (selection_name(candidates)
+                     if config.nested_selection and len(candidates) > 1 else None)
+        evaluated = candidates + ([selection] if selection else [])
         stage("features")
         with _timed(timings, "features"):
             models = [configure_model(name, config.features) for name in candidates]
             attach_features(cohort.patients, models, config.cache_dir, engine=engine)
         stage("cross-validation")
         if cv_total is not None:
-            cv_total(len(candidates) * config.folds * config.repeats)
+            cv_total(len(evaluated) * config.folds * config.repeats)
         with _timed(timings, "cross-validation"):
-            results = run_cv(candidates, labelled.patients, labelled.y, folds=config.folds,
+            results = run_cv(evaluated, labelled.patients, labelled.y, folds=config.folds,
                              repeats=config.repeats, seed=config.seed, features=config.features,
                              cache_dir=config.cache_dir, on_fit=on_fit, use_cv_cache=True,
                              engine=engine)
             write_cv_outputs(results, staging / "cv")
         chosen = (next(r for r in results if r.model_name == config.model) if config.model
-                  else choose_model(results))
+                  else choose_model([r for r in results if r.model_name != selection]))
         stage(f"train {chosen.model_name}")
         with _timed(timings, "train"):
             model = configure_model(chosen.model_name, config.features)
@@ -156,7 +160,9 @@ def _run_stages(config: RunConfig, out: Path, engine: object, stage: Callable[[s
             "chosen_model": chosen.model_name,
             "selection": "best mean balanced accuracy over the candidates' repeated CV "
                          "(optimistic for the winner: chosen on the same folds)",
-            "candidates": {r.model_name: r.summary() for r in results},
+            "candidates": {r.model_name: r.summary() for r in results if r.model_name != selection},
+            "nested_selection": next((r.summary() for r in results if r.model_name == selection),
+                                     None),
             "n_labelled": int(len(labelled.y)), "n_predicted": len(pred.ids),
             "n_skipped_patients": len(cohort.skipped_ids), "timings_seconds": timings,
         })
@@ -325,9 +331,17 @@ def _write_report(path: Path, config: RunConfig, data: Path, chosen: CVResult,
     from lymphomil.models.base import describe_models, library_versions
     from lymphomil.report.render import ReportContext, render_report
 
+    from lymphomil.models.base import selection_candidates
+
     scorer = pred.model if scorer is None else scorer
     notes = ["The chosen model's CV figure is optimistic: it was picked as the best of "
              f"{len(results)} candidates on the same folds."]
+    nested = [r for r in results if selection_candidates(r.model_name)]
+    if nested:
+        ba = nested[0].summary(n_bootstrap=10)["balanced_accuracy"]
+        notes.append(f"Honest figure of the choice itself (row {nested[0].model_name}): the "
+                     "choice among the candidates made inside each outer training part scores "
+                     f"{ba['mean']:.3f} ± {ba['std']:.3f} balanced accuracy.")
     if scorer is not pred.model:
         notes.append(f"Cells in the galleries are ranked by {GALLERY_SCORER} (a cell classifier "
                      f"trained on the labelled patients' labels), not by {chosen.model_name}, "

@@ -298,6 +298,10 @@ def run(
                                           show_default=_run_default("threads")),
     engine: Optional[EngineName] = typer.Option(None, "--engine", help=ENGINE_HELP,
                                                 show_default=_run_default("engine")),
+    nested_selection: Optional[bool] = typer.Option(
+        None, "--nested-selection", help="also cross-validate the choice among the candidates "
+        "made inside each outer training part: the honest figure of the chosen model (slow: "
+        "about 3x the candidates' CV)", show_default=_run_default("nested_selection")),
 ) -> None:
     """The main job: validate → explore → CV the candidates → train the best → predict → report.
 
@@ -313,6 +317,7 @@ def run(
         "data": data, "model": model, "folds": folds, "repeats": repeats, "seed": seed,
         "synthetic_patients": patients, "on_error": on_error, "features": features,
         "cache_dir": cache_dir, "threads": threads, "engine": engine,
+        "nested_selection": nested_selection,
         "reference_date": parse_date_option(reference_date) if reference_date else None,
         "candidates": [c.strip() for c in candidates.split(",") if c.strip()] if candidates else None,
     })
