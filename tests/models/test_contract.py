@@ -17,7 +17,8 @@ from sklearn.base import clone
 
 from lymphomil.data.cohort import as_patient_array
 from lymphomil.features.memory import InMemoryStore
-from lymphomil.models.base import create_model, encode_param, list_models, load_model
+from lymphomil.models.base import (PatientModel, create_model, encode_param, list_models,
+                                   load_model)
 from tests.models.conftest import DIM, HW, SPEC, make_patients
 
 #: models that decode cell images and build a backbone inside ``fit`` (no cached features): the
@@ -54,11 +55,16 @@ def cohort():
 
 
 def fast(model):
-    params = model.get_params(deep=True)
+    """``model`` with the options in FAST set wherever they appear, nested models (a fusion's
+    parts, an ensemble's members) included; bagging cut to 2 bootstrap samples."""
+    params = model.get_params(deep=False)
     model.set_params(**{key: value for key, value in FAST.items() if key in params})
-    nested = {key: value for key, value in params.items() if "__" in key
-              and key.rsplit("__", 1)[1] in FAST}
-    model.set_params(**{key: FAST[key.rsplit("__", 1)[1]] for key in nested})
+    if params.get("bootstrap"):
+        model.set_params(bootstrap=min(int(params["bootstrap"]), 2))
+    for value in params.values():
+        for part in (value if isinstance(value, (tuple, list)) else (value,)):
+            if isinstance(part, PatientModel):
+                fast(part)
     return model
 
 
