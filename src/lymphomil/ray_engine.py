@@ -45,15 +45,12 @@ def environment() -> dict[str, str]:
     """The versions that change the numbers: every node must match the driver's (read from
     package metadata: the driver of a feature run never needs to import torch)."""
     import platform
-    from importlib.metadata import PackageNotFoundError, version
 
-    out = {"python": platform.python_version()}
-    for name in ("lymphomil", "numpy", "scikit-learn", "torch", "torchvision", "timm", "pillow"):
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = "absent"
-    return out
+    from lymphomil.features.env import NUMERIC_LIBRARIES
+    from lymphomil.runtime import package_versions
+
+    names = ("lymphomil", "numpy", "scikit-learn", *NUMERIC_LIBRARIES)
+    return {"python": platform.python_version(), **package_versions(names)}
 
 
 def check_environment(expected: dict[str, str]) -> None:

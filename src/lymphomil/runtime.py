@@ -7,6 +7,7 @@ workers all set threads through it, and the digests and extractor size their poo
 from __future__ import annotations
 
 import os
+from typing import Sequence
 
 _THREAD_LIMITS: list = []
 
@@ -17,6 +18,20 @@ def cpu_count() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # macOS, Windows
         return max(1, os.cpu_count() or 1)
+
+
+def package_versions(names: Sequence[str]) -> dict[str, str]:
+    """Installed versions of the distributions ``names`` from their metadata (nothing imported;
+    ``"absent"`` for one not installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in names:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "absent"
+    return out
 
 
 def set_threads(threads: int) -> None:

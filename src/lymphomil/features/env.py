@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from lymphomil.errors import LymphomilError
-from lymphomil.runtime import cpu_count  # noqa: F401 (re-exported)
+from lymphomil.runtime import cpu_count, package_versions  # noqa: F401 (cpu_count re-exported)
 
 PRECISIONS = ("auto", "bf16", "fp32")
 #: the image decoder (part of the feature cache key): libjpeg-turbo through simplejpeg, strict
@@ -63,12 +63,4 @@ def resolve_precision(precision: str) -> str:
 
 def library_versions() -> dict[str, str]:
     """Installed versions of :data:`NUMERIC_LIBRARIES` (read from metadata, nothing imported)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for name in NUMERIC_LIBRARIES:
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = "absent"
-    return out
+    return package_versions(NUMERIC_LIBRARIES)
