@@ -212,7 +212,9 @@ def gallery_scorer(model, config: RunConfig, labelled, cache_dir: Path | None = 
     cell_units = create_model(GALLERY_SCORER).instance_score_units
     if score_units(model) == cell_units:
         return model
-    scorer = configure_model(GALLERY_SCORER, config.features)
+    # the cells' log-odds come from the final cell classifier alone; k and the Platt map (what
+    # the inner CV of cell-topk tunes) change the patient's score, never the cells' order
+    scorer = configure_model(GALLERY_SCORER, config.features, ks=(0,), calibrate=False)
     patients = attach_features(labelled.patients, [scorer], cache_dir)
     return scorer.fit(patients, labelled.y)
 

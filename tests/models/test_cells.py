@@ -196,3 +196,12 @@ def test_features_override_reaches_every_ensemble_member() -> None:
     fusion = configure_model("fusion-mean-seeds", "toy@112")
     members = fusion.image_model.members
     assert len(members) == 5 and all(m.features == "toy@112" for m in members)
+
+
+def test_cell_scores_do_not_depend_on_k_or_the_platt_map(cells, feature_cohort) -> None:
+    """What the report's galleries rely on: the cheap scorer (no inner CV) ranks cells exactly
+    as the tuned cell-topk does."""
+    cheap = CellTopKModel(**{**CELL, "ks": (0,)}, calibrate=False)
+    cheap.fit(feature_cohort.train, feature_cohort.y_train)
+    for a, b in zip(cheap.instance_scores(feature_cohort.test), cells.instance_scores(feature_cohort.test)):
+        np.testing.assert_array_equal(a, b)

@@ -195,3 +195,5 @@ FUSION_VARIANTS = {
 for _name, (_image, _options, _doc) in FUSION_VARIANTS.items():
     register_model(_name, f"attribute logreg (compact grid) + {_doc}, mean of the probabilities")(
         _fusion("mean", _image, **_options))
+register_model("fusion-alpha-cells", "attribute logreg (compact grid) + cell-topk, α-weighted "
+               "sum, α by inner CV")(_fusion("alpha", "cell-topk"))
