@@ -23,7 +23,7 @@ def test_every_registered_model_builds_clones_and_round_trips_its_params(name: s
     assert encode_param(rebuilt.get_params(deep=False)) == encoded
     assert describe_models()[name]
     for spec, kind in model.required_features():
-        assert kind in ("pooled", "views", "map")
+        assert kind in ("pooled", "views", "map", "trunk")
 
 
 def test_defaults_are_registered() -> None:

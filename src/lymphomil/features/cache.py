@@ -436,7 +436,7 @@ class FeatureCache:
                         "kind": file_kind(kind), "patient_id": plan.patient_id, "names": list(plan.names),
                         "digests": list(plan.digests), "skipped": [plan.names[i] for i in bad]}
                 stored = array
-                if kind == "map" and np.isfinite(array).all() and np.abs(array).max() < FLOAT16_MAX:
+                if kind in ("map", "trunk") and np.isfinite(array).all() and np.abs(array).max() < FLOAT16_MAX:
                     stored = array.astype(np.float16)
                 # not kept in memory: extraction streams (flat memory); load() reads it back
                 atomic_write_bytes(plan.path(kind), _encode(stored, meta))

@@ -34,7 +34,7 @@ from lymphomil.features.env import (PRECISIONS, bf16_supported, cpu_count,  # no
 from lymphomil.features.preprocess import (TTA_VIEWS, centre_crop, decode_image, flip_view,
                                            make_preprocess)
 
-DISK_KINDS = ("pooled", "views", "map")
+DISK_KINDS = ("pooled", "views", "map", "trunk")
 
 
 @dataclass
@@ -88,6 +88,12 @@ class Extractor:
         self.model = model.to(memory_format=torch.channels_last)
         self.issues: list[DataIssue] = []
         self._map_shape: tuple[int, ...] | None = None
+        self._trunk_shape: tuple[int, ...] | None = None
+        self._split = None
+        if "trunk" in self.kinds:  # the front's output is cached; tail(front(x)) is the map
+            from lymphomil.features.trunk import split_trunk
+
+            self._split = split_trunk(backbone.name, self.model)
 
     # ---------------------------------------------------------------- the network
 
@@ -98,6 +104,14 @@ class Extractor:
                 probe = torch.zeros(1, 3, self.crop, self.crop)
                 self._map_shape = tuple(self.backbone.forward_map(probe).shape[1:])
         return self._map_shape  # type: ignore[return-value]
+
+    def trunk_shape(self) -> tuple[int, int, int]:
+        """(d, h, w) of one image's trunk activation (the front's output) at this crop."""
+        if self._trunk_shape is None:
+            with torch.inference_mode():
+                probe = torch.zeros(1, 3, self.crop, self.crop)
+                self._trunk_shape = tuple(self._split[0](probe).shape[1:])
+        return self._trunk_shape  # type: ignore[return-value]
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Normalised (B, 3, c, c) -> {"pooled": (B, p), "views": (8, B, p), "map": (B, d, h, w)}.
@@ -114,7 +128,14 @@ class Extractor:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.precision == "bf16"):
             for view in views:
                 image = flip_view(x, view).contiguous(memory_format=torch.channels_last)
-                fmap, pooled = map_and_pooled(self.model, image)  # (B, d, h, w), (B, p) float32
+                if view == "none" and self._split is not None:
+                    front, tail = self._split
+                    trunk = front(image)  # (B, d_t, h_t, w_t)
+                    out["trunk"] = trunk.float()
+                    fmap = tail(trunk).float()  # (B, d, h, w): the same modules as model(x)
+                    pooled = fmap.mean(dim=(2, 3))  # (B, d)
+                else:
+                    fmap, pooled = map_and_pooled(self.model, image)  # (B, d, h, w), (B, p)
                 if view == "none" and "map" in self.kinds:
                     out["map"] = fmap
                 pooled_views.append(pooled)
@@ -154,6 +175,8 @@ class Extractor:
             return
         dim = self.backbone.pooled_dim
         map_shape = self.map_shape() if "map" in self.kinds else None
+        if "trunk" in self.kinds:
+            self.trunk_shape()
         lock = threading.Lock()
         progress_lock = threading.Lock()
         pending: dict[int, _Pending] = {}
@@ -270,6 +293,8 @@ class Extractor:
                 arrays["views"] = np.empty((len(TTA_VIEWS), n, dim), np.float32)
             if "map" in self.kinds:
                 arrays["map"] = np.empty((n, *map_shape), np.float32)
+            if "trunk" in self.kinds:
+                arrays["trunk"] = np.empty((n, *self.trunk_shape()), np.float32)
             entry = pending[job_index] = _Pending(jobs[job_index], arrays, n)
         return entry
 

@@ -46,7 +46,7 @@ class InMemoryStore:
             raise LymphomilError(f"unknown feature kind {kind!r}",
                                  fix=f"use one of: {', '.join(KINDS)}")
         value = np.asarray(array, dtype=np.float32)
-        expected = {"pooled": 2, "views": 3, "map": 4}[kind]
+        expected = {"pooled": 2, "views": 3, "map": 4, "trunk": 4}[kind]
         if value.ndim != expected:
             raise LymphomilError(
                 f"{kind!r} features of patient {patient_id} have shape {value.shape}; "

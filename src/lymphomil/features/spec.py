@@ -20,7 +20,9 @@ if TYPE_CHECKING:  # pragma: no cover
 #:  "pooled": (n_images, d) float32, globally pooled backbone features (mean over TTA views if any)
 #:  "views":  (8, n_images, d) float32, one pooled row per dihedral view (TTA: 4 flips x transpose)
 #:  "map":    (n_images, d, h, w) float32, the backbone's last spatial feature map
-KINDS = ("pooled", "views", "map")
+#:  "trunk":  (n_images, d_t, h_t, w_t) float32, the activation before the backbone's last stage
+#:            (features.trunk: what partial fine-tuning trains on; float16 on disk)
+KINDS = ("pooled", "views", "map", "trunk")
 
 #: the centre crop of every default (112 px of the 224 px images: the cell, little background)
 DEFAULT_CROP = 112

@@ -12,7 +12,7 @@ import torch
 from lymphomil.errors import LymphomilError
 
 
-_NDIM = {"pooled": 2, "views": 3, "map": 4}
+_NDIM = {"pooled": 2, "views": 3, "map": 4, "trunk": 4}
 
 
 def read_bags(patients: np.ndarray, spec: Any, kind: str,

@@ -45,7 +45,7 @@ class SpecSchema(_Strict):
 
 class FeatureUse(_Strict):
     spec: SpecSchema
-    kind: Literal["pooled", "views", "map"]
+    kind: Literal["pooled", "views", "map", "trunk"]
 
 
 class TrainingSchema(BaseModel):
