@@ -25,6 +25,11 @@ from tests.models.conftest import DIM, HW, SPEC, make_patients
 #: contract of ``mil-e2e`` is checked on a synthetic image cohort in tests/models/test_mil.py
 NEEDS_IMAGES = {"mil-e2e": "fits a backbone on decoded cell images; covered by "
                            "test_mil.py::test_end_to_end_fits_saves_and_explains"}
+#: models on the cached 'trunk' kind (a real backbone's tail reads it: the toy 16-d maps do not fit);
+#: the same contract runs on a toy trunk cohort in tests/models/test_finetune.py
+_TRUNK = "reads 'trunk' activations of a real backbone; test_finetune.py::test_contract_on_the_trunk_cohort"
+NEEDS_IMAGES.update({name: _TRUNK for name in ("mil-trunk", "topk-trunk", "fusion-mean-miltrunk",
+                                               "fusion-mean-topktrunk")})
 
 #: models whose patient output is known to move (by an ulp) with the other patients of the call,
 #: to be mended in the model: prototypes' ``(H - mean) / scale @ coef`` is one BLAS matrix-vector

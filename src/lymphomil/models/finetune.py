@@ -1,0 +1,341 @@
+"""Partial fine-tuning on a cached frozen trunk (issue 18): ``mil-trunk`` and ``topk-trunk``.
+
+The backbone's front (all but its last stage, :mod:`lymphomil.features.trunk`) runs once per
+image into the feature cache (kind ``"trunk"``, float16 on disk); a fit trains only the tail (the
+last stage, ``conv_head`` and its norm, starting from the backbone's pretrained weights) and a
+head, from the cached activations. The tail's batch norms stay in eval mode (their ImageNet
+statistics, as ``mil-e2e``'s ``freeze_bn``), so a cell's output depends on that cell alone.
+
+* ``mil-trunk`` (:class:`MILTrunkModel`): the founding MIL head of ``mil-e2e`` (1×1-conv position
+  logits, batch-norm-sigmoid weighted mean, :class:`~lymphomil.models.heads.BNSigmoidMIL`) on the
+  tail's maps. Like ``mil-e2e``, each step sends ``grad_images`` random images of its patients
+  through the tail with gradients and the rest under ``no_grad``
+  (:func:`~lymphomil.models.mil.forward_with_subset`).
+* ``topk-trunk`` (:class:`TopKTrunkModel`): a cell classifier (the tail, global average pooling,
+  then a linear layer on [pooled map, standardised age, standardised natural-log lymphocyte
+  count]) and top-k pooling (Campanella et al. 2019; the rank-1 public solution): a patient's
+  logit is the mean of its ``k`` highest cell logits. Each step scores all the batch's cells
+  without gradients, then recomputes its ``k`` top cells with gradients. ``k`` is fixed (8, half
+  the smallest bag of the challenge: 16 cells) rather than tuned by inner CV, which would
+  multiply a fit's cost by the grid size × inner folds; it is a constructor argument, so
+  ``select:`` or a grid can tune it.
+
+Augmentation: none. The cached activations are of the plain centre crop; dihedral views would
+need 8× the extraction and the disk (≈ 0.7 GB for the shared cohort instead of ≈ 90 MB) and
+were not measured.
+
+Hygiene is the neural template's (:mod:`lymphomil.models.neural`): seeds derived from
+``random_state``, class-weighted loss, early stopping on an inner validation split of the
+training patients only, the torch thread count set by the harness (``--threads``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from lymphomil.errors import LymphomilError
+from lymphomil.features.spec import DEFAULT_CROP
+from lymphomil.models.base import register_class, register_model
+from lymphomil.models.checks import check_choice, check_float, check_int, make_generator
+from lymphomil.models.heads import BNSigmoidMIL
+from lymphomil.models.inputs import fit_standardizer, read_bags
+from lymphomil.models.mil import forward_with_subset
+from lymphomil.models.neural import FitState, NeuralPatientModel
+
+#: the trunk features every default reads: EfficientNet-Lite0 (offline ImageNet weights) at 112 px
+TRUNK_FEATURES = f"efficientnet-lite0@{DEFAULT_CROP}"
+CELL_SCORES = ("max", "mean")
+#: the attributes the top-k cell classifier sees beside the image
+TOPK_ATTRIBUTES = ("age", "log_lymph_count")
+
+
+def _freeze_batchnorm(module: nn.Module) -> None:
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+
+
+def _chunked(fn, x: torch.Tensor, chunk: int) -> torch.Tensor:
+    return torch.cat([fn(x[i:i + chunk]) for i in range(0, x.shape[0], chunk)])
+
+
+class _TrunkModel(NeuralPatientModel):
+    """What both heads share: trunk inputs, the pretrained tail, its optimiser and state."""
+
+    feature_kind = "trunk"
+
+    @property
+    def _description(self) -> str:
+        return f"{self.family} {self._spec().backbone}"
+
+    def _check_common(self) -> None:
+        from lymphomil.features.trunk import check_trunk_backbone
+
+        check_trunk_backbone(self._spec().backbone)
+        if self.tail_lr is not None:
+            check_float("tail_lr", self.tail_lr, 0.0)
+        check_int("chunk_size", self.chunk_size)
+
+    def _tensors(self, patients, n_features: int | None = None) -> list[torch.Tensor]:
+        bags = read_bags(patients, self._spec(), self.feature_kind, n_features)
+        return [torch.tensor(b) for b in bags]  # [(n, d_t, h_t, w_t)] float32, a writable copy
+
+    def _new_tail(self) -> nn.Module:
+        from lymphomil.features.trunk import trunk_tail
+
+        spec = self._spec()
+        tail, self.feature_dim_, _, _, self.weights_digest_ = trunk_tail(spec.backbone,
+                                                                         spec.weights)
+        for p in tail.parameters():
+            p.requires_grad_(True)
+        return tail
+
+    def _restored_tail(self) -> nn.Module:
+        from lymphomil.features.trunk import trunk_tail
+
+        return trunk_tail(self._spec().backbone, "none")[0].requires_grad_(False)
+
+    def _optimizer(self, net: nn.Module) -> torch.optim.Optimizer:
+        tail_lr = self.lr if self.tail_lr is None else self.tail_lr
+        head = [p for name, p in net.named_parameters() if not name.startswith("tail.")]
+        groups = [{"params": head, "lr": self.lr}]
+        if tail_lr > 0:
+            groups.append({"params": net.tail.parameters(), "lr": tail_lr})
+        else:
+            net.tail.requires_grad_(False)
+        return torch.optim.Adam(groups, lr=self.lr, weight_decay=self.weight_decay)
+
+    def _epoch_units(self, net: nn.Module, state: FitState, epoch: int):
+        _freeze_batchnorm(net.tail)
+        if "subset" not in state.extra:
+            state.extra["subset"] = make_generator(state.seed, 3)
+        return super()._epoch_units(net, state, epoch)
+
+    def _after_fit(self, state: FitState) -> None:
+        self.net_.requires_grad_(False)
+
+    def _common_state(self) -> dict:
+        return {"n_features": self.n_features_, "feature_dim": self.feature_dim_,
+                "weights_digest": self.weights_digest_}
+
+    def _load_common(self, meta: dict) -> None:
+        self.n_features_ = int(meta["n_features"])
+        self.feature_dim_ = int(meta["feature_dim"])
+        self.weights_digest_ = str(meta.get("weights_digest", ""))
+
+
+# =========================================================================== mil-trunk
+
+
+class TrunkMILNet(nn.Module):
+    """The trainable tail ``(M, d_t, h, w) -> (M, d, h', w')`` followed by the founding MIL head
+    (``maps``/``head`` as :class:`~lymphomil.models.mil.MILNet`, for ``forward_with_subset``)."""
+
+    def __init__(self, tail: nn.Module, feature_dim: int):
+        super().__init__()
+        self.tail = tail
+        self.head = BNSigmoidMIL(feature_dim)
+
+    def maps(self, x: torch.Tensor, chunk: int) -> torch.Tensor:
+        return _chunked(self.tail, x, chunk)  # (M, d, h', w')
+
+
+@register_class
+class MILTrunkModel(_TrunkModel):
+    """The founding MIL model with the backbone's last stage fine-tuned on a cached trunk."""
+
+    family = "mil-trunk"
+    instance_score_units = "position logit of the cell (max or mean over its map positions)"
+
+    def __init__(self, features=TRUNK_FEATURES, grad_images=64, batch_size=2, lr=1e-3,
+                 tail_lr=1e-4, weight_decay=0.0, max_epochs=15, patience=4,
+                 validation_fraction=0.2, balance="weighted", cell_score="max", chunk_size=64,
+                 random_state=0):
+        self._store_params(locals())
+
+    def _check_params(self) -> None:
+        self._check_common()
+        check_int("grad_images", self.grad_images)
+        check_choice("cell_score", self.cell_score, CELL_SCORES)
+
+    def _fit_inputs(self, patients, train_idx):
+        inputs = self._tensors(patients)
+        self.n_features_ = int(inputs[0].shape[1])
+        return inputs
+
+    def _inputs(self, patients):
+        return self._tensors(patients, self.n_features_)
+
+    def _new_net(self) -> TrunkMILNet:
+        return TrunkMILNet(self._new_tail(), self.feature_dim_)
+
+    def _restored_net(self) -> TrunkMILNet:
+        return TrunkMILNet(self._restored_tail(), self.feature_dim_)
+
+    def _batch_logits(self, net: TrunkMILNet, state: FitState, units, batch):
+        raw = [state.inputs[i] for i in units[batch]]  # [(n_b, d_t, h, w)]
+        return forward_with_subset(net, torch.cat(raw), [len(r) for r in raw],
+                                   self.grad_images, state.extra["subset"],
+                                   self.chunk_size)[0]  # (b,)
+
+    def _patient_output(self, net: TrunkMILNet, inputs, i: int) -> tuple[float, np.ndarray]:
+        """(P(malignant), per cell the max or mean of its position logits)."""
+        x = inputs[i]  # (n, d_t, h, w)
+        with torch.no_grad():
+            maps = net.maps(x, self.chunk_size)  # (n, d, h', w')
+            logit, _, positions = net.head.forward_images(maps, [len(x)])  # (1,), (n, h', w')
+        flat = positions.reshape(len(x), -1)  # (n, h'*w')
+        scores = flat.amax(dim=1) if self.cell_score == "max" else flat.mean(dim=1)  # (n,)
+        return float(torch.sigmoid(logit)[0]), scores.numpy().astype(np.float64)
+
+    def _state(self):
+        return self._common_state(), {}
+
+    def _load_state(self, meta, arrays):
+        self._load_common(meta)
+
+
+@register_model("mil-trunk", "founding MIL model, last stage fine-tuned on the cached frozen "
+                             "trunk (EfficientNet-Lite0, 112 px)")
+def _mil_trunk() -> MILTrunkModel:
+    return MILTrunkModel()
+
+
+# =========================================================================== topk-trunk
+
+
+class TopKCellNet(nn.Module):
+    """Cell classifier: tail -> global average pool -> [pooled, attributes] -> linear logit."""
+
+    def __init__(self, tail: nn.Module, feature_dim: int, n_extra: int):
+        super().__init__()
+        self.tail = tail
+        self.classifier = nn.Linear(feature_dim + n_extra, 1)
+
+    def cell_logits(self, x: torch.Tensor, extra: torch.Tensor, chunk: int) -> torch.Tensor:
+        """``x`` (n, d_t, h, w) of one patient, ``extra`` (n_extra,) -> logits (n,)."""
+        z = _chunked(lambda part: self.tail(part).mean(dim=(2, 3)), x, chunk)  # (n, d)
+        z = torch.cat([z, extra.to(z.dtype).expand(z.shape[0], -1)], dim=1)  # (n, d + n_extra)
+        return self.classifier(z).squeeze(-1)  # (n,)
+
+
+def _topk_attributes(patients) -> np.ndarray:
+    """(n, 2) float32: age and the natural log of the lymphocyte count."""
+    rows = []
+    for p in patients:
+        age, count = p.age, p.lymph_count
+        if age is None or count is None or not np.isfinite(age) or not (count > 0):
+            raise LymphomilError(f"patient {p.id} has no usable age or lymphocyte count "
+                                 f"(age={age}, count={count})",
+                                 fix="fill DOB and LYMPH_COUNT in the cohort's table")
+        rows.append((float(age), float(np.log(count))))
+    return np.asarray(rows, dtype=np.float32)
+
+
+@register_class
+class TopKTrunkModel(_TrunkModel):
+    """Top-k MIL with the count and age in the cell classifier, last stage fine-tuned."""
+
+    family = "topk-trunk"
+    instance_score_units = "cell logit of the cell classifier (image, age and count)"
+
+    def __init__(self, features=TRUNK_FEATURES, k=8, use_attributes=True, batch_size=4,
+                 lr=1e-3, tail_lr=1e-4, weight_decay=1e-4, max_epochs=15, patience=4,
+                 validation_fraction=0.2, balance="weighted", chunk_size=64, random_state=0):
+        self._store_params(locals())
+
+    def _check_params(self) -> None:
+        self._check_common()
+        check_int("k", self.k)
+        if not isinstance(self.use_attributes, (bool, np.bool_)):
+            raise LymphomilError(f"use_attributes={self.use_attributes!r} must be True or False",
+                                 fix="set use_attributes to True or False")
+
+    def _extra(self, patients) -> torch.Tensor:
+        if not self.use_attributes:
+            return torch.zeros(len(patients), 0)
+        A = (_topk_attributes(patients) - self.attribute_mean_) / self.attribute_scale_
+        return torch.from_numpy(A.astype(np.float32))  # (n, 2)
+
+    def _fit_inputs(self, patients, train_idx):
+        bags = self._tensors(patients)
+        self.n_features_ = int(bags[0].shape[1])
+        if self.use_attributes:  # standardised with the patients passed to fit
+            self.attribute_mean_, self.attribute_scale_ = fit_standardizer(
+                _topk_attributes(patients))
+        else:
+            self.attribute_mean_ = self.attribute_scale_ = np.zeros(0, np.float32)
+        return list(zip(bags, self._extra(patients)))
+
+    def _inputs(self, patients):
+        return list(zip(self._tensors(patients, self.n_features_), self._extra(patients)))
+
+    def _n_extra(self) -> int:
+        return len(TOPK_ATTRIBUTES) if self.use_attributes else 0
+
+    def _new_net(self) -> TopKCellNet:
+        return TopKCellNet(self._new_tail(), self.feature_dim_, self._n_extra())
+
+    def _restored_net(self) -> TopKCellNet:
+        return TopKCellNet(self._restored_tail(), self.feature_dim_, self._n_extra())
+
+    def _topk_logit(self, cells: torch.Tensor) -> torch.Tensor:
+        k = min(int(self.k), cells.shape[0])
+        return cells.topk(k).values.mean()  # ()
+
+    def _batch_logits(self, net: TopKCellNet, state: FitState, units, batch):
+        out = []
+        for i in units[batch]:
+            x, extra = state.inputs[i]  # (n, d_t, h, w), (n_extra,)
+            with torch.no_grad():
+                scores = net.cell_logits(x, extra, self.chunk_size)  # (n,)
+            top = scores.topk(min(int(self.k), len(scores))).indices.sort().values  # (k,)
+            out.append(net.cell_logits(x[top], extra, self.chunk_size).mean())  # ()
+        return torch.stack(out)  # (b,)
+
+    def _patient_output(self, net: TopKCellNet, inputs, i: int) -> tuple[float, np.ndarray]:
+        """(P(malignant) = sigmoid(mean of the k highest cell logits), every cell's logit)."""
+        x, extra = inputs[i]
+        with torch.no_grad():
+            cells = net.cell_logits(x, extra, self.chunk_size)  # (n,)
+        return (float(torch.sigmoid(self._topk_logit(cells))),
+                cells.numpy().astype(np.float64))
+
+    def _state(self):
+        return self._common_state(), {"attribute_mean": self.attribute_mean_,
+                                      "attribute_scale": self.attribute_scale_}
+
+    def _load_state(self, meta, arrays):
+        self._load_common(meta)
+        self.attribute_mean_ = np.asarray(arrays["attribute_mean"], dtype=np.float32)
+        self.attribute_scale_ = np.asarray(arrays["attribute_scale"], dtype=np.float32)
+
+
+@register_model("topk-trunk", "top-k MIL (k=8) with age and count in the cell classifier, last "
+                              "stage fine-tuned on the cached frozen trunk (EfficientNet-Lite0)")
+def _topk_trunk() -> TopKTrunkModel:
+    return TopKTrunkModel()
+
+
+# =========================================================================== fused with attributes
+
+
+def _fused(image: str):
+    def build():
+        from lymphomil.models.attributes import AttributeModel
+        from lymphomil.models.base import create_model
+        from lymphomil.models.fusion import FusionModel
+
+        return FusionModel(attribute_model=AttributeModel(param_grid="compact"),
+                           image_model=create_model(image), rule="mean")
+
+    return build
+
+
+#: the fused variants: attribute logreg (compact grid) + the head's probability, mean rule
+FINETUNE_FUSIONS = {"fusion-mean-miltrunk": "mil-trunk", "fusion-mean-topktrunk": "topk-trunk"}
+for _name, _image in FINETUNE_FUSIONS.items():
+    register_model(_name, f"attribute logreg (compact grid) + {_image}, mean of the "
+                          "probabilities")(_fused(_image))
