@@ -13,7 +13,7 @@ statistics, as ``mil-e2e``'s ``freeze_bn``), so a cell's output depends on that 
   (:func:`~lymphomil.models.mil.forward_with_subset`).
 * ``topk-trunk`` (:class:`TopKTrunkModel`): a cell classifier (the tail, global average pooling,
   then a linear layer on [pooled map, standardised age, standardised natural-log lymphocyte
-  count]) and top-k pooling (Campanella et al. 2019; the rank-1 public solution): a patient's
+  count], started as the attributes' logistic regression with image weights 0) and top-k pooling (Campanella et al. 2019; the rank-1 public solution): a patient's
   logit is the mean of its ``k`` highest cell logits. Each step scores all the batch's cells
   without gradients, then recomputes its ``k`` top cells with gradients. ``k`` is fixed (8, half
   the smallest bag of the challenge: 16 cells) rather than tuned by inner CV, which would
@@ -241,7 +241,8 @@ class TopKTrunkModel(_TrunkModel):
     family = "topk-trunk"
     instance_score_units = "cell logit of the cell classifier (image, age and count)"
 
-    def __init__(self, features=TRUNK_FEATURES, k=8, use_attributes=True, batch_size=4,
+    def __init__(self, features=TRUNK_FEATURES, k=8, use_attributes=True, attribute_start=True,
+                 batch_size=4,
                  lr=1e-3, tail_lr=1e-4, weight_decay=1e-4, max_epochs=15, patience=4,
                  validation_fraction=0.2, balance="weighted", chunk_size=64, random_state=0):
         self._store_params(locals())
@@ -249,9 +250,28 @@ class TopKTrunkModel(_TrunkModel):
     def _check_params(self) -> None:
         self._check_common()
         check_int("k", self.k)
-        if not isinstance(self.use_attributes, (bool, np.bool_)):
-            raise LymphomilError(f"use_attributes={self.use_attributes!r} must be True or False",
-                                 fix="set use_attributes to True or False")
+        for name in ("use_attributes", "attribute_start"):
+            value = getattr(self, name)
+            if not isinstance(value, (bool, np.bool_)):
+                raise LymphomilError(f"{name}={value!r} must be True or False",
+                                     fix=f"set {name} to True or False")
+
+    def _init_net(self, net: "TopKCellNet", state: FitState) -> None:
+        """``attribute_start``: the cell classifier starts as a logistic regression on the
+        inner-training patients' attributes (image weights 0), so the images learn what the
+        count and age miss instead of drowning them (as ``abmil-attr``)."""
+        if not (self.use_attributes and self.attribute_start):
+            return
+        from sklearn.linear_model import LogisticRegression
+
+        A = torch.stack([state.inputs[i][1] for i in state.train_idx]).numpy()  # (n, 2)
+        lr = LogisticRegression(C=1.0, class_weight=None if self.balance == "none" else "balanced")
+        lr.fit(A, state.y[state.train_idx])
+        with torch.no_grad():
+            d = net.classifier.in_features - A.shape[1]
+            net.classifier.weight[0, :d] = 0.0
+            net.classifier.weight[0, d:] = torch.from_numpy(lr.coef_[0].astype(np.float32))
+            net.classifier.bias.fill_(float(lr.intercept_[0]))
 
     def _extra(self, patients) -> torch.Tensor:
         if not self.use_attributes:
