@@ -269,3 +269,24 @@ def test_registered_names_and_bad_options(toy) -> None:
         MILTrunkModel(features="dinov2-s@112").fit(train, y)
     with pytest.raises(LymphomilError, match="k"):
         TopKTrunkModel(features=TOY, k=0).fit(train, y)
+
+
+def test_topk_cell_classifier_starts_as_the_attribute_logistic_regression(toy) -> None:
+    from lymphomil.models.checks import make_generator
+    from lymphomil.models.neural import FitState
+
+    train, y, _, _ = toy
+    model = TopKTrunkModel(features=TOY, max_epochs=1)
+    idx = np.arange(len(train))
+    inputs = model._fit_inputs(train, idx)
+    model._check_params()
+    net = model._new_net()
+    model._init_net(net, FitState(train, inputs, y, idx, idx[:0], 0, make_generator(0, 1)))
+    weight = net.classifier.weight[0].detach()
+    d = net.classifier.in_features - 2
+    assert torch.all(weight[:d] == 0) and torch.all(weight[d:] != 0)
+    # at the start every cell of a patient has the attribute model's logit
+    x, extra = inputs[0]
+    with torch.no_grad():
+        cells = net.cell_logits(x, extra, 64)
+    assert torch.allclose(cells, cells[0].expand_as(cells))
