@@ -55,7 +55,8 @@ def features(
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir",
                                              help="Cache folder; features go in features/ "
                                                   "under it.", show_default=CACHE_DEFAULT),
-    kinds: str = typer.Option("pooled", "--kinds", help="pooled, views and/or map, comma-separated."),
+    kinds: str = typer.Option("pooled", "--kinds", help="pooled, views, map and/or trunk "
+                              "(before the last stage: mil-trunk, topk-trunk), comma-separated."),
     on_error: OnError = typer.Option("raise", "--on-error",
                                  help="raise: stop at the first bad row or image; skip: leave it "
                                       "out and list it."),
