@@ -18,7 +18,9 @@ Layout::
   match its key, or fails its checksum is recomputed.
 
 Kinds on disk: ``pooled`` (n, d) plain view, ``views`` (8, n, d) TTA views (the dihedral group:
-flips and rotations; file kind ``views8``), ``map`` (n, d, h, w) stored as float16 where it fits.
+flips and rotations; file kind ``views8``), ``map`` (n, d, h, w) and ``trunk`` (n, d_t, h_t, w_t;
+the activation before the backbone's last stage, :mod:`lymphomil.features.trunk`), both stored as
+float16 where they fit.
 ``d`` is the backbone's pooled size (768 for ``dinov2-s``: CLS + mean patch token; its map has
 384 channels). ``load(kind="pooled")`` with ``spec.tta`` returns the mean of the 8 views. Everything is returned as read-only float32 arrays and kept in a
 byte-bounded in-memory LRU, so cross-validation folds do not re-read files.
