@@ -10,7 +10,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "lymphomil"
 CLI = ("lymphomil.cli", "lymphomil.cli_app", "lymphomil.commands", "lymphomil.__main__")
 #: modules every layer may use, that use nothing of lymphomil themselves (but its errors)
-BOTTOM = ("lymphomil.errors", "lymphomil.metrics", "lymphomil.runtime")
+BOTTOM = ("lymphomil.engine", "lymphomil.errors", "lymphomil.metrics", "lymphomil.runtime")
 
 
 def modules() -> dict[str, Path]:

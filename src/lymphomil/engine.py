@@ -12,14 +12,14 @@ The work is already cut into idempotent pieces, so an engine only decides where 
 Both engines run the same functions with the same thread layout (one intra-op thread per
 extraction stream, ``--threads`` per fit), so they give bit-identical cache entries,
 out-of-fold probabilities and predictions. The core never imports Ray: ``lymphomil.ray_engine``
-is imported only when ``--engine ray`` is asked for.
+is imported only when ``--engine ray`` is asked for (:func:`lymphomil.workflow.get_engine`).
+This module is the bottom layer: it imports nothing of lymphomil but the errors.
 """
 
 from __future__ import annotations
 
 from typing import Any, Callable, Protocol, Sequence
 
-from lymphomil.errors import LymphomilError
 
 ENGINES = ("local", "ray")
 RAY_INSTALL_FIX = 'install the extra: pip install "lymphomil[ray]" (or run with --engine local)'
@@ -68,20 +68,3 @@ class LocalEngine:
 
     def close(self) -> None:
         pass
-
-
-def get_engine(name: str | None, **options: Any) -> Any:
-    """The engine called ``name`` (``local`` or ``ray``); a clear error when Ray is missing."""
-    name = (name or "local").lower()
-    if name == "local":
-        return LocalEngine()
-    if name == "ray":
-        try:
-            import ray  # noqa: F401
-        except ImportError:
-            raise LymphomilError("--engine ray needs Ray, which is not installed in this "
-                                 "environment", fix=RAY_INSTALL_FIX) from None
-        from lymphomil.ray_engine import RayEngine
-
-        return RayEngine(**options)
-    raise LymphomilError(f"unknown engine {name!r}", fix=f"use one of {', '.join(ENGINES)}")

@@ -68,8 +68,8 @@ def run_pipeline(config: RunConfig, out: Path,
                  cv_total: Callable[[int], None] | None = None) -> RunResult:
     """Run every stage; ``stage(name)`` announces each one, ``on_fit`` ticks CV progress.
     Features and CV fits run on ``config.engine``; training and prediction are single fits."""
-    from lymphomil.engine import get_engine
-    from lymphomil.workflow import set_threads
+    from lymphomil.workflow import get_engine
+    from lymphomil.runtime import set_threads
 
     set_threads(config.threads)
     engine = get_engine(config.engine, fit_threads=config.threads)

@@ -10,18 +10,35 @@ import io
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
 from lymphomil.data.cohort import Cohort, Patient, as_patient_array, labels_of, load_cohort
+from lymphomil.engine import ENGINES, RAY_INSTALL_FIX, Engine, LocalEngine
 from lymphomil.errors import LymphomilError
 from lymphomil.evaluate import CVResult
 from lymphomil.models.base import PatientModel, create_model, load_model
 from lymphomil.runs import atomic_write_json, atomic_write_text, read_json, staged_dir
-from lymphomil.runtime import set_threads  # noqa: F401 (the commands' name for it)
 
 METADATA_JSON = "metadata.json"
+
+
+def get_engine(name: str | None, **options: Any) -> Engine:
+    """The engine called ``name`` (``local`` or ``ray``); a clear error when Ray is missing."""
+    name = (name or "local").lower()
+    if name == "local":
+        return LocalEngine()
+    if name == "ray":
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            raise LymphomilError("--engine ray needs Ray, which is not installed in this "
+                                 "environment", fix=RAY_INSTALL_FIX) from None
+        from lymphomil.ray_engine import RayEngine
+
+        return RayEngine(**options)
+    raise LymphomilError(f"unknown engine {name!r}", fix=f"use one of {', '.join(ENGINES)}")
 
 
 def configure_model(name: str, features: str | None = None, **overrides: object) -> PatientModel:
@@ -52,7 +69,7 @@ def feature_store(cache_dir: Path | None = None):
 
 def attach_features(patients: Sequence[Patient], models: Iterable[PatientModel],
                     cache_dir: Path | None = None, on_error: str = "raise",
-                    engine: object = None) -> np.ndarray:
+                    engine: Engine | None = None) -> np.ndarray:
     """Patients with the feature cache attached, everything the models need already computed."""
     needed = []
     for model in models:
@@ -94,7 +111,7 @@ def labelled_patients(cohort: Cohort) -> LabelledSet:
 def run_cv(model_names: Sequence[str], patients: np.ndarray, y: np.ndarray, *, folds: int,
            repeats: int, seed: int, features: str | None = None, cache_dir: Path | None = None,
            on_fit: Callable[..., None] | None = None, use_cv_cache: bool = False,
-           engine: object = None) -> list[CVResult]:
+           engine: Engine | None = None) -> list[CVResult]:
     """Repeated CV of each named model; with ``use_cv_cache`` an unchanged model/data/plan is
     read back from the CV-result cache instead of refitted (see :mod:`lymphomil.cvcache`).
     ``engine`` runs the features and the fits (:mod:`lymphomil.engine`; default: here)."""

@@ -10,7 +10,8 @@ import pytest
 from typer.testing import CliRunner
 
 from lymphomil.cli import app
-from lymphomil.engine import LocalEngine, get_engine
+from lymphomil.engine import LocalEngine
+from lymphomil.workflow import get_engine
 from lymphomil.errors import LymphomilError
 
 runner = CliRunner()

@@ -114,10 +114,11 @@ def cv(
 
     Honest selection: lymphomil cv DATA -m fusion-mean -m cell-topk --select fusion-mean,cell-topk
     """
-    from lymphomil.engine import get_engine
+    from lymphomil.workflow import get_engine
     from lymphomil.params import (check_features_option, check_folds, check_folds_against,
                                   check_model_names, check_repeats, check_threads)
-    from lymphomil.workflow import labelled_patients, run_cv, set_threads, write_cv_outputs
+    from lymphomil.runtime import set_threads
+    from lymphomil.workflow import labelled_patients, run_cv, write_cv_outputs
 
     # every option before any work; the folds against the data once it is read
     if select is not None:
@@ -181,7 +182,8 @@ def train(
     Example: lymphomil train ../shared/data/dlmi-lymphocytosis --model logreg --out runs/model
     """
     from lymphomil.params import check_features_option, check_model_names, check_threads
-    from lymphomil.workflow import configure_model, labelled_patients, set_threads, train_model
+    from lymphomil.runtime import set_threads
+    from lymphomil.workflow import configure_model, labelled_patients, train_model
 
     check_model_names([model])
     check_threads(threads)
@@ -229,7 +231,8 @@ def predict(
     Example: lymphomil predict runs/model ../shared/data/dlmi-lymphocytosis --out submission.csv --kaggle
     """
     from lymphomil.params import check_threads
-    from lymphomil.workflow import predict_folder, set_threads, write_predictions
+    from lymphomil.runtime import set_threads
+    from lymphomil.workflow import predict_folder, write_predictions
 
     check_threads(threads)
     check_cache_location(cache_dir, data)
