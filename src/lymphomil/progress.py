@@ -126,6 +126,16 @@ def _bar(console: Console, transient: bool = False) -> Any:
 
 
 @contextmanager
+def _lines(description: str, total: int | None, unit: str,
+           console: Console) -> Iterator[Callable[..., None]]:
+    lines = LineProgress(description, total, unit, console)
+    try:
+        yield lines.advance
+    finally:
+        lines.close()
+
+
+@contextmanager
 def progress_task(description: str, total: int | None, unit: str = "items",
                   console: Console | None = None) -> Iterator[Callable[..., None]]:
     """``with progress_task("cv", 25, "fits") as advance: ... advance(1, rate="3.1 fits/s")``.
@@ -139,11 +149,8 @@ def progress_task(description: str, total: int | None, unit: str = "items",
         yield lambda step=1, **fields: None
         return
     if how == "lines":
-        lines = LineProgress(description, total, unit, console)
-        try:
-            yield lines.advance
-        finally:
-            lines.close()
+        with _lines(description, total, unit, console) as advance:
+            yield advance
         return
     from rich.errors import LiveError
 
@@ -151,11 +158,8 @@ def progress_task(description: str, total: int | None, unit: str = "items",
     try:
         bar.start()
     except LiveError:  # another bar is live (a nested stage): count in lines instead
-        lines = LineProgress(description, total, unit, console)
-        try:
-            yield lines.advance
-        finally:
-            lines.close()
+        with _lines(description, total, unit, console) as advance:
+            yield advance
         return
     try:
         task = bar.add_task(description, total=total, rate="")
