@@ -32,10 +32,8 @@ NEEDS_IMAGES.update({name: _TRUNK for name in ("mil-trunk", "topk-trunk", "fusio
                                                "fusion-mean-topktrunk")})
 
 #: models whose patient output is known to move (by an ulp) with the other patients of the call,
-#: to be mended in the model: prototypes' ``(H - mean) / scale @ coef`` is one BLAS matrix-vector
-#: product over all the patients of the call, whose rounding depends on how many there are
-_PROTOTYPES = "PrototypeModel.decision_function: one BLAS matrix-vector product over the call's patients"
-BATCH_DEPENDENT = {"prototypes": _PROTOTYPES, "fusion-mean-proto": _PROTOTYPES}
+#: names whose outputs may depend on the other patients of a call (none today)
+BATCH_DEPENDENT: dict[str, str] = {}
 
 #: options that only size the work of a fit, wherever they appear (nested models included)
 FAST = {"max_epochs": 3, "inner_folds": 2, "param_grid": "compact", "inner_repeats": 1}

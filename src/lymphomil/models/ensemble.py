@@ -131,26 +131,29 @@ class SelectModel(PatientModel):
         check_int("inner_folds", self.inner_folds, 2)
         named = self._named_candidates()
         seed = resolve_seed(self.random_state)
-        folds = min(int(self.inner_folds), int(np.bincount(y, minlength=2).min()))
-        self.inner_scores_ = {}
-        if len(named) > 1 and folds >= 2:
-            results = cross_validate_many(named, patients, y, folds=folds,
-                                          repeats=int(self.inner_repeats),
-                                          seed=derive_seed(seed, "select-inner"))
-            keys = []
-            for index, result in enumerate(results):
-                summary = result.summary(n_bootstrap=1)
-                overall = summary["balanced_accuracy"]["mean"]
-                hard = summary["hard_balanced_accuracy"]["mean"]
-                self.inner_scores_[result.model_name] = overall
-                keys.append((round(overall, 9), round(hard if np.isfinite(hard) else 0.0, 9), -index))
-            chosen = int(-max(keys)[2])
-        else:
-            chosen = 0
+        chosen, self.inner_scores_ = self._choose(named, patients, y, seed)
         self.chosen_ = named[chosen][0]
         self.model_ = with_seed(clone(named[chosen][1]), derive_seed(seed, "select", self.chosen_))
         self.model_.fit(patients, y)
         return self._mark_fitted()
+
+    def _choose(self, named, patients, y, seed) -> tuple[int, dict[str, float]]:
+        """The index of the best candidate by inner CV (ties: hard subset, then list order) and
+        every candidate's inner balanced accuracy."""
+        folds = min(int(self.inner_folds), int(np.bincount(y, minlength=2).min()))
+        if len(named) < 2 or folds < 2:
+            return 0, {}
+        results = cross_validate_many(named, patients, y, folds=folds,
+                                      repeats=int(self.inner_repeats),
+                                      seed=derive_seed(seed, "select-inner"))
+        keys, scores = [], {}
+        for index, result in enumerate(results):
+            summary = result.summary(n_bootstrap=1)
+            overall = summary["balanced_accuracy"]["mean"]
+            hard = summary["hard_balanced_accuracy"]["mean"]
+            scores[result.model_name] = overall
+            keys.append((round(overall, 9), round(hard if np.isfinite(hard) else 0.0, 9), -index))
+        return int(-max(keys)[2]), scores
 
     def predict_proba(self, patients):
         self._check_fitted()

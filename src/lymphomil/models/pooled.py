@@ -38,6 +38,40 @@ def pool_bag(bag: np.ndarray, pooling: str) -> np.ndarray:
     return np.concatenate([mean, bag.std(axis=0, dtype=np.float64)])  # (2d,)
 
 
+def positive_Cs(Cs) -> list[float]:
+    """The C grid as floats; a clear error unless every value is a positive number."""
+    values = [float(c) for c in np.atleast_1d(np.asarray(Cs, dtype=float))]
+    if not values or not all(np.isfinite(c) and c > 0 for c in values):
+        raise LymphomilError(f"Cs={Cs!r} must be positive numbers", fix="e.g. Cs=(0.01, 0.1, 1.0)")
+    return values
+
+
+def search_logistic(X: np.ndarray, y: np.ndarray, Cs: list[float], inner_folds: int, seed: int,
+                    scoring: str = "neg_log_loss", max_iter: int = 5000):
+    """(standardise + balanced logistic pipeline refitted with the chosen C, C, the inner CV's
+    mean scores): C by a stratified inner CV when there is a choice and enough patients, else
+    the middle C."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import GridSearchCV, StratifiedKFold
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    pipeline = Pipeline([("scale", StandardScaler()),
+                         ("lr", LogisticRegression(class_weight="balanced", max_iter=max_iter))])
+    n_splits = min(inner_folds, int(np.bincount(y).min()))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=UserWarning)
+        if len(Cs) > 1 and n_splits >= 2:
+            search = GridSearchCV(pipeline, {"lr__C": Cs}, scoring=scoring,
+                                  cv=StratifiedKFold(n_splits, shuffle=True, random_state=seed),
+                                  refit=True, error_score="raise")
+            search.fit(X, y)
+            return (search.best_estimator_, float(search.best_params_["lr__C"]),
+                    [float(s) for s in search.cv_results_["mean_test_score"]])
+        C = Cs[len(Cs) // 2]
+        return pipeline.set_params(lr__C=C).fit(X, y), C, []
+
+
 @register_class
 class ImageLogRegModel(PatientModel):
     """Logistic regression (balanced, C by inner CV) on per-patient pooled cell features."""
@@ -65,10 +99,7 @@ class ImageLogRegModel(PatientModel):
         check_choice("pooling", self.pooling, FEATURE_POOLINGS)
         check_int("inner_folds", self.inner_folds, 2)
         check_int("max_iter", self.max_iter)
-        Cs = [float(c) for c in np.atleast_1d(np.asarray(self.Cs, dtype=float))]
-        if not Cs or not all(np.isfinite(c) and c > 0 for c in Cs):
-            raise LymphomilError(f"Cs={self.Cs!r} must be positive numbers",
-                                 fix="e.g. Cs=(0.01, 0.1, 1.0)")
+        Cs = positive_Cs(self.Cs)
         seed = resolve_seed(self.random_state)
         X = self._pooled(patients)
         self.n_features_ = int(X.shape[1] // (2 if self.pooling == "mean+std" else 1))
@@ -82,28 +113,7 @@ class ImageLogRegModel(PatientModel):
         return self._mark_fitted()
 
     def _search(self, X: np.ndarray, y: np.ndarray, Cs: list[float], seed: int):
-        """(the pipeline refitted with the chosen C, C, the inner CV's mean scores): C by a
-        stratified inner CV when there is a choice and enough patients, else the middle C."""
-        from sklearn.linear_model import LogisticRegression
-        from sklearn.model_selection import GridSearchCV, StratifiedKFold
-        from sklearn.pipeline import Pipeline
-        from sklearn.preprocessing import StandardScaler
-
-        pipeline = Pipeline([("scale", StandardScaler()),
-                             ("lr", LogisticRegression(class_weight="balanced",
-                                                       max_iter=self.max_iter))])
-        n_splits = min(self.inner_folds, int(np.bincount(y).min()))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", category=UserWarning)
-            if len(Cs) > 1 and n_splits >= 2:
-                search = GridSearchCV(pipeline, {"lr__C": Cs}, scoring=self.scoring,
-                                      cv=StratifiedKFold(n_splits, shuffle=True, random_state=seed),
-                                      refit=True, error_score="raise")
-                search.fit(X, y)
-                return (search.best_estimator_, float(search.best_params_["lr__C"]),
-                        [float(s) for s in search.cv_results_["mean_test_score"]])
-            C = Cs[len(Cs) // 2]
-            return pipeline.set_params(lr__C=C).fit(X, y), C, []
+        return search_logistic(X, y, Cs, self.inner_folds, seed, self.scoring, self.max_iter)
 
     def _decision(self, X: np.ndarray) -> np.ndarray:
         return ((X - self.scaler_mean_) / self.scaler_scale_) @ self.coef_[0] + self.intercept_[0]

@@ -11,14 +11,12 @@ regression: which cell types pushed the call.
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 from scipy.special import expit
 
 from lymphomil.errors import LymphomilError
 from lymphomil.models.base import PatientModel, register_class, register_model
-from lymphomil.models.pooled import FUSION_FEATURES
+from lymphomil.models.pooled import FUSION_FEATURES, positive_Cs, search_logistic
 from lymphomil.models.checks import (check_int, check_patients, check_patients_y, parse_spec,
                                      resolve_seed)
 from lymphomil.models.inputs import read_bags
@@ -62,23 +60,26 @@ class PrototypeModel(PatientModel):
                          for b in bags])  # (n, k + 1)
 
     def fit(self, patients, y):
-        from sklearn.cluster import KMeans
-        from sklearn.linear_model import LogisticRegression
-        from sklearn.model_selection import GridSearchCV, StratifiedKFold
-        from sklearn.pipeline import Pipeline
-        from sklearn.preprocessing import StandardScaler
-
         patients, y = check_patients_y(patients, y)
         check_int("n_prototypes", self.n_prototypes, 2)
         check_int("cells_per_patient", self.cells_per_patient)
         check_int("inner_folds", self.inner_folds, 2)
-        Cs = [float(c) for c in np.atleast_1d(np.asarray(self.Cs, dtype=float))]
-        if not Cs or not all(np.isfinite(c) and c > 0 for c in Cs):
-            raise LymphomilError(f"Cs={self.Cs!r} must be positive numbers", fix="e.g. Cs=(0.1, 1.0)")
+        Cs = positive_Cs(self.Cs)
         seed = resolve_seed(self.random_state)
-        rng = np.random.default_rng(seed)
         bags = self._bags(patients)
         self.n_features_ = int(bags[0].shape[1])
+        self._fit_prototypes(bags, seed)
+        fitted, self.C_, _ = search_logistic(self._histograms(bags), y, Cs, self.inner_folds, seed)
+        scaler, lr = fitted.named_steps["scale"], fitted.named_steps["lr"]
+        self.h_mean_, self.h_scale_ = scaler.mean_.astype(np.float64), scaler.scale_.astype(np.float64)
+        self.coef_, self.intercept_ = lr.coef_[0].astype(np.float64), float(lr.intercept_[0])
+        return self._mark_fitted()
+
+    def _fit_prototypes(self, bags: list[np.ndarray], seed: int) -> None:
+        """k-means on at most ``cells_per_patient`` random cells of each training patient."""
+        from sklearn.cluster import KMeans
+
+        rng = np.random.default_rng(seed)
         sample = np.concatenate([b[rng.permutation(len(b))[:int(self.cells_per_patient)]]
                                  for b in bags]).astype(np.float64)  # (cells, d)
         if len(sample) < int(self.n_prototypes):
@@ -88,28 +89,12 @@ class PrototypeModel(PatientModel):
         self.scale_ = np.where(sample.std(0) > 0, sample.std(0), 1.0)
         kmeans = KMeans(int(self.n_prototypes), n_init=3, random_state=seed)
         self.centres_ = kmeans.fit((sample - self.mean_) / self.scale_).cluster_centers_
-        H = self._histograms(bags)
-        pipeline = Pipeline([("scale", StandardScaler()),
-                             ("lr", LogisticRegression(class_weight="balanced", max_iter=5000))])
-        folds = min(int(self.inner_folds), int(np.bincount(y, minlength=2).min()))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", category=UserWarning)
-            if len(Cs) > 1 and folds >= 2:
-                search = GridSearchCV(pipeline, {"lr__C": Cs}, scoring="neg_log_loss",
-                                      cv=StratifiedKFold(folds, shuffle=True, random_state=seed))
-                fitted = search.fit(H, y).best_estimator_
-            else:
-                fitted = pipeline.set_params(lr__C=Cs[0]).fit(H, y)
-        scaler, lr = fitted.named_steps["scale"], fitted.named_steps["lr"]
-        self.C_ = float(lr.C)
-        self.h_mean_, self.h_scale_ = scaler.mean_.astype(np.float64), scaler.scale_.astype(np.float64)
-        self.coef_, self.intercept_ = lr.coef_[0].astype(np.float64), float(lr.intercept_[0])
-        return self._mark_fitted()
 
     def decision_function(self, patients):
         self._check_fitted()
         H = self._histograms(self._bags(check_patients(patients), self.n_features_))
-        return ((H - self.h_mean_) / self.h_scale_) @ self.coef_ + self.intercept_
+        # a row-wise product and sum: one patient's score never depends on the others in the call
+        return (((H - self.h_mean_) / self.h_scale_) * self.coef_).sum(axis=1) + self.intercept_
 
     def predict_proba(self, patients):
         p1 = expit(self.decision_function(patients))
