@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +18,7 @@ from lymphomil.data.synth import write_synthetic_cohort
 from lymphomil.errors import LymphomilError
 from lymphomil.features import FeatureCache, FeatureSpec, attach_store
 from lymphomil.features.cache import SUFFIX
+from tests.killing import kill_extraction_midway
 
 SPEC = FeatureSpec(backbone="small-cnn", weights="none", crop=64, precision="fp32")
 
@@ -193,19 +192,8 @@ def test_resume_after_a_kill(tmp_path: Path) -> None:
     root = write_synthetic_cohort(tmp_path / "cohort", n_patients=10, seed=2, images_per_patient=(4, 6))
     patients = _patients(root)
     cache_dir = tmp_path / "cache"
-    process = subprocess.Popen([sys.executable, "-c", _KILLABLE, str(root), str(cache_dir)],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 60
-    try:
-        while len(list(cache_dir.rglob(f"*.pooled{SUFFIX}"))) < 2:
-            assert process.poll() is None, process.communicate()[1].decode()[-2000:]
-            assert time.monotonic() < deadline, "the extraction did not start"
-            time.sleep(0.02)
-        os.kill(process.pid, signal.SIGKILL)
-    finally:
-        process.wait()
-    assert process.returncode == -signal.SIGKILL
-    finished = len(list(cache_dir.rglob(f"*.pooled{SUFFIX}")))
+    finished = kill_extraction_midway(_KILLABLE, [str(root), str(cache_dir)], cache_dir,
+                                      f"*.pooled{SUFFIX}")
     assert 2 <= finished < len(patients)
 
     cache = FeatureCache(cache_dir)

@@ -8,12 +8,7 @@ synthetic image cohort.
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import textwrap
-import time
 from datetime import date
 from pathlib import Path
 
@@ -26,6 +21,7 @@ from lymphomil.data.cohort import Patient, as_patient_array, load_cohort
 from lymphomil.data.synth import write_synthetic_cohort
 from lymphomil.features import FeatureCache, FeatureSpec
 from lymphomil.features.cache import SUFFIX
+from tests.killing import kill_extraction_midway
 from lymphomil.features.memory import InMemoryStore
 from lymphomil.models.base import create_model, encode_param, load_model
 from lymphomil.models.finetune import MILTrunkModel, TopKTrunkModel
@@ -132,19 +128,8 @@ def test_an_interrupted_trunk_extraction_resumes(tmp_path: Path) -> None:
                                   images_per_patient=(4, 6))
     patients = load_cohort(root).patients
     cache_dir = tmp_path / "cache"
-    process = subprocess.Popen([sys.executable, "-c", _KILLABLE, str(root), str(cache_dir)],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 60
-    try:
-        while len(list(cache_dir.rglob(f"*.trunk{SUFFIX}"))) < 2:
-            assert process.poll() is None, process.communicate()[1].decode()[-2000:]
-            assert time.monotonic() < deadline, "the extraction did not start"
-            time.sleep(0.02)
-        os.kill(process.pid, signal.SIGKILL)
-    finally:
-        process.wait()
-    assert process.returncode == -signal.SIGKILL
-    finished = len(list(cache_dir.rglob(f"*.trunk{SUFFIX}")))
+    finished = kill_extraction_midway(_KILLABLE, [str(root), str(cache_dir)], cache_dir,
+                                      f"*.trunk{SUFFIX}")
     assert 2 <= finished < len(patients)
 
     cache = FeatureCache(cache_dir)
