@@ -275,3 +275,44 @@ def test_topk_cell_classifier_starts_as_the_attribute_logistic_regression(toy) -
     with torch.no_grad():
         cells = net.cell_logits(x, extra, 64)
     assert torch.allclose(cells, cells[0].expand_as(cells))
+
+
+def test_topk_score_k_is_chosen_on_the_inner_validation_patients(toy, tmp_path: Path) -> None:
+    from lymphomil.models.checks import resolve_seed
+    from lymphomil.models.training import balanced_log_loss, inner_split
+
+    train, y, test, _ = toy
+    ks = (1, 3, 6)
+    fitted = TopKTrunkModel(features=TOY, max_epochs=2, k=3, ks=ks, validation_fraction=0.34,
+                            random_state=5).fit(train, y)
+    _, val_idx = inner_split(y, 0.34, resolve_seed(5))
+    cells = fitted.instance_scores(train[val_idx])  # every cell's logit, after the fit
+
+    def sigmoid(z: float) -> float:
+        return 1.0 / (1.0 + np.exp(-z))
+
+    losses = [balanced_log_loss(y[val_idx], np.array(
+        [sigmoid(np.sort(c)[::-1][:min(k, len(c))].mean()) for c in cells])) for k in ks]
+    np.testing.assert_allclose(fitted.k_losses_, losses, rtol=1e-5)
+    assert fitted.k_ == ks[int(np.argmin(losses))]
+    # the patient score is the mean of the chosen k highest cell logits
+    p = fitted.predict_proba(test)[:, 1]
+    expected = [sigmoid(np.sort(c)[::-1][:min(fitted.k_, len(c))].mean())
+                for c in fitted.instance_scores(test)]
+    np.testing.assert_allclose(p, expected, rtol=1e-5)
+    fitted.save(tmp_path / "m")
+    loaded = load_model(tmp_path / "m")
+    assert loaded.k_ == fitted.k_
+    np.testing.assert_array_equal(loaded.predict_proba(test), fitted.predict_proba(test))
+    # one candidate: the training k is kept
+    single = TopKTrunkModel(features=TOY, max_epochs=1, k=3, ks=(3,)).fit(train, y)
+    assert single.k_ == 3
+
+
+@pytest.mark.parametrize("ks", [(), (0, 4), (2.5,), (True,), "8"])
+def test_topk_bad_ks_are_refused(toy, ks) -> None:
+    from lymphomil.errors import LymphomilError
+
+    train, y, _, _ = toy
+    with pytest.raises(LymphomilError, match="ks="):
+        TopKTrunkModel(features=TOY, max_epochs=1, ks=ks).fit(train, y)

@@ -15,10 +15,11 @@ statistics, as ``mil-e2e``'s ``freeze_bn``), so a cell's output depends on that 
   then a linear layer on [pooled map, standardised age, standardised natural-log lymphocyte
   count], started as the attributes' logistic regression with image weights 0) and top-k pooling (Campanella et al. 2019; the rank-1 public solution): a patient's
   logit is the mean of its ``k`` highest cell logits. Each step scores all the batch's cells
-  without gradients, then recomputes its ``k`` top cells with gradients. ``k`` is fixed (8, half
-  the smallest bag of the challenge: 16 cells) rather than tuned by inner CV, which would
-  multiply a fit's cost by the grid size × inner folds; it is a constructor argument, so
-  ``select:`` or a grid can tune it.
+  without gradients, then recomputes its ``k`` top cells with gradients (training ``k`` = 8,
+  half the smallest bag of the challenge: 16 cells). The ``k`` of the patient score is then
+  chosen among ``ks`` on the inner validation patients of the training part (the split early
+  stopping already uses: never the patients being predicted), by class-balanced log-loss; a
+  full inner CV over ``k`` would multiply a fit's cost by the grid size × the inner folds.
 
 Augmentation: none. The cached activations are of the plain centre crop; dihedral views would
 need 8× the extraction and the disk (≈ 0.7 GB for the shared cohort instead of ≈ 90 MB) and
@@ -30,6 +31,8 @@ training patients only, the torch thread count set by the harness (``--threads``
 """
 
 from __future__ import annotations
+
+import operator
 
 import numpy as np
 import torch
@@ -43,6 +46,7 @@ from lymphomil.models.heads import BNSigmoidMIL
 from lymphomil.models.inputs import fit_standardizer, read_bags
 from lymphomil.models.mil import forward_with_subset
 from lymphomil.models.neural import FitState, NeuralPatientModel
+from lymphomil.models.training import balanced_log_loss
 
 #: the trunk features every default reads: EfficientNet-Lite0 (offline ImageNet weights) at 112 px
 TRUNK_FEATURES = f"efficientnet-lite0@{DEFAULT_CROP}"
@@ -241,8 +245,8 @@ class TopKTrunkModel(_TrunkModel):
     family = "topk-trunk"
     instance_score_units = "cell logit of the cell classifier (image, age and count)"
 
-    def __init__(self, features=TRUNK_FEATURES, k=8, use_attributes=True, attribute_start=True,
-                 batch_size=4,
+    def __init__(self, features=TRUNK_FEATURES, k=8, ks=(2, 4, 8, 16), use_attributes=True,
+                 attribute_start=True, batch_size=4,
                  lr=1e-3, tail_lr=1e-4, weight_decay=1e-4, max_epochs=15, patience=4,
                  validation_fraction=0.2, balance="weighted", chunk_size=64, random_state=0):
         self._store_params(locals())
@@ -250,6 +254,7 @@ class TopKTrunkModel(_TrunkModel):
     def _check_params(self) -> None:
         self._check_common()
         check_int("k", self.k)
+        self._candidate_ks()
         for name in ("use_attributes", "attribute_start"):
             value = getattr(self, name)
             if not isinstance(value, (bool, np.bool_)):
@@ -301,8 +306,39 @@ class TopKTrunkModel(_TrunkModel):
     def _restored_net(self) -> TopKCellNet:
         return TopKCellNet(self._restored_tail(), self.feature_dim_, self._n_extra())
 
+    def _candidate_ks(self) -> list[int]:
+        try:
+            ks = [operator.index(k) for k in np.atleast_1d(self.ks)]
+        except TypeError:
+            ks = []
+        if not ks or min(ks) < 1:
+            raise LymphomilError(f"ks={self.ks!r} must be positive cell counts",
+                                 fix="e.g. ks=(2, 4, 8, 16), or ks=(8,) to keep the training k")
+        return ks
+
+    def _after_fit(self, state: FitState) -> None:
+        """Choose the patient score's ``k`` on the inner validation patients (training part only):
+        the lowest class-balanced log-loss, ties to the k closest to the training ``k``."""
+        super()._after_fit(state)
+        ks = self._candidate_ks()
+        self.k_, self.k_losses_ = int(self.k), []
+        if len(state.val_idx) == 0 or len(np.unique(state.y[state.val_idx])) < 2:
+            return
+        self.net_.eval()
+        with torch.no_grad():
+            cells = [self.net_.cell_logits(*state.inputs[i], self.chunk_size)
+                     for i in state.val_idx]  # [(n_i,)]
+        y = state.y[state.val_idx]
+        for k in ks:
+            p = np.array([float(torch.sigmoid(c.topk(min(k, len(c))).values.mean()))
+                          for c in cells])
+            self.k_losses_.append(balanced_log_loss(y, p))
+        order = sorted(range(len(ks)),
+                       key=lambda j: (round(self.k_losses_[j], 9), abs(np.log(ks[j] / self.k))))
+        self.k_ = ks[order[0]]
+
     def _topk_logit(self, cells: torch.Tensor) -> torch.Tensor:
-        k = min(int(self.k), cells.shape[0])
+        k = min(int(getattr(self, "k_", self.k)), cells.shape[0])
         return cells.topk(k).values.mean()  # ()
 
     def _batch_logits(self, net: TopKCellNet, state: FitState, units, batch):
@@ -324,17 +360,23 @@ class TopKTrunkModel(_TrunkModel):
                 cells.numpy().astype(np.float64))
 
     def _state(self):
-        return self._common_state(), {"attribute_mean": self.attribute_mean_,
-                                      "attribute_scale": self.attribute_scale_}
+        meta = {**self._common_state(), "k": int(self.k_),
+                "k_losses": [float(v) for v in self.k_losses_]}
+        return meta, {"attribute_mean": self.attribute_mean_,
+                      "attribute_scale": self.attribute_scale_}
 
     def _load_state(self, meta, arrays):
         self._load_common(meta)
+        self.k_ = int(meta.get("k", self.k))
+        self.k_losses_ = [float(v) for v in meta.get("k_losses", [])]
         self.attribute_mean_ = np.asarray(arrays["attribute_mean"], dtype=np.float32)
         self.attribute_scale_ = np.asarray(arrays["attribute_scale"], dtype=np.float32)
 
 
-@register_model("topk-trunk", "top-k MIL (k=8) with age and count in the cell classifier, last "
-                              "stage fine-tuned on the cached frozen trunk (EfficientNet-Lite0)")
+@register_model("topk-trunk", "top-k MIL (trained at k=8, scored with k from 2/4/8/16 chosen on "
+                              "the inner validation patients) with age and count in the cell "
+                              "classifier, last stage fine-tuned on the cached frozen trunk "
+                              "(EfficientNet-Lite0)")
 def _topk_trunk() -> TopKTrunkModel:
     return TopKTrunkModel()
 
