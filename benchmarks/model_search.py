@@ -1,6 +1,6 @@
 """Search for the default model: candidate configurations under the same repeated 5×5 CV.
 
-Every figure comes from the harness (`lymphomil.evaluate.cross_validate`), results are cached
+Every figure comes from the harness (`lymphomil.crossval.cross_validate`), results are cached
 (`lymphomil.cvcache`), so re-running prints the table at once. The winner becomes the registered
 default (`lymphomil.config.DEFAULT_MODEL`); the table goes to docs/results.md.
 
@@ -15,12 +15,12 @@ import time
 from pathlib import Path
 
 from lymphomil.data.cohort import load_cohort
-from lymphomil.evaluate import format_metric
+from lymphomil.crossval import format_metric
 from lymphomil.models.attributes import AttributeModel
 from lymphomil.models.base import create_model
 from lymphomil.models.fusion import FusionModel
 from lymphomil.runtime import set_threads
-from lymphomil.workflow import labelled_patients, run_cv
+from lymphomil.steps import labelled_patients, run_cv
 
 REPO = Path(__file__).resolve().parents[1]
 

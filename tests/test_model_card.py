@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 
 from lymphomil.data.cohort import load_cohort
-from lymphomil.evaluate import cross_validate
+from lymphomil.crossval import cross_validate
 from lymphomil.model_card import MODEL_CARD_JSON, THRESHOLD, build_model_card, write_model_card
 from lymphomil.models.base import encode_param, load_model
-from lymphomil.runs import read_json, verify_dir
-from lymphomil.workflow import (attach_features, configure_model, labelled_patients,
+from lymphomil.outputs import read_json, verify_dir
+from lymphomil.steps import (attach_features, configure_model, labelled_patients,
                                 predict_patients, train_model)
 
 
@@ -92,7 +92,7 @@ def test_card_file_is_part_of_the_model_folder(trained) -> None:
     verify_dir(folder)  # the checksums cover the card
     assert MODEL_CARD_JSON in read_json(folder / "checksums.json")
     try:
-        from lymphomil.runs import foreign_files
+        from lymphomil.outputs import foreign_files
     except ImportError:  # pragma: no cover
         foreign_files = None
     if foreign_files is not None and (folder / ".lymphomil-output.json").is_file():

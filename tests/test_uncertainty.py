@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 
 from lymphomil.data.cohort import load_cohort
-from lymphomil.evaluate import CVResult
+from lymphomil.crossval import CVResult
 from lymphomil.models.base import create_model
 from lymphomil.uncertainty import (borderline, oof_spread, refit_probas, refit_spread,
                                    subsample_plan)
-from lymphomil.workflow import labelled_patients
+from lymphomil.steps import labelled_patients
 
 
 def test_subsamples_are_stratified_and_seeded() -> None:

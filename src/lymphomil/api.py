@@ -24,7 +24,7 @@ from lymphomil.data.cohort import Cohort, load_cohort, labels_of  # noqa: F401 (
 from lymphomil.models.base import PatientModel, create_model, list_models, load_model  # noqa: F401
 
 if TYPE_CHECKING:  # pragma: no cover
-    from lymphomil.evaluate import CVResult
+    from lymphomil.crossval import CVResult
     from lymphomil.pipeline import RunResult
 
 
@@ -37,7 +37,7 @@ def with_features(patients: Iterable[Any], *models: "PatientModel | str",
     """The patients as a 1-D array, each carrying the feature store that ``models`` read (their
     features computed into the on-disk cache first where missing); unchanged for models that
     read no image features."""
-    from lymphomil.workflow import attach_features
+    from lymphomil.steps import attach_features
 
     return attach_features(list(patients), [_model(m) for m in models],
                            Path(cache_dir) if cache_dir is not None else None)
@@ -49,8 +49,8 @@ def cross_validate(model: "PatientModel | str", cohort: "Cohort | Sequence[Any]"
     """Repeated, stratified, patient-level CV of ``model`` (a registered name or a model) on the
     labelled patients of ``cohort`` (a :class:`Cohort`, or labelled patients); out-of-fold
     probabilities, metrics and intervals in the returned ``CVResult`` (``.summary()``)."""
-    from lymphomil.evaluate import cross_validate as harness
-    from lymphomil.workflow import labelled_patients
+    from lymphomil.crossval import cross_validate as harness
+    from lymphomil.steps import labelled_patients
 
     if isinstance(cohort, Cohort):
         labelled = labelled_patients(cohort)

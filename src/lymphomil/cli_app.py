@@ -119,8 +119,8 @@ def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
                               "  re-run with --debug for the traceback, and report it",
                               highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
-        finally:  # the outputs this command locked (lymphomil.runs.claim_output)
-            from lymphomil.runs import release_claims
+        finally:  # the outputs this command locked (lymphomil.outputs.claim_output)
+            from lymphomil.outputs import release_claims
 
             release_claims()
 
@@ -129,7 +129,7 @@ def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
 
 def parse_date_option(text: str, option: str = "--reference-date") -> date:
     """A YYYY-MM-DD option value, or a clear error naming the option."""
-    from lymphomil.params import check_reference_date
+    from lymphomil.options import check_reference_date
 
     try:
         value = date.fromisoformat(text.strip())

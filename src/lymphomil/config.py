@@ -72,7 +72,7 @@ class RunConfig(BaseModel):
     @field_validator("features")
     @classmethod
     def _features(cls, value: str | None) -> str | None:
-        from lymphomil.params import check_features_option
+        from lymphomil.options import check_features_option
 
         try:
             return check_features_option(value, "features")
@@ -82,7 +82,7 @@ class RunConfig(BaseModel):
     @field_validator("reference_date")
     @classmethod
     def _reference(cls, value: date) -> date:
-        from lymphomil.params import MAX_YEAR, MIN_YEAR
+        from lymphomil.options import MAX_YEAR, MIN_YEAR
 
         if not MIN_YEAR <= value.year <= MAX_YEAR:
             raise ValueError(f"{value.isoformat()} is implausible (years {MIN_YEAR} to {MAX_YEAR})")
@@ -97,7 +97,7 @@ class RunConfig(BaseModel):
 
 
 def _model_names(names: list[str], field_name: str) -> list[str]:
-    from lymphomil.params import check_model_names
+    from lymphomil.options import check_model_names
 
     try:
         return check_model_names(names, field_name)

@@ -20,9 +20,9 @@ from typing import Sequence
 import numpy as np
 
 from lymphomil.data.digests import image_digests
-from lymphomil.evaluate import CVResult
+from lymphomil.crossval import CVResult
 from lymphomil.models.base import PatientModel, encode_param, library_versions
-from lymphomil.runs import atomic_write_bytes, atomic_write_json, sweep_stale_temp_files
+from lymphomil.outputs import atomic_write_bytes, atomic_write_json, sweep_stale_temp_files
 
 CACHE_FORMAT = 1
 

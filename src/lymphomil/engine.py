@@ -6,13 +6,13 @@ The work is already cut into idempotent pieces, so an engine only decides where 
   (:meth:`lymphomil.features.cache.FeatureCache.ensure`); each patient's files are written
   atomically, so a retried or interrupted piece never leaves a file anyone trusts;
 * **cross-validation** — one (model, repeat, fold) fit of the harness
-  (:func:`lymphomil.evaluate.fit_fold`), seeded from (seed, model, repeat, fold), never from the
+  (:func:`lymphomil.crossval.fit_fold`), seeded from (seed, model, repeat, fold), never from the
   order in which pieces finish.
 
 Both engines run the same functions with the same thread layout (one intra-op thread per
 extraction stream, ``--threads`` per fit), so they give bit-identical cache entries,
 out-of-fold probabilities and predictions. The core never imports Ray: ``lymphomil.ray_engine``
-is imported only when ``--engine ray`` is asked for (:func:`lymphomil.workflow.get_engine`).
+is imported only when ``--engine ray`` is asked for (:func:`lymphomil.steps.get_engine`).
 This module is the bottom layer: it imports nothing of lymphomil but the errors.
 """
 

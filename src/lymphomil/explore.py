@@ -17,7 +17,7 @@ import numpy as np
 
 from lymphomil.data.cohort import LABELS, Cohort
 from lymphomil.errors import LymphomilError
-from lymphomil.runs import atomic_write_bytes
+from lymphomil.outputs import atomic_write_bytes
 
 #: (column of Cohort.table(), name in the tables and figures)
 ATTRIBUTES = (("age", "age"), ("lymph_count", "lymphocyte count"),

@@ -220,13 +220,13 @@ def build_model_card(model: Any, name: str, model_metadata: dict, *, chosen: Any
 def write_model_card(model_dir: str | Path, card: dict) -> Path:
     """``model_card.json`` into a finished model folder; its checksums (and lymphomil's record
     of the folder's files, when there is one) are rewritten to cover it."""
-    from lymphomil.runs import atomic_write_json, read_json, write_checksums
+    from lymphomil.outputs import atomic_write_json, read_json, write_checksums
 
     model_dir = Path(model_dir)
     path = atomic_write_json(model_dir / MODEL_CARD_JSON, card)
     write_checksums(model_dir)
     try:
-        from lymphomil.runs import OUTPUT_MARKER, write_output_marker
+        from lymphomil.outputs import OUTPUT_MARKER, write_output_marker
     except ImportError:  # pragma: no cover  (an older runs module without the record)
         return path
     marker = model_dir / OUTPUT_MARKER

@@ -18,8 +18,8 @@ import numpy as np
 
 from lymphomil.config import RunConfig, to_toml
 from lymphomil.data.cohort import load_cohort
-from lymphomil.evaluate import CVResult
-from lymphomil.runs import atomic_write_json, atomic_write_text, default_cache_root, staged_dir
+from lymphomil.crossval import CVResult
+from lymphomil.outputs import atomic_write_json, atomic_write_text, default_cache_root, staged_dir
 from lymphomil.uncertainty import N_REFITS
 
 
@@ -68,7 +68,7 @@ def run_pipeline(config: RunConfig, out: Path,
                  cv_total: Callable[[int], None] | None = None) -> RunResult:
     """Run every stage; ``stage(name)`` announces each one, ``on_fit`` ticks CV progress.
     Features and CV fits run on ``config.engine``; training and prediction are single fits."""
-    from lymphomil.workflow import get_engine
+    from lymphomil.steps import get_engine
     from lymphomil.runtime import set_threads
 
     set_threads(config.threads)
@@ -84,7 +84,7 @@ def _run_stages(config: RunConfig, out: Path, engine: object, stage: Callable[[s
                 cv_total: Callable[[int], None] | None) -> RunResult:
     from lymphomil.explore import explore
     from lymphomil.models.base import selection_name
-    from lymphomil.workflow import (attach_features, configure_model, labelled_patients,
+    from lymphomil.steps import (attach_features, configure_model, labelled_patients,
                                     predict_patients, run_cv, train_model, write_cv_outputs,
                                     write_predictions)
 
@@ -100,7 +100,7 @@ def _run_stages(config: RunConfig, out: Path, engine: object, stage: Callable[[s
             cohort = load_cohort(data, reference_date=config.reference_date,
                                  on_error=config.on_error)
             labelled = labelled_patients(cohort)
-            from lymphomil.params import check_folds_against
+            from lymphomil.options import check_folds_against
 
             check_folds_against(config.folds, labelled.y, "folds")  # before any feature
             summary = explore(cohort, staging / "explore")
@@ -172,9 +172,9 @@ def _run_stages(config: RunConfig, out: Path, engine: object, stage: Callable[[s
 
 def _refit_spread(name: str, config: RunConfig, labelled, pred, engine: object):
     """The spread of each predicted patient's probability over refits of the chosen model."""
-    from lymphomil.runs import cache_root
+    from lymphomil.outputs import cache_root
     from lymphomil.uncertainty import cached_refit_probas, refit_spread
-    from lymphomil.workflow import attach_features, configure_model
+    from lymphomil.steps import attach_features, configure_model
 
     model = configure_model(name, config.features)
     patients = attach_features(labelled.patients, [model], config.cache_dir)
@@ -185,7 +185,7 @@ def _refit_spread(name: str, config: RunConfig, labelled, pred, engine: object):
 
 
 def _report_family(name: str) -> str:
-    from lymphomil.workflow import configure_model
+    from lymphomil.steps import configure_model
 
     family = configure_model(name).family
     return family if family in ("attributes", "fusion") else "images"
@@ -207,7 +207,7 @@ def gallery_scorer(model, config: RunConfig, labelled, cache_dir: Path | None = 
     from a cell classifier, else ``cell-topk`` fitted on the labelled patients (issue 15 item 2:
     a mean-pooled linear model's per-cell "logit shares" are not evidence about single cells)."""
     from lymphomil.models.base import create_model
-    from lymphomil.workflow import attach_features, configure_model
+    from lymphomil.steps import attach_features, configure_model
 
     cell_units = create_model(GALLERY_SCORER).instance_score_units
     if score_units(model) == cell_units:
@@ -220,7 +220,7 @@ def gallery_scorer(model, config: RunConfig, labelled, cache_dir: Path | None = 
 
 
 def _cell_scores(scorer, patients, cache_dir: Path | None = None):
-    from lymphomil.workflow import attach_features
+    from lymphomil.steps import attach_features
 
     return scorer.instance_scores(attach_features(patients, [scorer], cache_dir))
 
@@ -251,7 +251,7 @@ def synthetic_origin(data: Path | None) -> dict | None:
     not a synthetic cohort. ``lymphomil synth`` leaves its marker file in every cohort it writes."""
     from lymphomil.data.synth import MARKER
     from lymphomil.errors import LymphomilError
-    from lymphomil.runs import read_json
+    from lymphomil.outputs import read_json
 
     if data is None:
         return {}
@@ -291,7 +291,7 @@ def error_calls(chosen: CVResult, model, labelled, cache_dir: Path | None = None
     """Report entries of the labelled patients ``chosen`` gets wrong out of fold: their mean
     out-of-fold probability and its range, and their cells ranked by the final ``model``."""
     from lymphomil.report.render import PatientCall, oof_errors
-    from lymphomil.workflow import attach_features
+    from lymphomil.steps import attach_features
 
     errors = oof_errors(chosen)
     if not errors:
@@ -315,7 +315,7 @@ def write_run_model_card(model_dir: Path, model, config: RunConfig, chosen: CVRe
     from lymphomil.model_card import build_model_card, write_model_card
     from lymphomil.models.base import describe_models
     from lymphomil.report.render import calibration_stats
-    from lymphomil.runs import read_json
+    from lymphomil.outputs import read_json
 
     card = build_model_card(
         model, chosen.model_name, read_json(Path(model_dir) / "metadata.json"), chosen=chosen,
@@ -370,7 +370,7 @@ def write_prediction_report(path: Path, pred, data: Path, model_dir: Path,
     """The per-patient galleries for new patients (no CV: the model was trained elsewhere)."""
     from lymphomil.models.base import library_versions
     from lymphomil.report.render import ReportContext, render_report
-    from lymphomil.runs import read_json
+    from lymphomil.outputs import read_json
 
     from lymphomil.model_card import MODEL_CARD_JSON
 
@@ -403,6 +403,6 @@ def _relative(target: Path, start: Path) -> str:
 
 
 def ensure_out_is_free(out: Path) -> None:
-    from lymphomil.runs import ensure_replaceable
+    from lymphomil.outputs import ensure_replaceable
 
     ensure_replaceable(out, "metrics.json", "run")

@@ -23,7 +23,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from lymphomil.evaluate import CVResult, FoldTask, derive_seed, run_fold_task
+from lymphomil.crossval import CVResult, FoldTask, derive_seed, run_fold_task
 
 N_REFITS = 20
 SUBSAMPLE = 0.8

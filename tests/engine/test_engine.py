@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from lymphomil.cli import app
 from lymphomil.engine import LocalEngine
-from lymphomil.workflow import get_engine
+from lymphomil.steps import get_engine
 from lymphomil.errors import LymphomilError
 
 runner = CliRunner()
@@ -79,8 +79,8 @@ def test_core_never_imports_ray(synthetic_root: Path, tmp_path: Path) -> None:
 
 def test_cross_validate_many_equals_one_model_at_a_time(synthetic_root: Path) -> None:
     from lymphomil.data.cohort import load_cohort
-    from lymphomil.evaluate import cross_validate, cross_validate_many
-    from lymphomil.workflow import configure_model, labelled_patients
+    from lymphomil.crossval import cross_validate, cross_validate_many
+    from lymphomil.steps import configure_model, labelled_patients
 
     labelled = labelled_patients(load_cohort(synthetic_root))
     models = [(name, configure_model(name)) for name in ("tree", "logreg")]

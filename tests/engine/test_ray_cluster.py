@@ -32,7 +32,7 @@ def cluster():
 def test_two_nodes_share_the_work_and_give_the_local_answers(cluster, synthetic_root: Path,
                                                              tmp_path: Path) -> None:
     from lymphomil.ray_engine import RayEngine
-    from lymphomil.workflow import attach_features, configure_model, labelled_patients, run_cv
+    from lymphomil.steps import attach_features, configure_model, labelled_patients, run_cv
 
     engine = RayEngine(address=cluster.address, chunk_images=24)
     assert engine.describe() == "ray: 2 node(s), 2 CPUs"

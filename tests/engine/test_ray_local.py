@@ -38,7 +38,7 @@ def engine():
 @pytest.fixture(scope="module")
 def local_reference(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """Features, CV and predictions of the local engine, computed once."""
-    from lymphomil.workflow import attach_features, configure_model, labelled_patients, run_cv
+    from lymphomil.steps import attach_features, configure_model, labelled_patients, run_cv
 
     cache = tmp_path_factory.mktemp("local") / "cache"
     cohort = load_cohort(synthetic_root)
@@ -65,7 +65,7 @@ def _assert_same_cv(results, reference) -> None:
 
 def test_features_and_cv_match_the_local_engine(engine, synthetic_root: Path, tmp_path: Path,
                                                 local_reference: dict) -> None:
-    from lymphomil.workflow import attach_features, configure_model, labelled_patients, run_cv
+    from lymphomil.steps import attach_features, configure_model, labelled_patients, run_cv
 
     cohort = load_cohort(synthetic_root)
     attach_features(cohort.patients, [configure_model("image-logreg", SPEC_TEXT)], tmp_path,
@@ -93,7 +93,7 @@ def test_a_worker_killed_during_extraction_is_retried(engine, synthetic_root: Pa
 
 def test_a_worker_killed_during_cross_validation_is_retried(engine, synthetic_root: Path,
                                                             local_reference: dict) -> None:
-    from lymphomil.workflow import labelled_patients, run_cv
+    from lymphomil.steps import labelled_patients, run_cv
 
     labelled = labelled_patients(load_cohort(synthetic_root))
     with WorkerKiller("run_fit") as killer:
@@ -130,7 +130,7 @@ def test_a_node_with_other_library_versions_is_refused_clearly(engine) -> None:
     """A worker whose versions differ from the driver's raises the user-facing error (not a
     Ray traceback), for fits as for feature chunks."""
     from lymphomil.errors import LymphomilError
-    from lymphomil.evaluate import FoldTask
+    from lymphomil.crossval import FoldTask
 
     real = engine.environment
     engine.environment = dict(real, torch="0.0.1")

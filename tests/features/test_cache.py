@@ -206,7 +206,7 @@ def test_resume_after_a_kill(tmp_path: Path) -> None:
 
 
 def test_the_next_extraction_clears_a_killed_writers_temp_files(cohort_root: Path, tmp_path: Path) -> None:
-    from lymphomil.runs import _host
+    from lymphomil.outputs import _host
 
     patients = _patients(cohort_root)
     cache = FeatureCache(tmp_path / "cache")

@@ -3,7 +3,7 @@
 Every cell has a (d, h, w) "feature map" of standard normal noise; in a malignant patient a share
 of the cells (25–60 %) is shifted along one fixed direction, in a reactive one at most a few
 percent. The pooled features are the maps' spatial means. All of it lives in an
-:class:`~lymphomil.features.memory.InMemoryStore` attached to the patients.
+:class:`~lymphomil.features.in_memory.InMemoryStore` attached to the patients.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from lymphomil.data.cohort import Patient, as_patient_array
-from lymphomil.features.memory import InMemoryStore
+from lymphomil.features.in_memory import InMemoryStore
 from lymphomil.features.spec import FeatureSpec
 
 SPEC = "toy@112"

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from lymphomil.data.cohort import Patient, as_patient_array
-from lymphomil.features.memory import InMemoryStore
+from lymphomil.features.in_memory import InMemoryStore
 from lymphomil.models.abmil import ABMILModel
 from lymphomil.models.base import create_model
 from lymphomil.models.heads import GatedAttentionMIL

@@ -8,7 +8,7 @@ import pytest
 from lymphomil.errors import LymphomilError
 from sklearn.base import clone
 
-from lymphomil.evaluate import cross_validate, derive_seed, with_seed
+from lymphomil.crossval import cross_validate, derive_seed, with_seed
 from lymphomil.models.base import create_model
 from lymphomil.models.cells import CellTopKModel, _cell_weights, top_k_mean
 from lymphomil.models.ensemble import EnsembleModel, SelectModel
@@ -191,7 +191,7 @@ def test_bad_ensemble_and_selection_options(feature_cohort) -> None:
 
 
 def test_features_override_reaches_every_ensemble_member() -> None:
-    from lymphomil.workflow import configure_model
+    from lymphomil.steps import configure_model
 
     fusion = configure_model("fusion-mean-seeds", "toy@112")
     members = fusion.image_model.members

@@ -16,7 +16,7 @@ import torch
 from sklearn.base import clone
 
 from lymphomil.data.cohort import as_patient_array
-from lymphomil.features.memory import InMemoryStore
+from lymphomil.features.in_memory import InMemoryStore
 from lymphomil.models.base import (PatientModel, create_model, encode_param, list_models,
                                    load_model)
 from tests.models.conftest import DIM, HW, SPEC, make_patients

@@ -22,7 +22,7 @@ from lymphomil.data.synth import write_synthetic_cohort
 from lymphomil.features import FeatureCache, FeatureSpec
 from lymphomil.features.cache import SUFFIX
 from tests.killing import kill_extraction_midway
-from lymphomil.features.memory import InMemoryStore
+from lymphomil.features.in_memory import InMemoryStore
 from lymphomil.models.base import create_model, encode_param, load_model
 from lymphomil.models.finetune import MILTrunkModel, TopKTrunkModel
 from lymphomil.models.training import module_arrays

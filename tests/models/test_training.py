@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from lymphomil.errors import LymphomilError
-from lymphomil.features.memory import InMemoryStore
+from lymphomil.features.in_memory import InMemoryStore
 from lymphomil.metrics import balanced_accuracy
 from lymphomil.models.checks import check_patients_y, make_generator, resolve_seed, seeded
 from lymphomil.models.inputs import pad_bags

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from lymphomil.runs import CHECKSUMS, verify_dir
+from lymphomil.outputs import CHECKSUMS, verify_dir
 
 LYMPHOMIL = Path(sys.executable).with_name("lymphomil")
 
@@ -29,7 +29,7 @@ LYMPHOMIL = Path(sys.executable).with_name("lymphomil")
 _HELD_AT = """
 import sys, time
 from pathlib import Path
-from lymphomil import runs
+from lymphomil import outputs
 from lymphomil.cli import main
 from lymphomil.models.attributes import AttributeModel
 phase, marker = sys.argv.pop(1), Path(sys.argv.pop(1))
@@ -37,12 +37,12 @@ def hold():
     marker.write_text(phase)
     time.sleep(300)
 if phase == "staging":
-    write = runs.write_checksums
+    write = outputs.write_checksums
     def held(folder):
         written = write(folder)
         hold()
         return written
-    runs.write_checksums = held
+    outputs.write_checksums = held
 elif phase == "fit":
     def held_fit(self, patients, y):
         hold()

@@ -264,7 +264,7 @@ def _cv_entry(root: Path, key: str) -> None:
     import numpy as np
 
     from lymphomil import cvcache
-    from lymphomil.evaluate import CVResult
+    from lymphomil.crossval import CVResult
 
     result = CVResult("logreg", ["P1", "P2"], np.array([0, 1]), np.zeros((1, 2), int),
                       np.full((1, 2), 0.5), np.zeros((1, 2), bool), np.zeros((1, 2)))
@@ -342,12 +342,12 @@ def test_two_concurrent_runs_one_wins_one_is_told(small_cohort: Path, tmp_path: 
                                         (errno.EACCES, "permissions")])
 def test_a_full_or_read_only_cache_disk_is_a_message(small_cohort: Path, tmp_path: Path,
                                                      monkeypatch, code: int, words: str) -> None:
-    from lymphomil import runs
+    from lymphomil import outputs
 
     def refuse(*args, **kwargs):
         raise OSError(code, os.strerror(code), str(tmp_path / "cache" / "x.tmp"))
 
-    monkeypatch.setattr(runs.tempfile, "mkstemp", refuse)
+    monkeypatch.setattr(outputs.tempfile, "mkstemp", refuse)
     result = invoke(*_argv(FEATURES + ["--crop", "112"], data=small_cohort,
                            cache=tmp_path / "cache"))
     assert result.exit_code == 2, result.output
@@ -429,7 +429,7 @@ def test_a_saved_config_repeats_from_another_working_directory(small_cohort: Pat
 
 
 def _edit_model(folder: Path, name: str, change) -> None:
-    from lymphomil.runs import write_checksums
+    from lymphomil.outputs import write_checksums
 
     path = folder / name
     data = json.loads(path.read_text())

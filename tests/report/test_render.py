@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lymphomil.evaluate import CVResult
+from lymphomil.crossval import CVResult
 from lymphomil.report.render import (
     SECTIONS,
     PatientCall,

@@ -45,7 +45,7 @@ def synth(
     Example: lymphomil synth out/synth --patients 60 --seed 0
     """
     from lymphomil.data.synth import write_synthetic_cohort
-    from lymphomil.params import check_fraction, check_images_per_patient, check_synthetic
+    from lymphomil.options import check_fraction, check_images_per_patient, check_synthetic
 
     check_synthetic(patients)  # the writer checks OUT (its own marker) and locks it
     check_fraction(test_fraction, "--test-fraction")
@@ -77,7 +77,7 @@ def explore(
     """
     from lymphomil.data.cohort import load_cohort
     from lymphomil.explore import GENDER_COLUMNS, STATISTICS, explore as explore_cohort
-    from lymphomil.runs import atomic_write_json, claim_output, write_output_marker
+    from lymphomil.outputs import atomic_write_json, claim_output, write_output_marker
 
     reference = parse_date_option(reference_date)
     # a folder: not a file, not the data's, empty or written by an earlier `explore`

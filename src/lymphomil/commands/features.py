@@ -73,7 +73,7 @@ def features(
     Example: lymphomil features ../shared/data/dlmi-lymphocytosis --backbone efficientnet-lite0 --crop 112
     """
     from lymphomil.data.cohort import load_cohort
-    from lymphomil.workflow import get_engine
+    from lymphomil.steps import get_engine
     from lymphomil.features import FeatureCache, FeatureSpec, resolve_precision
     from lymphomil.features.cache import feature_root
 
@@ -90,7 +90,7 @@ def features(
     if data is None:
         raise LymphomilError("no data folder given",
                              fix="lymphomil features DATA (the challenge folder), or --list")
-    from lymphomil.params import (check_backbone, check_batch_size, check_crop, check_in_flight,
+    from lymphomil.options import (check_backbone, check_batch_size, check_crop, check_in_flight,
                                   check_workers)
 
     # every option before any work: a 5000 px crop once ran a 5000x5000 probe through the network
@@ -99,7 +99,7 @@ def features(
     check_workers(workers)
     check_in_flight(workers, batch_size)
     check_backbone(backbone)
-    from lymphomil.runs import check_cache_location
+    from lymphomil.outputs import check_cache_location
 
     check_cache_location(cache_dir, data)
     wanted = _parse_kinds(kinds)
@@ -153,7 +153,7 @@ def cache_info(
     """
     from lymphomil.features import FeatureCache
     from lymphomil.features.cache import feature_root
-    from lymphomil.runs import dumps_json
+    from lymphomil.outputs import dumps_json
 
     info = FeatureCache(feature_root(cache_dir)).info()
     info["cv_results"] = _cv_cache_size(cache_dir)
@@ -175,7 +175,7 @@ def cache_info(
 
 
 def _cv_folder(cache_dir: Optional[Path]) -> Path:
-    from lymphomil.runs import cache_root
+    from lymphomil.outputs import cache_root
 
     return cache_root(cache_dir) / "cv"
 

@@ -15,8 +15,8 @@ from lymphomil.cli_app import (CACHE_DEFAULT, RAY_EXTRA, EngineName, OnError, St
                                 progress_task)
 from lymphomil.config import DEFAULT_CANDIDATES, DEFAULT_MODEL, RunConfig
 from lymphomil.data.cohort import load_cohort
-from lymphomil.evaluate import format_metric
-from lymphomil.runs import (atomic_write_json, cache_root, check_cache_location, claim_output,
+from lymphomil.crossval import format_metric
+from lymphomil.outputs import (atomic_write_json, cache_root, check_cache_location, claim_output,
                             staged_dir)
 
 DATA_ARG = typer.Argument(..., help="challenge-layout folder (clinical_annotation.csv or "
@@ -114,11 +114,11 @@ def cv(
 
     Honest selection: lymphomil cv DATA -m fusion-mean -m cell-topk --select fusion-mean,cell-topk
     """
-    from lymphomil.workflow import get_engine
-    from lymphomil.params import (check_features_option, check_folds, check_folds_against,
+    from lymphomil.steps import get_engine
+    from lymphomil.options import (check_features_option, check_folds, check_folds_against,
                                   check_model_names, check_repeats, check_threads)
     from lymphomil.runtime import set_threads
-    from lymphomil.workflow import labelled_patients, run_cv, write_cv_outputs
+    from lymphomil.steps import labelled_patients, run_cv, write_cv_outputs
 
     # every option before any work; the folds against the data once it is read
     if select is not None:
@@ -181,9 +181,9 @@ def train(
 
     Example: lymphomil train ../shared/data/dlmi-lymphocytosis --model logreg --out runs/model
     """
-    from lymphomil.params import check_features_option, check_model_names, check_threads
+    from lymphomil.options import check_features_option, check_model_names, check_threads
     from lymphomil.runtime import set_threads
-    from lymphomil.workflow import configure_model, labelled_patients, train_model
+    from lymphomil.steps import configure_model, labelled_patients, train_model
 
     check_model_names([model])
     check_threads(threads)
@@ -199,7 +199,7 @@ def train(
                 seed=seed, extra={"skipped": cohort.skipped_table()})
     from lymphomil.model_card import build_model_card, write_model_card
     from lymphomil.models.base import describe_models
-    from lymphomil.runs import read_json
+    from lymphomil.outputs import read_json
 
     # no CV here: the card says what the model is and what it was trained on (`run` adds the CV)
     write_model_card(out, build_model_card(estimator, model, read_json(out / "metadata.json"),
@@ -230,9 +230,9 @@ def predict(
 
     Example: lymphomil predict runs/model ../shared/data/dlmi-lymphocytosis --out submission.csv --kaggle
     """
-    from lymphomil.params import check_threads
+    from lymphomil.options import check_threads
     from lymphomil.runtime import set_threads
-    from lymphomil.workflow import predict_folder, write_predictions
+    from lymphomil.steps import predict_folder, write_predictions
 
     check_threads(threads)
     check_cache_location(cache_dir, data)
@@ -340,7 +340,7 @@ def run(
     console.print("timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in result.timings.items()))
     skipped_file = out / "skipped.json"  # listed as predict and cv list them
     if skipped_file.is_file():
-        from lymphomil.runs import read_json
+        from lymphomil.outputs import read_json
 
         print_skips(read_json(skipped_file), skipped_file)
     console.print(f"wrote {out}/report.html, submission.csv, predictions.csv, metrics.json, "

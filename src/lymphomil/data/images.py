@@ -191,7 +191,7 @@ _MEMO_NEW: dict[str, tuple[int, int, int]] = {}
 
 
 def _memo_file() -> Path:
-    from lymphomil.runs import default_cache_root
+    from lymphomil.outputs import default_cache_root
 
     return default_cache_root() / "validated" / f"images-v{MEMO_VERSION}.json"
 
@@ -221,7 +221,7 @@ def save_memo() -> None:
         return
     import json
 
-    from lymphomil.runs import atomic_write_text
+    from lymphomil.outputs import atomic_write_text
 
     memo = _memo()
     memo.update(_MEMO_NEW)

@@ -27,7 +27,7 @@ from PIL import Image
 from lymphomil.data.cohort import (DEFAULT_REFERENCE_DATE, ROOT_CSV, TEST_CSV, TEST_DIR,
                                    TRAIN_CSV, TRAIN_DIR)
 from lymphomil.errors import LymphomilError
-from lymphomil.runs import atomic_write_json, atomic_write_text, staged_dir
+from lymphomil.outputs import atomic_write_json, atomic_write_text, staged_dir
 
 MARKER = ".lymphomil-synth.json"
 GENERATOR_VERSION = 1

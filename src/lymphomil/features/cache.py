@@ -50,7 +50,7 @@ from lymphomil.features.env import (
     resolve_precision,
 )
 from lymphomil.features.spec import KINDS, FeatureSpec
-from lymphomil.runs import atomic_write_bytes, atomic_write_json, sweep_stale_temp_files
+from lymphomil.outputs import atomic_write_bytes, atomic_write_json, sweep_stale_temp_files
 
 CACHE_FORMAT = 1
 #: the name a kind has in file names and file metadata. "views" became the 8 dihedral views
@@ -75,7 +75,7 @@ def default_root() -> Path:
 
 def feature_root(cache_dir: str | Path | None) -> Path:
     """Where features live for a ``--cache-dir`` (the lymphomil cache root: features/, cv/, …)."""
-    from lymphomil.runs import cache_root
+    from lymphomil.outputs import cache_root
 
     return cache_root(cache_dir) / "features"
 

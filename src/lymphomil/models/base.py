@@ -23,7 +23,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 
 from lymphomil.errors import LymphomilError
 from lymphomil.features.spec import FeatureSpec
-from lymphomil.runs import atomic_write_bytes, atomic_write_json, read_json, staged_dir, verify_dir
+from lymphomil.outputs import atomic_write_bytes, atomic_write_json, read_json, staged_dir, verify_dir
 
 MODEL_JSON = "model.json"
 ARRAYS = "arrays.safetensors"

@@ -26,7 +26,7 @@ import numpy as np
 from scipy.special import expit
 
 from lymphomil.errors import LymphomilError
-from lymphomil.evaluate import _roc_auc, derive_seed
+from lymphomil.crossval import _roc_auc, derive_seed
 from lymphomil.models.base import PatientModel, register_class, register_model
 from lymphomil.models.pooled import FUSION_FEATURES
 from lymphomil.models.checks import (check_int, check_patients, check_patients_y, parse_spec,

@@ -18,7 +18,7 @@ import numpy as np
 from sklearn.base import clone
 
 from lymphomil.errors import LymphomilError
-from lymphomil.evaluate import cross_validate_many, derive_seed, with_seed
+from lymphomil.crossval import cross_validate_many, derive_seed, with_seed
 from lymphomil.features.spec import FeatureSpec
 from lymphomil.models.base import (PatientModel, create_model, positive_proba, register_class,
                                    register_model)

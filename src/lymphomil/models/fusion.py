@@ -20,7 +20,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold
 
 from lymphomil.errors import LymphomilError
-from lymphomil.evaluate import derive_seed, with_seed
+from lymphomil.crossval import derive_seed, with_seed
 from lymphomil.features.spec import FeatureSpec
 from lymphomil.metrics import balanced_accuracy, logit
 from lymphomil.models.attributes import AttributeModel

@@ -122,7 +122,7 @@ def _problems(exc: ValidationError) -> str:
 
 
 def _check(schema: type[BaseModel], path: Path) -> BaseModel:
-    from lymphomil.runs import read_json
+    from lymphomil.outputs import read_json
 
     data = read_json(path)
     try:
@@ -177,7 +177,7 @@ def _check_tree(folder: Path, depth: int = 0) -> None:
 def read_model_folder(folder: str | Path):
     """(model, metadata dict) of a folder written by `lymphomil train`, checked strictly."""
     from lymphomil.models.base import load_model
-    from lymphomil.runs import verify_dir
+    from lymphomil.outputs import verify_dir
 
     folder = Path(folder)
     verify_dir(folder, "model")

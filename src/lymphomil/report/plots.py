@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:  # pragma: no cover
-    from lymphomil.evaluate import CVResult
+    from lymphomil.crossval import CVResult
 
 DPI = 110
 MALIGNANT, REACTIVE, UNKNOWN = "#c0392b", "#2166ac", "#7f7f7f"

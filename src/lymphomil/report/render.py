@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from lymphomil.report import plots
-from lymphomil.runs import atomic_write_text
+from lymphomil.outputs import atomic_write_text
 
 if TYPE_CHECKING:  # pragma: no cover
-    from lymphomil.evaluate import CVResult
+    from lymphomil.crossval import CVResult
 
 #: (id, title) of every top-level section, in page order (tests check that each one exists)
 SECTIONS = (
@@ -138,7 +138,7 @@ def _fmt(value: Any, digits: int = 3) -> str:
 
 def _metric_cell(stats: Mapping[str, float]) -> dict[str, Any]:
     """A table cell: the mean ± std on top, the 95 % interval below, the raw text as a tooltip."""
-    from lymphomil.evaluate import (
+    from lymphomil.crossval import (
         format_metric,  # lazy: the report module stays light to import
     )
 

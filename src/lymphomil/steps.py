@@ -17,9 +17,9 @@ import numpy as np
 from lymphomil.data.cohort import Cohort, Patient, as_patient_array, labels_of, load_cohort
 from lymphomil.engine import ENGINES, RAY_INSTALL_FIX, Engine, LocalEngine
 from lymphomil.errors import LymphomilError
-from lymphomil.evaluate import CVResult
+from lymphomil.crossval import CVResult
 from lymphomil.models.base import PatientModel, create_model, load_model
-from lymphomil.runs import atomic_write_json, atomic_write_text, read_json, staged_dir
+from lymphomil.outputs import atomic_write_json, atomic_write_text, read_json, staged_dir
 
 METADATA_JSON = "metadata.json"
 
@@ -116,8 +116,8 @@ def run_cv(model_names: Sequence[str], patients: np.ndarray, y: np.ndarray, *, f
     read back from the CV-result cache instead of refitted (see :mod:`lymphomil.cvcache`).
     ``engine`` runs the features and the fits (:mod:`lymphomil.engine`; default: here)."""
     from lymphomil import cvcache
-    from lymphomil.evaluate import cross_validate_many
-    from lymphomil.runs import cache_root
+    from lymphomil.crossval import cross_validate_many
+    from lymphomil.outputs import cache_root
 
     models = [configure_model(name, features) for name in model_names]
     attached = attach_features(patients, models, cache_dir, engine=engine)
@@ -158,7 +158,7 @@ def write_cv_outputs(results: Sequence[CVResult], out: Path) -> dict:
 
 
 def cv_markdown(results: Sequence[CVResult]) -> str:
-    from lymphomil.evaluate import format_metric
+    from lymphomil.crossval import format_metric
 
     lines = ["| model | balanced accuracy | hard-subset bal. acc. | ROC AUC | accuracy | F1 | "
              "minutes |", "|---|---|---|---|---|---|---|"]
@@ -176,7 +176,7 @@ def train_model(model: PatientModel, labelled: LabelledSet, out: Path, *, name: 
                 reference_date: date, cache_dir: Path | None = None, seed: int = 0,
                 extra: dict | None = None) -> PatientModel:
     """Fit on every labelled patient and save a self-describing model folder."""
-    from lymphomil.evaluate import derive_seed, with_seed
+    from lymphomil.crossval import derive_seed, with_seed
     from lymphomil.models.base import library_versions
 
     patients = attach_features(labelled.patients, [model], cache_dir)

@@ -7,8 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from lymphomil import runs
-from lymphomil.runs import (
+from lymphomil import outputs
+from lymphomil.outputs import (
     _host,
     _owner,
     atomic_write_bytes,
@@ -111,7 +111,7 @@ def test_atomic_writes_name_their_owner_so_a_kill_can_be_cleared(tmp_path: Path,
         seen.append(Path(src).name)
         replace(src, dst)
 
-    monkeypatch.setattr(runs.os, "replace", spy)
+    monkeypatch.setattr(outputs.os, "replace", spy)
     atomic_write_bytes(tmp_path / "out.bin", b"data")
     assert (tmp_path / "out.bin").read_bytes() == b"data"
     assert len(seen) == 1 and seen[0].startswith(f".out.bin.{_owner()}.") and seen[0].endswith(".tmp")
