@@ -8,9 +8,13 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "lymphomil"
-CLI = ("lymphomil.cli", "lymphomil.cli_app", "lymphomil.commands", "lymphomil.__main__")
+#: the command-line layer (progress: its bars and lines; the library reports through
+#: progress_protocol, and the CLI installs them there)
+CLI = ("lymphomil.cli", "lymphomil.cli_app", "lymphomil.commands", "lymphomil.__main__",
+       "lymphomil.progress")
 #: modules every layer may use, that use nothing of lymphomil themselves (but its errors)
-BOTTOM = ("lymphomil.engine", "lymphomil.errors", "lymphomil.metrics", "lymphomil.runtime")
+BOTTOM = ("lymphomil.engine", "lymphomil.errors", "lymphomil.metrics", "lymphomil.progress_protocol",
+          "lymphomil.runtime")
 
 
 def modules() -> dict[str, Path]:

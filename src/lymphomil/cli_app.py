@@ -19,7 +19,8 @@ from rich.markup import escape
 from typer.core import TyperOption
 
 from lymphomil.errors import LymphomilError
-from lymphomil.progress import ERR_CONSOLE, StageReporter, progress_task
+from lymphomil.progress import ERR_CONSOLE, StageReporter, TerminalProgress, progress_task
+from lymphomil.progress_protocol import using
 
 __all__ = ["CACHE_DEFAULT", "EngineName", "OnError", "RAY_EXTRA", "StageReporter", "app",
            "cache_app", "console", "err_console", "handle_errors", "is_debug",
@@ -62,10 +63,14 @@ _STATE = {"debug": False}
 
 
 @app.callback()
-def _main(debug: bool = typer.Option(False, "--debug", help="Show Python tracebacks on errors "
+def _main(ctx: typer.Context,
+          debug: bool = typer.Option(False, "--debug", help="Show Python tracebacks on errors "
                                                             "and debug log lines.")) -> None:
     _STATE["debug"] = debug or os.environ.get("LYMPHOMIL_DEBUG") == "1"
     setup_logging(logging.DEBUG if _STATE["debug"] else logging.WARNING)
+    # the library reports progress to whatever is installed (silent by default): for the length
+    # of this command, to the command line's bars and lines
+    ctx.with_resource(using(TerminalProgress()))
 
 
 def setup_logging(level: int = logging.WARNING, console: Console | None = None) -> None:

@@ -8,7 +8,11 @@ first, with the count, the rate and the time left, so a long stage never sits si
 
 ``LYMPHOMIL_PROGRESS`` overrides the choice: ``bar``/``1`` (a bar even outside a terminal),
 ``lines``, or ``off``/``0`` (nothing). ``LYMPHOMIL_PROGRESS_INTERVAL`` sets the seconds between
-lines. This module is a library module (features and engines import it); the CLI re-exports it.
+lines. A model's epochs (a *transient* task) show as a bar that vanishes, on a terminal only.
+
+The command line's side: only the CLI imports this module. Library code reports through
+:mod:`lymphomil.progress_protocol`; the CLI installs :class:`TerminalProgress` there for the
+length of each command.
 """
 
 from __future__ import annotations
@@ -170,6 +174,56 @@ def progress_task(description: str, total: int | None, unit: str = "items",
         yield advance
     finally:
         bar.stop()
+
+
+@contextmanager
+def _epoch_bar(description: str, total: int | None) -> Iterator[Callable[..., None]]:
+    """A transient bar over a model's epochs on a terminal; nothing otherwise (nor when another
+    live display cannot nest)."""
+    console = Console(stderr=True)  # its own console, as the training loop's bar always had
+    if not console.is_terminal:
+        yield lambda step=1, note="": None
+        return
+    from rich.errors import LiveError
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                               TimeElapsedColumn)
+
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("{task.fields[info]}"), TimeElapsedColumn(),
+                        console=console, transient=True)
+    try:
+        progress.start()
+    except LiveError:  # another live display that cannot nest: stay silent
+        yield lambda step=1, note="": None
+        return
+    try:
+        task = progress.add_task(description, total=total, info="")
+
+        def advance(step: float = 1, note: str = "") -> None:
+            progress.update(task, advance=step, info=note)
+
+        yield advance
+    finally:
+        progress.stop()
+
+
+class TerminalProgress:
+    """The command line's :class:`lymphomil.progress_protocol.Progress`: a counted task as
+    :func:`progress_task` shows it (a bar, or lines, per ``LYMPHOMIL_PROGRESS``); a transient
+    one (a model's epochs) as :func:`_epoch_bar`. A note is shown beside a bar."""
+
+    def __init__(self, console: Console | None = None):
+        self.console = console
+
+    @contextmanager
+    def task(self, description: str, total: int | None, unit: str = "items", *,
+             transient: bool = False) -> Iterator[Callable[..., None]]:
+        if transient:
+            with _epoch_bar(description, total) as advance:
+                yield advance
+            return
+        with progress_task(description, total, unit, self.console) as advance:
+            yield lambda step=1, note="": advance(step, rate=note)
 
 
 class StageReporter:

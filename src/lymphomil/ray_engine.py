@@ -189,7 +189,7 @@ class RayEngine:
 
     def extract_features(self, cache: Any, patients: Sequence[Any], plans: Sequence[Any],
                          spec: Any, disk_kinds: Sequence[str]) -> int:
-        from lymphomil.progress import progress_task
+        from lymphomil import progress_protocol
 
         cache.prepare_folder(spec)  # spec.json once, by the driver
         sizes = [len(p.image_paths) for p in patients]
@@ -217,8 +217,8 @@ class RayEngine:
         start = time.perf_counter()
         done_images = 0
         self.last_nodes = set()
-        with progress_task(f"features {spec.label()} ({self.describe()})", total,
-                           "images") as advance:
+        with progress_protocol.task(f"features {spec.label()} ({self.describe()})", total,
+                                    "images") as advance:
             while submitted < len(chunks) and len(in_flight) < limit:
                 submit()
             while in_flight:
@@ -232,7 +232,7 @@ class RayEngine:
                     self.last_nodes.add(result["node"])
                     issues.extend((first, issue) for issue in result["issues"])
                     rate = done_images / max(time.perf_counter() - start, 1e-9)
-                    advance(result["images"], rate=f"{rate:,.0f} img/s")
+                    advance(result["images"], f"{rate:,.0f} img/s")
         # problems in patient order, whatever order the chunks finished in
         cache.issues.extend(DataIssue(**issue) for _, issue in sorted(issues, key=lambda t: t[0]))
         return total

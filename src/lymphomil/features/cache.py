@@ -42,6 +42,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
+from lymphomil import progress_protocol
 from lymphomil.data.digests import forget_digests, image_digests  # noqa: F401 (re-exported)
 from lymphomil.errors import DataIssue, LymphomilError
 from lymphomil.features.env import (
@@ -163,7 +164,8 @@ class FeatureCache:
     """On-disk, content-addressed feature store; implements ``FeatureStore`` (spec.py).
 
     ``workers`` parallel extraction streams (default: one per core), ``batch_size`` images per
-    forward pass, ``on_progress(done, total, images_per_s)`` instead of the Rich bar,
+    forward pass, ``on_progress(done, total, images_per_s)`` instead of the installed progress
+    (:mod:`lymphomil.progress_protocol`: silent unless the caller installed one),
     ``on_error`` what to do with an image that cannot be decoded at extraction time ("raise",
     or "skip": leave it out of its patient's bag and record it in :attr:`issues`, as the cohort
     loader does).
@@ -346,7 +348,7 @@ class FeatureCache:
 
     def ensure(self, patients: Iterable[Any], spec: FeatureSpec | str | dict,
                kinds: Iterable[str] = ("pooled",), engine: Any = None) -> None:
-        """Extract (with a progress bar showing images/s) whatever is not cached yet.
+        """Extract whatever is not cached yet (its images counted on the installed progress).
 
         ``engine``: where the extraction runs (:mod:`lymphomil.engine`); ``None`` = here.
         """
@@ -444,9 +446,7 @@ class FeatureCache:
                 atomic_write_bytes(plan.path(kind), _encode(stored, meta))
 
         if progress and self.on_progress is None:
-            from lymphomil.progress import progress_task
-
-            with progress_task(f"features {spec.label()}", total, "images") as advance:
+            with progress_protocol.task(f"features {spec.label()}", total, "images") as advance:
                 self._run(extractor, jobs, write, total, advance)
         else:
             self._run(extractor, jobs, write, total, None)
@@ -462,7 +462,7 @@ class FeatureCache:
             done[0] += n
             rate = done[0] / max(time.perf_counter() - start, 1e-9)
             if advance is not None:
-                advance(n, rate=f"{rate:,.0f} img/s")
+                advance(n, f"{rate:,.0f} img/s")
             if self.on_progress is not None:
                 self.on_progress(done[0], total, rate)
 

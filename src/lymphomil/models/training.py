@@ -8,7 +8,8 @@
   equally likely).
 * **Bookkeeping**: one record per epoch (``epoch, train_loss, val_loss, val_bal_acc, seconds,
   cpu_seconds``) kept in the model's ``history_`` and logged (``logging``, DEBUG per epoch, INFO
-  summary); a rich progress bar when stderr is a terminal.
+  summary); each epoch advances a transient task of the installed progress
+  (:mod:`lymphomil.progress_protocol`; the command line shows a bar on a terminal).
 * **Persistence**: a network's weights as named numpy arrays (safetensors; never pickle).
 
 Seeds and parameter checks live in :mod:`lymphomil.models.checks`; reading and padding bags in
@@ -17,16 +18,16 @@ Seeds and parameter checks live in :mod:`lymphomil.models.checks`; reading and p
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import time
-from typing import Any, Callable, Iterator
+from typing import Callable
 
 import numpy as np
 import torch
 from torch import nn
 
+from lymphomil import progress_protocol
 from lymphomil.errors import LymphomilError
 from lymphomil.metrics import balanced_accuracy
 from lymphomil.models.checks import numpy_rng
@@ -147,45 +148,6 @@ def load_module_arrays(module: nn.Module, arrays: dict[str, np.ndarray],
                              fix="re-train the model with this version of lymphomil") from None
 
 
-# --------------------------------------------------------------------------- progress
-
-
-class _Bar:
-    def __init__(self, progress: Any = None, task: Any = None):
-        self.progress, self.task = progress, task
-
-    def update(self, **fields: Any) -> None:
-        if self.progress is not None:
-            self.progress.update(self.task, advance=1, **fields)
-
-
-@contextlib.contextmanager
-def progress_bar(description: str, total: int) -> Iterator[_Bar]:
-    """A transient rich bar over epochs on a terminal; a silent stand-in otherwise."""
-    from rich.console import Console
-
-    console = Console(stderr=True)
-    if not console.is_terminal:
-        yield _Bar()
-        return
-    from rich.errors import LiveError
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, \
-        TimeElapsedColumn
-
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TextColumn("{task.fields[info]}"), TimeElapsedColumn(),
-                        console=console, transient=True)
-    try:
-        progress.start()
-    except LiveError:  # another live display that cannot nest: stay silent
-        yield _Bar()
-        return
-    try:
-        yield _Bar(progress, progress.add_task(description, total=total, info=""))
-    finally:
-        progress.stop()
-
-
 # --------------------------------------------------------------------------- the loop
 
 
@@ -201,7 +163,7 @@ def fit_loop(module: nn.Module, *, train_epoch: Callable[[int], float],
     """
     history: list[dict] = []
     best_loss, best_epoch, best_state, waited = math.inf, 0, None, 0
-    with progress_bar(description, max_epochs) as bar:
+    with progress_protocol.task(description, max_epochs, "epochs", transient=True) as advance:
         for epoch in range(1, max_epochs + 1):
             wall, cpu = time.perf_counter(), time.process_time()
             module.train()
@@ -219,7 +181,7 @@ def fit_loop(module: nn.Module, *, train_epoch: Callable[[int], float],
             logger.debug("%s epoch %d: train_loss %.4f val_loss %.4f val_bal_acc %.3f "
                          "(%.2f s, %.2f CPU s)", description, epoch, train_loss, val_loss,
                          val_bal, record["seconds"], record["cpu_seconds"])
-            bar.update(info=f"loss {train_loss:.3f} val {val_loss:.3f}")
+            advance(1, f"loss {train_loss:.3f} val {val_loss:.3f}")
             if not math.isfinite(train_loss):
                 logger.warning("%s: training loss is %s at epoch %d; stopping", description,
                                train_loss, epoch)
