@@ -184,13 +184,6 @@ def _refit_spread(name: str, config: RunConfig, labelled, pred, engine: object):
     return refit_spread(probas)
 
 
-def _report_family(name: str) -> str:
-    from lymphomil.steps import configure_model
-
-    family = configure_model(name).family
-    return family if family in ("attributes", "fusion") else "images"
-
-
 def score_units(model) -> str | None:
     """What the model's cell scores are (see :func:`lymphomil.model_card.score_units`)."""
     from lymphomil.model_card import score_units as units
@@ -355,7 +348,6 @@ def _write_report(path: Path, config: RunConfig, data: Path, chosen: CVResult,
         skipped=cohort.skipped_table(),
         config=config.model_dump(mode="json"), versions=library_versions(), timings=timings,
         notes=notes,
-        families={r.model_name: _report_family(r.model_name) for r in results},
         counts={p.id: float(p.lymph_count) for p in labelled},
         synthetic=synthetic_origin(data),
         reference_date=config.reference_date.isoformat(), files=files or [],

@@ -263,6 +263,15 @@ def test_family_is_given_or_inferred() -> None:
     assert infer_family("abmil", {"abmil": "mil"}) == "mil"
 
 
+def test_the_group_is_the_registered_models_family_not_its_name() -> None:
+    """The model decides (PatientModel.family), not a guess from the name: logreg-compact is an
+    attribute model, a fused ensemble is a fusion, a nested selection reads images."""
+    assert infer_family("logreg-compact") == "attributes"
+    assert infer_family("fusion-mean-seeds") == "fusion"
+    assert infer_family("select:fusion-mean,logreg") == "images"
+    assert infer_family("cell-topk-attr") == "images"
+
+
 def test_200_patients_stay_small_and_fast(tmp_path: Path) -> None:
     """The page a user gets for a 200-patient test set: under 15 MB, rendered in seconds."""
     ctx = make_context(tmp_path, n_patients=200, n_images=20)

@@ -41,7 +41,6 @@ SECTIONS = (
     ("skipped", "Skipped inputs"),
     ("appendix", "Appendix"),
 )
-ATTRIBUTE_MODELS = frozenset({"logreg", "svm", "tree", "forest", "mlp"})
 FAMILY_ORDER = ("attributes", "images", "fusion")
 FAMILY_TITLES = {"attributes": "Attributes only (age, count, gender)",
                  "images": "Cell images", "fusion": "Attributes + images (fusion)"}
@@ -92,7 +91,7 @@ class ReportContext:
     versions: dict
     timings: dict[str, float]
     notes: list[str] = field(default_factory=list)
-    families: dict[str, str] = field(default_factory=dict)  # model name -> family (else inferred)
+    families: dict[str, str] = field(default_factory=dict)  # model name -> group (else its family's)
     counts: dict[str, float] = field(default_factory=dict)  # patient ID -> count, for the scatter
     #: set when the data is a generated cohort (``lymphomil synth`` or the demo): what made it
     #: (e.g. {"seed": 0, "n_patients": 60}); the page then says so on top, in a banner
@@ -118,14 +117,15 @@ class ReportContext:
 
 
 def infer_family(name: str, families: Mapping[str, str] | None = None) -> str:
-    """Family of a model for grouping the CV table: given, else guessed from the registry name."""
+    """A model's group in the CV table: given in ``families``, else its registered model's own
+    family (:attr:`~lymphomil.models.base.PatientModel.family`, the one place a family is
+    decided): ``attributes``, ``fusion``, or ``images`` for every family that reads images."""
     if families and name in families:
         return families[name]
-    if name in ATTRIBUTE_MODELS:
-        return "attributes"
-    if name.startswith("fusion"):
-        return "fusion"
-    return "images"
+    from lymphomil.models.base import create_model  # lazy: the report module stays light
+
+    family = create_model(name).family
+    return family if family in ("attributes", "fusion") else "images"
 
 
 def _finite(value: Any) -> bool:
