@@ -15,6 +15,11 @@ from lymphomil.cli_app import (CACHE_DEFAULT, RAY_EXTRA, EngineName, OnError, ap
 from lymphomil.errors import LymphomilError
 
 
+#: ``--cache-dir`` of ``cache info`` and ``cache clear`` (one option object, as commands/models.py does)
+CACHE_DIR_OPT = typer.Option(None, "--cache-dir", help="Cache folder (as for `features`).",
+                             show_default=CACHE_DEFAULT)
+
+
 def _human_bytes(size: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if size < 1024 or unit == "GiB":
@@ -143,8 +148,7 @@ def features(
 @cache_app.command("info")
 @handle_errors
 def cache_info(
-    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Cache folder (as for `features`).",
-                                             show_default=CACHE_DEFAULT),
+    cache_dir: Optional[Path] = CACHE_DIR_OPT,
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """Show the feature cache's size and its entries per feature spec.
@@ -191,8 +195,7 @@ def _cv_cache_size(cache_dir: Optional[Path]) -> tuple[int, int]:
 @cache_app.command("clear")
 @handle_errors
 def cache_clear(
-    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Cache folder (as for `features`).",
-                                             show_default=CACHE_DEFAULT),
+    cache_dir: Optional[Path] = CACHE_DIR_OPT,
     yes: bool = typer.Option(False, "--yes", help="Do not ask for confirmation."),
 ) -> None:
     """Delete every cached feature file (they are recomputed when needed).

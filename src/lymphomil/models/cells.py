@@ -28,7 +28,7 @@ from scipy.special import expit
 from lymphomil.errors import LymphomilError
 from lymphomil.crossval import _roc_auc, derive_seed
 from lymphomil.models.base import PatientModel, register_class, register_model
-from lymphomil.models.pooled import FUSION_FEATURES
+from lymphomil.models.pooled import FUSION_FEATURES, linear_state, set_linear_state
 from lymphomil.models.checks import (check_int, check_patients, check_patients_y, parse_spec,
                                      resolve_seed)
 from lymphomil.models.inputs import read_bags
@@ -175,20 +175,16 @@ class CellTopKModel(PatientModel):
         return np.column_stack([1 - p1, p1])
 
     def _get_state(self):
-        meta = {"k": self.k_, "platt_slope": self.platt_slope_, "platt_offset": self.platt_offset_,
-                "inner_auc": self.inner_auc_, "n_features": self.n_features_, "seed": self.seed_}
-        arrays = {"scaler_mean": self.scaler_mean_, "scaler_scale": self.scaler_scale_,
-                  "coef": self.coef_, "intercept": self.intercept_}
-        return meta, arrays
+        return linear_state(self, {"k": self.k_, "platt_slope": self.platt_slope_,
+                                   "platt_offset": self.platt_offset_,
+                                   "inner_auc": self.inner_auc_})
 
     def _set_state(self, meta, arrays):
         self.k_ = int(meta["k"])
         self.platt_slope_ = float(meta["platt_slope"])
         self.platt_offset_ = float(meta["platt_offset"])
         self.inner_auc_ = list(meta.get("inner_auc", []))
-        self.n_features_ = int(meta["n_features"])
-        self.seed_ = int(meta.get("seed", 0))
-        self._set_arrays(arrays, ("scaler_mean", "scaler_scale", "coef", "intercept"))
+        set_linear_state(self, meta, arrays)
 
 
 @register_model("cell-topk",

@@ -38,6 +38,25 @@ def pool_bag(bag: np.ndarray, pooling: str) -> np.ndarray:
     return np.concatenate([mean, bag.std(axis=0, dtype=np.float64)])  # (2d,)
 
 
+#: a fitted standardised linear classifier kept as plain arrays (image-logreg, cell-topk): each is
+#: the fitted attribute ``<name>_``
+LINEAR_ARRAYS = ("scaler_mean", "scaler_scale", "coef", "intercept")
+
+
+def linear_state(model: PatientModel, meta: dict) -> tuple[dict, dict[str, np.ndarray]]:
+    """The saved state of a model fitted as a standardised linear classifier: its own ``meta``,
+    then its feature count and seed; the classifier's arrays."""
+    return ({**meta, "n_features": model.n_features_, "seed": model.seed_},
+            {name: getattr(model, f"{name}_") for name in LINEAR_ARRAYS})
+
+
+def set_linear_state(model: PatientModel, meta: dict, arrays: dict[str, np.ndarray]) -> None:
+    """Loading what :func:`linear_state` saved (the model sets its own ``meta`` first)."""
+    model.n_features_ = int(meta["n_features"])
+    model.seed_ = int(meta.get("seed", 0))
+    model._set_arrays(arrays, LINEAR_ARRAYS)
+
+
 def positive_Cs(Cs) -> list[float]:
     """The C grid as floats; a clear error unless every value is a positive number."""
     values = [float(c) for c in np.atleast_1d(np.asarray(Cs, dtype=float))]
@@ -143,18 +162,12 @@ class ImageLogRegModel(PatientModel):
         return out
 
     def _get_state(self):
-        meta = {"C": self.C_, "cv_scores": self.cv_scores_, "n_features": self.n_features_,
-                "seed": self.seed_}
-        arrays = {"scaler_mean": self.scaler_mean_, "scaler_scale": self.scaler_scale_,
-                  "coef": self.coef_, "intercept": self.intercept_}
-        return meta, arrays
+        return linear_state(self, {"C": self.C_, "cv_scores": self.cv_scores_})
 
     def _set_state(self, meta, arrays):
         self.C_ = float(meta["C"])
         self.cv_scores_ = list(meta.get("cv_scores", []))
-        self.n_features_ = int(meta["n_features"])
-        self.seed_ = int(meta.get("seed", 0))
-        self._set_arrays(arrays, ("scaler_mean", "scaler_scale", "coef", "intercept"))
+        set_linear_state(self, meta, arrays)
 
 
 @register_model("image-logreg",
