@@ -10,11 +10,13 @@ import os
 import tomllib
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from lymphomil.engine import ENGINES
 from lymphomil.errors import LymphomilError
+from lymphomil.options import one_of
 
 #: attribute models, image models and fusions that `run` compares by repeated CV
 #: (the full comparison of every family is docs/results.md; these are the cheap, strong ones)
@@ -22,6 +24,11 @@ DEFAULT_CANDIDATES = ["logreg-compact", "image-logreg-thin", "fusion-mean", "fus
                       "fusion-max"]
 #: what `train` and `run` fit when no model is named (chosen by repeated CV: docs/results.md)
 DEFAULT_MODEL = "fusion-mean"
+
+#: the fields whose value is one of a few names
+OnErrorPolicy = Annotated[str, one_of(lambda: ("raise", "skip"),
+                                       "on_error must be 'raise' or 'skip'")]
+EngineName = Annotated[str, one_of(lambda: ENGINES, "engine must be one of {choices}")]
 
 
 class RunConfig(BaseModel):
@@ -38,7 +45,7 @@ class RunConfig(BaseModel):
     repeats: int = Field(5, ge=1, le=100)
     seed: int = 0
     reference_date: date = date(2024, 1, 1)
-    on_error: str = "raise"
+    on_error: OnErrorPolicy = "raise"
     features: str | None = Field(None, description="override image models' features, e.g. "
                                                    "'efficientnet-lite0@112'")
     cache_dir: Path | None = None
@@ -47,17 +54,8 @@ class RunConfig(BaseModel):
     nested_selection: bool = Field(False, description="also cross-validate the choice among the "
                                    "candidates made inside each outer training part (the honest "
                                    "figure of 'the best of these'; about 3x the candidates' CV)")
-    engine: str = Field("local", description="where features and CV fits run: local or ray "
-                                              "(RAY_ADDRESS, or a local Ray)")
-
-    @field_validator("engine")
-    @classmethod
-    def _engine(cls, value: str) -> str:
-        from lymphomil.engine import ENGINES
-
-        if value not in ENGINES:
-            raise ValueError(f"engine must be one of {', '.join(ENGINES)}")
-        return value
+    engine: EngineName = Field("local", description="where features and CV fits run: local or "
+                                                    "ray (RAY_ADDRESS, or a local Ray)")
 
     @field_validator("candidates")
     @classmethod
@@ -86,13 +84,6 @@ class RunConfig(BaseModel):
 
         if not MIN_YEAR <= value.year <= MAX_YEAR:
             raise ValueError(f"{value.isoformat()} is implausible (years {MIN_YEAR} to {MAX_YEAR})")
-        return value
-
-    @field_validator("on_error")
-    @classmethod
-    def _policy(cls, value: str) -> str:
-        if value not in ("raise", "skip"):
-            raise ValueError("on_error must be 'raise' or 'skip'")
         return value
 
 

@@ -9,9 +9,10 @@ before any feature is computed.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 from lymphomil.errors import LymphomilError
 
@@ -123,6 +124,21 @@ def check_on_error(policy: str, option: str = "--on-error") -> str:
         raise LymphomilError(f"{option} {policy!r} is not raise or skip",
                              fix=f"use {option} raise or {option} skip")
     return policy
+
+
+def one_of(choices: Callable[[], Collection[str]], problem: str) -> Any:
+    """A pydantic field check (``Annotated[str, one_of(...)]``) for a config or model-file field
+    whose value must be one of ``choices()``, asked at validation time (registries fill on first
+    use); else a ``ValueError`` of ``problem`` with ``{value!r}`` and ``{choices}`` filled in."""
+    from pydantic import AfterValidator
+
+    def check(value: str) -> str:
+        allowed = choices()
+        if value not in allowed:
+            raise ValueError(problem.format(value=value, choices=", ".join(allowed)))
+        return value
+
+    return AfterValidator(check)
 
 
 def check_model_names(names: Sequence[str], option: str = "--model") -> list[str]:

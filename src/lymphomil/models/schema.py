@@ -10,16 +10,37 @@ feature specs are the ones the metadata names.
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 from datetime import date
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from lymphomil.errors import LymphomilError
+from lymphomil.options import MAX_YEAR, MIN_YEAR, one_of
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
 FIX = "re-create the model folder with `lymphomil train` (never edit it by hand)"
+
+
+def _backbones() -> list[str]:
+    from lymphomil.features.backbones import list_backbones
+
+    return list_backbones()
+
+
+def _models() -> list[str]:
+    from lymphomil.models.base import list_models
+
+    return list_models()
+
+
+def _classes() -> Collection[str]:
+    from lymphomil.models.base import _CLASSES, _ensure_registered
+
+    _ensure_registered()
+    return _CLASSES
 
 
 class _Strict(BaseModel):
@@ -27,20 +48,11 @@ class _Strict(BaseModel):
 
 
 class SpecSchema(_Strict):
-    backbone: str
+    backbone: Annotated[str, one_of(_backbones, "unknown backbone {value!r}")]
     weights: str
     crop: int = Field(ge=8, le=224)
     tta: bool
     precision: Literal["fp32", "bf16"]
-
-    @field_validator("backbone")
-    @classmethod
-    def _known(cls, value: str) -> str:
-        from lymphomil.features.backbones import list_backbones
-
-        if value not in list_backbones():
-            raise ValueError(f"unknown backbone {value!r}")
-        return value
 
 
 class FeatureUse(_Strict):
@@ -60,21 +72,12 @@ class TrainingSchema(BaseModel):
 class MetadataSchema(BaseModel):
     model_config = ConfigDict(extra="allow", strict=True)
 
-    model_name: str
+    model_name: Annotated[str, one_of(_models, "{value!r} is not a registered model")]
     reference_date: str
     seed: int
     features: list[FeatureUse]
     training: TrainingSchema
     versions: dict[str, str]
-
-    @field_validator("model_name")
-    @classmethod
-    def _registered(cls, value: str) -> str:
-        from lymphomil.models.base import list_models
-
-        if value not in list_models():
-            raise ValueError(f"{value!r} is not a registered model")
-        return value
 
     @field_validator("reference_date")
     @classmethod
@@ -83,29 +86,20 @@ class MetadataSchema(BaseModel):
             parsed = date.fromisoformat(value)
         except ValueError:
             raise ValueError(f"{value!r} is not a date in YYYY-MM-DD") from None
-        if not 1900 <= parsed.year <= 2200:
-            raise ValueError(f"{value!r} is implausible (years 1900 to 2200)")
+        if not MIN_YEAR <= parsed.year <= MAX_YEAR:
+            raise ValueError(f"{value!r} is implausible (years {MIN_YEAR} to {MAX_YEAR})")
         return value
 
 
 class ModelJsonSchema(_Strict):
     format: Literal[1]
-    class_: str = Field(alias="class")
+    class_: Annotated[str, one_of(_classes, "{value!r} is not a lymphomil model class")] = Field(
+        alias="class")
     family: str
     params: dict[str, Any]
     state: dict[str, Any]
     submodels: list[str]
     versions: dict[str, str]
-
-    @field_validator("class_")
-    @classmethod
-    def _allowed(cls, value: str) -> str:
-        from lymphomil.models.base import _CLASSES, _ensure_registered
-
-        _ensure_registered()
-        if value not in _CLASSES:
-            raise ValueError(f"{value!r} is not a lymphomil model class")
-        return value
 
     @field_validator("submodels")
     @classmethod
