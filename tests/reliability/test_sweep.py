@@ -74,10 +74,13 @@ def logreg_model(small_cohort: Path, tmp_path_factory: pytest.TempPathFactory) -
 
 # --------------------------------------------------------------------------- options first
 
+# tree wherever a command must fit a model: these tests are about the commands, not the model, and
+# a tree fits in milliseconds (logreg's Table-2 grid takes seconds a fit, and `run` refits the
+# chosen model 20 times for the uncertainty)
 FEATURES = ["features", "{data}", "--backbone", "small-cnn", "--weights", "none", "--workers", "1",
             "--cache-dir", "{cache}"]
-CV = ["cv", "{data}", "-m", "logreg", "--folds", "2", "--repeats", "1", "--cache-dir", "{cache}"]
-RUN = ["run", "{data}", "--candidates", "logreg", "--folds", "2", "--repeats", "1",
+CV = ["cv", "{data}", "-m", "tree", "--folds", "2", "--repeats", "1", "--cache-dir", "{cache}"]
+RUN = ["run", "{data}", "--candidates", "tree", "--folds", "2", "--repeats", "1",
        "--cache-dir", "{cache}", "--out", "{tmp}/run"]
 
 BAD_OPTIONS = {
@@ -404,7 +407,7 @@ def test_a_saved_config_repeats_from_another_working_directory(small_cohort: Pat
     relative to the file, not to wherever the command is run from."""
     data = Path(shutil.copytree(small_cohort, tmp_path / "project" / "data"))
     monkeypatch.chdir(tmp_path / "project")
-    first = invoke("run", "data", "--candidates", "logreg", "--folds", "2", "--repeats", "1",
+    first = invoke("run", "data", "--candidates", "tree", "--folds", "2", "--repeats", "1",
                    "--cache-dir", "cache", "--out", "runs/a")
     assert first.exit_code == 0, first.output
     saved = (tmp_path / "project" / "runs" / "a" / "config.toml").read_text()
@@ -419,7 +422,7 @@ def test_a_saved_config_repeats_from_another_working_directory(small_cohort: Pat
     assert (elsewhere / "b" / "submission.csv").read_bytes() == a.read_bytes()
     # a hand-written config with a relative path: relative to the config file's folder
     (tmp_path / "project" / "mine.toml").write_text(
-        'data = "data"\ncandidates = ["logreg"]\nfolds = 2\nrepeats = 1\ncache_dir = "cache"\n')
+        'data = "data"\ncandidates = ["tree"]\nfolds = 2\nrepeats = 1\ncache_dir = "cache"\n')
     third = invoke("run", "--config", tmp_path / "project" / "mine.toml", "--out", "c")
     assert third.exit_code == 0, third.output
     assert (elsewhere / "c" / "submission.csv").read_bytes() == a.read_bytes()
@@ -527,7 +530,7 @@ DATA_FAILURES = {
 COMMANDS = {
     "features": FEATURES + ["--crop", "112"],
     "cv": CV,
-    "train": ["train", "{data}", "-m", "logreg", "--out", "{tmp}/model", "--cache-dir", "{cache}"],
+    "train": ["train", "{data}", "-m", "tree", "--out", "{tmp}/model", "--cache-dir", "{cache}"],
     "predict": ["predict", "{model}", "{data}", "--out", "{tmp}/pred.csv", "--all"],
     "run": RUN,
     "explore": ["explore", "{data}", "--out", "{tmp}/explore"],
