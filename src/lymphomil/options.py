@@ -163,13 +163,17 @@ def check_model_names(names: Sequence[str], option: str = "--model") -> list[str
 
 
 def check_features_option(text: str | None, option: str = "--features") -> str | None:
-    """``backbone@crop[+tta]``: a registered backbone and a crop in range."""
+    """``BACKBONE[:WEIGHTS]@CROP[+tta][+bf16]`` (what ``lymphomil features`` can make, as
+    :meth:`FeatureSpec.parse` reads it): a registered backbone, a crop in range, known flags."""
     if text is None:
         return None
     from lymphomil.features.backbones import list_backbones
 
-    name, _, rest = text.partition("@")
-    crop_text = rest.removesuffix("+tta")
+    head, at, rest = text.rpartition("@")
+    if not at:
+        head, rest = text, ""
+    name = head.partition(":")[0]
+    crop_text, *flags = rest.split("+")
     backbones = list_backbones()
     if name not in backbones:
         raise LymphomilError(f"{option} {text!r}: unknown backbone {name!r}",
@@ -179,6 +183,11 @@ def check_features_option(text: str | None, option: str = "--features") -> str |
             raise LymphomilError(f"{option} {text!r}: the crop {crop_text!r} is not a number",
                                  fix=f"write e.g. {option} {name}@112")
         check_crop(int(crop_text), f"{option} crop")
+    unknown = [flag for flag in flags if flag not in ("tta", "bf16")]
+    if unknown:
+        raise LymphomilError(f"{option} {text!r}: unknown option(s) "
+                             f"{', '.join('+' + flag for flag in unknown)}",
+                             fix="write BACKBONE[:WEIGHTS]@CROP[+tta][+bf16]")
     return text
 
 
