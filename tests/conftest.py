@@ -12,6 +12,24 @@ from lymphomil.data.synth import write_synthetic_cohort
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared/data/dlmi-lymphocytosis"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def session_cache_dir(tmp_path_factory: pytest.TempPathFactory):
+    """The lymphomil cache of the whole session (``$LYMPHOMIL_CACHE_DIR``, inherited by the
+    subprocesses): no test reads or writes the user's cache. There the image-verdict memo
+    (validated/) grew with every test cohort of every earlier session and was rewritten whole by
+    each command (7.8 MB, ~45 ms a write here), and warm features hid the cost of a fresh machine."""
+    import os
+
+    folder = tmp_path_factory.mktemp("lymphomil-cache")
+    before = os.environ.get("LYMPHOMIL_CACHE_DIR")
+    os.environ["LYMPHOMIL_CACHE_DIR"] = str(folder)
+    yield folder
+    if before is None:
+        os.environ.pop("LYMPHOMIL_CACHE_DIR", None)
+    else:
+        os.environ["LYMPHOMIL_CACHE_DIR"] = before
+
+
 @pytest.fixture(scope="session")
 def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """24 synthetic patients (seed 0, 16–24 cells each), written once per session; read-only."""
