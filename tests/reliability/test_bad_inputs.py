@@ -45,13 +45,11 @@ def write_cohort(root: Path, rows: list[str] | None = None, header: str = HEADER
     return root
 
 
-@pytest.fixture(scope="module")
-def model_dir(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An attributes-only model (no features needed: predict is fast)."""
-    out = tmp_path_factory.mktemp("model") / "logreg"
-    result = runner.invoke(app, ["train", str(synthetic_root), "-m", "logreg", "--out", str(out)])
-    assert result.exit_code == 0, result.output
-    return out
+@pytest.fixture
+def model_dir(logreg_model_dir: Path) -> Path:
+    """An attributes-only model (no features needed: predict is fast); trained once a session
+    (tests/reliability/conftest.py)."""
+    return logreg_model_dir
 
 
 def predict(model_dir: Path, root: Path, out: Path, *extra: str):

@@ -64,12 +64,10 @@ def cohort(small_cohort: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(small_cohort, tmp_path / "cohort", symlinks=True))
 
 
-@pytest.fixture(scope="module")
-def logreg_model(small_cohort: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("model") / "logreg"
-    result = invoke("train", small_cohort, "-m", "logreg", "--out", out)
-    assert result.exit_code == 0, result.output
-    return out
+@pytest.fixture
+def logreg_model(logreg_model_dir: Path) -> Path:
+    """The session's logreg model folder (tests/reliability/conftest.py); read-only."""
+    return logreg_model_dir
 
 
 # --------------------------------------------------------------------------- options first
