@@ -37,6 +37,29 @@ def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_synthetic_cohort(folder, n_patients=24, seed=0, images_per_patient=(16, 24))
 
 
+@pytest.fixture(scope="session")
+def synthetic_features(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A cache folder (``--cache-dir``) holding the features of the synthetic cohort that the
+    default image models read (fusion-mean, image-logreg-thin, and cell-topk, which ranks a run
+    report's cells), extracted once a session. A test whose subject is not extraction copies them
+    into its own cache with :func:`seed_features` (its CV cache stays empty)."""
+    from lymphomil.data.cohort import load_cohort
+    from lymphomil.steps import attach_features, configure_model
+
+    folder = tmp_path_factory.mktemp("synthetic-features")
+    models = [configure_model(name) for name in ("fusion-mean", "image-logreg-thin", "cell-topk")]
+    attach_features(load_cohort(synthetic_root).patients, models, folder)
+    return folder
+
+
+def seed_features(synthetic_features: Path, cache_dir: Path) -> Path:
+    """``cache_dir`` (a ``--cache-dir``) holding a copy of the session's synthetic features."""
+    import shutil
+
+    shutil.copytree(synthetic_features / "features", Path(cache_dir) / "features")
+    return Path(cache_dir)
+
+
 @pytest.fixture
 def shared_data() -> Path:
     """The shared challenge folder; the test is skipped where it is absent."""

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from lymphomil.cli import app
 from lymphomil.data.cohort import load_cohort
+from tests.conftest import seed_features
 
 runner = CliRunner()
 
@@ -90,11 +91,12 @@ def test_every_command_has_help_with_an_example(command: str) -> None:
     assert result.exit_code == 0 and "Example" in result.output
 
 
-def test_predict_new_patients_only_with_a_report(synthetic_root: Path, tmp_path: Path) -> None:
+def test_predict_new_patients_only_with_a_report(synthetic_root: Path, synthetic_features: Path,
+                                                 tmp_path: Path) -> None:
     """New patients arrive as a folder with testset/ only; predict writes their galleries."""
     import shutil
 
-    cache = tmp_path / "cache"
+    cache = seed_features(synthetic_features, tmp_path / "cache")
     model_dir = tmp_path / "model"
     assert invoke("train", synthetic_root, "--model", "fusion-mean", "--out", model_dir,
                   "--cache-dir", cache).exit_code == 0

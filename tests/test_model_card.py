@@ -19,10 +19,13 @@ from lymphomil.steps import (attach_features, configure_model, labelled_patients
 
 
 @pytest.fixture(scope="module")
-def trained(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory):
+def trained(synthetic_root: Path, synthetic_features: Path,
+            tmp_path_factory: pytest.TempPathFactory):
     """image-logreg-thin trained on the synthetic cohort, with a small CV of it."""
+    from tests.conftest import seed_features
+
     tmp = tmp_path_factory.mktemp("card")
-    cache = tmp / "cache"
+    cache = seed_features(synthetic_features, tmp / "cache")
     cohort = load_cohort(synthetic_root)
     labelled = labelled_patients(cohort)
     model = configure_model("image-logreg-thin")

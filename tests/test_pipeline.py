@@ -11,15 +11,19 @@ from typer.testing import CliRunner
 
 from lymphomil.cli import app
 from lymphomil.data.cohort import load_cohort
+from tests.conftest import seed_features
 
 runner = CliRunner()
 FAST = "tree,image-logreg-thin,fusion-mean"
 
 
 @pytest.fixture(scope="module")
-def first_run(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+def first_run(synthetic_root: Path, synthetic_features: Path,
+              tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A run with the session's features in its cache (extraction is tested elsewhere) and an
+    empty CV cache."""
     base = tmp_path_factory.mktemp("run")
-    cache = base / "cache"
+    cache = seed_features(synthetic_features, base / "cache")
     out = base / "run1"
     result = runner.invoke(app, ["run", str(synthetic_root), "--out", str(out), "--candidates",
                                  FAST, "--folds", "3", "--repeats", "2", "--cache-dir",
@@ -56,12 +60,15 @@ def test_rerun_from_saved_config_gives_identical_outputs(first_run, tmp_path: Pa
 
 
 def test_rerun_without_the_cv_cache_gives_identical_numbers(first_run, synthetic_root: Path,
+                                                            synthetic_features: Path,
                                                             tmp_path: Path) -> None:
+    """Every fit again (an empty CV cache; the same features, copied in)."""
     out, _ = first_run
     fresh = tmp_path / "run3"
+    cache = seed_features(synthetic_features, tmp_path / "fresh-cache")
     result = runner.invoke(app, ["run", str(synthetic_root), "--out", str(fresh), "--candidates",
                                  FAST, "--folds", "3", "--repeats", "2", "--cache-dir",
-                                 str(tmp_path / "fresh-cache")], catch_exceptions=False)
+                                 str(cache)], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     for name in ("predictions.csv", "cv/oof_image-logreg-thin.csv", "cv/oof_fusion-mean.csv"):
         assert (fresh / name).read_bytes() == (out / name).read_bytes(), name
@@ -95,11 +102,14 @@ def test_galleries_are_ranked_by_a_cell_classifier(first_run) -> None:
     assert CellTopKModel.instance_score_units in html
 
 
-def test_nested_selection_is_reported_but_never_chosen(synthetic_root: Path, tmp_path: Path) -> None:
+def test_nested_selection_is_reported_but_never_chosen(synthetic_root: Path,
+                                                       synthetic_features: Path,
+                                                       tmp_path: Path) -> None:
     out = tmp_path / "run"
+    cache = seed_features(synthetic_features, tmp_path / "cache")  # the report's cell scorer's
     result = runner.invoke(app, ["run", str(synthetic_root), "--out", str(out), "--candidates",
                                  "tree,logreg-compact", "--folds", "3", "--repeats", "1",
-                                 "--nested-selection", "--cache-dir", str(tmp_path / "cache")],
+                                 "--nested-selection", "--cache-dir", str(cache)],
                            catch_exceptions=False)
     assert result.exit_code == 0, result.output
     metrics = json.loads((out / "metrics.json").read_text())
