@@ -13,6 +13,27 @@ import pytest
 
 #: features the engine tests extract (a real backbone, small crop: fast on 2 cores)
 SPEC_TEXT = "efficientnet-lite0@64"
+#: the models the engine tests cross-validate: an attribute model and an image model (a tree: the
+#: engines are compared, not the models, and logreg's Table-2 grid took seconds a fit)
+MODELS = ["tree", "image-logreg"]
+#: the cross-validation plan of the engine tests
+PLAN = dict(folds=3, repeats=2, seed=0)
+
+
+@pytest.fixture(scope="session")
+def local_reference(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Features, CV and predictions of the local engine, computed once a session for the
+    single-machine and the two-node Ray tests; read-only."""
+    from lymphomil.data.cohort import load_cohort
+    from lymphomil.steps import attach_features, configure_model, labelled_patients, run_cv
+
+    cache = tmp_path_factory.mktemp("local") / "cache"
+    cohort = load_cohort(synthetic_root)
+    attach_features(cohort.patients, [configure_model("image-logreg", SPEC_TEXT)], cache)
+    labelled = labelled_patients(cohort)
+    results = run_cv(MODELS, labelled.patients, labelled.y, **PLAN, features=SPEC_TEXT,
+                     cache_dir=cache)
+    return {"cache": cache, "digests": cache_digests(cache), "results": results}
 
 
 def require_ray():

@@ -10,7 +10,7 @@ import pytest
 
 from lymphomil.data.cohort import load_cohort
 
-from .conftest import SPEC_TEXT, cache_digests, require_ray
+from .conftest import MODELS, PLAN, SPEC_TEXT, cache_digests, require_ray
 
 ray = require_ray()
 
@@ -30,7 +30,10 @@ def cluster():
 
 
 def test_two_nodes_share_the_work_and_give_the_local_answers(cluster, synthetic_root: Path,
-                                                             tmp_path: Path) -> None:
+                                                             tmp_path: Path,
+                                                             local_reference: dict) -> None:
+    """The local answers are the session's local reference (tests/engine/conftest.py): the same
+    cohort, features, models and plan."""
     from lymphomil.ray_engine import RayEngine
     from lymphomil.steps import attach_features, configure_model, labelled_patients, run_cv
 
@@ -40,14 +43,10 @@ def test_two_nodes_share_the_work_and_give_the_local_answers(cluster, synthetic_
     model = [configure_model("image-logreg", SPEC_TEXT)]
     attach_features(cohort.patients, model, tmp_path / "ray", engine=engine)
     assert len(engine.last_nodes) == 2, "every chunk ran on one node"
-    attach_features(cohort.patients, model, tmp_path / "local")
-    assert cache_digests(tmp_path / "ray") == cache_digests(tmp_path / "local")
+    assert cache_digests(tmp_path / "ray") == local_reference["digests"]
 
     labelled = labelled_patients(cohort)
-    kwargs = dict(folds=3, repeats=2, seed=0, features=SPEC_TEXT)
-    on_ray = run_cv(["logreg", "image-logreg"], labelled.patients, labelled.y,
-                    cache_dir=tmp_path / "ray", engine=engine, **kwargs)
-    here = run_cv(["logreg", "image-logreg"], labelled.patients, labelled.y,
-                  cache_dir=tmp_path / "local", **kwargs)
-    for got, want in zip(on_ray, here, strict=True):
+    on_ray = run_cv(MODELS, labelled.patients, labelled.y, **PLAN, features=SPEC_TEXT,
+                    cache_dir=tmp_path / "ray", engine=engine)
+    for got, want in zip(on_ray, local_reference["results"], strict=True):
         np.testing.assert_array_equal(got.proba, want.proba)

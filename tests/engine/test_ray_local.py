@@ -17,11 +17,10 @@ from typer.testing import CliRunner
 from lymphomil.cli import app
 from lymphomil.data.cohort import load_cohort
 
-from .conftest import SPEC_TEXT, WorkerKiller, cache_digests, require_ray
+from .conftest import MODELS, PLAN, SPEC_TEXT, WorkerKiller, cache_digests, require_ray
 
 ray = require_ray()
 runner = CliRunner()
-MODELS = ["logreg", "image-logreg"]
 
 
 @pytest.fixture(scope="module")
@@ -33,20 +32,6 @@ def engine():
     engine = RayEngine(num_cpus=2, chunk_images=48)
     yield engine
     ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def local_reference(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """Features, CV and predictions of the local engine, computed once."""
-    from lymphomil.steps import attach_features, configure_model, labelled_patients, run_cv
-
-    cache = tmp_path_factory.mktemp("local") / "cache"
-    cohort = load_cohort(synthetic_root)
-    attach_features(cohort.patients, [configure_model("image-logreg", SPEC_TEXT)], cache)
-    labelled = labelled_patients(cohort)
-    results = run_cv(MODELS, labelled.patients, labelled.y, folds=3, repeats=2, seed=0,
-                     features=SPEC_TEXT, cache_dir=cache)
-    return {"cache": cache, "digests": cache_digests(cache), "results": results}
 
 
 def _without_times(payload: dict) -> dict:
@@ -71,8 +56,8 @@ def test_features_and_cv_match_the_local_engine(engine, synthetic_root: Path, tm
     attach_features(cohort.patients, [configure_model("image-logreg", SPEC_TEXT)], tmp_path,
                     engine=engine)
     labelled = labelled_patients(cohort)
-    results = run_cv(MODELS, labelled.patients, labelled.y, folds=3, repeats=2, seed=0,
-                     features=SPEC_TEXT, cache_dir=tmp_path, engine=engine)
+    results = run_cv(MODELS, labelled.patients, labelled.y, **PLAN, features=SPEC_TEXT,
+                     cache_dir=tmp_path, engine=engine)
     assert cache_digests(tmp_path) == local_reference["digests"]
     assert len(local_reference["digests"]) == len(cohort.patients)
     _assert_same_cv(results, local_reference["results"])
@@ -97,16 +82,20 @@ def test_a_worker_killed_during_cross_validation_is_retried(engine, synthetic_ro
 
     labelled = labelled_patients(load_cohort(synthetic_root))
     with WorkerKiller("run_fit") as killer:
-        results = run_cv(MODELS, labelled.patients, labelled.y, folds=3, repeats=2, seed=0,
-                         features=SPEC_TEXT, cache_dir=local_reference["cache"], engine=engine)
+        results = run_cv(MODELS, labelled.patients, labelled.y, **PLAN, features=SPEC_TEXT,
+                         cache_dir=local_reference["cache"], engine=engine)
     assert killer.killed, "no fit task was seen running: the test did not test a kill"
     _assert_same_cv(results, local_reference["results"])
 
 
-def test_cli_run_on_ray_matches_local(engine, synthetic_root: Path,
+def test_cli_run_on_ray_matches_local(engine, synthetic_root: Path, local_reference: dict,
                                       tmp_path_factory: pytest.TempPathFactory) -> None:
-    """`lymphomil run --engine ray` (joining the running Ray) writes the local run's answers."""
+    """`lymphomil run --engine ray` (joining the running Ray) writes the local run's answers.
+    The local run reads the local reference's features (copied in); the Ray run extracts its own."""
+    import shutil
+
     base = tmp_path_factory.mktemp("runs")
+    shutil.copytree(local_reference["cache"] / "features", base / "cache-local" / "features")
     outputs = {}
     for name in ("local", "ray"):
         out = base / name
