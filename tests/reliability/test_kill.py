@@ -132,12 +132,19 @@ def cv_args(root: Path, work: Path, models: tuple[str, ...]) -> list:
 # --------------------------------------------------------------------------- fast (default)
 
 
+@pytest.fixture(scope="module")
+def clean_train(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A clean, never-killed `train -m tree` in its own process (the reference of both phases)."""
+    clean = tmp_path_factory.mktemp("clean")
+    finish(train_args(synthetic_root, clean, "tree"), clean)
+    return clean / "model"
+
+
 @pytest.mark.parametrize("phase", ["fit", "staging"])
 def test_train_killed_at_a_hooked_phase_then_rerun_equals_a_clean_run(
-        synthetic_root: Path, tmp_path: Path, phase: str) -> None:
-    work, clean = tmp_path / "killed", tmp_path / "clean"
+        synthetic_root: Path, tmp_path: Path, clean_train: Path, phase: str) -> None:
+    work = tmp_path / "killed"
     work.mkdir()
-    clean.mkdir()
     args = train_args(synthetic_root, work, "tree")
     assert kill_after(start(args, work, hold_at=phase), "held", work / "model"), \
         "the process finished before the kill"
@@ -150,8 +157,7 @@ def test_train_killed_at_a_hooked_phase_then_rerun_equals_a_clean_run(
     finish(args, work)
     verify_dir(work / "model", "model")
     assert not list(work.glob(".model.*"))  # cleared by the rerun
-    finish(train_args(synthetic_root, clean, "tree"), clean)
-    assert_same_bytes(work / "model", clean / "model")
+    assert_same_bytes(work / "model", clean_train)
 
 
 def test_truncated_model_folder_is_refused(synthetic_root: Path, tmp_path: Path) -> None:
