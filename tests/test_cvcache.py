@@ -18,8 +18,15 @@ from lymphomil.models.base import create_model
 PLAN = dict(folds=2, repeats=1, seed=0)
 
 
+@pytest.fixture(scope="module")
+def cohort(synthetic_root: Path):
+    """The synthetic cohort and its labelled patients, read only (the tests change copies of the
+    patient records, never the files)."""
+    return synthetic_root, as_patient_array(load_cohort(synthetic_root).labelled)
+
+
 @pytest.fixture
-def cohort(synthetic_root: Path, tmp_path: Path):
+def private_cohort(synthetic_root: Path, tmp_path: Path):
     """A private copy of the synthetic cohort (its images may be rewritten) and its labelled
     patients."""
     root = tmp_path / "cohort"
@@ -76,9 +83,9 @@ def test_other_library_versions_miss(cohort, monkeypatch) -> None:
     assert key(patients) != base
 
 
-def test_a_rewritten_image_misses(cohort) -> None:
+def test_a_rewritten_image_misses(private_cohort) -> None:
     """New bytes in a cell image: a miss, even when the size and the mtime stay the same."""
-    root, patients = cohort
+    root, patients = private_cohort
     base = key(patients)
     path = Path(patients[0].image_paths[0])
     stat = path.stat()
