@@ -59,6 +59,8 @@ def test_rerun_from_saved_config_gives_identical_outputs(first_run, tmp_path: Pa
         assert (again / name).read_bytes() == (out / name).read_bytes(), name
 
 
+@pytest.mark.slow  # by default: two cold runs in one process compared byte for byte in
+# tests/engine/test_ray_local.py::test_cli_run_on_ray_matches_local, a warm rerun above
 def test_rerun_without_the_cv_cache_gives_identical_numbers(first_run, synthetic_root: Path,
                                                             synthetic_features: Path,
                                                             tmp_path: Path) -> None:

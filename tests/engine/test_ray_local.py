@@ -48,6 +48,7 @@ def _assert_same_cv(results, reference) -> None:
         assert _without_times({"m": got.to_dict()}) == _without_times({"m": want.to_dict()})
 
 
+@pytest.mark.slow  # the kill tests below make the same comparisons (a kill aside), by default
 def test_features_and_cv_match_the_local_engine(engine, synthetic_root: Path, tmp_path: Path,
                                                 local_reference: dict) -> None:
     from lymphomil.steps import attach_features, configure_model, labelled_patients, run_cv
@@ -74,6 +75,7 @@ def test_a_worker_killed_during_extraction_is_retried(engine, synthetic_root: Pa
         cache.ensure(cohort.patients, FeatureSpec.parse(SPEC_TEXT), engine=engine)
     assert killer.killed, "no extraction task was seen running: the test did not test a kill"
     assert cache_digests(tmp_path) == local_reference["digests"]
+    assert len(local_reference["digests"]) == len(cohort.patients)
 
 
 def test_a_worker_killed_during_cross_validation_is_retried(engine, synthetic_root: Path,
