@@ -246,8 +246,10 @@ def test_contract_on_the_trunk_cohort(name, toy, tmp_path: Path) -> None:
 def test_registered_names_and_bad_options(toy) -> None:
     from lymphomil.errors import LymphomilError
 
-    for name in ("mil-trunk", "topk-trunk", "fusion-mean-miltrunk", "fusion-mean-topktrunk"):
+    for name in ("mil-trunk", "topk-trunk", "topk-trunk-image", "fusion-mean-miltrunk",
+                 "fusion-mean-topktrunk"):
         assert create_model(name) is not None
+    assert create_model("topk-trunk-image").get_params()["use_attributes"] is False
     assert create_model("mil-trunk").required_features()[0][1] == "trunk"
     train, y, _, _ = toy
     with pytest.raises(LymphomilError, match="no trunk cut"):

@@ -381,6 +381,12 @@ def _topk_trunk() -> TopKTrunkModel:
     return TopKTrunkModel()
 
 
+@register_model("topk-trunk-image", "topk-trunk on the images alone (no age or count in the "
+                                    "cell classifier)")
+def _topk_trunk_image() -> TopKTrunkModel:
+    return TopKTrunkModel(use_attributes=False)
+
+
 # =========================================================================== fused with attributes
 
 
