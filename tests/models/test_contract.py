@@ -28,8 +28,8 @@ NEEDS_IMAGES = {"mil-e2e": "fits a backbone on decoded cell images; covered by "
 #: models on the cached 'trunk' kind (a real backbone's tail reads it: the toy 16-d maps do not fit);
 #: the same contract runs on a toy trunk cohort in tests/models/test_finetune.py
 _TRUNK = "reads 'trunk' activations of a real backbone; test_finetune.py::test_contract_on_the_trunk_cohort"
-NEEDS_IMAGES.update({name: _TRUNK for name in ("mil-trunk", "topk-trunk", "fusion-mean-miltrunk",
-                                               "fusion-mean-topktrunk")})
+NEEDS_IMAGES.update({name: _TRUNK for name in list_models()
+                     if any(kind == "trunk" for _, kind in create_model(name).required_features())})
 
 #: models whose patient output is known to move (by an ulp) with the other patients of the call,
 #: names whose outputs may depend on the other patients of a call (none today)

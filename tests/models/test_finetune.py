@@ -67,6 +67,8 @@ def _models():
     mil = MILTrunkModel(features=TOY, max_epochs=2, grad_images=8, random_state=5)
     topk = TopKTrunkModel(features=TOY, max_epochs=2, k=3, random_state=5)
     return {"mil-trunk": mil, "topk-trunk": topk,
+            "topk-trunk-image": TopKTrunkModel(features=TOY, max_epochs=2, k=3,
+                                               use_attributes=False, random_state=5),
             "fused-mil": FusionModel(AttributeModel(param_grid="compact"), clone(mil),
                                      rule="mean", inner_folds=2),
             "fused-topk": FusionModel(AttributeModel(param_grid="compact"), clone(topk),
@@ -200,7 +202,8 @@ def test_same_seed_gives_bit_identical_weights(name, toy) -> None:
 # --------------------------------------------------------------------------- the contract
 
 
-@pytest.mark.parametrize("name", ["mil-trunk", "topk-trunk", "fused-mil", "fused-topk"])
+@pytest.mark.parametrize("name", ["mil-trunk", "topk-trunk", "topk-trunk-image", "fused-mil",
+                                  "fused-topk"])
 def test_contract_on_the_trunk_cohort(name, toy, tmp_path: Path) -> None:
     """What tests/models/test_contract.py checks on every registered model, on trunk features:
     fit, probabilities, instance scores, save/load, clone, same seed, isolation."""
