@@ -312,6 +312,15 @@ def test_topk_score_k_is_chosen_on_the_inner_validation_patients(toy, tmp_path: 
     # one candidate: the training k is kept
     single = TopKTrunkModel(features=TOY, max_epochs=1, k=3, ks=(3,)).fit(train, y)
     assert single.k_ == 3
+    # a refit does not train with the k chosen by an earlier fit
+    refit = clone(fitted)
+    refit.k_ = 6 if fitted.k_ != 6 else 1
+    refit.fit(train, y)
+    def losses(model):
+        return [(r["train_loss"], r["val_loss"]) for r in model.history_]
+
+    assert losses(refit) == losses(fitted) and refit.k_ == fitted.k_
+    np.testing.assert_array_equal(refit.predict_proba(test), fitted.predict_proba(test))
 
 
 @pytest.mark.parametrize("ks", [(), (0, 4), (2.5,), (True,), "8"])

@@ -225,6 +225,11 @@ class TopKCellNet(nn.Module):
         return self.classifier(z).squeeze(-1)  # (n,)
 
 
+def _topk_logit(cells: torch.Tensor, k: int) -> torch.Tensor:
+    """A patient's logit: the mean of its ``k`` highest cell logits (all when it has fewer)."""
+    return cells.topk(min(k, cells.shape[0])).values.mean()  # ()
+
+
 def _topk_attributes(patients) -> np.ndarray:
     """(n, 2) float32: age and the natural log of the lymphocyte count."""
     rows = []
@@ -264,7 +269,11 @@ class TopKTrunkModel(_TrunkModel):
     def _init_net(self, net: "TopKCellNet", state: FitState) -> None:
         """``attribute_start``: the cell classifier starts as a logistic regression on the
         inner-training patients' attributes (image weights 0), so the images learn what the
-        count and age miss instead of drowning them (as ``abmil-attr``)."""
+        count and age miss instead of drowning them (as ``abmil-attr``).
+
+        Validation during training scores patients with the training ``k`` (never a ``k_`` left
+        from an earlier fit); :meth:`_after_fit` then chooses the patient score's ``k_``."""
+        self.k_ = int(self.k)
         if not (self.use_attributes and self.attribute_start):
             return
         from sklearn.linear_model import LogisticRegression
@@ -321,7 +330,7 @@ class TopKTrunkModel(_TrunkModel):
         the lowest class-balanced log-loss, ties to the k closest to the training ``k``."""
         super()._after_fit(state)
         ks = self._candidate_ks()
-        self.k_, self.k_losses_ = int(self.k), []
+        self.k_losses_ = []
         if len(state.val_idx) == 0 or len(np.unique(state.y[state.val_idx])) < 2:
             return
         self.net_.eval()
@@ -330,16 +339,11 @@ class TopKTrunkModel(_TrunkModel):
                      for i in state.val_idx]  # [(n_i,)]
         y = state.y[state.val_idx]
         for k in ks:
-            p = np.array([float(torch.sigmoid(c.topk(min(k, len(c))).values.mean()))
-                          for c in cells])
+            p = np.array([float(torch.sigmoid(_topk_logit(c, k))) for c in cells])
             self.k_losses_.append(balanced_log_loss(y, p))
         order = sorted(range(len(ks)),
                        key=lambda j: (round(self.k_losses_[j], 9), abs(np.log(ks[j] / self.k))))
         self.k_ = ks[order[0]]
-
-    def _topk_logit(self, cells: torch.Tensor) -> torch.Tensor:
-        k = min(int(getattr(self, "k_", self.k)), cells.shape[0])
-        return cells.topk(k).values.mean()  # ()
 
     def _batch_logits(self, net: TopKCellNet, state: FitState, units, batch):
         out = []
@@ -356,7 +360,7 @@ class TopKTrunkModel(_TrunkModel):
         x, extra = inputs[i]
         with torch.no_grad():
             cells = net.cell_logits(x, extra, self.chunk_size)  # (n,)
-        return (float(torch.sigmoid(self._topk_logit(cells))),
+        return (float(torch.sigmoid(_topk_logit(cells, self.k_))),
                 cells.numpy().astype(np.float64))
 
     def _state(self):
