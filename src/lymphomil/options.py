@@ -163,31 +163,24 @@ def check_model_names(names: Sequence[str], option: str = "--model") -> list[str
 
 
 def check_features_option(text: str | None, option: str = "--features") -> str | None:
-    """``BACKBONE[:WEIGHTS]@CROP[+tta][+bf16]`` (what ``lymphomil features`` can make, as
-    :meth:`FeatureSpec.parse` reads it): a registered backbone, a crop in range, known flags."""
+    """``BACKBONE[:WEIGHTS]@CROP[+tta][+bf16]`` (what ``lymphomil features`` can make, read by
+    :meth:`FeatureSpec.parse`): a registered backbone, a crop in range, known flags."""
     if text is None:
         return None
     from lymphomil.features.backbones import list_backbones
+    from lymphomil.features.spec import FeatureSpec
 
-    head, at, rest = text.rpartition("@")
-    if not at:
-        head, rest = text, ""
-    name = head.partition(":")[0]
-    crop_text, *flags = rest.split("+")
+    try:
+        spec = FeatureSpec.parse(text)
+    except ValueError as exc:
+        raise LymphomilError(f"{option} {text!r}: {exc}",
+                             fix="write BACKBONE[:WEIGHTS]@CROP[+tta][+bf16], e.g. "
+                                 f"{option} efficientnet-lite0@112") from None
     backbones = list_backbones()
-    if name not in backbones:
-        raise LymphomilError(f"{option} {text!r}: unknown backbone {name!r}",
+    if spec.backbone not in backbones:
+        raise LymphomilError(f"{option} {text!r}: unknown backbone {spec.backbone!r}",
                              fix=f"write BACKBONE@CROP with a backbone of: {', '.join(backbones)}")
-    if crop_text:
-        if not crop_text.isascii() or not crop_text.isdigit():
-            raise LymphomilError(f"{option} {text!r}: the crop {crop_text!r} is not a number",
-                                 fix=f"write e.g. {option} {name}@112")
-        check_crop(int(crop_text), f"{option} crop")
-    unknown = [flag for flag in flags if flag not in ("tta", "bf16")]
-    if unknown:
-        raise LymphomilError(f"{option} {text!r}: unknown option(s) "
-                             f"{', '.join('+' + flag for flag in unknown)}",
-                             fix="write BACKBONE[:WEIGHTS]@CROP[+tta][+bf16]")
+    check_crop(spec.crop, f"{option} crop")
     return text
 
 

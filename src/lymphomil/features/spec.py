@@ -66,6 +66,8 @@ class FeatureSpec:
         if unknown:
             raise ValueError(f"unknown option(s) {', '.join('+' + f for f in unknown)}; "
                              "use +tta and/or +bf16")
+        if flags[0] and not (flags[0].isascii() and flags[0].isdigit()):
+            raise ValueError(f"the crop {flags[0]!r} is not a number")
         name, _, weights = head.partition(":")
         crop = int(flags[0]) if flags[0] else DEFAULT_CROP
         return cls(backbone=name, weights=weights or "imagenet", crop=crop, tta="tta" in flags[1:],
