@@ -261,7 +261,7 @@ def _figures(ctx: ReportContext, summaries: Mapping[str, dict], rows: Sequence[d
     results = ctx.cv_results
     if not results:
         return {"roc": None, "confusion": None, "hard": None, "scatter": None}
-    families = {r.model_name: infer_family(r.model_name, ctx.families) for r in results}
+    families = {row["name"]: row["family"] for row in rows}  # decided once, in _cv_rows
     hard_rows = [{"name": row["name"], "overall": summaries[row["name"]]["balanced_accuracy"],
                   "hard": summaries[row["name"]]["hard_balanced_accuracy"]} for row in rows]
     ordered = [next(r for r in results if r.model_name == row["name"]) for row in rows]
