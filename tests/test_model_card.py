@@ -15,7 +15,7 @@ from lymphomil.model_card import MODEL_CARD_JSON, THRESHOLD, build_model_card, w
 from lymphomil.models.base import encode_param, load_model
 from lymphomil.outputs import read_json, verify_dir
 from lymphomil.steps import (attach_features, configure_model, labelled_patients,
-                                predict_patients, train_model)
+                             predict_patients, train_model)
 
 
 @pytest.fixture(scope="module")

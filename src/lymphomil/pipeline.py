@@ -85,8 +85,8 @@ def _run_stages(config: RunConfig, out: Path, engine: object, stage: Callable[[s
     from lymphomil.explore import explore
     from lymphomil.models.base import selection_name
     from lymphomil.steps import (attach_features, configure_model, labelled_patients,
-                                    predict_patients, run_cv, train_model, write_cv_outputs,
-                                    write_predictions)
+                                 predict_patients, run_cv, train_model, write_cv_outputs,
+                                 write_predictions)
 
     timings: dict[str, float] = {}
     data = config.data

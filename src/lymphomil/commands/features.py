@@ -96,7 +96,7 @@ def features(
         raise LymphomilError("no data folder given",
                              fix="lymphomil features DATA (the challenge folder), or --list")
     from lymphomil.options import (check_backbone, check_batch_size, check_crop, check_in_flight,
-                                  check_workers)
+                                   check_workers)
 
     # every option before any work: a 5000 px crop once ran a 5000x5000 probe through the network
     check_crop(crop)

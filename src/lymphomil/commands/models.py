@@ -17,7 +17,7 @@ from lymphomil.config import DEFAULT_CANDIDATES, DEFAULT_MODEL, RunConfig
 from lymphomil.data.cohort import load_cohort
 from lymphomil.crossval import format_metric
 from lymphomil.outputs import (atomic_write_json, cache_root, check_cache_location, claim_output,
-                            staged_dir)
+                               staged_dir)
 
 DATA_ARG = typer.Argument(..., help="challenge-layout folder (clinical_annotation.csv or "
                                     "trainset/ + testset/)", show_default=False)
@@ -116,7 +116,7 @@ def cv(
     """
     from lymphomil.steps import get_engine
     from lymphomil.options import (check_features_option, check_folds, check_folds_against,
-                                  check_model_names, check_repeats, check_threads)
+                                   check_model_names, check_repeats, check_threads)
     from lymphomil.runtime import set_threads
     from lymphomil.steps import labelled_patients, run_cv, write_cv_outputs
 
