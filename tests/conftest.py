@@ -18,16 +18,10 @@ def session_cache_dir(tmp_path_factory: pytest.TempPathFactory):
     subprocesses): no test reads or writes the user's cache. There the image-verdict memo
     (validated/) grew with every test cohort of every earlier session and was rewritten whole by
     each command (7.8 MB, ~45 ms a write here), and warm features hid the cost of a fresh machine."""
-    import os
-
     folder = tmp_path_factory.mktemp("lymphomil-cache")
-    before = os.environ.get("LYMPHOMIL_CACHE_DIR")
-    os.environ["LYMPHOMIL_CACHE_DIR"] = str(folder)
-    yield folder
-    if before is None:
-        os.environ.pop("LYMPHOMIL_CACHE_DIR", None)
-    else:
-        os.environ["LYMPHOMIL_CACHE_DIR"] = before
+    with pytest.MonkeyPatch.context() as patch:  # put back after the session
+        patch.setenv("LYMPHOMIL_CACHE_DIR", str(folder))
+        yield folder
 
 
 @pytest.fixture(scope="session")
