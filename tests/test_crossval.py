@@ -9,7 +9,8 @@ import pytest
 from sklearn.metrics import balanced_accuracy_score, f1_score, roc_auc_score
 
 from lymphomil.data.cohort import Patient, as_patient_array
-from lymphomil.crossval import cross_validate, derive_seed, fold_plan, hard_mask, metrics_of
+from lymphomil.crossval import cross_validate, derive_seed, fold_plan, hard_mask
+from lymphomil.metrics import metrics_of
 from lymphomil.models.base import PatientModel, register_class
 from lymphomil.models.fusion import FusionModel
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 import numpy as np
 
 from lymphomil.errors import LymphomilError
-from lymphomil.metrics import balanced_accuracy
+from lymphomil.metrics import metrics_of
 
 if TYPE_CHECKING:  # pragma: no cover
     from lymphomil.engine import Engine
@@ -65,39 +65,6 @@ def hard_mask(counts: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.nda
     reactive = counts[train][y[train] == 0]
     low, high = reactive.min(), reactive.max()
     return (counts[test] >= low) & (counts[test] <= high)
-
-
-# --------------------------------------------------------------------------- metrics
-
-
-def _roc_auc(proba: np.ndarray, y: np.ndarray) -> np.ndarray:
-    from scipy.stats import rankdata  # scipy and scikit-learn load on first use: `--help` stays fast
-
-    ranks = rankdata(proba, axis=-1)
-    n_pos = (y == 1).sum(-1)
-    n_neg = (y == 0).sum(-1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        auc = ((ranks * (y == 1)).sum(-1) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
-    return np.where((n_pos > 0) & (n_neg > 0), auc, np.nan)
-
-
-def metrics_of(proba: np.ndarray, y: np.ndarray, hard: np.ndarray,
-               threshold: float = 0.5) -> dict[str, np.ndarray]:
-    """All metrics; inputs may carry leading batch axes (bootstrap), patients on the last axis."""
-    pred = proba >= threshold
-    positive = y == 1
-    tp = (pred & positive).sum(-1)
-    fp = (pred & ~positive).sum(-1)
-    fn = (~pred & positive).sum(-1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        f1 = np.where(2 * tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn), np.nan)
-    return {
-        "balanced_accuracy": balanced_accuracy(pred, y),
-        "accuracy": (pred == positive).mean(-1),
-        "f1": f1,
-        "roc_auc": _roc_auc(proba, y),
-        "hard_balanced_accuracy": balanced_accuracy(pred, y, hard),
-    }
 
 
 # --------------------------------------------------------------------------- results

@@ -1,4 +1,5 @@
-"""Small numeric definitions shared by the harness and the models (numpy only, the bottom layer)."""
+"""Every metric of lymphomil, shared by the harness and the models (numpy; scipy on first use;
+the bottom layer)."""
 
 from __future__ import annotations
 
@@ -29,3 +30,35 @@ def logit(p: np.ndarray, eps: float) -> np.ndarray:
     """
     p = np.clip(np.asarray(p, dtype=np.float64), eps, 1 - eps)
     return np.log(p / (1 - p))
+
+
+def roc_auc(proba: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """ROC AUC of scores ``proba`` against labels ``y`` along the last axis (rank formula,
+    vectorised over leading rows); nan where a class is absent."""
+    from scipy.stats import rankdata  # scipy and scikit-learn load on first use: `--help` stays fast
+
+    ranks = rankdata(proba, axis=-1)
+    n_pos = (y == 1).sum(-1)
+    n_neg = (y == 0).sum(-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        auc = ((ranks * (y == 1)).sum(-1) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+    return np.where((n_pos > 0) & (n_neg > 0), auc, np.nan)
+
+
+def metrics_of(proba: np.ndarray, y: np.ndarray, hard: np.ndarray,
+               threshold: float = 0.5) -> dict[str, np.ndarray]:
+    """All metrics; inputs may carry leading batch axes (bootstrap), patients on the last axis."""
+    pred = proba >= threshold
+    positive = y == 1
+    tp = (pred & positive).sum(-1)
+    fp = (pred & ~positive).sum(-1)
+    fn = (~pred & positive).sum(-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        f1 = np.where(2 * tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn), np.nan)
+    return {
+        "balanced_accuracy": balanced_accuracy(pred, y),
+        "accuracy": (pred == positive).mean(-1),
+        "f1": f1,
+        "roc_auc": roc_auc(proba, y),
+        "hard_balanced_accuracy": balanced_accuracy(pred, y, hard),
+    }

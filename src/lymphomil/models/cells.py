@@ -26,7 +26,8 @@ import numpy as np
 from scipy.special import expit
 
 from lymphomil.errors import LymphomilError
-from lymphomil.crossval import _roc_auc, derive_seed
+from lymphomil.metrics import roc_auc
+from lymphomil.crossval import derive_seed
 from lymphomil.models.base import PatientModel, register_class, register_model
 from lymphomil.models.pooled import FUSION_FEATURES, linear_state, set_linear_state
 from lymphomil.models.checks import (check_int, check_patients, check_patients_y, parse_spec,
@@ -131,7 +132,7 @@ class CellTopKModel(PatientModel):
             fitted = self._fit_cells([bags[i] for i in train], y[train])
             for i, logits in zip(test, self._cell_logits(fitted, [bags[i] for i in test])):
                 oof[:, i] = [top_k_mean(logits, k) for k in ks]
-        aucs = [float(a) for a in _roc_auc(oof, np.broadcast_to(y, oof.shape))]
+        aucs = [float(a) for a in roc_auc(oof, np.broadcast_to(y, oof.shape))]
         best = int(np.nanargmax(np.where(np.isfinite(aucs), aucs, -np.inf)))  # first = list order
         slope, offset = 1.0, 0.0
         if self.calibrate:
