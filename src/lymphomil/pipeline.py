@@ -18,7 +18,7 @@ import numpy as np
 
 from lymphomil.config import RunConfig, to_toml
 from lymphomil.data.cohort import load_cohort
-from lymphomil.crossval import CVResult
+from lymphomil.crossval import CVResult, best_index
 from lymphomil.outputs import atomic_write_json, atomic_write_text, default_cache_root, staged_dir
 from lymphomil.uncertainty import N_REFITS
 
@@ -44,15 +44,8 @@ class RunResult:
 
 
 def choose_model(results: list[CVResult]) -> CVResult:
-    """Best mean balanced accuracy; ties broken by the hard subset, then by list order."""
-    def key(item: tuple[int, CVResult]) -> tuple[float, float, int]:
-        index, result = item
-        s = result.summary(n_bootstrap=10)
-        hard = s["hard_balanced_accuracy"]["mean"]
-        return (round(s["balanced_accuracy"]["mean"], 6),
-                round(hard if np.isfinite(hard) else 0.0, 6), -index)
-
-    return max(enumerate(results), key=key)[1]
+    """The candidate :func:`lymphomil.crossval.best_index` picks (the rule ``select:`` uses)."""
+    return results[best_index(results)]
 
 
 @contextmanager

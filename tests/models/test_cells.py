@@ -10,7 +10,8 @@ from sklearn.base import clone
 
 from lymphomil.crossval import cross_validate, derive_seed, with_seed
 from lymphomil.models.base import create_model
-from lymphomil.models.cells import CellTopKModel, _cell_weights, top_k_mean
+from lymphomil.models.blocks import top_k_mean
+from lymphomil.models.cells import CellTopKModel, _cell_weights
 from lymphomil.models.ensemble import EnsembleModel, SelectModel
 from lymphomil.models.prototypes import PrototypeModel, histogram
 from lymphomil.models.checks import resolve_seed
@@ -42,13 +43,6 @@ def assert_nested_round_trip(model, cohort, folder) -> None:
     np.testing.assert_array_equal(loaded.predict_proba(cohort.test), model.predict_proba(cohort.test))
     for a, b in zip(loaded.instance_scores(cohort.test[:5]), model.instance_scores(cohort.test[:5])):
         np.testing.assert_array_equal(a, b)
-
-
-def test_top_k_mean() -> None:
-    scores = np.array([3.0, -1.0, 5.0, 0.0])
-    assert top_k_mean(scores, 2) == 4.0
-    assert top_k_mean(scores, 0) == pytest.approx(1.75)
-    assert top_k_mean(scores, 10) == pytest.approx(1.75)
 
 
 def test_every_patient_and_each_class_weigh_the_same() -> None:

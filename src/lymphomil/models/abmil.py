@@ -21,6 +21,7 @@ from lymphomil.errors import LymphomilError
 from lymphomil.features.spec import DEFAULT_FEATURES
 from lymphomil.models.attributes import attribute_matrix
 from lymphomil.models.base import register_class, register_model
+from lymphomil.models.blocks import attribute_start, start_linear_from_attributes
 from lymphomil.models.checks import check_float, check_int
 from lymphomil.models.heads import GatedAttentionMIL
 from lymphomil.models.inputs import fit_standardizer, pad_bags
@@ -33,15 +34,6 @@ ATTRIBUTE_NAMES = ("age", "log_lymph_count", "gender_male")
 def _attributes(patients) -> np.ndarray:
     """(n, 3) float32: age, natural log of the lymphocyte count, male."""
     return attribute_matrix(patients, log_base="e").astype(np.float32)
-
-
-def _attribute_start(A: np.ndarray, y: np.ndarray, balance: str) -> tuple[np.ndarray, float]:
-    """A logistic regression on the (standardised) attributes: the head's starting point."""
-    from sklearn.linear_model import LogisticRegression
-
-    lr = LogisticRegression(C=1.0, class_weight=None if balance == "none" else "balanced")
-    lr.fit(A, y)
-    return lr.coef_[0].astype(np.float32), float(lr.intercept_[0])
 
 
 @register_class
@@ -90,8 +82,8 @@ class ABMILModel(NeuralPatientModel):
         """With attributes, the classifier starts as their logistic regression (image weights 0)."""
         if self.use_attributes:
             A = torch.stack([state.inputs[i][1] for i in state.train_idx])  # (n_train, 3)
-            coef, intercept = _attribute_start(A.numpy(), state.y[state.train_idx], self.balance)
-            net.start_from_linear(torch.from_numpy(coef), intercept)
+            coef, intercept = attribute_start(A.numpy(), state.y[state.train_idx], self.balance)
+            start_linear_from_attributes(net.classifier, coef, intercept)
 
     def _batch_logits(self, net: GatedAttentionMIL, state: FitState, units, batch):
         rows = units[batch]

@@ -36,19 +36,30 @@ ATTRIBUTE_NAMES = ("age", "log10_lymph_count", "male")
 
 
 def attribute_matrix(patients: Sequence, use_n_images: bool = False,
-                     log_count: bool = True, log_base: str = "10") -> np.ndarray:
-    """(n, k) float64 matrix of the clinical attributes (the only place they become numbers):
-    age, the lymphocyte count (its logarithm to ``log_base`` "10" or "e" when ``log_count``),
-    male (1/0), and the number of images when ``use_n_images``."""
+                     log_count: bool = True, log_base: str = "10",
+                     gender: bool = True) -> np.ndarray:
+    """(n, k) float64 matrix of the clinical attributes, the only place they become numbers for
+    every family: age, the lymphocyte count (its logarithm to ``log_base`` "10" or "e" when
+    ``log_count``), male (1/0) when ``gender``, and the number of images when ``use_n_images``.
+
+    The base is each family's saved unit (its stored statistics are in it): "10" for the
+    attribute models and ``cell-topk-attr``, "e" for ``abmil-attr`` and ``topk-trunk``. Any
+    standardised use gives the same model in either base."""
     log = {"10": math.log10, "e": math.log}[log_base]
     rows = []
     for p in patients:
-        count = log(p.lymph_count) if log_count else p.lymph_count
-        row = [p.age, count, 1.0 if p.gender == "M" else 0.0]
+        if not (np.isfinite(p.age) and p.lymph_count > 0):
+            raise LymphomilError(f"patient {p.id} has no usable age or lymphocyte count "
+                                 f"(age={p.age}, count={p.lymph_count})",
+                                 fix="fill DOB and LYMPH_COUNT in the cohort's table")
+        row = [p.age, log(p.lymph_count) if log_count else p.lymph_count]
+        if gender:
+            row.append(1.0 if p.gender == "M" else 0.0)
         if use_n_images:
             row.append(float(p.n_images))
         rows.append(row)
-    return np.asarray(rows, dtype=np.float64).reshape(len(rows), 3 + int(use_n_images))
+    width = 2 + int(gender) + int(use_n_images)
+    return np.asarray(rows, dtype=np.float64).reshape(len(rows), width)
 
 
 def attribute_names(use_n_images: bool = False, log_count: bool = True) -> list[str]:

@@ -28,7 +28,9 @@ from scipy.special import expit
 from lymphomil.errors import LymphomilError
 from lymphomil.metrics import roc_auc
 from lymphomil.crossval import derive_seed
+from lymphomil.models.attributes import attribute_matrix
 from lymphomil.models.base import PatientModel, register_class, register_model
+from lymphomil.models.blocks import apply_platt, fit_platt, top_k_mean
 from lymphomil.models.pooled import FUSION_FEATURES, linear_state, set_linear_state
 from lymphomil.models.checks import (check_int, check_patients, check_patients_y, parse_spec,
                                      resolve_seed)
@@ -36,17 +38,6 @@ from lymphomil.models.inputs import read_bags
 
 #: the two attributes a cell classifier may see beside its image features
 CELL_ATTRIBUTES = ("age", "log10_lymph_count")
-
-
-def top_k_mean(scores: np.ndarray, k: int) -> float:
-    """Mean of the ``k`` largest scores (all of them when ``k`` is 0 or exceeds the bag)."""
-    if k <= 0 or k >= len(scores):
-        return float(scores.mean())
-    return float(np.partition(scores, len(scores) - k)[len(scores) - k:].mean())
-
-
-def _cell_attributes(patient) -> np.ndarray:
-    return np.array([patient.age, np.log10(patient.lymph_count)], dtype=np.float64)  # (2,)
 
 
 def _cell_weights(y: np.ndarray, sizes: np.ndarray) -> np.ndarray:
@@ -80,9 +71,9 @@ class CellTopKModel(PatientModel):
         bags = read_bags(patients, parse_spec(self.features), self.feature_kind, n_features)
         if not self.attributes:
             return [bag.astype(np.float64) for bag in bags]
-        return [np.hstack([bag.astype(np.float64),
-                           np.broadcast_to(_cell_attributes(p), (len(bag), 2))])
-                for p, bag in zip(patients, bags)]
+        A = attribute_matrix(patients, gender=False)  # (n, 2): age, log10 count
+        return [np.hstack([bag.astype(np.float64), np.broadcast_to(a, (len(bag), 2))])
+                for a, bag in zip(A, bags)]
 
     def _fit_cells(self, bags: list[np.ndarray], y: np.ndarray) -> dict[str, np.ndarray]:
         """One cell classifier as plain arrays (scaler mean/scale, weights, intercept)."""
@@ -136,10 +127,8 @@ class CellTopKModel(PatientModel):
         best = int(np.nanargmax(np.where(np.isfinite(aucs), aucs, -np.inf)))  # first = list order
         slope, offset = 1.0, 0.0
         if self.calibrate:
-            from sklearn.linear_model import LogisticRegression
-
-            platt = LogisticRegression(class_weight="balanced").fit(oof[best][:, None], y)
-            slope, offset = float(platt.coef_[0, 0]), float(platt.intercept_[0])
+            slopes, offset = fit_platt(oof[best], y)
+            slope = float(slopes[0])
         return ks[best], slope, offset, aucs
 
     def fit(self, patients, y):
@@ -169,7 +158,7 @@ class CellTopKModel(PatientModel):
     def decision_function(self, patients):
         """Each patient's calibrated logit: Platt map of its mean top-k cell log-odds."""
         scores = np.array([top_k_mean(cells, self.k_) for cells in self.instance_scores(patients)])
-        return self.platt_slope_ * scores + self.platt_offset_
+        return apply_platt(scores, [self.platt_slope_], self.platt_offset_)
 
     def predict_proba(self, patients):
         p1 = expit(self.decision_function(patients))

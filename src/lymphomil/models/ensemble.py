@@ -18,7 +18,7 @@ import numpy as np
 from sklearn.base import clone
 
 from lymphomil.errors import LymphomilError
-from lymphomil.crossval import cross_validate_many, derive_seed, with_seed
+from lymphomil.crossval import best_index, cross_validate_many, derive_seed, with_seed
 from lymphomil.features.spec import FeatureSpec
 from lymphomil.models.base import (PatientModel, create_model, positive_proba, register_class,
                                    register_model)
@@ -146,14 +146,9 @@ class SelectModel(PatientModel):
         results = cross_validate_many(named, patients, y, folds=folds,
                                       repeats=int(self.inner_repeats),
                                       seed=derive_seed(seed, "select-inner"))
-        keys, scores = [], {}
-        for index, result in enumerate(results):
-            summary = result.summary(n_bootstrap=1)
-            overall = summary["balanced_accuracy"]["mean"]
-            hard = summary["hard_balanced_accuracy"]["mean"]
-            scores[result.model_name] = overall
-            keys.append((round(overall, 9), round(hard if np.isfinite(hard) else 0.0, 9), -index))
-        return int(-max(keys)[2]), scores
+        scores = {r.model_name: r.summary(n_bootstrap=1)["balanced_accuracy"]["mean"]
+                  for r in results}
+        return best_index(results), scores
 
     def predict_proba(self, patients):
         self._check_fitted()

@@ -40,7 +40,11 @@ from torch import nn
 
 from lymphomil.errors import LymphomilError
 from lymphomil.features.spec import DEFAULT_CROP
+from lymphomil.models.attributes import attribute_matrix
 from lymphomil.models.base import register_class, register_model
+from lymphomil.models.blocks import (attribute_start, freeze_batchnorm, start_linear_from_attributes,
+                                     top_k_indices, top_k_mean, two_group_adam)
+from lymphomil.models.fusion import fusion_factory
 from lymphomil.models.checks import check_choice, check_float, check_int, make_generator
 from lymphomil.models.heads import BNSigmoidMIL
 from lymphomil.models.inputs import fit_standardizer, read_bags
@@ -53,12 +57,6 @@ TRUNK_FEATURES = f"efficientnet-lite0@{DEFAULT_CROP}"
 CELL_SCORES = ("max", "mean")
 #: the attributes the top-k cell classifier sees beside the image
 TOPK_ATTRIBUTES = ("age", "log_lymph_count")
-
-
-def _freeze_batchnorm(module: nn.Module) -> None:
-    for m in module.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.eval()
 
 
 def _chunked(fn, x: torch.Tensor, chunk: int) -> torch.Tensor:
@@ -102,17 +100,11 @@ class _TrunkModel(NeuralPatientModel):
         return trunk_tail(self._spec().backbone, "none")[0].requires_grad_(False)
 
     def _optimizer(self, net: nn.Module) -> torch.optim.Optimizer:
-        tail_lr = self.lr if self.tail_lr is None else self.tail_lr
         head = [p for name, p in net.named_parameters() if not name.startswith("tail.")]
-        groups = [{"params": head, "lr": self.lr}]
-        if tail_lr > 0:
-            groups.append({"params": net.tail.parameters(), "lr": tail_lr})
-        else:
-            net.tail.requires_grad_(False)
-        return torch.optim.Adam(groups, lr=self.lr, weight_decay=self.weight_decay)
+        return two_group_adam(head, net.tail, self.lr, self.tail_lr, self.weight_decay)
 
     def _epoch_units(self, net: nn.Module, state: FitState, epoch: int):
-        _freeze_batchnorm(net.tail)
+        freeze_batchnorm(net.tail)
         if "subset" not in state.extra:
             state.extra["subset"] = make_generator(state.seed, 3)
         return super()._epoch_units(net, state, epoch)
@@ -225,22 +217,9 @@ class TopKCellNet(nn.Module):
         return self.classifier(z).squeeze(-1)  # (n,)
 
 
-def _topk_logit(cells: torch.Tensor, k: int) -> torch.Tensor:
-    """A patient's logit: the mean of its ``k`` highest cell logits (all when it has fewer)."""
-    return cells.topk(min(k, cells.shape[0])).values.mean()  # ()
-
-
 def _topk_attributes(patients) -> np.ndarray:
     """(n, 2) float32: age and the natural log of the lymphocyte count."""
-    rows = []
-    for p in patients:
-        age, count = p.age, p.lymph_count
-        if age is None or count is None or not np.isfinite(age) or not (count > 0):
-            raise LymphomilError(f"patient {p.id} has no usable age or lymphocyte count "
-                                 f"(age={age}, count={count})",
-                                 fix="fill DOB and LYMPH_COUNT in the cohort's table")
-        rows.append((float(age), float(np.log(count))))
-    return np.asarray(rows, dtype=np.float32)
+    return attribute_matrix(patients, log_base="e", gender=False).astype(np.float32)
 
 
 @register_class
@@ -276,16 +255,9 @@ class TopKTrunkModel(_TrunkModel):
         self.k_ = int(self.k)
         if not (self.use_attributes and self.attribute_start):
             return
-        from sklearn.linear_model import LogisticRegression
-
         A = torch.stack([state.inputs[i][1] for i in state.train_idx]).numpy()  # (n, 2)
-        lr = LogisticRegression(C=1.0, class_weight=None if self.balance == "none" else "balanced")
-        lr.fit(A, state.y[state.train_idx])
-        with torch.no_grad():
-            d = net.classifier.in_features - A.shape[1]
-            net.classifier.weight[0, :d] = 0.0
-            net.classifier.weight[0, d:] = torch.from_numpy(lr.coef_[0].astype(np.float32))
-            net.classifier.bias.fill_(float(lr.intercept_[0]))
+        coef, intercept = attribute_start(A, state.y[state.train_idx], self.balance)
+        start_linear_from_attributes(net.classifier, coef, intercept)
 
     def _extra(self, patients) -> torch.Tensor:
         if not self.use_attributes:
@@ -339,7 +311,7 @@ class TopKTrunkModel(_TrunkModel):
                      for i in state.val_idx]  # [(n_i,)]
         y = state.y[state.val_idx]
         for k in ks:
-            p = np.array([float(torch.sigmoid(_topk_logit(c, k))) for c in cells])
+            p = np.array([float(torch.sigmoid(top_k_mean(c, k))) for c in cells])
             self.k_losses_.append(balanced_log_loss(y, p))
         order = sorted(range(len(ks)),
                        key=lambda j: (round(self.k_losses_[j], 9), abs(np.log(ks[j] / self.k))))
@@ -351,7 +323,7 @@ class TopKTrunkModel(_TrunkModel):
             x, extra = state.inputs[i]  # (n, d_t, h, w), (n_extra,)
             with torch.no_grad():
                 scores = net.cell_logits(x, extra, self.chunk_size)  # (n,)
-            top = scores.topk(min(int(self.k), len(scores))).indices.sort().values  # (k,)
+            top = top_k_indices(scores, self.k)  # (k,)
             out.append(net.cell_logits(x[top], extra, self.chunk_size).mean())  # ()
         return torch.stack(out)  # (b,)
 
@@ -360,7 +332,7 @@ class TopKTrunkModel(_TrunkModel):
         x, extra = inputs[i]
         with torch.no_grad():
             cells = net.cell_logits(x, extra, self.chunk_size)  # (n,)
-        return (float(torch.sigmoid(_topk_logit(cells, self.k_))),
+        return (float(torch.sigmoid(top_k_mean(cells, self.k_))),
                 cells.numpy().astype(np.float64))
 
     def _state(self):
@@ -394,20 +366,8 @@ def _topk_trunk_image() -> TopKTrunkModel:
 # =========================================================================== fused with attributes
 
 
-def _fused(image: str):
-    def build():
-        from lymphomil.models.attributes import AttributeModel
-        from lymphomil.models.base import create_model
-        from lymphomil.models.fusion import FusionModel
-
-        return FusionModel(attribute_model=AttributeModel(param_grid="compact"),
-                           image_model=create_model(image), rule="mean")
-
-    return build
-
-
 #: the fused variants: attribute logreg (compact grid) + the head's probability, mean rule
 FINETUNE_FUSIONS = {"fusion-mean-miltrunk": "mil-trunk", "fusion-mean-topktrunk": "topk-trunk"}
 for _name, _image in FINETUNE_FUSIONS.items():
     register_model(_name, f"attribute logreg (compact grid) + {_image}, mean of the "
-                          "probabilities")(_fused(_image))
+                          "probabilities")(fusion_factory("mean", _image))

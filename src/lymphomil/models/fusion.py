@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import numpy as np
 from sklearn.base import clone
-from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold
 
 from lymphomil.errors import LymphomilError
@@ -25,6 +24,7 @@ from lymphomil.features.spec import FeatureSpec
 from lymphomil.metrics import balanced_accuracy, logit
 from lymphomil.models.attributes import AttributeModel
 from lymphomil.models.base import PatientModel, create_model, register_class, register_model
+from lymphomil.models.blocks import apply_platt, fit_platt
 
 RULES = ("alpha", "min", "max", "stack", "mean")
 #: P(malignant) given to a patient above the gate's count bound (a fact of the training data)
@@ -88,9 +88,7 @@ class FusionModel(PatientModel):
             if self.rule == "alpha":
                 self.alpha_ = self._choose_alpha(oof, y)
             else:
-                stacker = LogisticRegression(class_weight="balanced").fit(logit(oof, _EPS), y)
-                self.stack_coef_ = stacker.coef_[0].astype(float)
-                self.stack_intercept_ = float(stacker.intercept_[0])
+                self.stack_coef_, self.stack_intercept_ = fit_platt(logit(oof, _EPS), y)
         self.attribute_model_ = with_seed(clone(attribute), derive_seed(self.random_state, "attr"))
         self.attribute_model_.fit(patients, y)
         self.image_model_ = with_seed(clone(image), derive_seed(self.random_state, "image"))
@@ -126,7 +124,8 @@ class FusionModel(PatientModel):
             return (p_attr + p_img) / 2
         if self.rule == "alpha":
             return self.alpha_ * p_attr + (1 - self.alpha_) * p_img
-        z = self.stack_intercept_ + logit(p_attr, _EPS) * self.stack_coef_[0] + logit(p_img, _EPS) * self.stack_coef_[1]
+        z = apply_platt(logit(np.column_stack([p_attr, p_img]), _EPS), self.stack_coef_,
+                        self.stack_intercept_)
         return 1 / (1 + np.exp(-z))
 
     def predict_proba(self, patients: np.ndarray) -> np.ndarray:
@@ -168,7 +167,9 @@ class FusionModel(PatientModel):
         self.image_model_ = submodels["images"]
 
 
-def _fusion(rule: str, image: str = "image-logreg-thin", **options: object):
+def fusion_factory(rule: str, image: str = "image-logreg-thin", **options: object):
+    """The factory of a registered fusion: the attribute logistic regression (compact grid) and
+    the registered image model ``image``, fused by ``rule``."""
     return lambda: FusionModel(attribute_model=AttributeModel(param_grid="compact"),
                                image_model=create_model(image), rule=rule, **options)
 
@@ -176,7 +177,7 @@ def _fusion(rule: str, image: str = "image-logreg-thin", **options: object):
 for _rule, _doc in (("alpha", "α-weighted sum, α by inner CV"), ("min", "min rule (AND)"),
                     ("max", "max rule (OR)"), ("stack", "logistic stacker on out-of-fold logits"),
                     ("mean", "mean of the two probabilities")):
-    register_model(f"fusion-{_rule}", f"attribute logreg (compact grid) + image-logreg-thin, {_doc}")(_fusion(_rule))
+    register_model(f"fusion-{_rule}", f"attribute logreg (compact grid) + image-logreg-thin, {_doc}")(fusion_factory(_rule))
 
 
 #: fusions whose image side is one of the issue-17 image models (mean rule, compact attributes)
@@ -194,6 +195,6 @@ FUSION_VARIANTS = {
 }
 for _name, (_image, _options, _doc) in FUSION_VARIANTS.items():
     register_model(_name, f"attribute logreg (compact grid) + {_doc}, mean of the probabilities")(
-        _fusion("mean", _image, **_options))
+        fusion_factory("mean", _image, **_options))
 register_model("fusion-alpha-cells", "attribute logreg (compact grid) + cell-topk, α-weighted "
-               "sum, α by inner CV")(_fusion("alpha", "cell-topk"))
+               "sum, α by inner CV")(fusion_factory("alpha", "cell-topk"))

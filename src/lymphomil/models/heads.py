@@ -104,8 +104,9 @@ class GatedAttentionMIL(nn.Module):
 
     ``h = ReLU(W x)``; ``a = softmax_n(w^T (tanh(V h) * sigmoid(U h)))``; ``z = sum_n a_n h_n``;
     ``logit = c^T [z, extra] + b``. ``extra`` ``(B, n_extra)`` (clinical attributes) joins the
-    pooled embedding just before the linear classifier (:meth:`start_from_linear` can start
-    the classifier as a given linear model of the extra inputs alone).
+    pooled embedding just before the linear classifier (its last inputs, so
+    :func:`~lymphomil.models.blocks.start_linear_from_attributes` can start it as a linear model
+    of the extra inputs alone).
     """
 
     def __init__(self, in_dim: int, hidden: int = 128, attention_dim: int = 64,
@@ -132,15 +133,6 @@ class GatedAttentionMIL(nn.Module):
                 raise ValueError("this head needs its extra inputs (attributes)")
             z = torch.cat([z, extra.to(z.dtype)], dim=1)  # (B, hidden + n_extra)
         return self.classifier(z).squeeze(-1), attention  # (B,), (B, N)
-
-    @torch.no_grad()
-    def start_from_linear(self, coef: torch.Tensor, intercept: float) -> None:
-        """Image weights 0, extra-input weights ``coef`` (n_extra,): the head starts as that
-        linear model and the image branch learns what it misses."""
-        hidden = self.classifier.in_features - self.n_extra
-        self.classifier.weight[0, :hidden] = 0.0
-        self.classifier.weight[0, hidden:] = coef.to(self.classifier.weight.dtype)
-        self.classifier.bias.fill_(float(intercept))
 
 
 class BNSigmoidAggregation(nn.Module):

@@ -24,6 +24,7 @@ import torch
 from lymphomil.features.spec import DEFAULT_FEATURES
 from lymphomil.metrics import logit
 from lymphomil.models.base import register_class, register_model
+from lymphomil.models.blocks import apply_platt, fit_platt, top_k_mean
 from lymphomil.models.checks import check_choice, check_float, check_int
 from lymphomil.models.heads import InstanceClassifier
 from lymphomil.models.neural import FitState, NeuralPatientModel
@@ -46,16 +47,7 @@ def aggregate_scores(probs: np.ndarray, how: str, top_k: int) -> float:
         return float(probs.mean())
     if how == "vote":
         return float(np.mean(probs >= 0.5))
-    k = min(top_k, len(probs))
-    return float(np.sort(probs)[-k:].mean())
-
-
-def _platt(z: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """(slope, intercept) of a balanced 1-D logistic regression of ``y`` on ``z``."""
-    from sklearn.linear_model import LogisticRegression
-
-    lr = LogisticRegression(C=1.0, class_weight="balanced").fit(z.reshape(-1, 1), y)
-    return np.array([float(lr.coef_[0, 0]), float(lr.intercept_[0])])
+    return top_k_mean(probs, top_k)
 
 
 @register_class
@@ -121,13 +113,14 @@ class InstanceModel(NeuralPatientModel):
         if self.calibrate == "platt":
             raw = np.array([self._patient_output(self.net_, state.inputs, i)[0]
                             for i in range(len(state.inputs))])
-            self.calibration_ = _platt(logit(raw, _EPS), state.y)
+            slope, intercept = fit_platt(logit(raw, _EPS), state.y)
+            self.calibration_ = np.array([slope[0], intercept])
 
     def _calibrated(self, raw: np.ndarray) -> np.ndarray:
         if self.calibrate == "none":
             return np.asarray(raw, dtype=np.float64)
         slope, intercept = self.calibration_
-        return 1.0 / (1.0 + np.exp(-(slope * logit(raw, _EPS) + intercept)))
+        return 1.0 / (1.0 + np.exp(-apply_platt(logit(raw, _EPS), [slope], intercept)))
 
     # ---------------------------------------------------------------------------------- state
     def _state(self):

@@ -33,6 +33,7 @@ from torch import nn
 from lymphomil.errors import LymphomilError
 from lymphomil.features.spec import DEFAULT_CROP, DEFAULT_FEATURES
 from lymphomil.models.base import register_class, register_model
+from lymphomil.models.blocks import freeze_batchnorm, two_group_adam
 from lymphomil.models.checks import check_choice, check_float, check_int, make_generator
 from lymphomil.models.heads import BNSigmoidMIL
 from lymphomil.models.inputs import read_bags
@@ -202,12 +203,6 @@ class _Images:
         return images
 
 
-def _freeze_batchnorm(module: nn.Module) -> None:
-    for m in module.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.eval()
-
-
 @register_class
 class MILEndToEndModel(NeuralPatientModel):
     """The founding MIL model fine-tuned end to end from the cell images (report §3.2.2)."""
@@ -272,17 +267,12 @@ class MILEndToEndModel(NeuralPatientModel):
         return MILNet(bb.model, self.feature_dim_, bool(self.channels_last)).requires_grad_(False)
 
     def _optimizer(self, net: MILNet) -> torch.optim.Optimizer:
-        backbone_lr = self.lr if self.backbone_lr is None else self.backbone_lr
-        groups = [{"params": net.head.parameters(), "lr": self.lr}]
-        if backbone_lr > 0:
-            groups.append({"params": net.backbone.parameters(), "lr": backbone_lr})
-        else:
-            net.backbone.requires_grad_(False)
-        return torch.optim.Adam(groups, lr=self.lr, weight_decay=self.weight_decay)
+        return two_group_adam(net.head.parameters(), net.backbone, self.lr, self.backbone_lr,
+                              self.weight_decay)
 
     def _epoch_units(self, net: MILNet, state: FitState, epoch: int):
         if self.freeze_bn:
-            _freeze_batchnorm(net.backbone)
+            freeze_batchnorm(net.backbone)
         if not state.extra:
             state.extra.update(preprocess=self._preprocess, flips=make_generator(state.seed, 2),
                                subset=make_generator(state.seed, 3))
