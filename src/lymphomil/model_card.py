@@ -185,7 +185,7 @@ def build_model_card(model: Any, name: str, model_metadata: dict, *, chosen: Any
     with ``chosen`` (its CV result) and ``results`` (every candidate's), the CV and selection."""
     from lymphomil.models.base import encode_param, library_versions
 
-    training = model_metadata.get("training", {})
+    training = model_metadata.get("training") or {}  # null: saved from Python without it
     features = _image_features(model)
     versions = dict(library_versions())
     for entry in features:

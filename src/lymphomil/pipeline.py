@@ -362,8 +362,9 @@ def write_prediction_report(path: Path, pred, data: Path, model_dir: Path,
     metadata = read_json(Path(model_dir) / "metadata.json")
     card_path = Path(model_dir) / MODEL_CARD_JSON
     cv = metadata.get("cv")
-    notes = [f"Model {metadata.get('model_name')} from {model_dir}, trained on "
-             f"{metadata['training']['n_patients']} patients."]
+    training = metadata.get("training") or {}  # null: a model saved from Python without it
+    notes = [f"Model {metadata.get('model_name') or 'unnamed'} from {model_dir}"
+             + (f", trained on {training['n_patients']} patients." if training else ".")]
     if cv:
         ba = cv["balanced_accuracy"]
         notes.append(f"Its cross-validated balanced accuracy at training time: "

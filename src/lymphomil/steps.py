@@ -18,10 +18,8 @@ from lymphomil.data.cohort import Cohort, Patient, as_patient_array, labels_of, 
 from lymphomil.engine import ENGINES, RAY_INSTALL_FIX, Engine, LocalEngine
 from lymphomil.errors import LymphomilError
 from lymphomil.crossval import CVResult
-from lymphomil.models.base import PatientModel, create_model, load_model
-from lymphomil.outputs import atomic_write_json, atomic_write_text, read_json, staged_dir
-
-METADATA_JSON = "metadata.json"
+from lymphomil.models.base import PatientModel, create_model
+from lymphomil.outputs import atomic_write_json, atomic_write_text
 
 
 def get_engine(name: str | None, **options: Any) -> Engine:
@@ -177,32 +175,16 @@ def train_model(model: PatientModel, labelled: LabelledSet, out: Path, *, name: 
                 extra: dict | None = None) -> PatientModel:
     """Fit on every labelled patient and save a self-describing model folder."""
     from lymphomil.crossval import derive_seed, with_seed
-    from lymphomil.models.base import library_versions
 
     patients = attach_features(labelled.patients, [model], cache_dir)
     with_seed(model, derive_seed(seed, name, "final"))
     model.fit(patients, labelled.y)
-    metadata = {
-        "model_name": name, "reference_date": reference_date.isoformat(), "seed": seed,
-        "features": [{"spec": s.to_dict(), "kind": k} for s, k in model.required_features()],
-        "training": {"n_patients": int(len(labelled.y)),
-                     "n_malignant": int(labelled.y.sum()),
-                     "n_reactive": int((labelled.y == 0).sum()),
-                     "patient_ids": [p.id for p in labelled.patients]},
-        "versions": library_versions(), **(extra or {}),
-    }
-    with staged_dir(out) as staging:
-        model._save_into(staging)
-        atomic_write_json(staging / METADATA_JSON, metadata)
+    training = {"n_patients": int(len(labelled.y)), "n_malignant": int(labelled.y.sum()),
+                "n_reactive": int((labelled.y == 0).sum()),
+                "patient_ids": [p.id for p in labelled.patients]}
+    model.save(out, name=name, reference_date=reference_date, seed=seed, training=training,
+               extra=extra)
     return model
-
-
-def model_reference_date(model_dir: Path) -> date:
-    meta_path = Path(model_dir) / METADATA_JSON
-    if not meta_path.is_file():
-        raise LymphomilError("not a model folder (no metadata.json)", file=model_dir,
-                             fix="give a folder written by `lymphomil train`")
-    return date.fromisoformat(read_json(meta_path)["reference_date"])
 
 
 @dataclass

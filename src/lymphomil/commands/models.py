@@ -211,7 +211,7 @@ def train(
 @app.command()
 @handle_errors
 def predict(
-    model_dir: Path = typer.Argument(..., help="folder written by `lymphomil train`"),
+    model_dir: Path = typer.Argument(..., help="folder written by `lymphomil train` or model.save()"),
     data: Path = DATA_ARG,
     out: Path = typer.Option(..., "--out", help="CSV to write"),
     kaggle: bool = typer.Option(False, "--kaggle", help="write Id,Predicted (Kaggle) instead "

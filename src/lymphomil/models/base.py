@@ -6,7 +6,8 @@ Every family — attribute models, image models, MIL heads, fusion — is a :cla
 * ``fit(patients, y)`` / ``predict_proba(patients)`` over a 1-D object array of
   :class:`~lymphomil.data.cohort.Patient` (scikit-learn splitters index it like rows);
 * image models say which cells drove a call (:meth:`PatientModel.instance_scores`);
-* ``save(dir)`` / ``load(dir)``: JSON + safetensors + checksums, never pickle.
+* ``save(dir)`` / ``load(dir)``: JSON + safetensors + ``metadata.json`` + checksums, never
+  pickle; the one model-folder format (``lymphomil train`` writes it through ``save`` too).
 
 Families are registered by name (timm-style ``create_model(name, **overrides)``); the saved
 ``model.json`` names a registered class, so loading never imports an arbitrary object.
@@ -15,18 +16,22 @@ Families are registered by name (timm-style ``create_model(name, **overrides)``)
 from __future__ import annotations
 
 import platform
+from datetime import date
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Sequence
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 
+from lymphomil.data.cohort import DEFAULT_REFERENCE_DATE
 from lymphomil.errors import LymphomilError
 from lymphomil.features.spec import FeatureSpec
 from lymphomil.outputs import atomic_write_bytes, atomic_write_json, read_json, staged_dir, verify_dir
 
 MODEL_JSON = "model.json"
 ARRAYS = "arrays.safetensors"
+#: what the folder's model was trained on and for (read by `lymphomil predict` and `run`)
+METADATA_JSON = "metadata.json"
 FORMAT_VERSION = 1
 
 _CLASSES: dict[str, type["PatientModel"]] = {}
@@ -238,12 +243,27 @@ class PatientModel(ClassifierMixin, BaseEstimator):
     def __sklearn_is_fitted__(self) -> bool:
         return bool(getattr(self, "is_fitted_", False))
 
-    def save(self, folder: str | Path) -> Path:
-        """Write the fitted model to ``folder`` atomically (JSON + safetensors + checksums)."""
+    def save(self, folder: str | Path, *, name: str | None = None,
+             reference_date: date | None = None, seed: int | None = None,
+             training: dict | None = None, extra: dict | None = None) -> Path:
+        """Write the fitted model to ``folder`` atomically: ``model.json`` + safetensors arrays
+        (sub-models in ``sub/``), ``metadata.json`` and checksums. The one model-folder format:
+        ``load_model``, ``lymphomil predict`` and ``lymphomil run`` read what this writes.
+
+        ``metadata.json`` says what `predict` needs beside the model: the ``reference_date``
+        ages were computed at (default: :func:`~lymphomil.data.cohort.load_cohort`'s), the
+        features the model reads, and what is known of its training (``name``: the registered
+        name; ``seed``; ``training``: the patients' counts and ids; ``extra``: more fields)."""
         self._check_fitted()
         folder = Path(folder)
+        metadata = {
+            "model_name": name,
+            "reference_date": (reference_date or DEFAULT_REFERENCE_DATE).isoformat(),
+            "seed": seed, "features": [{"spec": s.to_dict(), "kind": k} for s, k in self.required_features()],
+            "training": training, "versions": library_versions(), **(extra or {})}
         with staged_dir(folder) as staging:
             self._save_into(staging)
+            atomic_write_json(staging / METADATA_JSON, metadata)
         return folder
 
     def _save_into(self, folder: Path) -> None:

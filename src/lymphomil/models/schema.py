@@ -72,11 +72,13 @@ class TrainingSchema(BaseModel):
 class MetadataSchema(BaseModel):
     model_config = ConfigDict(extra="allow", strict=True)
 
-    model_name: Annotated[str, one_of(_models, "{value!r} is not a registered model")]
+    #: the registered name and the training seed, when the model was trained under a name
+    #: (`lymphomil train`, `run`); a model saved from Python without them has null
+    model_name: Annotated[str, one_of(_models, "{value!r} is not a registered model")] | None
     reference_date: str
-    seed: int
+    seed: int | None
     features: list[FeatureUse]
-    training: TrainingSchema
+    training: TrainingSchema | None
     versions: dict[str, str]
 
     @field_validator("reference_date")
@@ -169,16 +171,17 @@ def _check_tree(folder: Path, depth: int = 0) -> None:
 
 
 def read_model_folder(folder: str | Path):
-    """(model, metadata dict) of a folder written by `lymphomil train`, checked strictly."""
-    from lymphomil.models.base import load_model
+    """(model, metadata dict) of a folder written by :meth:`PatientModel.save` (`lymphomil
+    train` and `run` save through it), checked strictly."""
+    from lymphomil.models.base import METADATA_JSON, load_model
     from lymphomil.outputs import verify_dir
 
     folder = Path(folder)
     verify_dir(folder, "model")
-    if not (folder / "metadata.json").is_file():
+    if not (folder / METADATA_JSON).is_file():
         raise LymphomilError("not a model folder (no metadata.json)", file=folder,
-                             fix="give a folder written by `lymphomil train`")
-    metadata = _check(MetadataSchema, folder / "metadata.json")
+                             fix="give a folder written by `lymphomil train` or model.save()")
+    metadata = _check(MetadataSchema, folder / METADATA_JSON)
     _check_tree(folder)
     try:
         model = load_model(folder)
