@@ -174,8 +174,10 @@ def cv_markdown(results: Sequence[CVResult]) -> str:
 
 def train_model(model: PatientModel, labelled: LabelledSet, out: Path, *, name: str,
                 reference_date: date, cache_dir: Path | None = None, seed: int = 0,
-                extra: dict | None = None) -> PatientModel:
-    """Fit on every labelled patient and save a self-describing model folder."""
+                extra: dict | None = None,
+                finish: Callable[[Path], None] | None = None) -> PatientModel:
+    """Fit on every labelled patient and save a self-describing model folder (``finish(folder)``
+    adds files to it before it is renamed into place)."""
     from lymphomil.crossval import derive_seed, with_seed
     from lymphomil.models.base import library_versions
 
@@ -191,9 +193,11 @@ def train_model(model: PatientModel, labelled: LabelledSet, out: Path, *, name: 
                      "patient_ids": [p.id for p in labelled.patients]},
         "versions": library_versions(), **(extra or {}),
     }
-    with staged_dir(out) as staging:
+    with staged_dir(out, "model") as staging:
         model._save_into(staging)
         atomic_write_json(staging / METADATA_JSON, metadata)
+        if finish is not None:  # e.g. the model card: inside the staging, before the rename
+            finish(staging)
     return model
 
 
@@ -244,7 +248,10 @@ def predict_folder(model_dir: Path, data: Path, *, on_error: str = "raise",
                              fix=FIX) from None
 
 
-def write_predictions(pred: Predictions, out: Path, kaggle: bool = False) -> Path:
+def write_predictions(pred: Predictions, out: Path, kaggle: bool = False,
+                      write: Callable[[Path, bytes, str], Path] | None = None) -> Path:
+    """The CSV (ID,LABEL,PROBA, or Kaggle's Id,Predicted); ``write(path, bytes, kind)`` instead
+    of a plain atomic write (``predict`` records the file as its own)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     if kaggle:
@@ -253,4 +260,6 @@ def write_predictions(pred: Predictions, out: Path, kaggle: bool = False) -> Pat
     else:
         writer.writerow(["ID", "LABEL", "PROBA"])
         writer.writerows((i, int(l), f"{p:.6f}") for i, l, p in zip(pred.ids, pred.labels, pred.proba))
+    if write is not None:
+        return write(out, buffer.getvalue().encode("utf-8"), "predictions")
     return atomic_write_text(out, buffer.getvalue())

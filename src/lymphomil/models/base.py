@@ -242,7 +242,7 @@ class PatientModel(ClassifierMixin, BaseEstimator):
         """Write the fitted model to ``folder`` atomically (JSON + safetensors + checksums)."""
         self._check_fitted()
         folder = Path(folder)
-        with staged_dir(folder) as staging:
+        with staged_dir(folder, "model") as staging:
             self._save_into(staging)
         return folder
 
