@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -123,22 +124,29 @@ def run_cv(model_names: Sequence[str], patients: np.ndarray, y: np.ndarray, *, f
     attached = attach_features(patients, models, cache_dir, engine=engine)
     root = cache_root(cache_dir) / "cv"
     results: dict[str, CVResult] = {}
-    keys: dict[str, str | None] = {}
+    keys: dict[str, str] = {}
     for name, model in zip(model_names, models):
-        key = keys[name] = (cvcache.cv_key(model, name, attached, folds, repeats, seed)
-                            if use_cv_cache else None)
-        cached = cvcache.load_cached(root, key) if key else None
+        key = keys[name] = cvcache.cv_key(model, name, attached, folds, repeats, seed)
+        cached = cvcache.load_cached(root, key) if use_cv_cache else None
         if cached is not None:
             if on_fit is not None:
                 on_fit(folds * repeats, rate="cached")
             results[name] = cached
     todo = [(name, model) for name, model in zip(model_names, models) if name not in results]
     if todo:
+        # every fit is kept as it ends: a re-run after an interrupt does only the missing ones
+        store = cvcache.FitStore(root, keys)
         for result in cross_validate_many(todo, attached, y, folds=folds, repeats=repeats,
-                                          seed=seed, on_fit=on_fit, engine=engine):
-            if keys[result.model_name]:
+                                          seed=seed, on_fit=on_fit, engine=engine,
+                                          fit_store=store):
+            if use_cv_cache:
                 cvcache.store(root, keys[result.model_name], result)
             results[result.model_name] = result
+        if store.reused:
+            total = len(todo) * folds * repeats
+            logging.getLogger("lymphomil").warning(
+                "cross-validation: reused %d of %d fits stored by an earlier run; computed %d",
+                store.reused, total, total - store.reused)
     return [results[name] for name in model_names]
 
 
