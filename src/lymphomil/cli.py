@@ -11,7 +11,13 @@ from lymphomil.commands import features as _features  # noqa: F401,E402  feature
 
 
 def main() -> None:
-    app()
+    from lymphomil.cli_app import exit_interrupted, install_signal_handlers
+
+    install_signal_handlers()
+    try:
+        app()
+    except KeyboardInterrupt as exc:  # outside a command (while parsing the options)
+        exit_interrupted(exc)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -10,6 +10,8 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import signal
+import sys
 from datetime import date
 from typing import Any, Callable, Literal
 
@@ -59,7 +61,47 @@ CACHE_DEFAULT = "$LYMPHOMIL_CACHE_DIR, else the user cache folder"
 console = Console()
 err_console = ERR_CONSOLE
 
-_STATE = {"debug": False}
+_STATE = {"debug": False, "hard_exit": False}
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread like Ctrl-C, so the same clean-up runs (exit 143)."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
+def install_signal_handlers() -> None:
+    """For the ``lymphomil`` process only (not a test's CliRunner): SIGTERM unwinds like Ctrl-C,
+    and an interrupted command ends with :func:`os._exit` once its clean-up ran and its output
+    is flushed (torch's and the extraction's threads cannot then abort the exit with
+    ``terminate called without an active exception``)."""
+    _STATE["hard_exit"] = True
+    signal.signal(signal.SIGTERM, _raise_terminated)
+
+
+def exit_interrupted(exc: BaseException) -> None:
+    """One line, then exit 130 (SIGINT) or 143 (SIGTERM). Staging folders and locks were
+    released while the exception unwound; what is complete (feature files, CV fits) is kept."""
+    terminated = isinstance(exc, Terminated)
+    code = 143 if terminated else 130
+    word = "terminated (SIGTERM)" if terminated else "interrupted"
+    err_console.print(f"[yellow]{word}[/]: outputs already written are complete; re-run the "
+                      "command to resume", soft_wrap=True)
+    if not _STATE["hard_exit"]:
+        raise typer.Exit(code) from None
+    for sig in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C must not cut the clean-up
+        signal.signal(sig, signal.SIG_IGN)
+    from lymphomil.outputs import release_claims
+
+    release_claims()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
 
 
 @app.callback()
@@ -111,10 +153,8 @@ def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             err_console.print(f"[bold red]error:[/] {escape(exc.render())}", highlight=False,
                               soft_wrap=True)
             raise typer.Exit(2) from None
-        except KeyboardInterrupt:
-            err_console.print("[yellow]interrupted[/]: outputs already written are complete; "
-                              "re-run the command to resume")
-            raise typer.Exit(130) from None
+        except KeyboardInterrupt as exc:
+            exit_interrupted(exc)
         except (typer.Exit, typer.Abort, SystemExit):
             raise
         except Exception as exc:  # a bug: say so plainly, keep the traceback for --debug

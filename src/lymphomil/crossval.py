@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Protocol, Sequence
 
 import numpy as np
 
@@ -162,14 +162,26 @@ def run_fold_task(shared: dict, task: FoldTask) -> tuple[np.ndarray, float]:
     return fit_fold(model, shared["patients"], shared["y"], task.train, task.test, task.seed)
 
 
+class FitStore(Protocol):
+    """Where each finished fit is kept (:class:`lymphomil.cvcache.FitStore`): a re-run after an
+    interrupt does only the fits that are missing."""
+
+    def get(self, model_name: str, task: FoldTask) -> tuple[np.ndarray, float] | None: ...
+
+    def put(self, model_name: str, task: FoldTask, result: tuple[np.ndarray, float]) -> None: ...
+
+
 def cross_validate_many(models: Sequence[tuple[str, "PatientModel"]], patients: Sequence,
                         y: np.ndarray, *, folds: int = 5, repeats: int = 5, seed: int = 0,
                         on_fit: Callable[..., None] | None = None,
-                        engine: "Engine | None" = None) -> list[CVResult]:
+                        engine: "Engine | None" = None,
+                        fit_store: FitStore | None = None) -> list[CVResult]:
     """Repeated stratified patient-level CV of several models on the same fold plan.
 
     Every (model, repeat, fold) fit is one independent task for ``engine`` (default: here, one
     after another); results are placed by task, so the order in which they finish is irrelevant.
+    With ``fit_store``, a fit it holds is read back (the same numbers: fits are seeded by task)
+    and each fit is stored as it ends.
     """
     from lymphomil.engine import LocalEngine
     from lymphomil.models.base import encode_param
@@ -182,14 +194,27 @@ def cross_validate_many(models: Sequence[tuple[str, "PatientModel"]], patients: 
                       np.flatnonzero(plan[r] == k))
              for i, (name, _) in enumerate(models) for r in range(repeats) for k in range(folds)]
 
-    def on_done(index: int, _result: object) -> None:
+    outputs: list = [None] * len(tasks)
+    if fit_store is not None:
+        outputs = [fit_store.get(models[t.model_index][0], t) for t in tasks]
+    todo = [i for i, out in enumerate(outputs) if out is None]
+    if on_fit is not None and len(todo) < len(tasks):
+        on_fit(len(tasks) - len(todo), rate="reused")
+
+    def on_done(index: int, result: tuple[np.ndarray, float]) -> None:
+        task = tasks[todo[index]]
+        if fit_store is not None:
+            fit_store.put(models[task.model_index][0], task, result)
         if on_fit is not None:
-            task = tasks[index]
             on_fit(1, rate=f"{models[task.model_index][0]} r{task.repeat + 1} f{task.fold + 1}")
 
     engine = engine or LocalEngine()
     shared = {"models": [model for _, model in models], "patients": patients, "y": y}
-    outputs = engine.run_fits(run_fold_task, tasks, on_done=on_done, shared=shared)
+    if todo:
+        done = engine.run_fits(run_fold_task, [tasks[i] for i in todo], on_done=on_done,
+                               shared=shared)
+        for i, result in zip(todo, done):
+            outputs[i] = result
     results = []
     for i, (name, model) in enumerate(models):
         proba = np.full((repeats, len(y)), np.nan)

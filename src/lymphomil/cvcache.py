@@ -82,6 +82,74 @@ def store(root: Path, key: str, result: CVResult) -> None:
     _record(root, key)
 
 
+# --------------------------------------------------------------------------- single fits
+
+FITS = "fits"
+_FIT_FILE = re.compile(r"[0-9a-f]{32}\.fit\.json")
+
+
+class FitStore:
+    """Each finished (model, repeat, fold) fit of a CV, one small JSON file under ``cv/fits/``
+    keyed by the model's CV key (model, params, data, plan, versions) and the task's repeat,
+    fold and seed, written atomically as the fit ends: a re-run after an interrupt does only the
+    missing fits. Probabilities are stored as JSON floats (exact round trip), so a resumed CV
+    equals an uninterrupted one bit for bit."""
+
+    def __init__(self, root: Path, keys: dict[str, str]):
+        self.root = Path(root) / FITS
+        self.keys = keys  # model name -> cv_key
+        self.reused = 0
+
+    def _path(self, model_name: str, task) -> Path | None:
+        key = self.keys.get(model_name)
+        if key is None:
+            return None
+        text = f"{key}|{task.repeat}|{task.fold}|{task.seed}"
+        return self.root / f"{hashlib.sha256(text.encode()).hexdigest()[:32]}.fit.json"
+
+    def get(self, model_name: str, task) -> tuple[np.ndarray, float] | None:
+        path = self._path(model_name, task)
+        if path is None or not path.is_file():
+            return None
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+            proba = [float(p) for p in record["proba"]]
+            if record["test"] != [int(i) for i in task.test] or len(proba) != len(task.test):
+                return None
+            seconds = float(record["seconds"])
+        except (OSError, ValueError, KeyError, TypeError, RecursionError):
+            return None  # damaged: refit
+        self.reused += 1
+        return np.asarray(proba, dtype=np.float64), seconds
+
+    def put(self, model_name: str, task, result: tuple[np.ndarray, float]) -> None:
+        path = self._path(model_name, task)
+        if path is None:
+            return
+        proba, seconds = result
+        atomic_write_json(path, {"test": [int(i) for i in task.test],
+                                 "proba": [float(p) for p in np.asarray(proba).ravel()],
+                                 "seconds": float(seconds), "seed": int(task.seed)})
+
+
+def clear_fits(root: Path) -> tuple[int, int]:
+    """Remove the single-fit files (by their names: nothing else in ``fits/``); (files, bytes)."""
+    folder = Path(root) / FITS
+    removed = freed = 0
+    if not folder.is_dir():
+        return 0, 0
+    for path in sorted(folder.iterdir()):
+        if _FIT_FILE.fullmatch(path.name) and path.is_file() and not path.is_symlink():
+            with contextlib.suppress(FileNotFoundError):
+                freed += path.stat().st_size
+                path.unlink()
+                removed += 1
+    sweep_stale_temp_files(folder)
+    with contextlib.suppress(OSError):
+        folder.rmdir()  # only when empty
+    return removed, freed
+
+
 # --------------------------------------------------------------------------- the manifest
 
 #: the CV cache's own list of the entries it wrote: `cache clear` removes these and nothing else
@@ -147,5 +215,6 @@ def clear(root: Path) -> tuple[int, int, list[Path]]:
         with contextlib.suppress(FileNotFoundError):
             (root / MANIFEST).unlink()
     sweep_stale_temp_files(root)
+    fits, fit_bytes = clear_fits(root)
     kept = [p for p in sorted(root.iterdir()) if p.name not in (".lymphomil-cache.lock",)]
-    return removed, freed, kept
+    return removed + fits, freed + fit_bytes, kept

@@ -351,7 +351,8 @@ def _write_report(path: Path, config: RunConfig, data: Path, chosen: CVResult,
 
 
 def write_prediction_report(path: Path, pred, data: Path, model_dir: Path,
-                            gallery_k: int = 8, csv_path: Path | None = None) -> Path:
+                            gallery_k: int = 8, csv_path: Path | None = None,
+                            write: Callable[[Path, bytes, str], Path] | None = None) -> Path:
     """The per-patient galleries for new patients (no CV: the model was trained elsewhere)."""
     from lymphomil.models.base import library_versions
     from lymphomil.report.render import ReportContext, render_report
@@ -379,7 +380,7 @@ def write_prediction_report(path: Path, pred, data: Path, model_dir: Path,
         model_card=read_json(card_path) if card_path.is_file() else None,
         files=[] if csv_path is None else [(_relative(csv_path, Path(path).parent),
                                             "the predictions this page shows")])
-    return render_report(context, path, gallery_k=gallery_k)
+    return render_report(context, path, gallery_k=gallery_k, write=write)
 
 
 def _relative(target: Path, start: Path) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -121,22 +122,29 @@ def run_cv(model_names: Sequence[str], patients: np.ndarray, y: np.ndarray, *, f
     attached = attach_features(patients, models, cache_dir, engine=engine)
     root = cache_root(cache_dir) / "cv"
     results: dict[str, CVResult] = {}
-    keys: dict[str, str | None] = {}
+    keys: dict[str, str] = {}
     for name, model in zip(model_names, models):
-        key = keys[name] = (cvcache.cv_key(model, name, attached, folds, repeats, seed)
-                            if use_cv_cache else None)
-        cached = cvcache.load_cached(root, key) if key else None
+        key = keys[name] = cvcache.cv_key(model, name, attached, folds, repeats, seed)
+        cached = cvcache.load_cached(root, key) if use_cv_cache else None
         if cached is not None:
             if on_fit is not None:
                 on_fit(folds * repeats, rate="cached")
             results[name] = cached
     todo = [(name, model) for name, model in zip(model_names, models) if name not in results]
     if todo:
+        # every fit is kept as it ends: a re-run after an interrupt does only the missing ones
+        store = cvcache.FitStore(root, keys)
         for result in cross_validate_many(todo, attached, y, folds=folds, repeats=repeats,
-                                          seed=seed, on_fit=on_fit, engine=engine):
-            if keys[result.model_name]:
+                                          seed=seed, on_fit=on_fit, engine=engine,
+                                          fit_store=store):
+            if use_cv_cache:
                 cvcache.store(root, keys[result.model_name], result)
             results[result.model_name] = result
+        if store.reused:
+            total = len(todo) * folds * repeats
+            logging.getLogger("lymphomil").warning(
+                "cross-validation: reused %d of %d fits stored by an earlier run; computed %d",
+                store.reused, total, total - store.reused)
     return [results[name] for name in model_names]
 
 
@@ -172,8 +180,10 @@ def cv_markdown(results: Sequence[CVResult]) -> str:
 
 def train_model(model: PatientModel, labelled: LabelledSet, out: Path, *, name: str,
                 reference_date: date, cache_dir: Path | None = None, seed: int = 0,
-                extra: dict | None = None) -> PatientModel:
-    """Fit on every labelled patient and save a self-describing model folder."""
+                extra: dict | None = None,
+                finish: Callable[[Path], None] | None = None) -> PatientModel:
+    """Fit on every labelled patient and save a self-describing model folder (``finish(folder)``
+    adds files to it before it is renamed into place)."""
     from lymphomil.crossval import derive_seed, with_seed
 
     patients = attach_features(labelled.patients, [model], cache_dir)
@@ -183,7 +193,7 @@ def train_model(model: PatientModel, labelled: LabelledSet, out: Path, *, name: 
                 "n_reactive": int((labelled.y == 0).sum()),
                 "patient_ids": [p.id for p in labelled.patients]}
     model.save(out, name=name, reference_date=reference_date, seed=seed, training=training,
-               extra=extra)
+               extra=extra, finish=finish)
     return model
 
 
@@ -226,7 +236,10 @@ def predict_folder(model_dir: Path, data: Path, *, on_error: str = "raise",
                              fix=FIX) from None
 
 
-def write_predictions(pred: Predictions, out: Path, kaggle: bool = False) -> Path:
+def write_predictions(pred: Predictions, out: Path, kaggle: bool = False,
+                      write: Callable[[Path, bytes, str], Path] | None = None) -> Path:
+    """The CSV (ID,LABEL,PROBA, or Kaggle's Id,Predicted); ``write(path, bytes, kind)`` instead
+    of a plain atomic write (``predict`` records the file as its own)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     if kaggle:
@@ -235,4 +248,6 @@ def write_predictions(pred: Predictions, out: Path, kaggle: bool = False) -> Pat
     else:
         writer.writerow(["ID", "LABEL", "PROBA"])
         writer.writerows((i, int(l), f"{p:.6f}") for i, l, p in zip(pred.ids, pred.labels, pred.proba))
+    if write is not None:
+        return write(out, buffer.getvalue().encode("utf-8"), "predictions")
     return atomic_write_text(out, buffer.getvalue())

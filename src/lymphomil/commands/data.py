@@ -77,26 +77,31 @@ def explore(
     """
     from lymphomil.data.cohort import load_cohort
     from lymphomil.explore import GENDER_COLUMNS, STATISTICS, explore as explore_cohort
-    from lymphomil.outputs import atomic_write_json, claim_output, write_output_marker
+    from lymphomil.outputs import atomic_write_json, claim_output, staged_dir
 
     reference = parse_date_option(reference_date)
     # a folder: not a file, not the data's, empty or written by an earlier `explore`
     claim_output(out, "explore", {"data folder": data})
     cohort = load_cohort(data, reference_date=reference, on_error=on_error)
-    result = explore_cohort(cohort, out)
+    out = Path(out)
+    # staged like every output: the folder appears whole, and nothing of an earlier explore
+    # outlives this one
+    with staged_dir(out, "explore") as staging:
+        result = explore_cohort(cohort, staging)
+        skipped_path = None
+        if on_error == "skip":
+            skipped_path = atomic_write_json(staging / "skipped.json", {
+                "skipped_patients": cohort.skipped_ids, "ignored_folders": cohort.ignored_folders,
+                "issues": cohort.skipped_table()})
     rows = result["attributes_by_label"]
     for attribute in dict.fromkeys(row["attribute"] for row in rows):
         console.print(_rich_table(attribute, [r for r in rows if r["attribute"] == attribute],
                                   ("group",) + STATISTICS))
     console.print(_rich_table("gender", result["gender_by_label"], GENDER_COLUMNS))
-    files = list(result["files"].values())
-    if on_error == "skip":
-        skipped_path = atomic_write_json(Path(out) / "skipped.json", {
-            "skipped_patients": cohort.skipped_ids, "ignored_folders": cohort.ignored_folders,
-            "issues": cohort.skipped_table()})
-        files.append(skipped_path)
-        _print_skipped(cohort, skipped_path)
-    write_output_marker(out, "explore")  # the files it wrote: a later explore may replace them
+    files = [out / Path(path).name for path in result["files"].values()]
+    if skipped_path is not None:
+        files.append(out / skipped_path.name)
+        _print_skipped(cohort, out / skipped_path.name)
     console.print(f"wrote {len(files)} files to {out}:")
     for path in files:
         console.print(f"  {path}")

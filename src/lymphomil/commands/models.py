@@ -195,15 +195,19 @@ def train(
     cohort = load_cohort(data, reference_date=ref, on_error=on_error)
     labelled = labelled_patients(cohort)
     estimator = configure_model(model, features)
-    train_model(estimator, labelled, out, name=model, reference_date=ref, cache_dir=cache_dir,
-                seed=seed, extra={"skipped": cohort.skipped_table()})
     from lymphomil.model_card import build_model_card, write_model_card
     from lymphomil.models.base import describe_models
     from lymphomil.outputs import read_json
 
-    # no CV here: the card says what the model is and what it was trained on (`run` adds the CV)
-    write_model_card(out, build_model_card(estimator, model, read_json(out / "metadata.json"),
-                                           description=describe_models().get(model, "")))
+    def card(folder: Path) -> None:
+        # no CV here: the card says what the model is and what it was trained on (`run` adds
+        # the CV); written into the staging folder, so the model appears whole or not at all
+        write_model_card(folder, build_model_card(estimator, model,
+                                                  read_json(folder / "metadata.json"),
+                                                  description=describe_models().get(model, "")))
+
+    train_model(estimator, labelled, out, name=model, reference_date=ref, cache_dir=cache_dir,
+                seed=seed, extra={"skipped": cohort.skipped_table()}, finish=card)
     print_skips(cohort.skipped_table())
     console.print(f"trained [bold]{model}[/] on {len(labelled.y)} patients → {out}")
 
@@ -245,17 +249,22 @@ def predict(
     set_threads(threads)
     pred = predict_folder(model_dir, data, on_error=on_error, include_labelled=include_labelled,
                           cache_dir=cache_dir)
-    write_predictions(pred, out, kaggle=kaggle)
-    skipped_path = None
+    from lymphomil.outputs import dumps_json, remove_owned_file, write_owned_file
+
+    write_predictions(pred, out, kaggle=kaggle, write=write_owned_file)
+    skipped_path = out.with_name(out.stem + ".skipped.json")
     if pred.skipped:
-        skipped_path = out.with_name(out.stem + ".skipped.json")
-        atomic_write_json(skipped_path, pred.skipped)
+        write_owned_file(skipped_path, dumps_json(pred.skipped).encode(), "skipped list")
+    else:  # an earlier run's list must not outlive a clean re-run
+        remove_owned_file(skipped_path)
+        skipped_path = None
     print_skips(pred.skipped, skipped_path)
     console.print(f"predicted {len(pred.ids)} patients ({int(pred.labels.sum())} malignant) → {out}")
     if report is not None:
         from lymphomil.pipeline import write_prediction_report
 
-        write_prediction_report(report, pred, data, model_dir, csv_path=out)
+        write_prediction_report(report, pred, data, model_dir, csv_path=out,
+                                write=write_owned_file)
         console.print(f"wrote the per-patient report → {report}")
 
 

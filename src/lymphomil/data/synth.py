@@ -321,15 +321,12 @@ def _csv(patients: list[SynthPatient], with_index: bool) -> str:
 
 
 def _check_target(out: Path) -> None:
-    """Only an empty folder or an earlier synthetic cohort may be (re)placed at ``out``."""
-    if out.exists() and not out.is_dir():
-        raise LymphomilError("exists and is not a folder", file=out,
-                             fix="give a new folder for the synthetic cohort")
-    if out.is_dir() and any(out.iterdir()) and not (out / MARKER).is_file():
-        raise LymphomilError(
-            "the folder is not empty and is not a synthetic cohort (no "
-            f"{MARKER}); refusing to overwrite it", file=out,
-            fix="give a new or empty folder (a previous `lymphomil synth` folder is replaced)")
+    """Only a new or empty folder or an earlier synthetic cohort, unchanged and holding nothing
+    else, may be (re)placed at ``out`` (never inside another lymphomil output)."""
+    from lymphomil.outputs import check_not_inside_output, ensure_replaceable
+
+    check_not_inside_output(out, "OUT")
+    ensure_replaceable(out, None, "synthetic cohort", "cohort", "OUT")
 
 
 def _write_patient_images(staging: Path, patient: SynthPatient,
@@ -366,7 +363,7 @@ def write_synthetic_cohort(out: str | Path, n_patients: int = 60, seed: int = 0,
     patients = draw_patients(n_patients, seed, test_fraction, (lo, hi))
     image_seeds = np.random.SeedSequence([seed, 1]).spawn(n_patients)
     workers = min(4, os.cpu_count() or 1)
-    with staged_dir(out) as staging:
+    with staged_dir(out, "cohort") as staging:
         # threads overlap file creation (slow on some file systems) with drawing; each patient
         # has its own random stream, so the result does not depend on the scheduling
         with ThreadPoolExecutor(workers) as pool:

@@ -410,10 +410,39 @@ class FeatureCache:
         if not plans:
             return 0
         with self._extract_lock:
-            return self._extract_locked(patients, plans, spec, disk_kinds, progress)
+            return self._extract_shared(patients, plans, spec, disk_kinds, progress)
+
+    def _extract_shared(self, patients: Sequence[Any], plans: Sequence[_Plan], spec: FeatureSpec,
+                        disk_kinds: Sequence[str], progress: bool) -> int:
+        """Per-patient claims (:mod:`lymphomil.features.claims`): another process extracting the
+        same features into this cache shares the work; what it finished is read, not redone."""
+        from lymphomil.features.claims import claim_path, share_work
+
+        _, spec_hash, folder = self.prepare_folder(spec)
+        sizes = [len(p.image_paths) for p in patients]
+        paths = [claim_path(folder, plan.patient_id, plan.content_hash) for plan in plans]
+
+        def done(i: int) -> bool:
+            return all(self._valid_on_disk(plans[i], k, spec_hash) for k in disk_kinds)
+
+        def run(advance: Callable[..., None] | None) -> int:
+            def compute(chunk: list[int]) -> int:
+                return self._extract_locked([patients[i] for i in chunk],
+                                            [plans[i] for i in chunk], spec, disk_kinds,
+                                            False, advance)
+
+            elsewhere = None if advance is None else (lambda i: advance(sizes[i], "shared"))
+            return share_work(sizes, paths, done, compute, elsewhere)
+
+        if progress and self.on_progress is None:
+            with progress_protocol.task(f"features {spec.label()}", sum(sizes),
+                                        "images") as advance:
+                return run(advance)
+        return run(None)
 
     def _extract_locked(self, patients: Sequence[Any], plans: Sequence[_Plan], spec: FeatureSpec,
-                        disk_kinds: Sequence[str], progress: bool) -> int:
+                        disk_kinds: Sequence[str], progress: bool,
+                        advance: Callable[..., None] | None = None) -> int:
         from lymphomil.features.extract import Extractor, Job
 
         key, spec_hash, folder = self.prepare_folder(spec)
@@ -449,7 +478,7 @@ class FeatureCache:
             with progress_protocol.task(f"features {spec.label()}", total, "images") as advance:
                 self._run(extractor, jobs, write, total, advance)
         else:
-            self._run(extractor, jobs, write, total, None)
+            self._run(extractor, jobs, write, total, advance)
         self.issues.extend(extractor.issues[issues_before:])
         return total
 

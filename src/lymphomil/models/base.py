@@ -245,7 +245,8 @@ class PatientModel(ClassifierMixin, BaseEstimator):
 
     def save(self, folder: str | Path, *, name: str | None = None,
              reference_date: date | None = None, seed: int | None = None,
-             training: dict | None = None, extra: dict | None = None) -> Path:
+             training: dict | None = None, extra: dict | None = None,
+             finish: Callable[[Path], None] | None = None) -> Path:
         """Write the fitted model to ``folder`` atomically: ``model.json`` + safetensors arrays
         (sub-models in ``sub/``), ``metadata.json`` and checksums. The one model-folder format:
         ``load_model``, ``lymphomil predict`` and ``lymphomil run`` read what this writes.
@@ -253,17 +254,22 @@ class PatientModel(ClassifierMixin, BaseEstimator):
         ``metadata.json`` says what `predict` needs beside the model: the ``reference_date``
         ages were computed at (default: :func:`~lymphomil.data.cohort.load_cohort`'s), the
         features the model reads, and what is known of its training (``name``: the registered
-        name; ``seed``; ``training``: the patients' counts and ids; ``extra``: more fields)."""
+        name; ``seed``; ``training``: the patients' counts and ids; ``extra``: more fields).
+        ``finish(staging)`` adds files (e.g. a model card) before the folder is renamed into
+        place."""
         self._check_fitted()
         folder = Path(folder)
         metadata = {
             "model_name": name,
             "reference_date": (reference_date or DEFAULT_REFERENCE_DATE).isoformat(),
-            "seed": seed, "features": [{"spec": s.to_dict(), "kind": k} for s, k in self.required_features()],
+            "seed": seed,
+            "features": [{"spec": s.to_dict(), "kind": k} for s, k in self.required_features()],
             "training": training, "versions": library_versions(), **(extra or {})}
-        with staged_dir(folder) as staging:
+        with staged_dir(folder, "model") as staging:
             self._save_into(staging)
             atomic_write_json(staging / METADATA_JSON, metadata)
+            if finish is not None:  # e.g. the model card: inside the staging, before the rename
+                finish(staging)
         return folder
 
     def _save_into(self, folder: Path) -> None:

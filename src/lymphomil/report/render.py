@@ -13,7 +13,7 @@ import io
 import json
 import math
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -613,7 +613,11 @@ def build_view(ctx: ReportContext, gallery_k: int = 8, crop: int = THUMB_CROP,
 
 
 def render_report(ctx: ReportContext, out: Path, gallery_k: int = 8, *, crop: int = THUMB_CROP,
-                  quality: int = THUMB_QUALITY) -> Path:
-    """Render ``ctx`` to one self-contained HTML file at ``out`` (atomically); return ``out``."""
+                  quality: int = THUMB_QUALITY,
+                  write: Callable[[Path, bytes, str], Path] | None = None) -> Path:
+    """Render ``ctx`` to one self-contained HTML file at ``out`` (atomically; through
+    ``write(path, bytes, kind)`` when given); return ``out``."""
     html = _template().render(**build_view(ctx, gallery_k, crop, quality))
+    if write is not None:
+        return write(Path(out), html.encode("utf-8"), "report")
     return atomic_write_text(Path(out), html)

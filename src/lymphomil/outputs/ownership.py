@@ -1,0 +1,519 @@
+"""What lymphomil may replace: its own output folders and files, never what a user owns.
+
+* A **folder** lymphomil writes (a run, a CV, a model, an explore, a synthetic cohort) carries
+  :data:`OUTPUT_MARKER`: its kind and the sha256 of every file it wrote. A command replaces a
+  folder only when the marker is of the command's own kind, the folder holds nothing else and
+  none of the listed files changed since (anything else is refused, nothing is touched).
+* A **single file** (``predict --out``, ``--report``) is replaced only when the record beside it
+  (``.NAME.lymphomil.json``, :func:`file_record_path`) says lymphomil wrote exactly these bytes;
+  an empty file is taken as free (nothing to lose).
+* Never through a symbolic link, never over a FIFO, device or socket, never inside the data
+  folder or another lymphomil output folder; every output is staged and renamed into place.
+* One writer per output: ``.NAME.lock`` beside it; a second writer stops with a message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import shutil
+import stat
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from lymphomil.errors import LymphomilError
+from lymphomil.outputs.files import (DIR_MODE, _host, _left_by_dead_processes, _owner, _pid_alive,
+                                     atomic_write_bytes, atomic_write_json, sha256_file,
+                                     write_checksums)
+
+#: lymphomil's own record in every output folder it writes: its kind and the files it wrote.
+#: Only a folder with this record, holding no other file, is ever replaced or cleared (never one
+#: that merely holds a metrics.json or a model.json).
+OUTPUT_MARKER = ".lymphomil-output.json"
+#: the kinds of output folder; a command replaces only its own kind
+KINDS = ("run", "cv", "model", "explore", "cohort")
+#: what each kind is made by (for messages)
+MADE_BY = {"run": "`lymphomil run`", "cv": "`lymphomil cv --out`", "model": "`lymphomil train`",
+           "explore": "`lymphomil explore`", "cohort": "`lymphomil synth`"}
+#: markers written before kinds were recorded say "output": a model folder or a synthetic cohort,
+#: told apart by the file each holds
+_LEGACY_KIND_FILES = {"model": "model.json", "cohort": ".lymphomil-synth.json"}
+
+
+def _files_under(folder: Path) -> list[str]:
+    """Every file (and link) under ``folder``, relative, sorted; folders themselves not listed."""
+    out = []
+    for path in sorted(folder.rglob("*")):
+        if path.is_symlink() or not path.is_dir():
+            out.append(path.relative_to(folder).as_posix())
+    return out
+
+
+def write_output_marker(folder: str | Path, kind: str) -> Path:
+    """Record the kind and files (with their sha256) of a finished output folder (called last,
+    before the rename)."""
+    folder = Path(folder)
+    files = [f for f in _files_under(folder) if f != OUTPUT_MARKER]
+    sums = {f: sha256_file(folder / f) for f in files
+            if not (folder / f).is_symlink() and (folder / f).is_file()}
+    return atomic_write_json(folder / OUTPUT_MARKER, {"written_by": "lymphomil", "kind": kind,
+                                                      "files": files, "sha256": sums})
+
+
+def read_output_marker(folder: str | Path) -> dict[str, Any] | None:
+    """The folder's marker, or ``None`` when it has no readable one of lymphomil's."""
+    try:
+        record = json.loads((Path(folder) / OUTPUT_MARKER).read_text(encoding="utf-8"))
+        files = record["files"]
+        if (record.get("written_by") != "lymphomil" or not isinstance(files, list)
+                or not all(isinstance(f, str) for f in files)):
+            return None
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
+        return None
+    return record
+
+
+def foreign_files(folder: str | Path) -> list[str] | None:
+    """Files in ``folder`` that lymphomil did not write there; ``None`` when the folder has no
+    readable marker at all (nothing in it is known to be lymphomil's)."""
+    folder = Path(folder)
+    record = read_output_marker(folder)
+    if record is None:
+        return None
+    listed = set(record["files"]) | {OUTPUT_MARKER}
+    return [f for f in _files_under(folder) if f not in listed and not _our_temp(f)]
+
+
+def changed_files(folder: str | Path) -> list[str]:
+    """Files the marker lists whose bytes are not those lymphomil wrote (a user's edit), or that
+    became a link or something other than a file."""
+    folder = Path(folder)
+    record = read_output_marker(folder) or {}
+    sums = record.get("sha256")
+    if not isinstance(sums, dict):
+        return []  # a marker from before the sums were recorded: the checksums.json guards it
+    changed = []
+    for rel, expected in sums.items():
+        path = folder / str(rel)
+        if not os.path.lexists(path):
+            continue  # removed: nothing of the user's to lose
+        if path.is_symlink() or not path.is_file() or sha256_file(path) != expected:
+            changed.append(str(rel))
+    return changed
+
+
+def folder_kind(folder: str | Path) -> str | None:
+    """The kind of a lymphomil output folder (``None``: not one of ours)."""
+    record = read_output_marker(folder)
+    if record is None:
+        return None
+    kind = str(record.get("kind", "output"))
+    if kind == "output":  # written before the kind was recorded
+        for legacy, name in _LEGACY_KIND_FILES.items():
+            if (Path(folder) / name).is_file():
+                return legacy
+    return kind
+
+
+def _our_temp(relative: str) -> bool:
+    """A temp file of an interrupted atomic write (``.NAME.HOST-PID.xxx.tmp``)."""
+    name = relative.rsplit("/", 1)[-1]
+    return name.startswith(".") and name.endswith(".tmp")
+
+
+def _special(path: Path) -> str | None:
+    """'a FIFO', 'a device', 'a socket' for a special file at ``path`` (not following links)."""
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError:
+        return None
+    if stat.S_ISFIFO(mode):
+        return "a named pipe (FIFO)"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return None
+
+
+def _refuse_link_or_special(out: Path, option: str, what: str) -> None:
+    if out.is_symlink():
+        raise LymphomilError(
+            f"the {what} path is a symbolic link (to {os.readlink(out)}): lymphomil never writes "
+            "through a link, and replacing the output would replace the link itself", file=out,
+            fix=f"give {option} the real path, or remove the link")
+    special = _special(out)
+    if special:
+        raise LymphomilError(f"the {what} path is {special}, not a file or folder lymphomil "
+                             "wrote; it is left alone", file=out,
+                             fix=f"give {option} another path")
+
+
+def ensure_replaceable(out: str | Path, marker: str | None = None, what: str = "output",
+                       kind: str | None = None, option: str = "--out") -> None:
+    """Refuse to replace ``out`` unless it is new, empty, or a lymphomil folder of ``kind``
+    (when given) holding only the files lymphomil wrote there, unchanged. Nothing is touched
+    when it refuses. ``marker`` is ignored (kept for callers): a common file name proves
+    nothing."""
+    out = Path(out)
+    _refuse_link_or_special(out, option, what)
+    if out.exists() and not out.is_dir():
+        raise LymphomilError("the output path is a file, not a folder", file=out,
+                             fix="give a folder path (new, or one lymphomil wrote)")
+    if not out.is_dir():
+        return
+    try:
+        empty = not any(out.iterdir())
+    except OSError as exc:
+        raise LymphomilError(f"cannot read the output folder ({exc.strerror or exc})", file=out,
+                             fix=f"check its permissions, or give another {option}") from None
+    if empty:
+        return
+    foreign = foreign_files(out)
+    if foreign is None:
+        raise LymphomilError(
+            f"the output folder exists and was not written by lymphomil (no {OUTPUT_MARKER} "
+            "listing its files); lymphomil replaces only folders it wrote, and nothing was "
+            "changed", file=out,
+            fix=f"choose another {option} folder (a new or empty one), or move this folder away")
+    found = folder_kind(out)
+    if kind is not None and found != kind:
+        raise LymphomilError(
+            f"the output folder is a lymphomil {found} folder (made by "
+            f"{MADE_BY.get(str(found), 'another command')}); this command replaces only "
+            f"{kind} folders, so it is left as it is", file=out,
+            fix=f"choose another {option} folder for the {what}")
+    if foreign:
+        raise LymphomilError(
+            f"the output folder holds file(s) lymphomil did not write: {_shown(foreign)}; "
+            f"replacing the {what} folder would delete them, so nothing was changed", file=out,
+            fix=f"move those files out of the folder, or choose another {option} folder")
+    changed = changed_files(out)
+    if changed:
+        raise LymphomilError(
+            f"file(s) in the output folder changed since lymphomil wrote them: "
+            f"{_shown(changed)}; replacing the {what} folder would lose those edits, so "
+            "nothing was changed", file=out,
+            fix=f"copy the edited files elsewhere and delete the folder, or choose another "
+                f"{option} folder")
+
+
+def _shown(names: list[str]) -> str:
+    return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+
+
+def check_not_inside_output(out: str | Path, option: str = "--out") -> None:
+    """An output never goes inside a folder lymphomil wrote (a run, a model…): it would become a
+    file that folder's record does not list, or replace one its checksums guard."""
+    target = Path(os.path.realpath(Path(out).expanduser()))
+    for parent in target.parents:
+        kind = folder_kind(parent) if (parent / OUTPUT_MARKER).is_file() else None
+        if kind is not None:
+            raise LymphomilError(
+                f"{option} lies inside a lymphomil {kind} folder ({parent}); writing there "
+                "would change that folder behind its record", file=out,
+                fix=f"write the output outside {parent}")
+
+
+# --------------------------------------------------------------------------- single files
+
+def file_record_path(path: str | Path) -> Path:
+    """The record beside a single output file: ``.NAME.lymphomil.json``."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.lymphomil.json")
+
+
+def _file_record(path: Path) -> dict[str, Any] | None:
+    try:
+        record = json.loads(file_record_path(path).read_text(encoding="utf-8"))
+        if record.get("written_by") != "lymphomil":
+            return None
+        return record
+    except (OSError, ValueError, AttributeError, RecursionError):
+        return None
+
+
+def owned_file(path: str | Path) -> bool:
+    """``path`` is a regular file whose bytes lymphomil wrote (its record names their sha256)."""
+    path = Path(path)
+    if path.is_symlink() or not path.is_file():
+        return False
+    record = _file_record(path)
+    if record is None:
+        return False
+    accepted = {record.get("sha256"), record.get("previous")} - {None}
+    return sha256_file(path) in accepted
+
+
+def ensure_file_replaceable(out: str | Path, what: str = "output", option: str = "--out") -> None:
+    """Refuse to replace the single file ``out`` unless it is new, empty, or a file lymphomil
+    wrote and nobody changed since (its record beside it)."""
+    out = Path(out)
+    _refuse_link_or_special(out, option, what)
+    if out.is_dir():
+        raise LymphomilError(f"{option} is a folder, not a file", file=out,
+                             fix=f"give {option} a file path, e.g. predictions.csv")
+    if not out.exists():
+        return
+    if out.stat().st_size == 0 or owned_file(out):
+        return
+    if _file_record(out) is not None:
+        problem = "was changed since lymphomil wrote it"
+    else:
+        problem = (f"exists and was not written by lymphomil (no record "
+                   f"{file_record_path(out).name} beside it)")
+    raise LymphomilError(f"the {what} file {problem}; replacing it would lose its content, so "
+                         "it was left as it is", file=out,
+                         fix=f"give {option} a new file name, or move the file away")
+
+
+def write_owned_file(path: str | Path, data: bytes, kind: str) -> Path:
+    """Write a single output file atomically with its record. The record (new and previous
+    sha256) goes first: a kill between the two writes leaves a file the record still accepts."""
+    path = Path(path)
+    previous = sha256_file(path) if owned_file(path) else None
+    atomic_write_json(file_record_path(path), {
+        "written_by": "lymphomil", "kind": kind, "file": path.name,
+        "sha256": hashlib.sha256(data).hexdigest(), "previous": previous})
+    return atomic_write_bytes(path, data)
+
+
+def remove_owned_file(path: str | Path) -> bool:
+    """Remove a single output file lymphomil wrote (unchanged) and its record: what an earlier
+    run wrote that this one does not (e.g. a skipped list) must not outlive it."""
+    path = Path(path)
+    if not owned_file(path):
+        return False
+    path.unlink()
+    with contextlib.suppress(FileNotFoundError):
+        file_record_path(path).unlink()
+    return True
+
+
+def check_not_an_input(out: str | Path, inputs: dict[str, str | Path | None],
+                       option: str = "--out") -> None:
+    """An output may never be one of the command's inputs, lie inside an input folder, or hold
+    an input (replacing it would delete that input)."""
+    target = Path(os.path.realpath(Path(out).expanduser()))
+    for name, path in inputs.items():
+        if path is None:
+            continue
+        source = Path(os.path.realpath(Path(path).expanduser()))
+        if target == source:
+            raise LymphomilError(f"{option} is the {name} itself", file=out,
+                                 fix=f"write the output elsewhere: {option} must not be an input")
+        # an output inside the cache folder is allowed (the cache only adds its own files)
+        if (target.is_relative_to(source) and name != "cache folder"
+                and (source.is_dir() or not source.exists())):
+            raise LymphomilError(f"{option} lies inside the {name} ({source})", file=out,
+                                 fix=f"write the output outside the {name}")
+        if source.is_relative_to(target):
+            raise LymphomilError(f"{option} holds the {name} ({source}): writing the output "
+                                 "there would replace it", file=out,
+                                 fix=f"give {option} a folder that does not contain the inputs")
+
+
+# --------------------------------------------------------------------------- locks
+
+_LOCKS_HELD: dict[str, int] = {}  # lock file -> depth (re-entrant within one process)
+_CLAIMS: list[Path] = []  # outputs claimed by the running command (released at its end)
+
+
+def _lock_path(final: Path) -> Path:
+    return final.parent / f".{final.name}.lock"
+
+
+def acquire_output_lock(final: str | Path) -> Path:
+    """Take ``final``'s lock (``.NAME.lock`` beside it, holding host and PID). A second writer
+    stops with a message; a lock left by a dead process on this machine is taken over."""
+    final = Path(final)
+    lock = _lock_path(final)
+    key = str(lock.absolute())
+    if _LOCKS_HELD.get(key):
+        _LOCKS_HELD[key] += 1
+        return lock
+    try:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise LymphomilError(f"cannot create the output's folder ({exc.strerror or exc})",
+                             file=lock.parent, fix="check the path and its permissions") from None
+    for _ in range(3):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            owner = _lock_owner(lock)
+            if owner is None or _stale(owner):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(lock)
+                continue
+            host, pid = owner
+            if host == _host() and pid == os.getpid():  # ours, from an earlier call
+                _LOCKS_HELD[key] = 1
+                return lock
+            raise LymphomilError(
+                f"another lymphomil process (PID {pid} on {host}) is writing this output",
+                file=final, fix=f"wait for it to finish, or give another --out; if that process "
+                                f"is gone, delete {lock}") from None
+        except OSError as exc:
+            raise LymphomilError(f"cannot write in the output's folder ({exc.strerror or exc})",
+                                 file=lock.parent,
+                                 fix="check its permissions and free space, or give another "
+                                     "--out") from None
+        with os.fdopen(fd, "w") as handle:
+            json.dump({"host": _host(), "pid": os.getpid()}, handle)
+        _LOCKS_HELD[key] = 1
+        return lock
+    raise LymphomilError("cannot take the output's lock", file=lock,  # pragma: no cover
+                         fix=f"delete {lock} if no lymphomil process is running")
+
+
+def _lock_owner(lock: Path) -> tuple[str, int] | None:
+    try:
+        record = json.loads(lock.read_text(encoding="utf-8"))
+        return str(record["host"]), int(record["pid"])
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError):
+        # half-written by a process that died at once, or not ours: stale after a minute
+        with contextlib.suppress(OSError):
+            if time.time() - lock.stat().st_mtime < 60:
+                return ("?", -1)
+        return None
+
+
+def _stale(owner: tuple[str, int]) -> bool:
+    host, pid = owner
+    return host == _host() and pid > 0 and not _pid_alive(pid)
+
+
+def release_output_lock(final: str | Path) -> None:
+    lock = _lock_path(Path(final))
+    key = str(lock.absolute())
+    depth = _LOCKS_HELD.get(key, 0)
+    if depth > 1:
+        _LOCKS_HELD[key] = depth - 1
+        return
+    _LOCKS_HELD.pop(key, None)
+    if depth == 1 and _lock_owner(lock) == (_host(), os.getpid()):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(lock)
+
+
+@contextlib.contextmanager
+def output_lock(final: str | Path) -> Iterator[None]:
+    acquire_output_lock(final)
+    try:
+        yield
+    finally:
+        release_output_lock(final)
+
+
+def claim_output(out: str | Path, what: str, inputs: dict[str, str | Path | None] | None = None,
+                 folder: bool = True, option: str = "--out") -> Path:
+    """Before any work: ``out`` is not an input nor inside another output, may be replaced
+    (folders: of kind ``what`` when it is one of :data:`KINDS`; files: see
+    :func:`ensure_file_replaceable`), and is locked for this command (released by
+    :func:`release_claims`, which the CLI calls when a command ends)."""
+    out = Path(out)
+    check_not_an_input(out, inputs or {}, option)
+    check_not_inside_output(out, option)
+    if folder:
+        ensure_replaceable(out, None, what, what if what in KINDS else None, option)
+    else:
+        ensure_file_replaceable(out, what, option)
+    acquire_output_lock(out)
+    _CLAIMS.append(out)
+    return out
+
+
+def release_claims() -> None:
+    while _CLAIMS:
+        release_output_lock(_CLAIMS.pop())
+
+
+def sweep_stale_staging(final: str | Path) -> list[Path]:
+    """Clear what killed runs on this machine left beside ``final``: staging folders
+    (``.NAME.HOST-PID.*.tmp``) and replaced folders (``.NAME.old.HOST-PID``) whose process is
+    gone. A replaced folder is put back when a kill between the two renames left ``final``
+    missing (it was complete; its checksums still guard it). A live process's, another
+    machine's and any other name's are left alone."""
+    final = Path(final)
+    host = re.escape(_host())
+    name = re.escape(final.name)
+    staging = re.compile(rf"\.{name}\.{host}-(\d+)\.[a-z0-9_]+\.tmp")  # mkdtemp's names
+    replaced = re.compile(rf"\.{name}\.old\.{host}-(\d+)")
+    removed: list[Path] = []
+    for entry, pattern in _left_by_dead_processes(final.parent, (staging, replaced)):
+        if not entry.is_dir():
+            continue
+        if pattern is replaced and not os.path.lexists(final):
+            os.replace(entry, final)  # the previous output, whole: back under its name
+            continue
+        shutil.rmtree(entry, ignore_errors=True)
+        removed.append(entry)
+    return removed
+
+
+
+
+
+@contextlib.contextmanager
+def staged_dir(final: str | Path, kind: str = "output") -> Iterator[Path]:
+    """Build a folder under a temp name and move it into place only when complete.
+
+    A previous folder at ``final`` is replaced only after the new one is fully written, and only
+    when it is lymphomil's of the same ``kind`` (:func:`ensure_replaceable`). The temp names
+    carry this machine and process, so the next run can clear what a killed one left.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    check = kind if kind in KINDS else None
+    with output_lock(final):
+        sweep_stale_staging(final)
+        ensure_replaceable(final, None, kind, check)  # before any work, and before the rename
+        with _staging(final) as staging:
+            yield staging
+            write_checksums(staging)
+            write_output_marker(staging, kind)
+            ensure_replaceable(final, None, kind, check)
+            _put_in_place(staging, final)
+
+
+@contextlib.contextmanager
+def _staging(final: Path) -> Iterator[Path]:
+    owner = _owner()
+    try:
+        staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.{owner}.", suffix=".tmp",
+                                        dir=final.parent))
+    except OSError as exc:
+        raise LymphomilError(f"cannot write in the output's folder ({exc.strerror or exc})",
+                             file=final.parent, fix="check its permissions and free space, or "
+                                                    "give another --out") from None
+    os.chmod(staging, DIR_MODE)
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _put_in_place(staging: Path, final: Path) -> None:
+    owner = _owner()
+    try:
+        if final.exists():
+            trash = final.with_name(f".{final.name}.old.{owner}")
+            os.replace(final, trash)
+            os.replace(staging, final)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.replace(staging, final)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
