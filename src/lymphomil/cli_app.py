@@ -22,7 +22,7 @@ from lymphomil.errors import LymphomilError
 from lymphomil.progress import ERR_CONSOLE, StageReporter, TerminalProgress, progress_task
 from lymphomil.progress_protocol import using
 
-__all__ = ["CACHE_DEFAULT", "EngineName", "OnError", "RAY_EXTRA", "StageReporter", "app",
+__all__ = ["CACHE_DEFAULT", "EngineName", "OnError", "PatientRule", "RAY_EXTRA", "StageReporter", "app",
            "cache_app", "console", "err_console", "handle_errors", "is_debug",
            "parse_date_option", "progress_task", "setup_logging"]
 
@@ -51,6 +51,7 @@ app.add_typer(cache_app, name="cache")
 #: choices shown in --help (Literal: Typer lists them and refuses anything else)
 OnError = Literal["raise", "skip"]
 EngineName = Literal["local", "ray"]
+PatientRule = Literal["new", "all"]  # lymphomil.steps.PATIENT_RULES
 #: "[ray]" escaped: --help is Rich markup, where a bare [ray] would vanish as a tag
 RAY_EXTRA = 'needs the ray extra: pip install "lymphomil\\[ray]"'
 CACHE_DEFAULT = "$LYMPHOMIL_CACHE_DIR, else the user cache folder"

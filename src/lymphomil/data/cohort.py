@@ -546,10 +546,49 @@ def _decode_pool(check: bool) -> Iterator[Any]:
         yield pool
 
 
+def _parsed(row: Row, reference: date) -> tuple | None:
+    try:
+        return _patient_from_row(row, reference)
+    except ValueError:
+        return None  # the row's own error is reported where the row is read
+
+
+_COMPARED = ((1, COL_LABEL), (2, COL_GENDER), (3, COL_DOB), (5, COL_COUNT))
+
+
+def check_csvs_agree(root: Path, reference: date) -> None:
+    """Stop when ``clinical_annotation.csv`` and ``trainset/``/``testset/`` CSVs (all present: the
+    Kaggle download) give one patient different values: never a silent choice of one file."""
+    if not (root / ROOT_CSV).is_file():
+        return
+    main: dict[str, tuple[Row, tuple]] = {}
+    for row in read_table(root / ROOT_CSV):
+        parsed = _parsed(row, reference)
+        if parsed is not None:
+            main.setdefault(parsed[0], (row, parsed))
+    for rel in (TRAIN_CSV, TEST_CSV):
+        if not (root / rel).is_file():
+            continue
+        for row in read_table(root / rel):
+            parsed = _parsed(row, reference)
+            if parsed is None or parsed[0] not in main:
+                continue
+            first, values = main[parsed[0]]
+            for index, column in _COMPARED:
+                if parsed[index] != values[index]:
+                    raise LymphomilError(
+                        f"patient {parsed[0]}: {column} is {first.values[column].strip()!r} "
+                        f"here but {row.values[column].strip()!r} in {rel}, row {row.line}: "
+                        "the two annotation files disagree", file=first.file, row=first.line,
+                        fix=f"correct the wrong one of the two rows ({ROOT_CSV} is the one "
+                            "lymphomil reads; the other is checked against it)")
+
+
 def _load(root: Path, reference_date: date, log: IssueLog, check_images: bool,
           pool: Any) -> Cohort:
     patients: list[Patient] = []
     seen: dict[str, Row] = {}
+    check_csvs_agree(root, reference_date)
     for csv_path in _csv_files(root):
         for row in read_table(csv_path):
             raw_id = row.values[COL_ID].strip() or None

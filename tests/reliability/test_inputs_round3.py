@@ -1,0 +1,98 @@
+"""Issue 22 (reliability, third round), the input classes: every patient accounted for, no silent
+change of a result, links and paths, malformed structured input, a forgiving command line.
+
+Each case runs the real CLI through Typer's CliRunner on a small challenge-layout folder (the
+helpers of test_bad_inputs); docs/bad-inputs.md (section "Issue 22: inputs") is their table.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.reliability.test_bad_inputs import (GOOD_ROWS, HEADER, jpeg_bytes, model_dir,
+                                               no_traceback, runner, write_cohort)
+from lymphomil.cli import app
+
+__all__ = ["model_dir"]  # the fixture (the session's logreg model)
+
+
+def predict_cli(model: Path, root: Path, out: Path, *extra: str):
+    return runner.invoke(app, ["predict", str(model), str(root), "--out", str(out), *extra])
+
+
+def predicted_ids(out: Path) -> list[str]:
+    return [r["ID"] for r in csv.DictReader(open(out))]
+
+
+# --------------------------------------------------------------------------- every patient
+
+
+def test_labelled_patient_under_testset_is_predicted_and_scored(model_dir: Path,
+                                                                tmp_path: Path) -> None:
+    """P4 carries LABEL 1 but its folder is in testset/: predicted (never dropped), and its label
+    gives metrics, printed and written; the labelled training patients are listed."""
+    root = write_cohort(tmp_path / "cohort", GOOD_ROWS + ["3,P4,1,M,2/2/1950,30.1"])
+    folder = root / "testset" / "P4"
+    folder.mkdir()
+    (folder / "000000.jpg").write_bytes(jpeg_bytes())
+    out = tmp_path / "pred.csv"
+    result = predict_cli(model_dir, root, out)
+    assert result.exit_code == 0, result.output
+    assert predicted_ids(out) == ["P3", "P4"]
+    assert "not predicted: 2 labelled training patient(s) (P1, P2)" in result.output
+    assert "1 predicted patients carry a label" in result.output
+    metrics = json.loads(out.with_name("pred.metrics.json").read_text())
+    assert metrics["n_labelled"] == 1 and metrics["ids"] == ["P4"]
+    assert metrics["roc_auc"] is None  # one class: no AUC, said so
+
+
+def test_patients_all_predicts_everyone_with_metrics(model_dir: Path, tmp_path: Path) -> None:
+    root = write_cohort(tmp_path / "cohort")
+    out = tmp_path / "pred.csv"
+    result = predict_cli(model_dir, root, out, "--patients", "all")
+    assert result.exit_code == 0, result.output
+    assert predicted_ids(out) == ["P1", "P2", "P3"]
+    assert "not predicted" not in result.output
+    metrics = json.loads(out.with_name("pred.metrics.json").read_text())
+    assert metrics["n_labelled"] == 2 and metrics["roc_auc"] is not None
+
+
+def test_patients_rule_refuses_an_unknown_word(model_dir: Path, tmp_path: Path) -> None:
+    root = write_cohort(tmp_path / "cohort")
+    result = predict_cli(model_dir, root, tmp_path / "p.csv", "--patients", "everyone")
+    assert result.exit_code == 2 and "new" in result.output and "all" in result.output
+
+
+def _annotation_pair(root: Path, train_row: str) -> None:
+    (root / "trainset" / "trainset_true.csv").write_text(f"{HEADER}\n{train_row}\n")
+
+
+@pytest.mark.parametrize("train_row, column", [
+    ("0,P1,0,M,11/3/1933,11.2", "LABEL"),
+    ("0,P1,1,F,11/3/1933,11.2", "GENDER"),
+    ("0,P1,1,M,11/4/1933,11.2", "DOB"),
+    ("0,P1,1,M,11/3/1933,12.2", "LYMPH_COUNT"),
+])
+def test_two_csvs_that_disagree_stop_naming_both(model_dir: Path, tmp_path: Path,
+                                                 train_row: str, column: str) -> None:
+    root = write_cohort(tmp_path / "cohort")
+    _annotation_pair(root, train_row)
+    for policy in ("raise", "skip"):
+        result = predict_cli(model_dir, root, tmp_path / "p.csv", "--on-error", policy)
+        assert result.exit_code == 2, result.output
+        text = " ".join(result.output.split())
+        assert "clinical_annotation.csv, row 2" in text and "trainset_true.csv, row 2" in text
+        assert f"patient P1: {column}" in text and "disagree" in text
+        no_traceback(result)
+
+
+def test_two_csvs_that_agree_are_read(model_dir: Path, tmp_path: Path) -> None:
+    root = write_cohort(tmp_path / "cohort")
+    _annotation_pair(root, "7,P1,1,M,1933-11-03,11.20")  # same values, other spelling
+    result = predict_cli(model_dir, root, tmp_path / "p.csv")
+    assert result.exit_code == 0, result.output
