@@ -96,3 +96,56 @@ def test_two_csvs_that_agree_are_read(model_dir: Path, tmp_path: Path) -> None:
     _annotation_pair(root, "7,P1,1,M,1933-11-03,11.20")  # same values, other spelling
     result = predict_cli(model_dir, root, tmp_path / "p.csv")
     assert result.exit_code == 0, result.output
+
+
+# --------------------------------------------------------------------------- links and paths
+
+
+def _link_trainset(root: Path, elsewhere: Path) -> None:
+    (root / "trainset").rename(elsewhere / "trainset")
+    (root / "trainset").symlink_to(elsewhere / "trainset")
+
+
+def _link_patient_folders(root: Path, elsewhere: Path) -> None:
+    for sub in ("trainset", "testset"):
+        for folder in sorted((root / sub).iterdir()):
+            target = elsewhere / sub / folder.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            folder.rename(target)
+            folder.symlink_to(target)
+
+
+def _link_images(root: Path, elsewhere: Path) -> None:
+    for image in sorted(root.glob("*set/*/*.jpg")):
+        target = elsewhere / f"{image.parent.name}-{image.name}"
+        image.rename(target)
+        image.symlink_to(target)
+
+
+LINKED = {"trainset/ a link": _link_trainset, "patient folders links": _link_patient_folders,
+          "images links": _link_images}
+
+
+@pytest.mark.parametrize("case", sorted(LINKED))
+def test_symlinked_data_is_read_through(model_dir: Path, tmp_path: Path, case: str) -> None:
+    root = write_cohort(tmp_path / "cohort")
+    elsewhere = tmp_path / "download"
+    elsewhere.mkdir()
+    LINKED[case](root, elsewhere)
+    out = tmp_path / "pred.csv"
+    result = predict_cli(model_dir, root, out, "--patients", "all")
+    assert result.exit_code == 0, result.output
+    assert predicted_ids(out) == ["P1", "P2", "P3"]
+
+
+def test_a_broken_patient_folder_link_is_named_as_a_link(model_dir: Path,
+                                                         tmp_path: Path) -> None:
+    root = write_cohort(tmp_path / "cohort")
+    folder = root / "trainset" / "P1"
+    for image in folder.iterdir():
+        image.unlink()
+    folder.rmdir()
+    folder.symlink_to(tmp_path / "gone")
+    result = predict_cli(model_dir, root, tmp_path / "pred.csv", "--patients", "all")
+    assert result.exit_code == 2
+    assert "trainset/P1 is a broken symbolic link" in " ".join(result.output.split())
