@@ -94,11 +94,18 @@ def is_debug() -> bool:
     return _STATE["debug"]
 
 
+#: the commands' parameters that name an output path: made absolute before the command runs
+OUTPUT_OPTIONS = ("out", "report")
+
+
 def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
     """Turn user errors into a clear message and exit status 2 (traceback only with --debug)."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        for name in OUTPUT_OPTIONS:  # `--out .` is `--out $PWD` (Path(".") has no name)
+            if isinstance(kwargs.get(name), os.PathLike):
+                kwargs[name] = type(kwargs[name])(os.path.abspath(kwargs[name]))
         try:
             return func(*args, **kwargs)
         except (LymphomilError, OSError) as exc:

@@ -149,3 +149,88 @@ def test_a_broken_patient_folder_link_is_named_as_a_link(model_dir: Path,
     result = predict_cli(model_dir, root, tmp_path / "pred.csv", "--patients", "all")
     assert result.exit_code == 2
     assert "trainset/P1 is a broken symbolic link" in " ".join(result.output.split())
+
+
+def _config(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "run.toml"
+    path.write_text(text)
+    return path
+
+
+def test_config_paths_expand_home_and_variables(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from lymphomil.config import load_config
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("COHORTS", str(tmp_path / "cohorts"))
+    cfg = load_config(_config(tmp_path, 'data = "~/cohort"\ncache_dir = "${COHORTS}/cache"\n'),
+                      {})
+    assert cfg.data == tmp_path / "home" / "cohort"
+    assert cfg.cache_dir == tmp_path / "cohorts" / "cache"
+
+
+@pytest.mark.parametrize("text, words", [
+    ('cache_dir = ""\n', "cache_dir is empty"),
+    ('data = "  "\n', "data is empty"),
+    ('data = "$LYMPHOMIL_NOT_SET_ANYWHERE/x"\n', "$LYMPHOMIL_NOT_SET_ANYWHERE, which is not set"),
+    ("foldz = 3\n", "foldz: is not a known setting (did you mean 'folds'?)"),
+    ('candidates = ["logreg-compactt"]\n', "did you mean 'logreg-compact'"),
+    ('folds = "five"\n', "folds: should be a valid integer"),
+])
+def test_config_mistakes_are_plain_words(tmp_path: Path, text: str, words: str) -> None:
+    from lymphomil.config import load_config
+    from lymphomil.errors import LymphomilError
+
+    with pytest.raises(LymphomilError) as caught:
+        load_config(_config(tmp_path, text), {})
+    message = str(caught.value)
+    assert words in message, message
+    assert "Value error" not in message and "Input should" not in message
+    assert "candidates:" not in message or "candidates =" in text
+
+
+def test_empty_path_in_the_api_is_refused() -> None:
+    from pydantic import ValidationError
+
+    from lymphomil.config import RunConfig
+
+    with pytest.raises(ValidationError, match="cache_dir is empty"):
+        RunConfig(cache_dir="")
+
+
+def test_out_dot_is_the_working_folder(synthetic_root: Path, tmp_path: Path,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    root = synthetic_root
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    result = runner.invoke(app, ["cv", str(root), "-m", "logreg", "--folds", "2", "--repeats",
+                                 "1", "--out", "."])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "work" / "metrics.json").is_file()
+
+
+def test_folds_on_a_class_of_one_says_what_is_missing(model_dir: Path, tmp_path: Path) -> None:
+    root = write_cohort(tmp_path / "cohort")
+    result = runner.invoke(app, ["cv", str(root), "-m", "logreg", "--folds", "2"])
+    assert result.exit_code == 2
+    assert "only 1 reactive (0) patient(s)" in result.output and "--folds 2 or" not in result.output
+
+
+# --------------------------------------------------------------------------- a forgiving CLI
+
+
+@pytest.mark.parametrize("args, words", [
+    (["cv", "{root}", "-m", "fusion-meen"], "did you mean 'fusion-mean'"),
+    (["cv", "{root}", "--features", "resnet50-thn@112"], "did you mean 'resnet50-thin'"),
+    (["features", "{root}", "--backbone", "resnet5O"], "did you mean 'resnet50'"),
+    (["cv", "{root}", "--foldz", "3"], "--folds"),
+])
+def test_a_typo_gets_a_suggestion_not_a_list(tmp_path: Path, args: list[str],
+                                             words: str) -> None:
+    root = write_cohort(tmp_path / "cohort")
+    result = runner.invoke(app, [a.format(root=root) for a in args])
+    assert result.exit_code == 2
+    text = " ".join(result.output.split())
+    assert words in text, text
+    assert "abmil, abmil-attr" not in text  # no dump of every model name
