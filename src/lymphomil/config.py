@@ -25,6 +25,14 @@ DEFAULT_CANDIDATES = ["logreg-compact", "image-logreg-thin", "fusion-mean", "fus
 #: what `train` and `run` fit when no model is named (chosen by repeated CV: docs/results.md)
 DEFAULT_MODEL = "fusion-mean"
 
+def default_model_features() -> list:
+    """``(FeatureSpec, kind)`` pairs the default model reads: what ``lymphomil features``
+    computes when no backbone is named (so that a later ``run`` or ``train`` finds them)."""
+    from lymphomil.models.base import create_model
+
+    return list(create_model(DEFAULT_MODEL).required_features())
+
+
 #: the fields whose value is one of a few names
 OnErrorPolicy = Annotated[str, one_of(lambda: ("raise", "skip"),
                                        "on_error must be 'raise' or 'skip'")]

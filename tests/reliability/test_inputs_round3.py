@@ -234,3 +234,20 @@ def test_a_typo_gets_a_suggestion_not_a_list(tmp_path: Path, args: list[str],
     text = " ".join(result.output.split())
     assert words in text, text
     assert "abmil, abmil-attr" not in text  # no dump of every model name
+
+
+def test_features_defaults_to_what_the_default_model_reads() -> None:
+    """`lymphomil features DATA` computes the default model's features (derived, not written
+    twice): after it, `run` finds every feature it needs in the cache."""
+    from lymphomil.commands.features import _defaults
+    from lymphomil.config import default_model_features
+
+    spec, kind = default_model_features()[0]
+    assert _defaults(None, None, None, None) == (spec.backbone, spec.crop, spec.weights, kind)
+    assert _defaults("small-cnn", None, None, None) == ("small-cnn", 112, "imagenet", "pooled")
+    assert _defaults(None, 64, "none", None)[1:3] == (64, "none")
+
+
+def test_readme_says_how_the_command_gets_on_the_path() -> None:
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    assert "source .venv/bin/activate" in text and ".venv/bin/lymphomil" in text
