@@ -69,9 +69,9 @@ def test_bad_input_is_a_message_not_a_traceback(tmp_path: Path) -> None:
     assert "Traceback" not in result.output
 
 
-def test_unknown_model_names_the_choices(synthetic_root: Path) -> None:
+def test_unknown_model_points_at_the_list(synthetic_root: Path) -> None:
     result = runner.invoke(app, ["cv", str(synthetic_root), "-m", "nope"])
-    assert result.exit_code == 2 and "choose one of" in result.output
+    assert result.exit_code == 2 and "`lymphomil models` lists" in result.output
 
 
 def test_predict_refuses_a_damaged_model(synthetic_root: Path, tmp_path: Path) -> None:

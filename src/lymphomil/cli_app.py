@@ -24,7 +24,7 @@ from lymphomil.errors import LymphomilError
 from lymphomil.progress import ERR_CONSOLE, StageReporter, TerminalProgress, progress_task
 from lymphomil.progress_protocol import using
 
-__all__ = ["CACHE_DEFAULT", "EngineName", "OnError", "RAY_EXTRA", "StageReporter", "app",
+__all__ = ["CACHE_DEFAULT", "EngineName", "OnError", "PatientRule", "RAY_EXTRA", "StageReporter", "app",
            "cache_app", "console", "err_console", "handle_errors", "is_debug",
            "parse_date_option", "progress_task", "setup_logging"]
 
@@ -53,6 +53,7 @@ app.add_typer(cache_app, name="cache")
 #: choices shown in --help (Literal: Typer lists them and refuses anything else)
 OnError = Literal["raise", "skip"]
 EngineName = Literal["local", "ray"]
+PatientRule = Literal["new", "all"]  # lymphomil.steps.PATIENT_RULES
 #: "[ray]" escaped: --help is Rich markup, where a bare [ray] would vanish as a tag
 RAY_EXTRA = 'needs the ray extra: pip install "lymphomil\\[ray]"'
 CACHE_DEFAULT = "$LYMPHOMIL_CACHE_DIR, else the user cache folder"
@@ -135,11 +136,18 @@ def is_debug() -> bool:
     return _STATE["debug"]
 
 
+#: the commands' parameters that name an output path: made absolute before the command runs
+OUTPUT_OPTIONS = ("out", "report")
+
+
 def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
     """Turn user errors into a clear message and exit status 2 (traceback only with --debug)."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        for name in OUTPUT_OPTIONS:  # `--out .` is `--out $PWD` (Path(".") has no name)
+            if isinstance(kwargs.get(name), os.PathLike):
+                kwargs[name] = type(kwargs[name])(os.path.abspath(kwargs[name]))
         try:
             return func(*args, **kwargs)
         except (LymphomilError, OSError) as exc:

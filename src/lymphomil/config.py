@@ -25,6 +25,14 @@ DEFAULT_CANDIDATES = ["logreg-compact", "image-logreg-thin", "fusion-mean", "fus
 #: what `train` and `run` fit when no model is named (chosen by repeated CV: docs/results.md)
 DEFAULT_MODEL = "fusion-mean"
 
+def default_model_features() -> list:
+    """``(FeatureSpec, kind)`` pairs the default model reads: what ``lymphomil features``
+    computes when no backbone is named (so that a later ``run`` or ``train`` finds them)."""
+    from lymphomil.models.base import create_model
+
+    return list(create_model(DEFAULT_MODEL).required_features())
+
+
 #: the fields whose value is one of a few names
 OnErrorPolicy = Annotated[str, one_of(lambda: ("raise", "skip"),
                                        "on_error must be 'raise' or 'skip'")]
@@ -77,6 +85,11 @@ class RunConfig(BaseModel):
         except LymphomilError as exc:
             raise ValueError(f"{exc.problem} ({exc.fix})") from None
 
+    @field_validator("data", "cache_dir", mode="before")
+    @classmethod
+    def _paths(cls, value: Any, info: Any) -> Any:
+        return expand_path(value, info.field_name) if isinstance(value, (str, Path)) else value
+
     @field_validator("reference_date")
     @classmethod
     def _reference(cls, value: date) -> date:
@@ -98,6 +111,24 @@ def _model_names(names: list[str], field_name: str) -> list[str]:
 
 #: the fields holding paths: relative ones in a config file are relative to that file's folder
 PATH_FIELDS = ("data", "cache_dir")
+
+
+def expand_path(value: str | Path, name: str) -> str:
+    """``~`` and ``$VARS`` expanded (a config file is not read by a shell); an empty path or an
+    unset variable refused: ``Path("")`` would silently be the working folder."""
+    text = str(value) if isinstance(value, Path) else value
+    if not text.strip():
+        raise ValueError(f"{name} is empty (an empty path would mean the working folder); give "
+                         "a folder path, or leave the key out for the default")
+    expanded = os.path.expanduser(os.path.expandvars(text))
+    if "$" in expanded:
+        import re
+
+        unset = re.findall(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)", expanded)
+        if unset:
+            raise ValueError(f"{name} {text!r} names the environment variable ${unset[0]}, "
+                             "which is not set; set it or write the path out")
+    return expanded
 
 
 def load_config(path: Path | None, overrides: dict[str, Any]) -> RunConfig:
@@ -140,14 +171,21 @@ def load_config(path: Path | None, overrides: dict[str, Any]) -> RunConfig:
         base = Path(path).expanduser().absolute().parent
         for key in PATH_FIELDS:
             value = data.get(key)
-            if isinstance(value, str) and value and not Path(value).expanduser().is_absolute():
-                data[key] = str(base / value)
+            if isinstance(value, str) and value.strip():
+                try:
+                    value = expand_path(value, key)
+                except ValueError as exc:
+                    raise LymphomilError(str(exc), file=path, fix=f"correct {key} in the "
+                                                                  "config file") from None
+                data[key] = value if Path(value).is_absolute() else str(base / value)
     data.update({k: v for k, v in overrides.items() if v is not None})
     try:
         return RunConfig(**data)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise LymphomilError(f"invalid configuration ({problems})", file=path,
+        from lymphomil.errors import plain_problems
+
+        problems = plain_problems(exc, RunConfig.model_fields)
+        raise LymphomilError(f"invalid configuration: {problems}", file=path,
                              fix="see `lymphomil run --help` for the options") from None
 
 

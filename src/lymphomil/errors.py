@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterable
 
 
 class LymphomilError(Exception):
@@ -87,3 +88,40 @@ def from_os_error(exc: OSError) -> LymphomilError:
     return LymphomilError(f"cannot read or write ({reason})", file=where,
                           fix=fixes.get(exc.errno or 0, "check the path, its permissions and the "
                                                        "free space"))
+
+
+def did_you_mean(word: str, choices: Iterable[str], what: str = "") -> str:
+    """`` (did you mean 'x'?)`` for the closest of ``choices``, or "" (difflib: no name dump)."""
+    import difflib
+
+    close = difflib.get_close_matches(str(word), list(choices), n=3, cutoff=0.6)
+    if not close:
+        return ""
+    return f" (did you mean {' or '.join(repr(c) for c in close)}{what}?)"
+
+
+def plain_problems(exc: Exception, known: Iterable[str] = (), limit: int = 5) -> str:
+    """A pydantic ``ValidationError`` in plain words: ``key: problem`` per error, without the
+    library's ``Value error,`` / ``Input should be`` wording; an unknown key gets a did-you-mean
+    among ``known``."""
+    known = list(known)
+    errors = exc.errors()  # type: ignore[attr-defined]
+    parts = []
+    for error in errors[:limit]:
+        where = ".".join(map(str, error.get("loc", ()))) or "the file"
+        kind, message = error.get("type", ""), str(error.get("msg", ""))
+        if kind == "value_error":
+            text = message.removeprefix("Value error, ")
+        elif kind == "extra_forbidden":
+            text = "is not a known setting" + did_you_mean(where, known)
+        elif kind == "missing":
+            text = "is required"
+        else:
+            shown = repr(error.get("input"))
+            shown = shown if len(shown) <= 40 else shown[:37] + "..."
+            text = (message[:1].lower() + message[1:]).replace("input should", "should") + \
+                f" (got {shown})"
+        parts.append(text if text.startswith(where) else f"{where}: {text}")
+    if len(errors) > limit:
+        parts.append(f"and {len(errors) - limit} more")
+    return "; ".join(parts)

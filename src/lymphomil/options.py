@@ -14,7 +14,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from lymphomil.errors import LymphomilError
+from lymphomil.errors import LymphomilError, did_you_mean
 
 MIN_CROP, MAX_CROP = 8, 224  # the images are resized to 224 x 224; a crop is a centre square
 MAX_FOLDS = 50
@@ -153,8 +153,9 @@ def check_model_names(names: Sequence[str], option: str = "--model") -> list[str
     known = list_models()
     unknown = [c for n in names for c in (selection_candidates(n) or [n]) if c not in known]
     if unknown:
-        raise LymphomilError(f"{option}: unknown model(s) {', '.join(map(repr, unknown))}",
-                             fix=f"choose one of: {', '.join(known)}")
+        hints = "".join(did_you_mean(u, known) for u in unknown)
+        raise LymphomilError(f"{option}: unknown model(s) {', '.join(map(repr, unknown))}{hints}",
+                             fix="`lymphomil models` lists the model names with what each is")
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
         raise LymphomilError(f"{option}: model(s) {', '.join(twice)} named twice",
@@ -178,7 +179,8 @@ def check_features_option(text: str | None, option: str = "--features") -> str |
                                  f"{option} efficientnet-lite0@112") from None
     backbones = list_backbones()
     if spec.backbone not in backbones:
-        raise LymphomilError(f"{option} {text!r}: unknown backbone {spec.backbone!r}",
+        raise LymphomilError(f"{option} {text!r}: unknown backbone {spec.backbone!r}"
+                             + did_you_mean(spec.backbone, backbones),
                              fix=f"write BACKBONE@CROP with a backbone of: {', '.join(backbones)}")
     check_crop(spec.crop, f"{option} crop")
     return text
@@ -192,6 +194,10 @@ def check_folds_against(folds: int, y: Iterable[int], option: str = "--folds") -
     smallest = int(counts.min())
     if folds > smallest:
         which = "malignant (1)" if counts[1] < counts[0] else "reactive (0)"
+        if smallest < 2:  # no number of folds works: say what the data lacks
+            raise LymphomilError(f"only {smallest} {which} patient(s): cross-validation needs "
+                                 "at least 2 patients of each class",
+                                 fix="add labelled patients of that class")
         raise LymphomilError(f"{option} {folds} is more than the {smallest} {which} patients, "
                              "the smallest class", fix=f"use {option} {max(2, smallest)} or "
                                                        "fewer, or add labelled patients")
@@ -211,7 +217,7 @@ def check_backbone(name: str, option: str = "--backbone") -> str:
 
     backbones = list_backbones()
     if name not in backbones:
-        raise LymphomilError(f"{option}: unknown backbone {name!r}",
+        raise LymphomilError(f"{option}: unknown backbone {name!r}" + did_you_mean(name, backbones),
                              fix=f"choose one of: {', '.join(backbones)} "
                                  "(`lymphomil features --list`)")
     return name

@@ -8,7 +8,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -205,6 +205,49 @@ class Predictions:
     skipped: list[dict]
     patients: np.ndarray
     model: PatientModel
+    not_predicted: list[str] = field(default_factory=list)  # labelled, left out by the rule
+    metrics: dict | None = None  # against the labels some predicted patients carry
+
+
+#: which patients of a folder `predict` predicts (--patients); the rest are listed, never dropped
+PATIENT_RULES = {
+    "new": "every patient without a label (LABEL -1) and every patient whose images are under "
+           "testset/; labelled training patients are listed, not predicted",
+    "all": "every patient of the folder",
+}
+
+
+def select_targets(cohort: Cohort, rule: str = "new") -> tuple[list[Patient], list[Patient]]:
+    """The patients ``rule`` predicts and the (labelled) ones it leaves out, in CSV order."""
+    if rule not in PATIENT_RULES:
+        raise LymphomilError(f"--patients {rule!r} is not one of {', '.join(PATIENT_RULES)}",
+                             fix="use --patients new (the default) or --patients all")
+    if rule == "all":
+        return list(cohort.patients), []
+    chosen = [p for p in cohort.patients if not p.is_labelled or p.split == "test"]
+    kept = {id(p) for p in chosen}
+    return chosen, [p for p in cohort.patients if id(p) not in kept]
+
+
+def label_metrics(pred: "Predictions") -> dict | None:
+    """Balanced accuracy, accuracy and ROC AUC over the predicted patients that carry a label."""
+    from lymphomil.metrics import balanced_accuracy
+
+    y = np.array([p.label for p in pred.patients], dtype=int)
+    mask = np.isin(y, (0, 1))
+    if not mask.any():
+        return None
+    y, proba, calls = y[mask], pred.proba[mask], pred.labels[mask]
+    auc = None
+    if len(np.unique(y)) == 2:
+        from sklearn.metrics import roc_auc_score
+
+        auc = float(roc_auc_score(y, proba))
+    bacc = float(balanced_accuracy(calls.astype(bool), y))
+    return {"n_labelled": int(mask.sum()), "n_malignant": int(y.sum()),
+            "balanced_accuracy": None if np.isnan(bacc) else bacc,
+            "accuracy": float((calls == y).mean()), "roc_auc": auc,
+            "ids": [p.id for p, m in zip(pred.patients, mask) if m]}
 
 
 def predict_patients(model: PatientModel, targets: Sequence[Patient], cohort: Cohort,
@@ -217,19 +260,27 @@ def predict_patients(model: PatientModel, targets: Sequence[Patient], cohort: Co
 
 
 def predict_folder(model_dir: Path, data: Path, *, on_error: str = "raise",
-                   include_labelled: bool = False, cache_dir: Path | None = None) -> Predictions:
-    """Predict every unlabelled patient of ``data`` (every patient with ``include_labelled``)."""
+                   include_labelled: bool = False, cache_dir: Path | None = None,
+                   patients: str = "new") -> Predictions:
+    """Predict the patients of ``data`` that the rule ``patients`` names (:data:`PATIENT_RULES`;
+    ``include_labelled`` = ``"all"``); the others are in ``not_predicted``, and the labels of
+    predicted patients that carry one give ``metrics``."""
     from lymphomil.models.schema import FIX, read_model_folder
 
     model, metadata = read_model_folder(model_dir)  # checksums, then a strict schema
     reference = date.fromisoformat(metadata["reference_date"])
     cohort = load_cohort(data, reference_date=reference, on_error=on_error)
-    targets = cohort.patients if include_labelled else cohort.unlabelled
+    targets, left = select_targets(cohort, "all" if include_labelled else patients)
     if not targets:
-        raise LymphomilError("no patients to predict (no LABEL -1 rows with images)", file=data,
-                             fix="add unlabelled patients (LABEL -1) or use --all")
+        raise LymphomilError(f"no patients to predict (no LABEL -1 rows with images, nothing "
+                             f"under testset/; {len(left)} labelled training patient(s))",
+                             file=data, fix="add unlabelled patients (LABEL -1) or use "
+                                            "--patients all")
     try:
-        return predict_patients(model, targets, cohort, cache_dir)
+        pred = predict_patients(model, targets, cohort, cache_dir)
+        pred.not_predicted = [p.id for p in left]
+        pred.metrics = label_metrics(pred)
+        return pred
     except (ValueError, IndexError, RuntimeError) as exc:  # stored arrays of the wrong shapes
         raise LymphomilError(f"the model's stored state does not fit its features "
                              f"({type(exc).__name__}: {exc})", file=Path(model_dir) / "model.json",

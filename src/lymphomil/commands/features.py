@@ -39,29 +39,61 @@ def _parse_kinds(text: str) -> tuple[str, ...]:
     return kinds
 
 
+#: --help's words for the defaults (the values come from the default model: _defaults)
+DEFAULT_FEATURES = "without --backbone: the default model's features"
+
+
+def _defaults(backbone: str | None, crop: int | None, weights: str | None,
+              kinds: str | None) -> tuple[str, int, str, str]:
+    """No --backbone: the features the default model reads (what `run` and `train` then find in
+    the cache), each given option on top; a named backbone: crop 112, ImageNet weights, pooled."""
+    if backbone is None:
+        from lymphomil.config import default_model_features
+
+        pairs = default_model_features()
+        if pairs:
+            spec = pairs[0][0]
+            same = [k for s, k in pairs if s == spec]
+            return (spec.backbone, spec.crop if crop is None else crop,
+                    spec.weights if weights is None else weights,
+                    ",".join(same) if kinds is None else kinds)
+        backbone = "efficientnet-lite0"  # an attributes-only default model reads no features
+    from lymphomil.features.spec import DEFAULT_CROP
+
+    return (backbone, DEFAULT_CROP if crop is None else crop,
+            "imagenet" if weights is None else weights, "pooled" if kinds is None else kinds)
+
+
 @app.command()
 @handle_errors
 def features(
     data: Optional[Path] = typer.Argument(None, help="The cohort folder (challenge layout)."),
-    backbone: str = typer.Option("efficientnet-lite0", "--backbone",
-                                 help="Backbone name (see `lymphomil features --list`)."),
-    crop: int = typer.Option(112, "--crop", help="Centre crop in pixels (224 = whole image)."),
+    backbone: Optional[str] = typer.Option(None, "--backbone",
+                                           help="Backbone name (see `lymphomil features "
+                                                "--list`).", show_default=DEFAULT_FEATURES),
+    crop: Optional[int] = typer.Option(None, "--crop", help="Centre crop in pixels (224 = whole "
+                                                            "image).",
+                                       show_default=DEFAULT_FEATURES + "; else 112"),
     tta: bool = typer.Option(False, "--tta/--no-tta",
                              help="Also extract the 8 dihedral views (flips and rotations; "
                                   "test-time augmentation, 8x the cost)."),
     precision: Literal["fp32", "bf16", "auto"] = typer.Option("fp32", "--precision",
                                   help="fp32 (what the models use by default), bf16, or auto "
                                        "(bf16 where the CPU supports it)."),
-    weights: str = typer.Option("imagenet", "--weights",
-                                help="imagenet, none (random init) or a state_dict file."),
+    weights: Optional[str] = typer.Option(None, "--weights",
+                                          help="imagenet, none (random init) or a state_dict "
+                                               "file.", show_default=DEFAULT_FEATURES
+                                                                     + "; else imagenet"),
     workers: Optional[int] = typer.Option(None, "--workers", help="Parallel extraction streams.",
                                           show_default="one per core"),
     batch_size: int = typer.Option(16, "--batch-size", help="Images per forward pass."),
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir",
                                              help="Cache folder; features go in features/ "
                                                   "under it.", show_default=CACHE_DEFAULT),
-    kinds: str = typer.Option("pooled", "--kinds", help="pooled, views, map and/or trunk "
-                              "(before the last stage: mil-trunk, topk-trunk), comma-separated."),
+    kinds: Optional[str] = typer.Option(None, "--kinds", help="pooled, views, map and/or trunk "
+                                        "(before the last stage: mil-trunk, topk-trunk), "
+                                        "comma-separated.",
+                                        show_default=DEFAULT_FEATURES + "; else pooled"),
     on_error: OnError = typer.Option("raise", "--on-error",
                                  help="raise: stop at the first bad row or image; skip: leave it "
                                       "out and list it."),
@@ -98,6 +130,7 @@ def features(
     from lymphomil.options import (check_backbone, check_batch_size, check_crop, check_in_flight,
                                    check_workers)
 
+    backbone, crop, weights, kinds = _defaults(backbone, crop, weights, kinds)
     # every option before any work: a 5000 px crop once ran a 5000x5000 probe through the network
     check_crop(crop)
     check_batch_size(batch_size)

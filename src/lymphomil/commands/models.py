@@ -10,9 +10,9 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from lymphomil.cli_app import (CACHE_DEFAULT, RAY_EXTRA, EngineName, OnError, StageReporter, app,
-                                console, err_console, handle_errors, parse_date_option,
-                                progress_task)
+from lymphomil.cli_app import (CACHE_DEFAULT, RAY_EXTRA, EngineName, OnError, PatientRule,
+                                StageReporter, app, console, err_console, handle_errors,
+                                parse_date_option, progress_task)
 from lymphomil.config import DEFAULT_CANDIDATES, DEFAULT_MODEL, RunConfig
 from lymphomil.data.cohort import load_cohort
 from lymphomil.crossval import format_metric
@@ -220,7 +220,11 @@ def predict(
     out: Path = typer.Option(..., "--out", help="CSV to write"),
     kaggle: bool = typer.Option(False, "--kaggle", help="write Id,Predicted (Kaggle) instead "
                                                         "of ID,LABEL,PROBA"),
-    include_labelled: bool = typer.Option(False, "--all", help="predict labelled patients too"),
+    patients: PatientRule = typer.Option("new", "--patients",
+                                         help="which patients: new = unlabelled ones and all "
+                                              "under testset/ (labelled training patients are "
+                                              "listed); all = every patient"),
+    include_labelled: bool = typer.Option(False, "--all", help="same as --patients all"),
     report: Optional[Path] = typer.Option(None, "--report", help="also write an HTML report "
                                                                  "with each patient's cells",
                                           show_default="no report"),
@@ -228,9 +232,11 @@ def predict(
     cache_dir: Optional[Path] = CACHE_OPT,
     threads: int = THREADS_OPT,
 ) -> None:
-    """Predict every unlabelled (LABEL -1) patient of DATA with a trained model.
+    """Predict the patients of DATA with a trained model: by default every unlabelled (LABEL -1)
+    patient and every patient under testset/; the labelled patients left out are listed.
 
-    DATA may hold only new patients (testset/ without trainset/).
+    DATA may hold only new patients (testset/ without trainset/). Where predicted patients carry
+    a label, the metrics are printed and written to OUT's name + .metrics.json.
 
     Example: lymphomil predict runs/model ../shared/data/dlmi-lymphocytosis --out submission.csv --kaggle
     """
@@ -243,15 +249,32 @@ def predict(
     inputs = {"model folder": model_dir, "data folder": data, "cache folder": cache_root(cache_dir)}
     claim_output(out, "predictions", inputs, folder=False)
     claim_output(out.with_name(out.stem + ".skipped.json"), "skipped list", inputs, folder=False)
+    metrics_path = out.with_name(out.stem + ".metrics.json")
+    claim_output(metrics_path, "metrics", inputs, folder=False)
     if report is not None:
         claim_output(report, "report", dict(inputs, **{"--out file": out}), folder=False,
                      option="--report")
     set_threads(threads)
     pred = predict_folder(model_dir, data, on_error=on_error, include_labelled=include_labelled,
-                          cache_dir=cache_dir)
+                          cache_dir=cache_dir, patients=patients)
     from lymphomil.outputs import dumps_json, remove_owned_file, write_owned_file
 
     write_predictions(pred, out, kaggle=kaggle, write=write_owned_file)
+    if pred.metrics is not None:
+        write_owned_file(metrics_path, dumps_json(pred.metrics).encode(), "metrics")
+        m = pred.metrics
+        auc = "n/a (one class)" if m["roc_auc"] is None else f"{m['roc_auc']:.3f}"
+        bacc = "n/a" if m["balanced_accuracy"] is None else f"{m['balanced_accuracy']:.3f}"
+        console.print(f"{m['n_labelled']} predicted patients carry a label: balanced accuracy "
+                      f"{bacc}, accuracy {m['accuracy']:.3f}, ROC AUC {auc} → {metrics_path}")
+    else:  # an earlier run's metrics must not outlive a re-run without labels
+        remove_owned_file(metrics_path)
+    if pred.not_predicted:
+        shown = ", ".join(pred.not_predicted[:10]) + (" …" if len(pred.not_predicted) > 10
+                                                      else "")
+        err_console.print(f"not predicted: {len(pred.not_predicted)} labelled training "
+                          f"patient(s) ({shown}); --patients all predicts them too",
+                          soft_wrap=True, highlight=False)
     skipped_path = out.with_name(out.stem + ".skipped.json")
     if pred.skipped:
         write_owned_file(skipped_path, dumps_json(pred.skipped).encode(), "skipped list")

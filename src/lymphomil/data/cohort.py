@@ -291,26 +291,19 @@ def _read_records(path: Path, reader: Any) -> list[Row]:
 # --------------------------------------------------------------------------- images
 
 
-def _inside(path: Path, root: Path) -> bool:
-    try:
-        path.resolve().relative_to(root)
-        return True
-    except ValueError:
-        return False
-
-
 def _link_problem(path: Path, root: Path) -> str | None:
+    """Why a symbolic link cannot be read (a loop, a missing target), or ``None``: a link is read
+    through wherever it leads (a Kaggle copy links trainset/, patient folders or images to
+    where the download lies; the features are keyed by the target's bytes, not its path)."""
     if not path.is_symlink():
         return None
     try:
-        target = Path(os.path.realpath(path, strict=True))
+        os.path.realpath(path, strict=True)
     except OSError as exc:  # a loop, or a target that does not exist
         return "is a symbolic link loop" if exc.errno == errno.ELOOP else \
             "is a broken symbolic link (its target does not exist)"
     except RuntimeError:  # older Pythons report a loop this way
         return "is a symbolic link loop"
-    if not _inside(target, root):
-        return "is a symbolic link that leads outside the data folder"
     return None
 
 
@@ -546,10 +539,49 @@ def _decode_pool(check: bool) -> Iterator[Any]:
         yield pool
 
 
+def _parsed(row: Row, reference: date) -> tuple | None:
+    try:
+        return _patient_from_row(row, reference)
+    except ValueError:
+        return None  # the row's own error is reported where the row is read
+
+
+_COMPARED = ((1, COL_LABEL), (2, COL_GENDER), (3, COL_DOB), (5, COL_COUNT))
+
+
+def check_csvs_agree(root: Path, reference: date) -> None:
+    """Stop when ``clinical_annotation.csv`` and ``trainset/``/``testset/`` CSVs (all present: the
+    Kaggle download) give one patient different values: never a silent choice of one file."""
+    if not (root / ROOT_CSV).is_file():
+        return
+    main: dict[str, tuple[Row, tuple]] = {}
+    for row in read_table(root / ROOT_CSV):
+        parsed = _parsed(row, reference)
+        if parsed is not None:
+            main.setdefault(parsed[0], (row, parsed))
+    for rel in (TRAIN_CSV, TEST_CSV):
+        if not (root / rel).is_file():
+            continue
+        for row in read_table(root / rel):
+            parsed = _parsed(row, reference)
+            if parsed is None or parsed[0] not in main:
+                continue
+            first, values = main[parsed[0]]
+            for index, column in _COMPARED:
+                if parsed[index] != values[index]:
+                    raise LymphomilError(
+                        f"patient {parsed[0]}: {column} is {first.values[column].strip()!r} "
+                        f"here but {row.values[column].strip()!r} in {rel}, row {row.line}: "
+                        "the two annotation files disagree", file=first.file, row=first.line,
+                        fix=f"correct the wrong one of the two rows ({ROOT_CSV} is the one "
+                            "lymphomil reads; the other is checked against it)")
+
+
 def _load(root: Path, reference_date: date, log: IssueLog, check_images: bool,
           pool: Any) -> Cohort:
     patients: list[Patient] = []
     seen: dict[str, Row] = {}
+    check_csvs_agree(root, reference_date)
     for csv_path in _csv_files(root):
         for row in read_table(csv_path):
             raw_id = row.values[COL_ID].strip() or None
@@ -574,7 +606,7 @@ def _load(root: Path, reference_date: date, log: IssueLog, check_images: bool,
             folder = _find_folder(root, pid, label)
             if folder is None:
                 log.report(DataIssue(
-                    f"no image folder for patient {pid}",
+                    _no_folder_problem(root, pid),
                     f"add the folder {TRAIN_DIR}/{pid}/ (or {TEST_DIR}/{pid}/) with its cell "
                     "images, or remove the row", file=str(csv_path), row=row.line, patient_id=pid))
                 continue
@@ -617,13 +649,25 @@ def _split_problem(root: Path, csv_path: Path, patient_id: str, label: int
     return None
 
 
+def _no_folder_problem(root: Path, patient_id: str) -> str:
+    """Why a patient has no image folder; a link that cannot be followed is named as one."""
+    for rel in (TRAIN_DIR, f"{TRAIN_DIR}/{patient_id}", TEST_DIR, f"{TEST_DIR}/{patient_id}"):
+        path = root / rel
+        if path.is_symlink():
+            problem = _link_problem(path, root) or (
+                "is a symbolic link to a file, not a folder" if not path.is_dir() else None)
+            if problem:
+                return f"no image folder for patient {patient_id}: {rel} {problem}"
+    return f"no image folder for patient {patient_id}"
+
+
 def _find_folder(root: Path, patient_id: str, label: int) -> Path | None:
+    """The patient's image folder; ``trainset/``, ``testset/`` or the folder itself may be a
+    symbolic link (read through: the usual Kaggle copy)."""
     order = (TRAIN_DIR, TEST_DIR) if label in (0, 1) else (TEST_DIR, TRAIN_DIR)
     for sub in order:
         folder = root / sub / patient_id
         if folder.is_dir():
-            if not _inside(folder, root):
-                return None
             return folder
     return None
 

@@ -113,8 +113,9 @@ class ModelJsonSchema(_Strict):
 
 
 def _problems(exc: ValidationError) -> str:
-    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'the file'}: {e['msg']}"
-                     for e in exc.errors()[:5])
+    from lymphomil.errors import plain_problems
+
+    return plain_problems(exc)
 
 
 def _check(schema: type[BaseModel], path: Path) -> BaseModel:

@@ -1,0 +1,253 @@
+"""Issue 22 (reliability, third round), the input classes: every patient accounted for, no silent
+change of a result, links and paths, malformed structured input, a forgiving command line.
+
+Each case runs the real CLI through Typer's CliRunner on a small challenge-layout folder (the
+helpers of test_bad_inputs); docs/bad-inputs.md (section "Issue 22: inputs") is their table.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.reliability.test_bad_inputs import (GOOD_ROWS, HEADER, jpeg_bytes, model_dir,
+                                               no_traceback, runner, write_cohort)
+from lymphomil.cli import app
+
+__all__ = ["model_dir"]  # the fixture (the session's logreg model)
+
+
+def predict_cli(model: Path, root: Path, out: Path, *extra: str):
+    return runner.invoke(app, ["predict", str(model), str(root), "--out", str(out), *extra])
+
+
+def predicted_ids(out: Path) -> list[str]:
+    return [r["ID"] for r in csv.DictReader(open(out))]
+
+
+# --------------------------------------------------------------------------- every patient
+
+
+def test_labelled_patient_under_testset_is_predicted_and_scored(model_dir: Path,
+                                                                tmp_path: Path) -> None:
+    """P4 carries LABEL 1 but its folder is in testset/: predicted (never dropped), and its label
+    gives metrics, printed and written; the labelled training patients are listed."""
+    root = write_cohort(tmp_path / "cohort", GOOD_ROWS + ["3,P4,1,M,2/2/1950,30.1"])
+    folder = root / "testset" / "P4"
+    folder.mkdir()
+    (folder / "000000.jpg").write_bytes(jpeg_bytes())
+    out = tmp_path / "pred.csv"
+    result = predict_cli(model_dir, root, out)
+    assert result.exit_code == 0, result.output
+    assert predicted_ids(out) == ["P3", "P4"]
+    assert "not predicted: 2 labelled training patient(s) (P1, P2)" in result.output
+    assert "1 predicted patients carry a label" in result.output
+    metrics = json.loads(out.with_name("pred.metrics.json").read_text())
+    assert metrics["n_labelled"] == 1 and metrics["ids"] == ["P4"]
+    assert metrics["roc_auc"] is None  # one class: no AUC, said so
+
+
+def test_patients_all_predicts_everyone_with_metrics(model_dir: Path, tmp_path: Path) -> None:
+    root = write_cohort(tmp_path / "cohort")
+    out = tmp_path / "pred.csv"
+    result = predict_cli(model_dir, root, out, "--patients", "all")
+    assert result.exit_code == 0, result.output
+    assert predicted_ids(out) == ["P1", "P2", "P3"]
+    assert "not predicted" not in result.output
+    metrics = json.loads(out.with_name("pred.metrics.json").read_text())
+    assert metrics["n_labelled"] == 2 and metrics["roc_auc"] is not None
+
+
+def test_patients_rule_refuses_an_unknown_word(model_dir: Path, tmp_path: Path) -> None:
+    root = write_cohort(tmp_path / "cohort")
+    result = predict_cli(model_dir, root, tmp_path / "p.csv", "--patients", "everyone")
+    assert result.exit_code == 2 and "new" in result.output and "all" in result.output
+
+
+def _annotation_pair(root: Path, train_row: str) -> None:
+    (root / "trainset" / "trainset_true.csv").write_text(f"{HEADER}\n{train_row}\n")
+
+
+@pytest.mark.parametrize("train_row, column", [
+    ("0,P1,0,M,11/3/1933,11.2", "LABEL"),
+    ("0,P1,1,F,11/3/1933,11.2", "GENDER"),
+    ("0,P1,1,M,11/4/1933,11.2", "DOB"),
+    ("0,P1,1,M,11/3/1933,12.2", "LYMPH_COUNT"),
+])
+def test_two_csvs_that_disagree_stop_naming_both(model_dir: Path, tmp_path: Path,
+                                                 train_row: str, column: str) -> None:
+    root = write_cohort(tmp_path / "cohort")
+    _annotation_pair(root, train_row)
+    for policy in ("raise", "skip"):
+        result = predict_cli(model_dir, root, tmp_path / "p.csv", "--on-error", policy)
+        assert result.exit_code == 2, result.output
+        text = " ".join(result.output.split())
+        assert "clinical_annotation.csv, row 2" in text and "trainset_true.csv, row 2" in text
+        assert f"patient P1: {column}" in text and "disagree" in text
+        no_traceback(result)
+
+
+def test_two_csvs_that_agree_are_read(model_dir: Path, tmp_path: Path) -> None:
+    root = write_cohort(tmp_path / "cohort")
+    _annotation_pair(root, "7,P1,1,M,1933-11-03,11.20")  # same values, other spelling
+    result = predict_cli(model_dir, root, tmp_path / "p.csv")
+    assert result.exit_code == 0, result.output
+
+
+# --------------------------------------------------------------------------- links and paths
+
+
+def _link_trainset(root: Path, elsewhere: Path) -> None:
+    (root / "trainset").rename(elsewhere / "trainset")
+    (root / "trainset").symlink_to(elsewhere / "trainset")
+
+
+def _link_patient_folders(root: Path, elsewhere: Path) -> None:
+    for sub in ("trainset", "testset"):
+        for folder in sorted((root / sub).iterdir()):
+            target = elsewhere / sub / folder.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            folder.rename(target)
+            folder.symlink_to(target)
+
+
+def _link_images(root: Path, elsewhere: Path) -> None:
+    for image in sorted(root.glob("*set/*/*.jpg")):
+        target = elsewhere / f"{image.parent.name}-{image.name}"
+        image.rename(target)
+        image.symlink_to(target)
+
+
+LINKED = {"trainset/ a link": _link_trainset, "patient folders links": _link_patient_folders,
+          "images links": _link_images}
+
+
+@pytest.mark.parametrize("case", sorted(LINKED))
+def test_symlinked_data_is_read_through(model_dir: Path, tmp_path: Path, case: str) -> None:
+    root = write_cohort(tmp_path / "cohort")
+    elsewhere = tmp_path / "download"
+    elsewhere.mkdir()
+    LINKED[case](root, elsewhere)
+    out = tmp_path / "pred.csv"
+    result = predict_cli(model_dir, root, out, "--patients", "all")
+    assert result.exit_code == 0, result.output
+    assert predicted_ids(out) == ["P1", "P2", "P3"]
+
+
+def test_a_broken_patient_folder_link_is_named_as_a_link(model_dir: Path,
+                                                         tmp_path: Path) -> None:
+    root = write_cohort(tmp_path / "cohort")
+    folder = root / "trainset" / "P1"
+    for image in folder.iterdir():
+        image.unlink()
+    folder.rmdir()
+    folder.symlink_to(tmp_path / "gone")
+    result = predict_cli(model_dir, root, tmp_path / "pred.csv", "--patients", "all")
+    assert result.exit_code == 2
+    assert "trainset/P1 is a broken symbolic link" in " ".join(result.output.split())
+
+
+def _config(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "run.toml"
+    path.write_text(text)
+    return path
+
+
+def test_config_paths_expand_home_and_variables(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from lymphomil.config import load_config
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("COHORTS", str(tmp_path / "cohorts"))
+    cfg = load_config(_config(tmp_path, 'data = "~/cohort"\ncache_dir = "${COHORTS}/cache"\n'),
+                      {})
+    assert cfg.data == tmp_path / "home" / "cohort"
+    assert cfg.cache_dir == tmp_path / "cohorts" / "cache"
+
+
+@pytest.mark.parametrize("text, words", [
+    ('cache_dir = ""\n', "cache_dir is empty"),
+    ('data = "  "\n', "data is empty"),
+    ('data = "$LYMPHOMIL_NOT_SET_ANYWHERE/x"\n', "$LYMPHOMIL_NOT_SET_ANYWHERE, which is not set"),
+    ("foldz = 3\n", "foldz: is not a known setting (did you mean 'folds'?)"),
+    ('candidates = ["logreg-compactt"]\n', "did you mean 'logreg-compact'"),
+    ('folds = "five"\n', "folds: should be a valid integer"),
+])
+def test_config_mistakes_are_plain_words(tmp_path: Path, text: str, words: str) -> None:
+    from lymphomil.config import load_config
+    from lymphomil.errors import LymphomilError
+
+    with pytest.raises(LymphomilError) as caught:
+        load_config(_config(tmp_path, text), {})
+    message = str(caught.value)
+    assert words in message, message
+    assert "Value error" not in message and "Input should" not in message
+    assert "candidates:" not in message or "candidates =" in text
+
+
+def test_empty_path_in_the_api_is_refused() -> None:
+    from pydantic import ValidationError
+
+    from lymphomil.config import RunConfig
+
+    with pytest.raises(ValidationError, match="cache_dir is empty"):
+        RunConfig(cache_dir="")
+
+
+def test_out_dot_is_the_working_folder(synthetic_root: Path, tmp_path: Path,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    root = synthetic_root
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    result = runner.invoke(app, ["cv", str(root), "-m", "logreg", "--folds", "2", "--repeats",
+                                 "1", "--out", "."])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "work" / "metrics.json").is_file()
+
+
+def test_folds_on_a_class_of_one_says_what_is_missing(model_dir: Path, tmp_path: Path) -> None:
+    root = write_cohort(tmp_path / "cohort")
+    result = runner.invoke(app, ["cv", str(root), "-m", "logreg", "--folds", "2"])
+    assert result.exit_code == 2
+    assert "only 1 reactive (0) patient(s)" in result.output and "--folds 2 or" not in result.output
+
+
+# --------------------------------------------------------------------------- a forgiving CLI
+
+
+@pytest.mark.parametrize("args, words", [
+    (["cv", "{root}", "-m", "fusion-meen"], "did you mean 'fusion-mean'"),
+    (["cv", "{root}", "--features", "resnet50-thn@112"], "did you mean 'resnet50-thin'"),
+    (["features", "{root}", "--backbone", "resnet5O"], "did you mean 'resnet50'"),
+    (["cv", "{root}", "--foldz", "3"], "--folds"),
+])
+def test_a_typo_gets_a_suggestion_not_a_list(tmp_path: Path, args: list[str],
+                                             words: str) -> None:
+    root = write_cohort(tmp_path / "cohort")
+    result = runner.invoke(app, [a.format(root=root) for a in args])
+    assert result.exit_code == 2
+    text = " ".join(result.output.split())
+    assert words in text, text
+    assert "abmil, abmil-attr" not in text  # no dump of every model name
+
+
+def test_features_defaults_to_what_the_default_model_reads() -> None:
+    """`lymphomil features DATA` computes the default model's features (derived, not written
+    twice): after it, `run` finds every feature it needs in the cache."""
+    from lymphomil.commands.features import _defaults
+    from lymphomil.config import default_model_features
+
+    spec, kind = default_model_features()[0]
+    assert _defaults(None, None, None, None) == (spec.backbone, spec.crop, spec.weights, kind)
+    assert _defaults("small-cnn", None, None, None) == ("small-cnn", 112, "imagenet", "pooled")
+    assert _defaults(None, 64, "none", None)[1:3] == (64, "none")
+
+
+def test_readme_says_how_the_command_gets_on_the_path() -> None:
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    assert "source .venv/bin/activate" in text and ".venv/bin/lymphomil" in text
