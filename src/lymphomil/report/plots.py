@@ -281,3 +281,68 @@ def _scatter(result: CVResult, counts: Mapping[str, float]) -> Any:
     axes.set_title(f"{result.model_name}: probability averaged over repeats", loc="left")
     axes.legend(loc="best", frameon=True, framealpha=0.9, edgecolor="#dddddd")
     return figure
+
+
+def risk_coverage_figure(curves: Mapping[str, Mapping[str, Any]],
+                         chosen: str | None = None) -> bytes | None:
+    """Auto-call balanced accuracy against coverage (the share of patients auto-called, the most
+    confident first by margin |P − 0.5|), one line per model; the nested referral rule's
+    operating point (``curves[name]["rule"]``) is marked where given. None: nothing to draw.
+
+    ``curves``: {name: {"coverage": [...], "balanced_accuracy": [...], optional "ci_low" and
+    "ci_high" (same length), optional "rule": {"coverage": c, "balanced_accuracy": b}}}.
+    """
+    drawable = {name: c for name, c in curves.items()
+                if len(c.get("coverage") or ()) and len(c.get("coverage") or ())
+                == len(c.get("balanced_accuracy") or ())}
+    if not drawable:
+        return None
+    return _draw(_risk_coverage, drawable, chosen)
+
+
+def _risk_coverage(curves: Mapping[str, Mapping[str, Any]], chosen: str | None) -> Any:
+    figure = _new_figure(7.6, 4.4)
+    axes = figure.subplots()
+    names = sorted(curves, key=lambda n: (n != chosen, n))
+    lowest = 1.0
+    for colour, name in zip(_colours(len(names)), names):
+        curve = curves[name]
+        x = np.asarray(curve["coverage"], dtype=float)
+        y = np.asarray(curve["balanced_accuracy"], dtype=float)
+        order = np.argsort(x, kind="stable")
+        x, y = x[order], y[order]
+        is_chosen = name == chosen
+        colour = ACCENT if is_chosen else colour
+        axes.plot(x, y, color=colour, linewidth=2.4 if is_chosen else 1.2,
+                  marker="o", markersize=3.5 if is_chosen else 2.5,
+                  label=f"{name}{' (chosen)' if is_chosen else ''}", zorder=3 if is_chosen else 2)
+        finite = y[np.isfinite(y)]
+        if finite.size:
+            lowest = min(lowest, float(finite.min()))
+        if curve.get("ci_low") is not None and curve.get("ci_high") is not None:
+            low = np.asarray(curve["ci_low"], dtype=float)[order]
+            high = np.asarray(curve["ci_high"], dtype=float)[order]
+            axes.fill_between(x, low, high, color=colour, alpha=0.12 if is_chosen else 0.06,
+                              linewidth=0, label="_nolegend_")
+            if np.isfinite(low).any():
+                lowest = min(lowest, float(np.nanmin(low)))
+        rule = curve.get("rule") or {}
+        if all(np.isfinite(float(rule.get(k, np.nan)))
+               for k in ("coverage", "balanced_accuracy")):
+            axes.plot([rule["coverage"]], [rule["balanced_accuracy"]], marker="*",
+                      markersize=14 if is_chosen else 10, color=MALIGNANT,
+                      markeredgecolor="white", linestyle="none", zorder=4,
+                      label=(f"referral rule of {name}: {100 * rule['coverage']:.0f} % "
+                             f"auto-called, {rule['balanced_accuracy']:.3f}"))
+    axes.set_xlim(1.01, min(0.5, float(min(np.min(np.asarray(c["coverage"], dtype=float))
+                                           for c in curves.values())) - 0.02))
+    axes.set_ylim(max(0.0, min(lowest, 0.8) - 0.03), 1.005)
+    axes.xaxis.set_major_formatter(_percent)
+    axes.set_xlabel("coverage: share of patients auto-called (the rest referred)")
+    axes.set_ylabel("balanced accuracy of the auto-calls")
+    axes.legend(loc="lower left", frameon=True, framealpha=0.9, edgecolor="#dddddd")
+    return figure
+
+
+def _percent(value: float, _position: Any = None) -> str:
+    return f"{100 * value:.0f} %"
