@@ -473,8 +473,8 @@ def cell_ranking(ctx: ReportContext) -> str:
     summary, the model card and every gallery show these same words."""
     scorer = ctx.cell_scorer or ctx.model_name
     units = ctx.score_units or "cell score (units not stated by the model)"
-    text = (f"Cells are ranked within each patient by the cell scores of {scorer} ({units}); "
-            "higher = more suspicious of malignancy.")
+    text = (f"Cells are ranked by {scorer}, most suspicious first within each patient; its cell "
+            f"scores: {units} (higher = more suspicious of malignancy).")
     if scorer != ctx.model_name:
         text += (f" {scorer} is a cell classifier trained on the labelled patients; "
                  f"{ctx.model_name} makes the calls but does not rank single cells.")
