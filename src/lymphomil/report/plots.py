@@ -334,8 +334,8 @@ def _risk_coverage(curves: Mapping[str, Mapping[str, Any]], chosen: str | None) 
                       markeredgecolor="white", linestyle="none", zorder=4,
                       label=(f"referral rule of {name}: {100 * rule['coverage']:.0f} % "
                              f"auto-called, {rule['balanced_accuracy']:.3f}"))
-    axes.set_xlim(1.01, min(0.5, float(min(np.min(np.asarray(c["coverage"], dtype=float))
-                                           for c in curves.values())) - 0.02))
+    least = min(float(np.min(np.asarray(c["coverage"], dtype=float))) for c in curves.values())
+    axes.set_xlim(1.01, min(0.95, least - 0.03))
     axes.set_ylim(max(0.0, min(lowest, 0.8) - 0.03), 1.005)
     axes.xaxis.set_major_formatter(_percent)
     axes.set_xlabel("coverage: share of patients auto-called (the rest referred)")
