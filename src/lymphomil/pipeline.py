@@ -357,7 +357,10 @@ def _write_report(path: Path, config: RunConfig, data: Path, chosen: CVResult,
         score_units=score_units(scorer),
         cell_scorer=chosen.model_name if scorer is pred.model else GALLERY_SCORER,
         errors=error_calls(chosen, scorer, labelled, config.cache_dir), model_card=card)
-    render_report(context, path, gallery_k=config.gallery_k)
+    from lymphomil.outputs import cache_root
+
+    render_report(context, path, gallery_k=config.gallery_k,
+                  figure_cache=cache_root(config.cache_dir) / "figures")
 
 
 def write_prediction_report(path: Path, pred, data: Path, model_dir: Path,

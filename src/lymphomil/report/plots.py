@@ -2,14 +2,22 @@
 
 Every figure is drawn with matplotlib's object API on the Agg canvas under matplotlib's default
 style (a user's ``matplotlibrc`` must not change the report), and saved without the
-``Software`` metadata, so two renders of the same results give byte-identical PNGs.
+``Software`` metadata, so two renders of the same results give byte-identical PNGs. Inside
+:func:`figure_cache`, a figure whose inputs were drawn before is read back instead of drawn
+again (the key covers the drawing function, its inputs, this module's code and matplotlib's
+version), so a warm ``run`` redraws nothing.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
+import dataclasses
+import hashlib
 import io
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextvars import ContextVar
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -46,14 +54,84 @@ def _new_figure(width: float, height: float) -> Any:
     return Figure(figsize=(width, height), dpi=DPI, layout="constrained")
 
 
+_CACHE: ContextVar[Path | None] = ContextVar("lymphomil_figure_cache", default=None)
+_PNG_START, _PNG_END = b"\x89PNG\r\n\x1a\n", b"IEND\xaeB`\x82"
+
+
+@contextlib.contextmanager
+def figure_cache(folder: str | Path | None) -> Iterator[None]:
+    """Figures drawn inside this block are kept in ``folder`` (PNG files named by the content
+    key) and read back when the same inputs come again; ``None``: draw every figure."""
+    token = _CACHE.set(None if folder is None else Path(folder))
+    try:
+        yield
+    finally:
+        _CACHE.reset(token)
+
+
+def _feed(digest: Any, value: Any) -> None:
+    """Hash ``value`` by content: arrays by dtype, shape and bytes; mappings in key order;
+    dataclasses (a CVResult) field by field. TypeError for what has no stable content."""
+    if value is None or isinstance(value, (bool, int, float, str, bytes, np.generic)):
+        digest.update(f"{type(value).__name__}:{value!r};".encode())
+    elif isinstance(value, np.ndarray):
+        digest.update(f"array:{value.dtype.str}:{value.shape};".encode())
+        digest.update(np.ascontiguousarray(value).tobytes())
+    elif isinstance(value, Mapping):
+        digest.update(f"map:{len(value)};".encode())
+        for key in sorted(value, key=repr):
+            _feed(digest, key)
+            _feed(digest, value[key])
+    elif isinstance(value, (list, tuple)):
+        digest.update(f"seq:{len(value)};".encode())
+        for item in value:
+            _feed(digest, item)
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        digest.update(f"dc:{type(value).__qualname__};".encode())
+        for item in dataclasses.fields(value):
+            _feed(digest, item.name)
+            _feed(digest, getattr(value, item.name))
+    else:
+        raise TypeError(f"no content key for {type(value).__name__}")
+
+
+def figure_key(draw: Any, args: Sequence[Any], kwargs: Mapping[str, Any]) -> str:
+    """The content key of one figure: what is drawn, from what, by which code."""
+    import matplotlib
+
+    digest = hashlib.sha256()
+    _feed(digest, [draw.__qualname__, matplotlib.__version__, DPI, _STYLE,
+                   hashlib.sha256(Path(__file__).read_bytes()).hexdigest(), list(args),
+                   dict(kwargs)])
+    return digest.hexdigest()[:32]
+
+
 def _draw(draw: Any, *args: Any, **kwargs: Any) -> bytes:
-    """Run a drawing function under the default style + ours and return PNG bytes."""
+    """Run a drawing function under the default style + ours and return PNG bytes (read back
+    from the figure cache when one is open and holds these inputs)."""
     import matplotlib
     import matplotlib.style
 
+    folder, path = _CACHE.get(), None
+    if folder is not None:
+        try:
+            path = folder / f"{figure_key(draw, args, kwargs)}.png"
+            data = path.read_bytes()
+            if data.startswith(_PNG_START) and data.endswith(_PNG_END):
+                return data  # a damaged file (no PNG end) is drawn again
+        except TypeError:
+            path = None  # inputs without a content key: draw, keep nothing
+        except OSError:
+            pass
     with matplotlib.style.context("default"), matplotlib.rc_context(_STYLE):
-        figure = draw(*args, **kwargs)
-        return png_bytes(figure)
+        data = png_bytes(draw(*args, **kwargs))
+    if path is not None:
+        from lymphomil.outputs import atomic_write_bytes
+
+        with contextlib.suppress(OSError):  # a read-only cache still gives the figure
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(path, data)
+    return data
 
 
 def png_bytes(figure: Any) -> bytes:

@@ -754,7 +754,11 @@ def build_view(ctx: ReportContext, gallery_k: int = 8, crop: int = THUMB_CROP,
 
 
 def render_report(ctx: ReportContext, out: Path, gallery_k: int = 8, *, crop: int = THUMB_CROP,
-                  quality: int = THUMB_QUALITY) -> Path:
-    """Render ``ctx`` to one self-contained HTML file at ``out`` (atomically); return ``out``."""
-    html = _template().render(**build_view(ctx, gallery_k, crop, quality, Path(out).parent))
+                  quality: int = THUMB_QUALITY, figure_cache: Path | None = None) -> Path:
+    """Render ``ctx`` to one self-contained HTML file at ``out`` (atomically); return ``out``.
+    ``figure_cache``: a folder where figures are kept by content, so unchanged ones are not
+    drawn again (see :func:`lymphomil.report.plots.figure_cache`)."""
+    with plots.figure_cache(figure_cache):
+        view = build_view(ctx, gallery_k, crop, quality, Path(out).parent)
+    html = _template().render(**view)
     return atomic_write_text(Path(out), html)
