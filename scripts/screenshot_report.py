@@ -105,6 +105,60 @@ def dump_dom(report: Path, fragment: str = "", timeout: float = 120.0) -> str:
     return done.stdout
 
 
+#: measures the page's key elements once it has loaded and hands them to the wrapper page
+_MEASURE = """<script>window.addEventListener("load", function () {
+  var out = {width: document.documentElement.clientWidth, elements: {}};
+  %s.forEach(function (sel) {
+    var el = document.querySelector(sel); if (!el) { return; }
+    var r = el.getBoundingClientRect();
+    out.elements[sel] = {left: r.left, right: r.right, top: r.top + window.scrollY,
+                         width: r.width, height: r.height, shown: r.width > 0 && r.height > 0};
+  });
+  parent.postMessage(JSON.stringify(out), "*");
+});</script>"""
+#: the page in a frame of the wanted width (a headless window is at least 500 px wide; a frame
+#: of any width applies the page's media queries as a phone of that width would)
+_WRAPPER = """<!DOCTYPE html><html><body style="margin:0">
+<iframe src="%s" style="width:%dpx;height:%dpx;border:0"></iframe><pre id="layout-json"></pre>
+<script>window.addEventListener("message", function (e) {
+  document.getElementById("layout-json").textContent = e.data; });</script></body></html>"""
+
+
+def measure_layout(report: Path, selectors: list[str], width: int = 420, height: int = 2000,
+                   timeout: float = 120.0) -> dict:
+    """Where Chromium puts each CSS selector's first element in a ``width`` px wide viewport:
+    {"width": viewport width, "elements": {selector: {left, right, top, width, height, shown}}}
+    (absent: no such element)."""
+    import html as html_module
+    import re
+
+    browser = find_chromium()
+    if browser is None:
+        raise FileNotFoundError("Chromium was not found (looked for " + ", ".join(CANDIDATES)
+                                + ")")
+    report = Path(report).resolve()
+    copy = report.with_name(f".{report.stem}.measure-{os.getpid()}.html")
+    wrapper = report.with_name(f".{report.stem}.frame-{os.getpid()}.html")
+    copy.write_text(report.read_text(encoding="utf-8").replace(
+        "</head>", _MEASURE % json.dumps(selectors) + "</head>", 1), encoding="utf-8")
+    wrapper.write_text(_WRAPPER % (copy.name, width, height), encoding="utf-8")
+    try:
+        with tempfile.TemporaryDirectory(prefix="lymphomil-chromium-") as profile:
+            done = subprocess.run([browser, *FLAGS, f"--user-data-dir={profile}",
+                                   f"--window-size={max(width, 500) + 40},{height}",
+                                   "--virtual-time-budget=10000", "--dump-dom",
+                                   wrapper.as_uri()], capture_output=True, text=True,
+                                  timeout=timeout, check=False, env={**os.environ, "HOME": profile})
+    finally:
+        copy.unlink(missing_ok=True)
+        wrapper.unlink(missing_ok=True)
+    found = re.search(r'<pre id="layout-json">(.+?)</pre>', done.stdout, re.DOTALL)
+    if not found:
+        raise RuntimeError(f"Chromium measured nothing (exit {done.returncode}):\n"
+                           + done.stderr[-2000:])
+    return json.loads(html_module.unescape(found.group(1)))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("report", type=Path, help="the report.html to render")

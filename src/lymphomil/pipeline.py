@@ -213,7 +213,9 @@ def _cell_scores(scorer, patients, cache_dir: Path | None = None):
 
 def patient_calls(pred, spread=None, scorer=None, cache_dir: Path | None = None) -> list:
     """One report entry per predicted patient: call, probability, its spread (if measured), the
-    cells behind it (ranked by ``scorer``, default the model that made the calls)."""
+    cells behind it (ranked by ``scorer``, default the model that made the calls), and the
+    referral rule's decision and reasons when ``pred`` carries them (``pred.decisions``: one
+    "malignant"/"reactive"/"refer" per patient, ``pred.reasons``: one list of strings each)."""
     from lymphomil.report.render import PatientCall
 
     if not len(pred.ids):
@@ -221,6 +223,8 @@ def patient_calls(pred, spread=None, scorer=None, cache_dir: Path | None = None)
     scores = (pred.model.instance_scores(pred.patients) if scorer is None
               else _cell_scores(scorer, pred.patients, cache_dir))
     parts = pred.model.part_probas(pred.patients) if hasattr(pred.model, "part_probas") else None
+    decisions = getattr(pred, "decisions", None)
+    reasons = getattr(pred, "reasons", None)
     return [PatientCall(
         id=patient.id, proba=float(pred.proba[i]), predicted=int(pred.labels[i]),
         true_label=int(patient.label), age=float(patient.age), gender=patient.gender,
@@ -228,7 +232,9 @@ def patient_calls(pred, spread=None, scorer=None, cache_dir: Path | None = None)
         image_paths=list(patient.image_paths),
         instance_scores=None if scores is None else np.asarray(scores[i]),
         part_probas=None if parts is None else {k: float(v[i]) for k, v in parts.items()},
-        interval=None if spread is None else (float(spread.low[i]), float(spread.high[i])))
+        interval=None if spread is None else (float(spread.low[i]), float(spread.high[i])),
+        decision=None if decisions is None else str(decisions[i]),
+        reasons=() if reasons is None else tuple(str(r) for r in reasons[i]))
         for i, patient in enumerate(pred.patients)]
 
 
@@ -330,10 +336,6 @@ def _write_report(path: Path, config: RunConfig, data: Path, chosen: CVResult,
         notes.append(f"Honest figure of the choice itself (row {nested[0].model_name}): the "
                      "choice among the candidates made inside each outer training part scores "
                      f"{ba['mean']:.3f} ± {ba['std']:.3f} balanced accuracy.")
-    if scorer is not pred.model:
-        notes.append(f"Cells in the galleries are ranked by {GALLERY_SCORER} (a cell classifier "
-                     f"trained on the labelled patients' labels), not by {chosen.model_name}, "
-                     "whose image side scores whole bags.")
     context = ReportContext(
         title="lymphomil report", data_root=str(data), model_name=chosen.model_name,
         model_description=describe_models().get(chosen.model_name, ""), cv_results=results,
@@ -346,8 +348,12 @@ def _write_report(path: Path, config: RunConfig, data: Path, chosen: CVResult,
         reference_date=config.reference_date.isoformat(), files=files or [],
         interval_method=spread.method if spread is not None else None,
         score_units=score_units(scorer),
+        cell_scorer=chosen.model_name if scorer is pred.model else GALLERY_SCORER,
         errors=error_calls(chosen, scorer, labelled, config.cache_dir), model_card=card)
-    render_report(context, path, gallery_k=config.gallery_k)
+    from lymphomil.outputs import cache_root
+
+    render_report(context, path, gallery_k=config.gallery_k,
+                  figure_cache=cache_root(config.cache_dir) / "figures")
 
 
 def write_prediction_report(path: Path, pred, data: Path, model_dir: Path,

@@ -54,3 +54,34 @@ def test_script_says_clearly_when_chromium_is_absent(tmp_path: Path, capsys,
     report.write_text("<!DOCTYPE html><title>x</title>")
     assert module.main([str(report), str(tmp_path / "s.png")]) == 2
     assert "Chromium was not found" in capsys.readouterr().err
+
+
+LAYOUT = ["h1", "#pindex", "#calibration img", "#risk-coverage img", "#review-table",
+          "#ptable th[data-sort=width]", "#ptable th[data-sort=borderline]", ".sidebar",
+          "section.patient"]
+
+
+@pytest.mark.skipif(not has_chromium(),
+                    reason="Chromium is not installed (apt-get install chromium)")
+def test_phone_and_desktop_layout(tmp_path: Path) -> None:
+    """At 420 px (a phone) the title comes before any patient list, the figures and the
+    spread/borderline columns fit the screen; at 1280 px the patient index sits beside the page."""
+    from lymphomil.report.render import render_report
+
+    from .test_decisions import curves, with_rule
+
+    ctx = with_rule(make_context(tmp_path, n_patients=42, n_images=6), referred=(0, 4, 9))
+    ctx.risk_coverage = curves()
+    report = render_report(ctx, tmp_path / "r.html", gallery_k=3)
+    module = load_script()
+    phone = module.measure_layout(report, LAYOUT, width=420)
+    assert phone["width"] == 420
+    shown = phone["elements"]
+    assert shown["h1"]["top"] < 400, "the title is pushed down (by the patient index?)"
+    assert not shown["#pindex"]["shown"] or shown["#pindex"]["top"] > shown["h1"]["top"]
+    for selector in LAYOUT[2:7] + ["section.patient"]:
+        assert shown[selector]["shown"], selector
+        assert shown[selector]["right"] <= 420 + 0.5, f"{selector} runs off a phone screen"
+    desktop = module.measure_layout(report, LAYOUT, width=1280)["elements"]
+    assert desktop["#pindex"]["shown"] and desktop[".sidebar"]["right"] <= 300
+    assert desktop["h1"]["left"] >= desktop[".sidebar"]["right"]

@@ -2,14 +2,22 @@
 
 Every figure is drawn with matplotlib's object API on the Agg canvas under matplotlib's default
 style (a user's ``matplotlibrc`` must not change the report), and saved without the
-``Software`` metadata, so two renders of the same results give byte-identical PNGs.
+``Software`` metadata, so two renders of the same results give byte-identical PNGs. Inside
+:func:`figure_cache`, a figure whose inputs were drawn before is read back instead of drawn
+again (the key covers the drawing function, its inputs, this module's code and matplotlib's
+version), so a warm ``run`` redraws nothing.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
+import dataclasses
+import hashlib
 import io
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextvars import ContextVar
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -46,14 +54,84 @@ def _new_figure(width: float, height: float) -> Any:
     return Figure(figsize=(width, height), dpi=DPI, layout="constrained")
 
 
+_CACHE: ContextVar[Path | None] = ContextVar("lymphomil_figure_cache", default=None)
+_PNG_START, _PNG_END = b"\x89PNG\r\n\x1a\n", b"IEND\xaeB`\x82"
+
+
+@contextlib.contextmanager
+def figure_cache(folder: str | Path | None) -> Iterator[None]:
+    """Figures drawn inside this block are kept in ``folder`` (PNG files named by the content
+    key) and read back when the same inputs come again; ``None``: draw every figure."""
+    token = _CACHE.set(None if folder is None else Path(folder))
+    try:
+        yield
+    finally:
+        _CACHE.reset(token)
+
+
+def _feed(digest: Any, value: Any) -> None:
+    """Hash ``value`` by content: arrays by dtype, shape and bytes; mappings in key order;
+    dataclasses (a CVResult) field by field. TypeError for what has no stable content."""
+    if value is None or isinstance(value, (bool, int, float, str, bytes, np.generic)):
+        digest.update(f"{type(value).__name__}:{value!r};".encode())
+    elif isinstance(value, np.ndarray):
+        digest.update(f"array:{value.dtype.str}:{value.shape};".encode())
+        digest.update(np.ascontiguousarray(value).tobytes())
+    elif isinstance(value, Mapping):
+        digest.update(f"map:{len(value)};".encode())
+        for key in sorted(value, key=repr):
+            _feed(digest, key)
+            _feed(digest, value[key])
+    elif isinstance(value, (list, tuple)):
+        digest.update(f"seq:{len(value)};".encode())
+        for item in value:
+            _feed(digest, item)
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        digest.update(f"dc:{type(value).__qualname__};".encode())
+        for item in dataclasses.fields(value):
+            _feed(digest, item.name)
+            _feed(digest, getattr(value, item.name))
+    else:
+        raise TypeError(f"no content key for {type(value).__name__}")
+
+
+def figure_key(draw: Any, args: Sequence[Any], kwargs: Mapping[str, Any]) -> str:
+    """The content key of one figure: what is drawn, from what, by which code."""
+    import matplotlib
+
+    digest = hashlib.sha256()
+    _feed(digest, [draw.__qualname__, matplotlib.__version__, DPI, _STYLE,
+                   hashlib.sha256(Path(__file__).read_bytes()).hexdigest(), list(args),
+                   dict(kwargs)])
+    return digest.hexdigest()[:32]
+
+
 def _draw(draw: Any, *args: Any, **kwargs: Any) -> bytes:
-    """Run a drawing function under the default style + ours and return PNG bytes."""
+    """Run a drawing function under the default style + ours and return PNG bytes (read back
+    from the figure cache when one is open and holds these inputs)."""
     import matplotlib
     import matplotlib.style
 
+    folder, path = _CACHE.get(), None
+    if folder is not None:
+        try:
+            path = folder / f"{figure_key(draw, args, kwargs)}.png"
+            data = path.read_bytes()
+            if data.startswith(_PNG_START) and data.endswith(_PNG_END):
+                return data  # a damaged file (no PNG end) is drawn again
+        except TypeError:
+            path = None  # inputs without a content key: draw, keep nothing
+        except OSError:
+            pass
     with matplotlib.style.context("default"), matplotlib.rc_context(_STYLE):
-        figure = draw(*args, **kwargs)
-        return png_bytes(figure)
+        data = png_bytes(draw(*args, **kwargs))
+    if path is not None:
+        from lymphomil.outputs import atomic_write_bytes
+
+        with contextlib.suppress(OSError):  # a read-only cache still gives the figure
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(path, data)
+    return data
 
 
 def png_bytes(figure: Any) -> bytes:
@@ -281,3 +359,68 @@ def _scatter(result: CVResult, counts: Mapping[str, float]) -> Any:
     axes.set_title(f"{result.model_name}: probability averaged over repeats", loc="left")
     axes.legend(loc="best", frameon=True, framealpha=0.9, edgecolor="#dddddd")
     return figure
+
+
+def risk_coverage_figure(curves: Mapping[str, Mapping[str, Any]],
+                         chosen: str | None = None) -> bytes | None:
+    """Auto-call balanced accuracy against coverage (the share of patients auto-called, the most
+    confident first by margin |P − 0.5|), one line per model; the nested referral rule's
+    operating point (``curves[name]["rule"]``) is marked where given. None: nothing to draw.
+
+    ``curves``: {name: {"coverage": [...], "balanced_accuracy": [...], optional "ci_low" and
+    "ci_high" (same length), optional "rule": {"coverage": c, "balanced_accuracy": b}}}.
+    """
+    drawable = {name: c for name, c in curves.items()
+                if len(c.get("coverage") or ()) and len(c.get("coverage") or ())
+                == len(c.get("balanced_accuracy") or ())}
+    if not drawable:
+        return None
+    return _draw(_risk_coverage, drawable, chosen)
+
+
+def _risk_coverage(curves: Mapping[str, Mapping[str, Any]], chosen: str | None) -> Any:
+    figure = _new_figure(7.6, 4.4)
+    axes = figure.subplots()
+    names = sorted(curves, key=lambda n: (n != chosen, n))
+    lowest = 1.0
+    for colour, name in zip(_colours(len(names)), names):
+        curve = curves[name]
+        x = np.asarray(curve["coverage"], dtype=float)
+        y = np.asarray(curve["balanced_accuracy"], dtype=float)
+        order = np.argsort(x, kind="stable")
+        x, y = x[order], y[order]
+        is_chosen = name == chosen
+        colour = ACCENT if is_chosen else colour
+        axes.plot(x, y, color=colour, linewidth=2.4 if is_chosen else 1.2,
+                  marker="o", markersize=3.5 if is_chosen else 2.5,
+                  label=f"{name}{' (chosen)' if is_chosen else ''}", zorder=3 if is_chosen else 2)
+        finite = y[np.isfinite(y)]
+        if finite.size:
+            lowest = min(lowest, float(finite.min()))
+        if curve.get("ci_low") is not None and curve.get("ci_high") is not None:
+            low = np.asarray(curve["ci_low"], dtype=float)[order]
+            high = np.asarray(curve["ci_high"], dtype=float)[order]
+            axes.fill_between(x, low, high, color=colour, alpha=0.12 if is_chosen else 0.06,
+                              linewidth=0, label="_nolegend_")
+            if np.isfinite(low).any():
+                lowest = min(lowest, float(np.nanmin(low)))
+        rule = curve.get("rule") or {}
+        if all(np.isfinite(float(rule.get(k, np.nan)))
+               for k in ("coverage", "balanced_accuracy")):
+            axes.plot([rule["coverage"]], [rule["balanced_accuracy"]], marker="*",
+                      markersize=14 if is_chosen else 10, color=MALIGNANT,
+                      markeredgecolor="white", linestyle="none", zorder=4,
+                      label=(f"referral rule of {name}: {100 * rule['coverage']:.0f} % "
+                             f"auto-called, {rule['balanced_accuracy']:.3f}"))
+    least = min(float(np.min(np.asarray(c["coverage"], dtype=float))) for c in curves.values())
+    axes.set_xlim(1.01, min(0.95, least - 0.03))
+    axes.set_ylim(max(0.0, min(lowest, 0.8) - 0.03), 1.005)
+    axes.xaxis.set_major_formatter(_percent)
+    axes.set_xlabel("coverage: share of patients auto-called (the rest referred)")
+    axes.set_ylabel("balanced accuracy of the auto-calls")
+    axes.legend(loc="lower left", frameon=True, framealpha=0.9, edgecolor="#dddddd")
+    return figure
+
+
+def _percent(value: float, _position: Any = None) -> str:
+    return f"{100 * value:.0f} %"

@@ -73,6 +73,11 @@ class PatientCall:
     interval: tuple[float, float] | None = None
     #: out-of-fold cases: (repeats in which the call was wrong, repeats)
     oof_wrong: tuple[int, int] | None = None
+    #: the referral rule's decision: "malignant", "reactive" or "refer"; None when no rule was
+    #: applied (the page then shows the forced call alone, as ``predicted`` says)
+    decision: str | None = None
+    #: why, in words a person reads (e.g. "P(malignant) 0.58 is inside the uncertain band ...")
+    reasons: tuple[str, ...] = ()
 
 
 @dataclass
@@ -111,6 +116,12 @@ class ReportContext:
     errors: list[PatientCall] = field(default_factory=list)
     #: the trained model's card (lymphomil.model_card), as written to model/model_card.json
     model_card: dict | None = None
+    #: the model whose cell scores rank the galleries (None: the chosen model itself)
+    cell_scorer: str | None = None
+    #: auto-call balanced accuracy against coverage, per model (margin ranking):
+    #: {name: {"coverage": [...], "balanced_accuracy": [...], optional "ci_low"/"ci_high": [...],
+    #: optional "rule": {"coverage": c, "balanced_accuracy": b} (the nested rule's point)}}
+    risk_coverage: Mapping[str, Mapping[str, Any]] | None = None
 
 
 # --------------------------------------------------------------------------- small helpers
@@ -274,6 +285,22 @@ def _figures(ctx: ReportContext, summaries: Mapping[str, dict], rows: Sequence[d
     }
 
 
+def _risk_coverage(curves: Mapping[str, Mapping[str, Any]] | None,
+                   chosen: str) -> dict[str, Any] | None:
+    """The risk-coverage figure and the chosen model's rule point, when the run measured them."""
+    if not curves:
+        return None
+    figure = plots.risk_coverage_figure(curves, chosen)
+    if figure is None:
+        return None
+    rule = (curves.get(chosen) or {}).get("rule") or {}
+    return {"figure": plots.data_uri(figure),
+            "rule": ({"coverage": f"{100 * float(rule['coverage']):.0f} %",
+                      "ba": _fmt(rule["balanced_accuracy"])}
+                     if _finite(rule.get("coverage")) and _finite(rule.get("balanced_accuracy"))
+                     else None)}
+
+
 # --------------------------------------------------------------------------- data (Table 1)
 
 
@@ -427,14 +454,43 @@ def oof_errors(result: CVResult, threshold: float = 0.5) -> list[dict[str, Any]]
     return out
 
 
+def image_href(path: Path, page_dir: Path | None) -> str:
+    """A link from the page to a whole image: relative to the page's folder (it keeps working
+    when the run and data folders move together), else an absolute ``file:`` URI."""
+    from urllib.parse import quote
+
+    path = Path(path).absolute()
+    if page_dir is not None:
+        try:
+            return quote(Path(os.path.relpath(path, Path(page_dir).absolute())).as_posix())
+        except ValueError:  # another drive (Windows): no relative path exists
+            pass
+    return path.as_uri()
+
+
+def cell_ranking(ctx: ReportContext) -> str:
+    """The one sentence that says which model ranks the cells and what its scores are: the
+    summary, the model card and every gallery show these same words."""
+    scorer = ctx.cell_scorer or ctx.model_name
+    units = ctx.score_units or "cell score (units not stated by the model)"
+    text = (f"Cells are ranked by {scorer}, most suspicious first within each patient; its cell "
+            f"scores: {units} (higher = more suspicious of malignancy).")
+    if scorer != ctx.model_name:
+        text += (f" {scorer} is a cell classifier trained on the labelled patients; "
+                 f"{ctx.model_name} makes the calls but does not rank single cells.")
+    return text
+
+
 def _patient_view(call: PatientCall, k: int, thumbs: Mapping[Path, str | None],
                   reactive: tuple[float, float] | None, threshold: float = 0.5,
-                  prefix: str = "patient") -> dict[str, Any]:
+                  prefix: str = "patient", page_dir: Path | None = None,
+                  scorer: str | None = None) -> dict[str, Any]:
     top, bottom = gallery_indices(call, k)
     scores = call.instance_scores
 
     def cells(indices: Sequence[int]) -> list[dict[str, Any]]:
         return [{"uri": thumbs.get(Path(call.image_paths[i])),
+                 "href": image_href(call.image_paths[i], page_dir),
                  "name": Path(call.image_paths[i]).name,
                  "score": f"{float(scores[i]):.3g}" if scores is not None else None}
                 for i in indices]
@@ -448,10 +504,12 @@ def _patient_view(call: PatientCall, k: int, thumbs: Mapping[Path, str | None],
                       if call.oof_wrong is not None else None),
         "caveat": (None if call.oof_wrong is None else
                    "P(malignant) here is the mean of the out-of-fold probabilities (range over "
-                   "the repeats beside it). The cells are ranked by the final model, which was "
-                   "trained with this patient: the ranking is in-sample."),
+                   f"the repeats beside it). The cells are ranked by {scorer or 'the model'}, which "
+                   "was trained with this patient: the ranking is in-sample."),
         "proba": float(call.proba), "pct": f"{100 * float(call.proba):.1f}",
         "call": LABEL_WORDS.get(int(call.predicted), "unknown"),
+        "decision": call.decision, "referred": call.decision == "refer",
+        "reasons": [str(r) for r in call.reasons],
         "truth": LABEL_WORDS.get(truth) if truth in (0, 1) else None,
         "correct": (truth == int(call.predicted)) if truth in (0, 1) else None,
         "age": _fmt(call.age, 0), "age_value": float(call.age) if _finite(call.age) else None,
@@ -466,8 +524,8 @@ def _patient_view(call: PatientCall, k: int, thumbs: Mapping[Path, str | None],
     }
 
 
-def _patients(ctx: ReportContext, k: int, crop: int,
-              quality: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def _patients(ctx: ReportContext, k: int, crop: int, quality: int,
+              page_dir: Path | None = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(predicted patients, out-of-fold errors) as the page shows them."""
     needed = []
     for call in [*ctx.calls, *ctx.errors]:
@@ -475,9 +533,30 @@ def _patients(ctx: ReportContext, k: int, crop: int,
         needed += [call.image_paths[i] for i in (*top, *bottom)]
     thumbs = _thumbnails(needed, crop, quality)
     reactive = _reactive_range(ctx)
-    return ([_patient_view(call, k, thumbs, reactive, ctx.threshold) for call in ctx.calls],
-            [_patient_view(call, k, thumbs, reactive, ctx.threshold, "error")
+    scorer = ctx.cell_scorer or ctx.model_name
+    return ([_patient_view(call, k, thumbs, reactive, ctx.threshold, page_dir=page_dir,
+                           scorer=scorer) for call in ctx.calls],
+            [_patient_view(call, k, thumbs, reactive, ctx.threshold, "error", page_dir, scorer)
              for call in ctx.errors])
+
+
+#: columns of the patient tables that are dropped when every patient has the same value:
+#: (key in the patient view, header, words for the one value)
+OPTIONAL_COLUMNS = (("truth", "Label", lambda v: v or "to predict"),
+                    ("gender", "Gender", str), ("age", "Age", str),
+                    ("count", "Count", str), ("n_images", "Images", str))
+
+
+def _columns(patients: Sequence[dict[str, Any]]) -> tuple[dict[str, bool], list[str]]:
+    """Which optional columns the patient tables show, and a line for each dropped one (a column
+    with one value for every patient says nothing row by row: it is stated once instead)."""
+    show, constant = {}, []
+    for key, header, words in OPTIONAL_COLUMNS:
+        values = {p[key] for p in patients}
+        show[key] = len(patients) < 2 or len(values) > 1
+        if not show[key]:
+            constant.append(f"{header}: {words(next(iter(values)))}")
+    return show, constant
 
 
 # --------------------------------------------------------------------------- summary & appendix
@@ -489,7 +568,11 @@ def _summary(ctx: ReportContext, summaries: Mapping[str, dict],
     unknown = [p for p in patients if p["truth"] is None] or list(patients)
     n_cv = next((len(r.y) for r in ctx.cv_results if r.model_name == ctx.model_name), None)
     reactive = _reactive_range(ctx)
+    auto = [p for p in unknown if not p["referred"]]
     return {
+        "n_referred": len(unknown) - len(auto),
+        "n_auto_malignant": sum(p["call"] == "malignant" for p in auto),
+        "n_auto_reactive": sum(p["call"] == "reactive" for p in auto),
         "ba": _metric_cell(chosen["balanced_accuracy"]) if chosen else None,
         "hard": _metric_cell(chosen["hard_balanced_accuracy"]) if chosen else None,
         "auc": _metric_cell(chosen["roc_auc"]) if chosen else None,
@@ -541,6 +624,7 @@ def _card_view(card: Mapping[str, Any] | None) -> dict[str, Any] | None:
     scores = selection.get("candidates_balanced_accuracy") or {}
     runner = selection.get("runner_up")
     return {
+        "referral": _referral_view(card.get("referral")),
         "model": card.get("model", {}), "inputs": card.get("inputs", {}), "features": features,
         "training": card.get("training", {}), "threshold": card.get("threshold", {}),
         "cv": cv, "metrics": metrics, "selection": selection,
@@ -549,6 +633,44 @@ def _card_view(card: Mapping[str, Any] | None) -> dict[str, Any] | None:
         "intended_use": card.get("intended_use") or "research software, not a medical device",
         "versions": sorted((str(k), str(v)) for k, v in (card.get("versions") or {}).items()),
     }
+
+
+def _share_or_metric(value: Any, percent: bool = False) -> str | None:
+    """A measured figure of the card: a number, or a metric's {mean, std, ci_low, ci_high}."""
+    if isinstance(value, Mapping):
+        if not _finite(value.get("mean")):
+            return None
+        text = _fmt(value["mean"]) if not percent else f"{100 * float(value['mean']):.0f} %"
+        if _finite(value.get("std")):
+            text += f" ± {_fmt(value['std'])}" if not percent else \
+                f" ± {100 * float(value['std']):.0f}"
+        if _finite(value.get("ci_low")) and _finite(value.get("ci_high")):
+            text += (f" [{_fmt(value['ci_low'])}, {_fmt(value['ci_high'])}]" if not percent else
+                     f" [{100 * float(value['ci_low']):.0f}, {100 * float(value['ci_high']):.0f}]")
+        return text
+    if not _finite(value):
+        return None
+    return f"{100 * float(value):.0f} %" if percent else _fmt(value)
+
+
+def _referral_view(referral: Any) -> dict[str, Any] | None:
+    """The referral rule as the model card states it; every key is optional."""
+    if not isinstance(referral, Mapping) or not referral:
+        return None
+    target = []
+    if _finite(referral.get("max_referral")):
+        target.append(f"refer at most {100 * float(referral['max_referral']):.0f} % of patients")
+    if _finite(referral.get("target_accuracy")):
+        target.append(f"auto-call balanced accuracy {float(referral['target_accuracy']):.3f}")
+    measured = [(label, _share_or_metric(referral.get(key), percent))
+                for key, label, percent in (
+                    ("coverage", "coverage (patients auto-called)", True),
+                    ("referred", "referred", True),
+                    ("auto_call_balanced_accuracy", "auto-call balanced accuracy", False),
+                    ("hard_auto_call_balanced_accuracy", "hard subset auto-calls", False))]
+    return {"target": " and ".join(target) or None,
+            "measured": [(label, text) for label, text in measured if text is not None],
+            "how": referral.get("how") or referral.get("method")}
 
 
 def _pretty(value: Any) -> str:
@@ -586,15 +708,34 @@ def _template() -> Any:
     return env.get_template("report.html.j2")
 
 
+#: the section that opens the page when a referral rule was applied
+REVIEW_SECTION = ("review", "Patients to review")
+
+
+def _page_sections(rule: bool) -> list[tuple[str, str]]:
+    """Sections in page order: with a referral rule, the patients to review come first, then
+    the auto-calls, then the evidence."""
+    if not rule:
+        return list(SECTIONS)
+    first = [REVIEW_SECTION, ("patients", "Auto-calls")]
+    return first + [s for s in SECTIONS if s[0] != "patients"]
+
+
 def build_view(ctx: ReportContext, gallery_k: int = 8, crop: int = THUMB_CROP,
-               quality: int = THUMB_QUALITY) -> dict[str, Any]:
+               quality: int = THUMB_QUALITY, page_dir: Path | None = None) -> dict[str, Any]:
     """Everything the template shows, as plain strings, numbers and data URIs."""
     summaries = {r.model_name: r.summary() for r in ctx.cv_results}
     chosen = next((r for r in ctx.cv_results if r.model_name == ctx.model_name), None)
     rows = _cv_rows(ctx.cv_results, summaries, ctx.model_name, ctx.families)
-    patients, errors = _patients(ctx, gallery_k, crop, quality)
+    patients, errors = _patients(ctx, gallery_k, crop, quality, page_dir)
+    rule = any(p["decision"] is not None for p in patients)
+    show, constant = _columns(patients)
     return {
-        "ctx": ctx, "sections": SECTIONS, "k": gallery_k, "crop": crop,
+        "ctx": ctx, "sections": _page_sections(rule), "k": gallery_k, "crop": crop,
+        "rule": rule, "referred": [p for p in patients if p["referred"]],
+        "auto": [p for p in patients if not p["referred"]],
+        "show": show, "constant": constant, "ranking": cell_ranking(ctx),
+        "risk_coverage": _risk_coverage(ctx.risk_coverage, ctx.model_name),
         "synthetic": _synthetic_banner(ctx.synthetic), "files": list(ctx.files),
         "age_note": (f"age in years at the reference date {ctx.reference_date}"
                      if ctx.reference_date else "age in years at the cohort's reference date"),
@@ -613,11 +754,15 @@ def build_view(ctx: ReportContext, gallery_k: int = 8, crop: int = THUMB_CROP,
 
 
 def render_report(ctx: ReportContext, out: Path, gallery_k: int = 8, *, crop: int = THUMB_CROP,
-                  quality: int = THUMB_QUALITY,
+                  quality: int = THUMB_QUALITY, figure_cache: Path | None = None,
                   write: Callable[[Path, bytes, str], Path] | None = None) -> Path:
     """Render ``ctx`` to one self-contained HTML file at ``out`` (atomically; through
-    ``write(path, bytes, kind)`` when given); return ``out``."""
-    html = _template().render(**build_view(ctx, gallery_k, crop, quality))
+    ``write(path, bytes, kind)`` when given); return ``out``. ``figure_cache``: a folder where
+    figures are kept by content, so unchanged ones are not drawn again (see
+    :func:`lymphomil.report.plots.figure_cache`)."""
+    with plots.figure_cache(figure_cache):
+        view = build_view(ctx, gallery_k, crop, quality, Path(out).parent)
+    html = _template().render(**view)
     if write is not None:
         return write(Path(out), html.encode("utf-8"), "report")
     return atomic_write_text(Path(out), html)
