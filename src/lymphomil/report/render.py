@@ -504,8 +504,8 @@ def _patient_view(call: PatientCall, k: int, thumbs: Mapping[Path, str | None],
                       if call.oof_wrong is not None else None),
         "caveat": (None if call.oof_wrong is None else
                    "P(malignant) here is the mean of the out-of-fold probabilities (range over "
-                   f"the repeats beside it). The cells are ranked by {scorer or 'the model'}, which "
-                   "was trained with this patient: the ranking is in-sample."),
+                   f"the repeats beside it). The cells are ranked by {scorer or 'the model'}, "
+                   "which was trained with this patient: the ranking is in-sample."),
         "proba": float(call.proba), "pct": f"{100 * float(call.proba):.1f}",
         "call": LABEL_WORDS.get(int(call.predicted), "unknown"),
         "decision": call.decision, "referred": call.decision == "refer",
