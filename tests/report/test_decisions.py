@@ -222,3 +222,13 @@ def test_patient_calls_carry_the_decisions_of_the_predictions() -> None:
     calls = patient_calls(pred)
     assert [c.decision for c in calls] == ["refer", "malignant"]
     assert calls[0].reasons == ("P 0.55 in the band",) and calls[1].reasons == ()
+
+
+def test_no_ranking_sentence_when_no_cell_was_scored(tmp_path: Path) -> None:
+    """An attribute-only model's galleries show cells in file order: nothing ranks them."""
+    ctx = make_context(tmp_path, n_patients=2, n_images=4)
+    for call in ctx.calls:
+        call.instance_scores = None
+    page, text = parse(render_report(ctx, tmp_path / "r.html", gallery_k=2))
+    assert "Cells are ranked by" not in text and "score-legend" not in page.ids
+    assert "no cell drove the call" in text
