@@ -57,8 +57,8 @@ def test_script_says_clearly_when_chromium_is_absent(tmp_path: Path, capsys,
 
 
 LAYOUT = ["h1", "#pindex", "#calibration img", "#risk-coverage img", "#review-table",
-          "#ptable th[data-sort=width]", "#ptable th[data-sort=borderline]", ".sidebar",
-          "section.patient"]
+          "#ptable th[data-sort=width]", "#ptable th[data-sort=borderline]", "#ptable",
+          "#ptable .tag.borderline", ".sidebar", "section.patient"]
 
 
 @pytest.mark.skipif(not has_chromium(),
@@ -72,6 +72,7 @@ def test_phone_and_desktop_layout(tmp_path: Path) -> None:
 
     ctx = with_rule(make_context(tmp_path, n_patients=42, n_images=6), referred=(0, 4, 9))
     ctx.risk_coverage = curves()
+    ctx.calls[1].interval = (0.2, 0.88)  # a borderline auto-call: its tag must be in view too
     report = render_report(ctx, tmp_path / "r.html", gallery_k=3)
     module = load_script()
     phone = module.measure_layout(report, LAYOUT, width=420)
@@ -79,7 +80,7 @@ def test_phone_and_desktop_layout(tmp_path: Path) -> None:
     shown = phone["elements"]
     assert shown["h1"]["top"] < 400, "the title is pushed down (by the patient index?)"
     assert not shown["#pindex"]["shown"] or shown["#pindex"]["top"] > shown["h1"]["top"]
-    for selector in LAYOUT[2:7] + ["section.patient"]:
+    for selector in LAYOUT[2:9] + ["section.patient"]:
         assert shown[selector]["shown"], selector
         assert shown[selector]["right"] <= 420 + 0.5, f"{selector} runs off a phone screen"
     desktop = module.measure_layout(report, LAYOUT, width=1280)["elements"]

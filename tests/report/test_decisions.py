@@ -83,7 +83,8 @@ def test_referred_patients_come_first_with_their_reasons(tmp_path: Path) -> None
     assert f"<strong>{len(referred)}</strong> of {len(ctx.calls)} patients" in review
     # every patient is still reachable from the index, each card exactly once
     for call in ctx.calls:
-        assert page.ids.get(f"patient-{call.id}") == "section" and f"#patient-{call.id}" in page.links
+        assert page.ids.get(f"patient-{call.id}") == "section"
+        assert f"#patient-{call.id}" in page.links
 
 
 def test_without_a_rule_the_page_is_as_before(tmp_path: Path) -> None:
@@ -138,7 +139,7 @@ def test_constant_columns_are_dropped_and_stated_once(tmp_path: Path) -> None:
     assert "Age" in header and "Images" not in header  # ages differ; 4 images each
     assert "Label: to predict; Gender: F; Images: 4" in text
     cells_per_row = {row.count("<td") for row in table.split("<tr data-index")[1:]}
-    assert cells_per_row == {len(re.findall(r"<th[ >]", header))}  # every row has as many cells as headers
+    assert cells_per_row == {len(re.findall(r"<th[ >]", header))}  # as many cells as headers
     ctx.calls[3].true_label = 1  # a labelled patient: the column says something again
     _, text = parse(render_report(ctx, tmp_path / "r2.html", gallery_k=2))
     assert "<th>Label</th>" in text and "to predict" in text
@@ -221,3 +222,13 @@ def test_patient_calls_carry_the_decisions_of_the_predictions() -> None:
     calls = patient_calls(pred)
     assert [c.decision for c in calls] == ["refer", "malignant"]
     assert calls[0].reasons == ("P 0.55 in the band",) and calls[1].reasons == ()
+
+
+def test_no_ranking_sentence_when_no_cell_was_scored(tmp_path: Path) -> None:
+    """An attribute-only model's galleries show cells in file order: nothing ranks them."""
+    ctx = make_context(tmp_path, n_patients=2, n_images=4)
+    for call in ctx.calls:
+        call.instance_scores = None
+    page, text = parse(render_report(ctx, tmp_path / "r.html", gallery_k=2))
+    assert "Cells are ranked by" not in text and "score-legend" not in page.ids
+    assert "no cell drove the call" in text

@@ -504,8 +504,8 @@ def _patient_view(call: PatientCall, k: int, thumbs: Mapping[Path, str | None],
                       if call.oof_wrong is not None else None),
         "caveat": (None if call.oof_wrong is None else
                    "P(malignant) here is the mean of the out-of-fold probabilities (range over "
-                   f"the repeats beside it). The cells are ranked by {scorer or 'the model'}, which "
-                   "was trained with this patient: the ranking is in-sample."),
+                   f"the repeats beside it). The cells are ranked by {scorer or 'the model'}, "
+                   "which was trained with this patient: the ranking is in-sample."),
         "proba": float(call.proba), "pct": f"{100 * float(call.proba):.1f}",
         "call": LABEL_WORDS.get(int(call.predicted), "unknown"),
         "decision": call.decision, "referred": call.decision == "refer",
@@ -734,7 +734,8 @@ def build_view(ctx: ReportContext, gallery_k: int = 8, crop: int = THUMB_CROP,
         "ctx": ctx, "sections": _page_sections(rule), "k": gallery_k, "crop": crop,
         "rule": rule, "referred": [p for p in patients if p["referred"]],
         "auto": [p for p in patients if not p["referred"]],
-        "show": show, "constant": constant, "ranking": cell_ranking(ctx),
+        "show": show, "constant": constant,
+        "ranking": cell_ranking(ctx) if any(p["scored"] for p in [*patients, *errors]) else None,
         "risk_coverage": _risk_coverage(ctx.risk_coverage, ctx.model_name),
         "synthetic": _synthetic_banner(ctx.synthetic), "files": list(ctx.files),
         "age_note": (f"age in years at the reference date {ctx.reference_date}"
