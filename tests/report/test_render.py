@@ -265,10 +265,11 @@ def test_family_is_given_or_inferred() -> None:
 
 def test_the_group_is_the_registered_models_family_not_its_name() -> None:
     """The model decides (PatientModel.family), not a guess from the name: logreg-compact is an
-    attribute model, a fused ensemble is a fusion, a nested selection reads images."""
+    attribute model, a fused ensemble is a fusion, a nested selection is its own group (it may
+    choose an attribute model: grouping it as images was a wrong fallback)."""
     assert infer_family("logreg-compact") == "attributes"
     assert infer_family("fusion-mean-seeds") == "fusion"
-    assert infer_family("select:fusion-mean,logreg") == "images"
+    assert infer_family("select:fusion-mean,logreg") == "selection"
     assert infer_family("cell-topk-attr") == "images"
 
 

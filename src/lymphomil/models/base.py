@@ -177,7 +177,8 @@ def library_versions() -> dict[str, str]:
 class PatientModel(ClassifierMixin, BaseEstimator):
     """Base of every patient-level classifier (DESIGN §2). Subclasses implement the hooks."""
 
-    #: a short family name shown in tables ("attributes", "instance", "mil", ...)
+    #: the family: the registered name of its base configuration ("cell-topk", "mil-e2e", ...),
+    #: or the group's name where one class serves many names ("attributes", "fusion", "select")
     family: ClassVar[str] = "base"
     #: what one number of :meth:`instance_scores` is (the report's gallery legend says it)
     instance_score_units: ClassVar[str] = "cell score (units not stated by the model)"

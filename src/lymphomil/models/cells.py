@@ -32,7 +32,7 @@ from lymphomil.models.attributes import attribute_matrix
 from lymphomil.models.base import PatientModel, register_class, register_model
 from lymphomil.models.blocks import apply_platt, fit_platt, top_k_mean
 from lymphomil.models.pooled import FUSION_FEATURES, linear_state, set_linear_state
-from lymphomil.models.checks import (check_int, check_patients, check_patients_y, parse_spec,
+from lymphomil.models.checks import (check_bool, check_int, check_patients, check_patients_y, parse_spec,
                                      resolve_seed)
 from lymphomil.models.inputs import read_bags
 
@@ -54,7 +54,7 @@ def _cell_weights(y: np.ndarray, sizes: np.ndarray) -> np.ndarray:
 class CellTopKModel(PatientModel):
     """Cell-level logistic regression on patient labels; patient score = mean top-k cell log-odds."""
 
-    family = "cell"
+    family = "cell-topk"
     feature_kind = "pooled"
     instance_score_units = "cell log-odds of malignancy (cell classifier)"
 
@@ -99,6 +99,8 @@ class CellTopKModel(PatientModel):
 
     # -- fit / predict ------------------------------------------------------------------------------
     def _check_params(self) -> list[int]:
+        check_bool("calibrate", self.calibrate)
+        check_bool("attributes", self.attributes)
         check_int("inner_folds", self.inner_folds, 2)
         check_int("max_iter", self.max_iter)
         if not (isinstance(self.C, (int, float)) and np.isfinite(self.C) and self.C > 0):

@@ -45,7 +45,7 @@ from lymphomil.models.base import register_class, register_model
 from lymphomil.models.blocks import (attribute_start, freeze_batchnorm, start_linear_from_attributes,
                                      top_k_indices, top_k_mean, two_group_adam)
 from lymphomil.models.fusion import fusion_factory
-from lymphomil.models.checks import check_choice, check_float, check_int, make_generator
+from lymphomil.models.checks import check_bool, check_choice, check_float, check_int, make_generator
 from lymphomil.models.heads import BNSigmoidMIL
 from lymphomil.models.inputs import fit_standardizer, read_bags
 from lymphomil.models.mil import forward_with_subset
@@ -239,11 +239,8 @@ class TopKTrunkModel(_TrunkModel):
         self._check_common()
         check_int("k", self.k)
         self._candidate_ks()
-        for name in ("use_attributes", "attribute_start"):
-            value = getattr(self, name)
-            if not isinstance(value, (bool, np.bool_)):
-                raise LymphomilError(f"{name}={value!r} must be True or False",
-                                     fix=f"set {name} to True or False")
+        check_bool("use_attributes", self.use_attributes)
+        check_bool("attribute_start", self.attribute_start)
 
     def _init_net(self, net: "TopKCellNet", state: FitState) -> None:
         """``attribute_start``: the cell classifier starts as a logistic regression on the

@@ -207,7 +207,7 @@ class _Images:
 class MILEndToEndModel(NeuralPatientModel):
     """The founding MIL model fine-tuned end to end from the cell images (report §3.2.2)."""
 
-    family = "mil"
+    family = "mil-e2e"
     instance_score_units = "position logit of the cell (max or mean over its map positions)"
 
     def __init__(self, backbone="efficientnet-lite0", weights="imagenet", crop=DEFAULT_CROP,
@@ -222,7 +222,7 @@ class MILEndToEndModel(NeuralPatientModel):
 
     @property
     def _description(self) -> str:
-        return f"mil-e2e {self.backbone}"
+        return f"{self.family} {self.backbone}"
 
     def _check_params(self) -> None:
         check_int("crop", self.crop, 8)

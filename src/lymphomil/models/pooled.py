@@ -95,7 +95,7 @@ def search_logistic(X: np.ndarray, y: np.ndarray, Cs: list[float], inner_folds: 
 class ImageLogRegModel(PatientModel):
     """Logistic regression (balanced, C by inner CV) on per-patient pooled cell features."""
 
-    family = "image"
+    family = "image-logreg"
     feature_kind = "pooled"
     instance_score_units = ("logit share (unitless): the cell's term of the patient's image "
                             "logit, whose mean over the cells is that logit; not a cell-level "
