@@ -91,7 +91,7 @@ def _run_stages(config: RunConfig, out: Path, engine: object, stage: Callable[[s
         stage("validate and explore")
         with _timed(timings, "validate + explore"):
             cohort = load_cohort(data, reference_date=config.reference_date,
-                                 on_error=config.on_error)
+                                 on_error=config.on_error, cache_dir=config.cache_dir)
             labelled = labelled_patients(cohort)
             from lymphomil.options import check_folds_against
 

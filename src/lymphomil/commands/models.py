@@ -135,7 +135,7 @@ def cv(
     if out is not None:
         claim_output(out, "cv", {"data folder": data, "cache folder": cache_root(cache_dir)})
     set_threads(threads)
-    cohort = load_cohort(data, reference_date=ref, on_error=on_error)
+    cohort = load_cohort(data, reference_date=ref, on_error=on_error, cache_dir=cache_dir)
     labelled = labelled_patients(cohort)
     check_folds_against(folds, labelled.y)
     runner = get_engine(engine, fit_threads=threads)
@@ -192,7 +192,7 @@ def train(
     check_cache_location(cache_dir, data)
     claim_output(out, "model", {"data folder": data, "cache folder": cache_root(cache_dir)})
     set_threads(threads)
-    cohort = load_cohort(data, reference_date=ref, on_error=on_error)
+    cohort = load_cohort(data, reference_date=ref, on_error=on_error, cache_dir=cache_dir)
     labelled = labelled_patients(cohort)
     estimator = configure_model(model, features)
     train_model(estimator, labelled, out, name=model, reference_date=ref, cache_dir=cache_dir,

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from lymphomil.data.images import image_problem, kind_problem, save_memo
+from lymphomil.data.images import image_problem, kind_problem, memo_in
 from lymphomil.errors import DataIssue, IssueLog, LymphomilError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -510,11 +510,14 @@ def _fix_for(exc: ValueError) -> str:
 
 
 def load_cohort(root: str | Path, *, reference_date: date = DEFAULT_REFERENCE_DATE,
-                on_error: str = "raise", check_images: bool = True) -> Cohort:
+                on_error: str = "raise", check_images: bool = True,
+                cache_dir: str | Path | None = None) -> Cohort:
     """Read a challenge-layout folder into a validated :class:`Cohort`.
 
     Rows are validated one by one; under ``on_error='skip'`` a bad row or a patient without
     usable images is left out and recorded, a bad image file is left out of its bag and recorded.
+    Clean image verdicts are remembered in ``cache_dir`` (``--cache-dir``; default: the user's
+    cache), so a later read decodes only new or changed images.
     """
     root = Path(root)
     if not root.is_dir():
@@ -522,12 +525,9 @@ def load_cohort(root: str | Path, *, reference_date: date = DEFAULT_REFERENCE_DA
                              fix="give the path of the challenge folder (dlmi-lymphocytosis/)")
     root = root.resolve()
     log = IssueLog(on_error)
-    try:
-        with _decode_pool(check_images) as pool:
-            return _load(root, reference_date, log, check_images, pool)
-    finally:
-        if check_images:
-            save_memo()  # clean verdicts for later commands (see lymphomil.data.images)
+    # clean verdicts kept for later commands (see lymphomil.data.images)
+    with memo_in(cache_dir), _decode_pool(check_images) as pool:
+        return _load(root, reference_date, log, check_images, pool)
 
 
 @contextmanager
