@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 
 
-def balanced_accuracy(pred: np.ndarray, y: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+def balanced_accuracy(pred: np.ndarray, y: np.ndarray,
+                      mask: np.ndarray | None = None) -> np.ndarray:
     """Balanced accuracy of boolean calls ``pred`` against labels ``y`` along the last axis
     (vectorised over leading rows, e.g. bootstrap draws); nan where a class is absent."""
     pred = np.asarray(pred, dtype=bool)
@@ -35,7 +36,9 @@ def logit(p: np.ndarray, eps: float) -> np.ndarray:
 def roc_auc(proba: np.ndarray, y: np.ndarray) -> np.ndarray:
     """ROC AUC of scores ``proba`` against labels ``y`` along the last axis (rank formula,
     vectorised over leading rows); nan where a class is absent."""
-    from scipy.stats import rankdata  # scipy and scikit-learn load on first use: `--help` stays fast
+    from scipy.stats import (
+        rankdata,  # scipy and scikit-learn load on first use: `--help` stays fast
+    )
 
     ranks = rankdata(proba, axis=-1)
     n_pos = (y == 1).sum(-1)

@@ -20,11 +20,20 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.reliability.test_bad_inputs import (GOOD_ROWS, HEADER, _fix_words, _folder,
-                                               assert_accounted, features, jpeg_bytes,
-                                               model_dir, no_traceback, predict, runner,
-                                               write_cohort)
 from lymphomil.cli import app
+from tests.reliability.test_bad_inputs import (
+    GOOD_ROWS,
+    HEADER,
+    _folder,
+    assert_accounted,
+    features,
+    jpeg_bytes,
+    model_dir,
+    no_traceback,
+    predict,
+    runner,
+    write_cohort,
+)
 
 __all__ = ["model_dir"]  # the fixture (the session's logreg model), shared with test_bad_inputs
 

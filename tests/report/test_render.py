@@ -344,7 +344,8 @@ def test_borderline_is_a_spread_across_the_threshold() -> None:
     assert borderline(low, high, threshold=0.45).tolist() == [True, False, True, False, False,
                                                                False]
     view = interval_view((0.62, 0.41))  # ends in any order
-    assert view["borderline"] and view["text"] == "0.41–0.62" and view["width"] == pytest.approx(0.21)
+    assert view["borderline"] and view["text"] == "0.41–0.62"
+    assert view["width"] == pytest.approx(0.21)
     assert interval_view(None) == {"low": None, "high": None, "width": None, "borderline": False,
                                    "text": "–"}
 
@@ -394,8 +395,8 @@ def test_patient_table_sorts_in_a_browser(tmp_path: Path) -> None:
     by_p = [c.id for _, c in sorted(calls, key=lambda t: (-t[1].proba, t[0]))]
     assert _browser_order(report, "sort=p-desc") == by_p
     measured = [(i, c) for i, c in calls if c.interval is not None]
-    by_width = [c.id for _, c in sorted(measured, key=lambda t: (t[1].interval[1] - t[1].interval[0],
-                                                                 t[0]))]
+    by_width = [c.id for _, c in sorted(
+        measured, key=lambda t: (t[1].interval[1] - t[1].interval[0], t[0]))]
     assert _browser_order(report, "sort=width-asc") == by_width + [ctx.calls[4].id]
     by_count = [c.id for _, c in sorted(calls, key=lambda t: (-t[1].lymph_count, t[0]))]
     assert _browser_order(report, "sort=count-desc") == by_count

@@ -24,7 +24,8 @@ DATA_ARG = typer.Argument(..., help="challenge-layout folder (clinical_annotatio
 REFERENCE_OPT = typer.Option("2024-01-01", "--reference-date",
                              help="date at which ages are computed (stored with the model)")
 ON_ERROR_OPT = typer.Option("raise", "--on-error",
-                            help="raise: stop at the first bad input; skip: leave it out and list it")
+                            help="raise: stop at the first bad input; "
+                                 "skip: leave it out and list it")
 CACHE_OPT = typer.Option(None, "--cache-dir", help="feature cache folder",
                          show_default=CACHE_DEFAULT)
 FEATURES_OPT = typer.Option(None, "--features",
@@ -211,7 +212,8 @@ def train(
 @app.command()
 @handle_errors
 def predict(
-    model_dir: Path = typer.Argument(..., help="folder written by `lymphomil train` or model.save()"),
+    model_dir: Path = typer.Argument(...,
+                                     help="folder written by `lymphomil train` or model.save()"),
     data: Path = DATA_ARG,
     out: Path = typer.Option(..., "--out", help="CSV to write"),
     kaggle: bool = typer.Option(False, "--kaggle", help="write Id,Predicted (Kaggle) instead "
@@ -228,7 +230,7 @@ def predict(
 
     DATA may hold only new patients (testset/ without trainset/).
 
-    Example: lymphomil predict runs/model ../shared/data/dlmi-lymphocytosis --out submission.csv --kaggle
+    Example: lymphomil predict runs/model ../shared/data/dlmi-lymphocytosis --out sub.csv --kaggle
     """
     from lymphomil.options import check_threads
     from lymphomil.runtime import set_threads
@@ -251,7 +253,8 @@ def predict(
         skipped_path = out.with_name(out.stem + ".skipped.json")
         atomic_write_json(skipped_path, pred.skipped)
     print_skips(pred.skipped, skipped_path)
-    console.print(f"predicted {len(pred.ids)} patients ({int(pred.labels.sum())} malignant) → {out}")
+    console.print(f"predicted {len(pred.ids)} patients ({int(pred.labels.sum())} malignant) "
+                  f"→ {out}")
     if report is not None:
         from lymphomil.pipeline import write_prediction_report
 
@@ -322,7 +325,8 @@ def run(
         "cache_dir": cache_dir, "threads": threads, "engine": engine,
         "nested_selection": nested_selection,
         "reference_date": parse_date_option(reference_date) if reference_date else None,
-        "candidates": [c.strip() for c in candidates.split(",") if c.strip()] if candidates else None,
+        "candidates": ([c.strip() for c in candidates.split(",") if c.strip()] if candidates
+                       else None),
     })
     check_cache_location(cfg.cache_dir, cfg.data)
     claim_output(out, "run", {"data folder": cfg.data, "config file": config,

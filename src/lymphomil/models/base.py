@@ -26,7 +26,13 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from lymphomil.data.cohort import DEFAULT_REFERENCE_DATE
 from lymphomil.errors import LymphomilError
 from lymphomil.features.spec import FeatureSpec
-from lymphomil.outputs import atomic_write_bytes, atomic_write_json, read_json, staged_dir, verify_dir
+from lymphomil.outputs import (
+    atomic_write_bytes,
+    atomic_write_json,
+    read_json,
+    staged_dir,
+    verify_dir,
+)
 
 MODEL_JSON = "model.json"
 ARRAYS = "arrays.safetensors"
@@ -196,7 +202,8 @@ class PatientModel(ClassifierMixin, BaseEstimator):
         return []
 
     def instance_scores(self, patients: np.ndarray) -> list[np.ndarray] | None:
-        """Per patient, one score per cell (higher = more suspicious); ``None`` if not an image model."""
+        """Per patient, one score per cell (higher = more suspicious); ``None`` if not an image
+        model."""
         return None
 
     def _get_state(self) -> tuple[dict, dict[str, np.ndarray]]:  # pragma: no cover
@@ -260,7 +267,8 @@ class PatientModel(ClassifierMixin, BaseEstimator):
         metadata = {
             "model_name": name,
             "reference_date": (reference_date or DEFAULT_REFERENCE_DATE).isoformat(),
-            "seed": seed, "features": [{"spec": s.to_dict(), "kind": k} for s, k in self.required_features()],
+            "seed": seed,
+            "features": [{"spec": s.to_dict(), "kind": k} for s, k in self.required_features()],
             "training": training, "versions": library_versions(), **(extra or {})}
         with staged_dir(folder) as staging:
             self._save_into(staging)

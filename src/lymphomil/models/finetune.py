@@ -13,7 +13,8 @@ statistics, as ``mil-e2e``'s ``freeze_bn``), so a cell's output depends on that 
   (:func:`~lymphomil.models.mil.forward_with_subset`).
 * ``topk-trunk`` (:class:`TopKTrunkModel`): a cell classifier (the tail, global average pooling,
   then a linear layer on [pooled map, standardised age, standardised natural-log lymphocyte
-  count], started as the attributes' logistic regression with image weights 0) and top-k pooling (Campanella et al. 2019; the rank-1 public solution): a patient's
+  count], started as the attributes' logistic regression with image weights 0) and top-k
+  pooling (Campanella et al. 2019; the rank-1 public solution): a patient's
   logit is the mean of its ``k`` highest cell logits. Each step scores all the batch's cells
   without gradients, then recomputes its ``k`` top cells with gradients (training ``k`` = 8,
   half the smallest bag of the challenge: 16 cells). The ``k`` of the patient score is then
@@ -42,10 +43,16 @@ from lymphomil.errors import LymphomilError
 from lymphomil.features.spec import DEFAULT_CROP
 from lymphomil.models.attributes import attribute_matrix
 from lymphomil.models.base import register_class, register_model
-from lymphomil.models.blocks import (attribute_start, freeze_batchnorm, start_linear_from_attributes,
-                                     top_k_indices, top_k_mean, two_group_adam)
-from lymphomil.models.fusion import fusion_factory
+from lymphomil.models.blocks import (
+    attribute_start,
+    freeze_batchnorm,
+    start_linear_from_attributes,
+    top_k_indices,
+    top_k_mean,
+    two_group_adam,
+)
 from lymphomil.models.checks import check_bool, check_choice, check_float, check_int, make_generator
+from lymphomil.models.fusion import fusion_factory
 from lymphomil.models.heads import BNSigmoidMIL
 from lymphomil.models.inputs import fit_standardizer, read_bags
 from lymphomil.models.mil import forward_with_subset

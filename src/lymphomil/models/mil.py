@@ -25,7 +25,6 @@ A cell's score (``cell_score``) is the max (default) or mean of its position log
 
 from __future__ import annotations
 
-
 import numpy as np
 import torch
 from torch import nn

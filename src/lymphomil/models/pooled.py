@@ -23,8 +23,14 @@ from scipy.special import expit
 from lymphomil.errors import LymphomilError
 from lymphomil.features.spec import DEFAULT_CROP, DEFAULT_FEATURES
 from lymphomil.models.base import PatientModel, register_class, register_model
-from lymphomil.models.checks import (check_choice, check_int, check_patients, check_patients_y,
-                                     parse_spec, resolve_seed)
+from lymphomil.models.checks import (
+    check_choice,
+    check_int,
+    check_patients,
+    check_patients_y,
+    parse_spec,
+    resolve_seed,
+)
 from lymphomil.models.inputs import read_bags
 
 #: how a patient's cell features become its one feature vector (cf. heads.BAG_POOLINGS)

@@ -92,7 +92,8 @@ class ReportContext:
     versions: dict
     timings: dict[str, float]
     notes: list[str] = field(default_factory=list)
-    families: dict[str, str] = field(default_factory=dict)  # model name -> group (else its family's)
+    #: model name -> group (else its registered model's family decides)
+    families: dict[str, str] = field(default_factory=dict)
     counts: dict[str, float] = field(default_factory=dict)  # patient ID -> count, for the scatter
     #: set when the data is a generated cohort (``lymphomil synth`` or the demo): what made it
     #: (e.g. {"seed": 0, "n_patients": 60}); the page then says so on top, in a banner
