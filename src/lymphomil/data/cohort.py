@@ -314,6 +314,20 @@ def _link_problem(path: Path, root: Path) -> str | None:
     return None
 
 
+def check_image(path: Path, root: Path, full: bool = True) -> str | None:
+    """Return why ``path`` is not a usable cell image, or ``None`` when it is.
+
+    The file's kind first (a named pipe, a device or a link loop is refused without being
+    opened), then its header (format, geometry) and, with ``full``, a strict decode: libjpeg's
+    corrupt-data warnings (a file cut short with its end marker put back, bytes overwritten
+    mid-stream) make it damaged. See :mod:`lymphomil.data.images`.
+    """
+    problem = _link_problem(path, root)
+    if problem:
+        return problem
+    return image_problem(path, decode=full)
+
+
 class ImagePaths(SequenceABC):
     """A patient's image files as one folder + their names, a ``Path`` made on access.
 
