@@ -234,6 +234,5 @@ def write_predictions(pred: Predictions, out: Path, kaggle: bool = False) -> Pat
         writer.writerows(zip(pred.ids, pred.labels.tolist()))
     else:
         writer.writerow(["ID", "LABEL", "PROBA"])
-        writer.writerows((i, int(call), f"{p:.6f}")
-                         for i, call, p in zip(pred.ids, pred.labels, pred.proba))
+        writer.writerows((i, int(l), f"{p:.6f}") for i, l, p in zip(pred.ids, pred.labels, pred.proba))
     return atomic_write_text(out, buffer.getvalue())

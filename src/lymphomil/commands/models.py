@@ -253,8 +253,7 @@ def predict(
         skipped_path = out.with_name(out.stem + ".skipped.json")
         atomic_write_json(skipped_path, pred.skipped)
     print_skips(pred.skipped, skipped_path)
-    console.print(f"predicted {len(pred.ids)} patients ({int(pred.labels.sum())} malignant) "
-                  f"→ {out}")
+    console.print(f"predicted {len(pred.ids)} patients ({int(pred.labels.sum())} malignant) → {out}")
     if report is not None:
         from lymphomil.pipeline import write_prediction_report
 

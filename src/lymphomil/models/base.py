@@ -253,7 +253,8 @@ class PatientModel(ClassifierMixin, BaseEstimator):
 
     def save(self, folder: str | Path, *, name: str | None = None,
              reference_date: date | None = None, seed: int | None = None,
-             training: dict | None = None, extra: dict | None = None) -> Path:
+             training: dict | None = None, extra: dict | None = None,
+             finish: Callable[[Path], None] | None = None) -> Path:
         """Write the fitted model to ``folder`` atomically: ``model.json`` + safetensors arrays
         (sub-models in ``sub/``), ``metadata.json`` and checksums. The one model-folder format:
         ``load_model``, ``lymphomil predict`` and ``lymphomil run`` read what this writes.
@@ -261,7 +262,9 @@ class PatientModel(ClassifierMixin, BaseEstimator):
         ``metadata.json`` says what `predict` needs beside the model: the ``reference_date``
         ages were computed at (default: :func:`~lymphomil.data.cohort.load_cohort`'s), the
         features the model reads, and what is known of its training (``name``: the registered
-        name; ``seed``; ``training``: the patients' counts and ids; ``extra``: more fields)."""
+        name; ``seed``; ``training``: the patients' counts and ids; ``extra``: more fields).
+        ``finish(staging)`` writes more files into the folder before it is moved into place
+        (covered by its checksums)."""
         self._check_fitted()
         folder = Path(folder)
         metadata = {
@@ -273,6 +276,8 @@ class PatientModel(ClassifierMixin, BaseEstimator):
         with staged_dir(folder) as staging:
             self._save_into(staging)
             atomic_write_json(staging / METADATA_JSON, metadata)
+            if finish is not None:
+                finish(staging)
         return folder
 
     def _save_into(self, folder: Path) -> None:
