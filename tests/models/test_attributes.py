@@ -76,7 +76,8 @@ def test_save_load_gives_identical_probabilities(data, tmp_path: Path, algorithm
     assert np.array_equal(loaded.predict_proba(test), model.predict_proba(test))
     # nothing but JSON, safetensors, the checksum list and lymphomil's record of what it wrote
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == [
-        ".lymphomil-output.json", "arrays.safetensors", "checksums.json", "model.json"]
+        ".lymphomil-output.json", "arrays.safetensors", "checksums.json", "metadata.json",
+        "model.json"]
 
 
 def test_tampered_model_is_refused(data, tmp_path: Path) -> None:
