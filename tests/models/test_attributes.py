@@ -102,7 +102,8 @@ def test_a_planted_pickle_is_never_executed(data, tmp_path: Path) -> None:
     (tmp_path / "m" / "arrays.safetensors").write_bytes(pickle.dumps(Boom()))
     with pytest.raises(LymphomilError):
         load_model(tmp_path / "m")
-    from lymphomil.outputs import write_checksums  # even with matching checksums it is not unpickled
+    # even with matching checksums it is not unpickled
+    from lymphomil.outputs import write_checksums
 
     write_checksums(tmp_path / "m")
     with pytest.raises(LymphomilError):

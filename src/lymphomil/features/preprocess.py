@@ -1,8 +1,8 @@
 """Cell images to network inputs: decode, centre crop, flips, normalisation (docs/design.md §3).
 
-Each image holds one lymphocyte in its centre, so a centre crop (112 px by default, 224 = the
-whole image) removes the surrounding red cells; docs/design.md §3 measured it as worth more than
-the choice of network. Flips and rotations are label-preserving for a cell seen from above (a cell has
+Each image holds one lymphocyte in its centre, so a centre crop (112 px by default, 224 = the whole
+image) removes the surrounding red cells; docs/design.md §3 measured it as worth more than the
+choice of network. Flips and rotations are label-preserving for a cell seen from above (a cell has
 no orientation), so flips serve as training augmentation and the eight symmetries of the square
 (:data:`TTA_VIEWS`: flips, and flips of the transpose) as test-time augmentation.
 
@@ -105,7 +105,6 @@ def _image_size(data: bytes | bytearray) -> tuple[int, int] | None:
 def _refuse_huge(data: bytes | bytearray, path: str | Path) -> None:
     """Read the header only: a tiny file may claim 30000x30000 pixels (a decompression bomb)."""
     from lymphomil.data.cohort import MAX_IMAGE_SIDE
-
     from lymphomil.data.images import geometry_problem
 
     size = _image_size(data)
@@ -122,8 +121,12 @@ def decode_bytes(data: bytes | bytearray, path: str | Path = "<bytes>") -> torch
 
     A JPEG is decoded once, strictly: a damaged one raises a :class:`LymphomilError` naming
     ``path`` (the message the cohort loader gives for the same file)."""
-    from lymphomil.data.images import (ImageProblem, decode_jpeg_strict, geometry_problem,
-                                       jpeg_header)
+    from lymphomil.data.images import (
+        ImageProblem,
+        decode_jpeg_strict,
+        geometry_problem,
+        jpeg_header,
+    )
 
     if not data:
         raise LymphomilError("image is an empty (zero-byte) file", file=path, fix=_IMAGE_FIX)
