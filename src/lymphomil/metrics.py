@@ -22,6 +22,15 @@ def balanced_accuracy(pred: np.ndarray, y: np.ndarray,
     return np.where((n_pos > 0) & (n_neg > 0), out, np.nan)
 
 
+def balanced_log_loss(y: np.ndarray, p: np.ndarray) -> float:
+    """Class-balanced log-loss: the mean over classes of each class's mean log-loss."""
+    y = np.asarray(y)
+    p = np.clip(np.asarray(p, dtype=np.float64), 1e-7, 1 - 1e-7)
+    per_class = [-np.mean(np.log(np.where(y[y == c] == 1, p[y == c], 1 - p[y == c])))
+                 for c in (0, 1) if np.any(y == c)]
+    return float(np.mean(per_class))
+
+
 def logit(p: np.ndarray, eps: float) -> np.ndarray:
     """log(p / (1 - p)) of ``p`` clipped to [eps, 1 - eps] (float64).
 

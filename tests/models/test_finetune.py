@@ -259,8 +259,9 @@ def test_topk_cell_classifier_starts_as_the_attribute_logistic_regression(toy) -
 
 
 def test_topk_score_k_is_chosen_on_the_inner_validation_patients(toy, tmp_path: Path) -> None:
+    from lymphomil.metrics import balanced_log_loss
     from lymphomil.models.checks import resolve_seed
-    from lymphomil.models.training import balanced_log_loss, inner_split
+    from lymphomil.models.training import inner_split
 
     train, y, test, _ = toy
     ks = (1, 3, 6)

@@ -12,11 +12,10 @@ from torch import nn
 
 from lymphomil.errors import LymphomilError
 from lymphomil.features.in_memory import InMemoryStore
-from lymphomil.metrics import balanced_accuracy
+from lymphomil.metrics import balanced_accuracy, balanced_log_loss
 from lymphomil.models.checks import check_patients_y, make_generator, resolve_seed, seeded
 from lymphomil.models.inputs import pad_bags
 from lymphomil.models.training import (
-    balanced_log_loss,
     class_weights,
     epoch_order,
     fit_loop,

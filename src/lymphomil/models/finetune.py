@@ -41,6 +41,7 @@ from torch import nn
 
 from lymphomil.errors import LymphomilError
 from lymphomil.features.spec import DEFAULT_CROP
+from lymphomil.metrics import balanced_log_loss
 from lymphomil.models.attributes import attribute_matrix
 from lymphomil.models.base import register_class, register_model
 from lymphomil.models.blocks import (
@@ -57,7 +58,6 @@ from lymphomil.models.heads import BNSigmoidMIL
 from lymphomil.models.inputs import fit_standardizer, read_bags
 from lymphomil.models.mil import forward_with_subset
 from lymphomil.models.neural import FitState, NeuralPatientModel
-from lymphomil.models.training import balanced_log_loss
 
 #: the trunk features every default reads: EfficientNet-Lite0 (offline ImageNet weights) at 112 px
 TRUNK_FEATURES = f"efficientnet-lite0@{DEFAULT_CROP}"
