@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-slow clean
+.PHONY: install demo lint test test-slow clean
 
 # The install takes about 6.5 GiB (torch's CUDA build with its nvidia libraries); pip's own error
 # when the disk fills is "[Errno 28] No space left on device" with no hint of how much was needed.
@@ -29,6 +29,10 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/lymphomil run --out runs/demo
+
+# ruff, configured in pyproject.toml ([tool.ruff])
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks scripts
 
 # LYMPHOMIL_REQUIRE_RAY: the Ray tests fail (not skip) if the extra is missing
 test: $(STAMP)

@@ -8,7 +8,7 @@ import pytest
 
 from lymphomil.data.synth import write_synthetic_cohort
 
-#: the challenge's data beside the repository (DESIGN §1); read in place, never copied
+#: the challenge's data beside the repository (docs/design.md §1); read in place, never copied
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared/data/dlmi-lymphocytosis"
 
 
@@ -17,11 +17,26 @@ def session_cache_dir(tmp_path_factory: pytest.TempPathFactory):
     """The lymphomil cache of the whole session (``$LYMPHOMIL_CACHE_DIR``, inherited by the
     subprocesses): no test reads or writes the user's cache. There the image-verdict memo
     (validated/) grew with every test cohort of every earlier session and was rewritten whole by
-    each command (7.8 MB, ~45 ms a write here), and warm features hid the cost of a fresh machine."""
+    each command (7.8 MB, ~45 ms a write here), and warm features hid the cost of a fresh
+    machine."""
     folder = tmp_path_factory.mktemp("lymphomil-cache")
     with pytest.MonkeyPatch.context() as patch:  # put back after the session
         patch.setenv("LYMPHOMIL_CACHE_DIR", str(folder))
         yield folder
+
+
+@pytest.fixture
+def register_for_test(monkeypatch: pytest.MonkeyPatch):
+    """``register(cls)``: a test model class loadable by name for one test only; the global
+    registry of classes is put back after it (no test leaks a model into the others)."""
+    from lymphomil.models import base
+
+    def register(cls):
+        base._ensure_registered()
+        monkeypatch.setitem(base._CLASSES, cls.__name__, cls)
+        return cls
+
+    return register
 
 
 @pytest.fixture(scope="session")

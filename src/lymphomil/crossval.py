@@ -1,4 +1,4 @@
-"""The honest harness: repeated, stratified, patient-level CV with intervals (DESIGN §1).
+"""The honest harness: repeated, stratified, patient-level CV with intervals (docs/design.md §1).
 
 * Folds split **patients** (a patient's cells never straddle folds), stratified by label,
   repeated with fixed seeds; each fit gets a seed derived from (seed, repeat, fold, model name),

@@ -1,8 +1,8 @@
 """Table-1 statistics and figures of a cohort, by label (the founding report's exploration).
 
 Before any model, a user should see what the attributes already say: reactive patients are
-younger and every one of them has a count in 4–7.7 (DESIGN §1). ``explore`` writes that table,
-the gender split, histograms and a gallery of cells per label, all atomically.
+younger and every one of them has a count in 4–7.7 (docs/design.md §1). ``explore`` writes
+that table, the gender split, histograms and a gallery of cells per label, all atomically.
 """
 
 from __future__ import annotations

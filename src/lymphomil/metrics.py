@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 
 
-def balanced_accuracy(pred: np.ndarray, y: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+def balanced_accuracy(pred: np.ndarray, y: np.ndarray,
+                      mask: np.ndarray | None = None) -> np.ndarray:
     """Balanced accuracy of boolean calls ``pred`` against labels ``y`` along the last axis
     (vectorised over leading rows, e.g. bootstrap draws); nan where a class is absent."""
     pred = np.asarray(pred, dtype=bool)
@@ -19,6 +20,15 @@ def balanced_accuracy(pred: np.ndarray, y: np.ndarray, mask: np.ndarray | None =
         tnr = (~pred & neg).sum(-1) / n_neg
     out = (tpr + tnr) / 2
     return np.where((n_pos > 0) & (n_neg > 0), out, np.nan)
+
+
+def balanced_log_loss(y: np.ndarray, p: np.ndarray) -> float:
+    """Class-balanced log-loss: the mean over classes of each class's mean log-loss."""
+    y = np.asarray(y)
+    p = np.clip(np.asarray(p, dtype=np.float64), 1e-7, 1 - 1e-7)
+    per_class = [-np.mean(np.log(np.where(y[y == c] == 1, p[y == c], 1 - p[y == c])))
+                 for c in (0, 1) if np.any(y == c)]
+    return float(np.mean(per_class))
 
 
 def logit(p: np.ndarray, eps: float) -> np.ndarray:
@@ -35,7 +45,9 @@ def logit(p: np.ndarray, eps: float) -> np.ndarray:
 def roc_auc(proba: np.ndarray, y: np.ndarray) -> np.ndarray:
     """ROC AUC of scores ``proba`` against labels ``y`` along the last axis (rank formula,
     vectorised over leading rows); nan where a class is absent."""
-    from scipy.stats import rankdata  # scipy and scikit-learn load on first use: `--help` stays fast
+    from scipy.stats import (
+        rankdata,  # scipy and scikit-learn load on first use: `--help` stays fast
+    )
 
     ranks = rankdata(proba, axis=-1)
     n_pos = (y == 1).sum(-1)

@@ -91,13 +91,14 @@ def _run_stages(config: RunConfig, out: Path, engine: object, stage: Callable[[s
         stage("validate and explore")
         with _timed(timings, "validate + explore"):
             cohort = load_cohort(data, reference_date=config.reference_date,
-                                 on_error=config.on_error)
+                                 on_error=config.on_error, cache_dir=config.cache_dir)
             labelled = labelled_patients(cohort)
             from lymphomil.options import check_folds_against
 
             check_folds_against(config.folds, labelled.y, "folds")  # before any feature
             summary = explore(cohort, staging / "explore")
-        candidates = list(dict.fromkeys(config.candidates + ([config.model] if config.model else [])))
+        candidates = list(dict.fromkeys(config.candidates
+                                        + ([config.model] if config.model else [])))
         selection = (selection_name(candidates)
                      if config.nested_selection and len(candidates) > 1 else None)
         evaluated = candidates + ([selection] if selection else [])
@@ -148,7 +149,8 @@ def _run_stages(config: RunConfig, out: Path, engine: object, stage: Callable[[s
         skipped = cohort.skipped_table()
         if skipped:
             atomic_write_json(staging / "skipped.json", skipped)
-        atomic_write_text(staging / "config.toml", to_toml(config.model_copy(update={"data": data})))
+        atomic_write_text(staging / "config.toml",
+                          to_toml(config.model_copy(update={"data": data})))
         atomic_write_json(staging / "metrics.json", {
             "chosen_model": chosen.model_name,
             "selection": "best mean balanced accuracy over the candidates' repeated CV "
@@ -393,9 +395,3 @@ def _relative(target: Path, start: Path) -> str:
     import os
 
     return Path(os.path.relpath(Path(target).absolute(), Path(start).absolute())).as_posix()
-
-
-def ensure_out_is_free(out: Path) -> None:
-    from lymphomil.outputs import ensure_replaceable
-
-    ensure_replaceable(out, "metrics.json", "run")

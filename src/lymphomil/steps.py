@@ -269,7 +269,7 @@ def predict_folder(model_dir: Path, data: Path, *, on_error: str = "raise",
 
     model, metadata = read_model_folder(model_dir)  # checksums, then a strict schema
     reference = date.fromisoformat(metadata["reference_date"])
-    cohort = load_cohort(data, reference_date=reference, on_error=on_error)
+    cohort = load_cohort(data, reference_date=reference, on_error=on_error, cache_dir=cache_dir)
     targets, left = select_targets(cohort, "all" if include_labelled else patients)
     if not targets:
         raise LymphomilError(f"no patients to predict (no LABEL -1 rows with images, nothing "

@@ -89,6 +89,9 @@ def with_new_features(patient: Patient, bags: dict[str, np.ndarray]) -> Patient:
 
 
 # --------------------------------------------------------------------------- contract checks
+# The one definition of the patient-model contract (docs/design.md §2): test_contract.py runs
+# check_contract on every registered model, test_finetune.py on the trunk cohort, test_mil.py on
+# decoded images; the per-family tests call its parts.
 
 
 def assert_learns(model, cohort: FeatureCohort, minimum: float) -> float:
@@ -99,71 +102,112 @@ def assert_learns(model, cohort: FeatureCohort, minimum: float) -> float:
     return score
 
 
-def assert_outputs(model, cohort: FeatureCohort) -> None:
-    proba = model.predict_proba(cohort.test)
-    assert proba.shape == (len(cohort.test), 2)
+def _toy_bag(patient) -> int:
+    return patient.bag(SPEC).shape[0]
+
+
+def assert_outputs(model, cohort, bag=_toy_bag) -> None:
+    """Probabilities (float64, rows sum to 1), calls at 0.5, one finite score per cell."""
+    test = getattr(cohort, "test", cohort)
+    proba = model.predict_proba(test)
+    assert proba.shape == (len(test), 2) and proba.dtype == np.float64
     assert np.all((proba >= 0) & (proba <= 1))
     np.testing.assert_allclose(proba.sum(axis=1), 1.0)
-    scores = model.instance_scores(cohort.test)
-    assert len(scores) == len(cohort.test)
-    for patient, s in zip(cohort.test, scores):
-        assert s.shape == (patient.bag(SPEC).shape[0],)
-        assert np.isfinite(s).all()
+    np.testing.assert_array_equal(model.predict(test), (proba[:, 1] >= 0.5).astype(int))
+    np.testing.assert_array_equal(model.classes_, [0, 1])
+    scores = model.instance_scores(test)
+    if scores is not None:
+        assert [len(s) for s in scores] == [bag(p) for p in test]
+        assert all(np.isfinite(s).all() for s in scores)
 
 
-def assert_round_trip(model, cohort: FeatureCohort, folder) -> None:
-    from lymphomil.models.base import load_model
+def _scores_equal(a, b) -> None:
+    assert (a is None) == (b is None)
+    if a is not None:
+        assert len(a) == len(b)
+        for x, y in zip(a, b):
+            np.testing.assert_array_equal(x, y)
 
+
+def assert_round_trip(model, cohort, folder) -> None:
+    """Saved and loaded: the same class, parameters, probabilities and cell scores."""
+    from lymphomil.models.base import encode_param, load_model
+
+    test = getattr(cohort, "test", cohort)
     model.save(folder)
     loaded = load_model(folder)
     assert type(loaded) is type(model)
-    assert loaded.get_params() == model.get_params()
-    np.testing.assert_array_equal(loaded.predict_proba(cohort.test),
-                                  model.predict_proba(cohort.test))
-    head = cohort.test[:5]
-    for a, b in zip(loaded.instance_scores(head), model.instance_scores(head)):
-        np.testing.assert_array_equal(a, b)
+    assert encode_param(loaded.get_params(deep=False)) == encode_param(
+        model.get_params(deep=False))
+    np.testing.assert_array_equal(loaded.predict_proba(test), model.predict_proba(test))
+    _scores_equal(loaded.instance_scores(test), model.instance_scores(test))
 
 
-def assert_same_seed_same_result(model, cohort: FeatureCohort) -> None:
+def assert_same_seed_same_result(model, cohort, y=None, test=None) -> None:
     """A clone fitted again (with the global torch/numpy generators disturbed) is identical,
     and fitting leaves the global generators where they were."""
     import torch
     from sklearn.base import clone
 
+    train = getattr(cohort, "train", cohort)
+    y = getattr(cohort, "y_train", y)
+    test = getattr(cohort, "test", test)
     torch.manual_seed(999)
     np.random.seed(999)
-    before = torch.get_rng_state().clone()
-    again = clone(model).fit(cohort.train, cohort.y_train)
-    assert torch.equal(torch.get_rng_state(), before)
-    np.testing.assert_array_equal(again.predict_proba(cohort.test),
-                                  model.predict_proba(cohort.test))
+    torch_state, numpy_state = torch.get_rng_state().clone(), np.random.get_state()[1].copy()
+    again = clone(model).fit(train, y)
+    assert torch.equal(torch.get_rng_state(), torch_state), "fit moved torch's global generator"
+    assert np.array_equal(np.random.get_state()[1], numpy_state), "fit moved numpy's generator"
+    np.testing.assert_array_equal(again.predict_proba(test), model.predict_proba(test))
 
 
-def assert_clone_and_params(model, name: str) -> None:
+def assert_clone_and_params(model, name: str | None) -> None:
+    """A clone keeps the parameters, not the fit; the registered name takes them back."""
     from sklearn.base import clone
 
-    from lymphomil.models.base import create_model
+    from lymphomil.models.base import create_model, encode_param
 
-    params = model.get_params()
+    params = encode_param(model.get_params(deep=False))
     copy = clone(model)
-    assert copy.get_params() == params
+    assert encode_param(copy.get_params(deep=False)) == params
     assert not hasattr(copy, "is_fitted_")
-    fresh = create_model(name)
-    fresh.set_params(**params)
-    assert fresh.get_params() == params
+    if name is not None:
+        fresh = create_model(name).set_params(**model.get_params(deep=False))
+        assert encode_param(fresh.get_params(deep=False)) == params
 
 
-def assert_isolated(model, cohort: FeatureCohort) -> None:
-    """Changing patient B (its cells, their number) leaves patient A's outputs bit-identical."""
-    a, b = cohort.test[0], cohort.test[1]
+def _toy_changed(patient) -> Patient:
     rng = np.random.default_rng(7)
-    n = b.bag(SPEC).shape[0] + 13
-    maps = rng.normal(size=(n, DIM, HW, HW)).astype(np.float32) * 5
-    b2 = with_new_features(b, {"map": maps, "pooled": maps.mean(axis=(2, 3))})
-    first = as_patient_array([a, b])
-    second = as_patient_array([a, b2])
-    p1, p2 = model.predict_proba(first), model.predict_proba(second)
-    np.testing.assert_array_equal(p1[0], p2[0])
-    np.testing.assert_array_equal(model.instance_scores(first)[0],
-                                  model.instance_scores(second)[0])
+    maps = rng.normal(size=(_toy_bag(patient) + 13, DIM, HW, HW)).astype(np.float32) * 5
+    return with_new_features(patient, {"map": maps, "pooled": maps.mean(axis=(2, 3))})
+
+
+def assert_isolated(model, cohort, changed=_toy_changed) -> None:
+    """A patient's output is its own: alone, beside another patient, beside that patient
+    changed (its cells, their number: padding), bit for bit."""
+    test = getattr(cohort, "test", cohort)
+    a, b = test[0], test[1]
+    b_changed = changed(b)
+    alone = model.predict_proba(as_patient_array([a]))[0]
+    for pair in ([a, b], [a, b_changed], [a, b_changed, b]):
+        np.testing.assert_array_equal(model.predict_proba(as_patient_array(pair))[0], alone)
+    if model.instance_scores(as_patient_array([a])) is not None:
+        _scores_equal(model.instance_scores(as_patient_array([a, b_changed]))[:1],
+                      model.instance_scores(as_patient_array([a]))[:1])
+
+
+def check_contract(model, train, y, test, folder, *, name: str | None = None,
+                   bag=_toy_bag, changed=_toy_changed):
+    """The whole contract on an unfitted ``model``: fit (global generators untouched), outputs,
+    save/load, clone and parameters, same seed → same output, a patient's output its own.
+    ``bag(patient)`` is the number of cells a score is expected for; ``changed(patient)`` a
+    copy with other (and more) cells. Returns the fitted model."""
+    from sklearn.base import clone
+
+    fitted = clone(model)
+    assert_same_seed_same_result(fitted.fit(train, y), train, y, test)
+    assert_outputs(fitted, test, bag)
+    assert_round_trip(fitted, test, folder)
+    assert_clone_and_params(fitted, name)
+    assert_isolated(fitted, test, changed)
+    return fitted

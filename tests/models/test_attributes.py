@@ -76,7 +76,8 @@ def test_save_load_gives_identical_probabilities(data, tmp_path: Path, algorithm
     assert np.array_equal(loaded.predict_proba(test), model.predict_proba(test))
     # nothing but JSON, safetensors, the checksum list and lymphomil's record of what it wrote
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == [
-        ".lymphomil-output.json", "arrays.safetensors", "checksums.json", "model.json"]
+        ".lymphomil-output.json", "arrays.safetensors", "checksums.json", "metadata.json",
+        "model.json"]
 
 
 def test_tampered_model_is_refused(data, tmp_path: Path) -> None:
@@ -101,7 +102,8 @@ def test_a_planted_pickle_is_never_executed(data, tmp_path: Path) -> None:
     (tmp_path / "m" / "arrays.safetensors").write_bytes(pickle.dumps(Boom()))
     with pytest.raises(LymphomilError):
         load_model(tmp_path / "m")
-    from lymphomil.outputs import write_checksums  # even with matching checksums it is not unpickled
+    # even with matching checksums it is not unpickled
+    from lymphomil.outputs import write_checksums
 
     write_checksums(tmp_path / "m")
     with pytest.raises(LymphomilError):

@@ -6,8 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from lymphomil.models.blocks import (apply_platt, fit_platt, freeze_batchnorm, top_k_indices,
-                                     top_k_mean, two_group_adam)
+from lymphomil.models.blocks import (
+    apply_platt,
+    fit_platt,
+    freeze_batchnorm,
+    top_k_indices,
+    top_k_mean,
+    two_group_adam,
+)
 
 
 def test_top_k_mean_is_one_rule_for_numpy_and_torch() -> None:

@@ -4,20 +4,25 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from lymphomil.errors import LymphomilError
 from sklearn.base import clone
 
 from lymphomil.crossval import cross_validate, derive_seed, with_seed
+from lymphomil.errors import LymphomilError
 from lymphomil.models.base import create_model
 from lymphomil.models.blocks import top_k_mean
 from lymphomil.models.cells import CellTopKModel, _cell_weights
+from lymphomil.models.checks import resolve_seed
 from lymphomil.models.ensemble import EnsembleModel, SelectModel
 from lymphomil.models.prototypes import PrototypeModel, histogram
-from lymphomil.models.checks import resolve_seed
-from tests.models.conftest import (SPEC, assert_clone_and_params, assert_isolated, assert_learns,
-                                   assert_outputs, assert_round_trip,
-                                   assert_same_seed_same_result)
+from tests.models.conftest import (
+    SPEC,
+    assert_clone_and_params,
+    assert_isolated,
+    assert_learns,
+    assert_outputs,
+    assert_round_trip,
+    assert_same_seed_same_result,
+)
 
 CELL = dict(features=SPEC, ks=(0, 8, 2), C=0.1)
 PROTO = dict(features=SPEC, n_prototypes=6, cells_per_patient=16)
@@ -40,8 +45,10 @@ def assert_nested_round_trip(model, cohort, folder) -> None:
     model.save(folder)
     loaded = load_model(folder)
     assert encode_param(loaded.get_params(deep=False)) == encode_param(model.get_params(deep=False))
-    np.testing.assert_array_equal(loaded.predict_proba(cohort.test), model.predict_proba(cohort.test))
-    for a, b in zip(loaded.instance_scores(cohort.test[:5]), model.instance_scores(cohort.test[:5])):
+    np.testing.assert_array_equal(loaded.predict_proba(cohort.test),
+                                  model.predict_proba(cohort.test))
+    head = cohort.test[:5]
+    for a, b in zip(loaded.instance_scores(head), model.instance_scores(head)):
         np.testing.assert_array_equal(a, b)
 
 
@@ -148,10 +155,9 @@ class _Constant(CellTopKModel):
         return np.tile([0.2, 0.8], (len(patients), 1))
 
 
-def test_selection_picks_the_better_candidate_and_refits_it(feature_cohort, tmp_path) -> None:
-    from lymphomil.models.base import register_class
-
-    register_class(_Constant)
+def test_selection_picks_the_better_candidate_and_refits_it(feature_cohort, tmp_path,
+                                                           register_for_test) -> None:
+    register_for_test(_Constant)
     select = SelectModel(candidates=(_Constant(**CELL), CellTopKModel(**CELL)))
     select.fit(feature_cohort.train, feature_cohort.y_train)
     assert select.chosen_ == "CellTopKModel#1"
@@ -197,5 +203,6 @@ def test_cell_scores_do_not_depend_on_k_or_the_platt_map(cells, feature_cohort) 
     as the tuned cell-topk does."""
     cheap = CellTopKModel(**{**CELL, "ks": (0,)}, calibrate=False)
     cheap.fit(feature_cohort.train, feature_cohort.y_train)
-    for a, b in zip(cheap.instance_scores(feature_cohort.test), cells.instance_scores(feature_cohort.test)):
+    test = feature_cohort.test
+    for a, b in zip(cheap.instance_scores(test), cells.instance_scores(test)):
         np.testing.assert_array_equal(a, b)

@@ -21,11 +21,12 @@ from lymphomil.data.cohort import Patient, as_patient_array, load_cohort
 from lymphomil.data.synth import write_synthetic_cohort
 from lymphomil.features import FeatureCache, FeatureSpec
 from lymphomil.features.cache import SUFFIX
-from tests.killing import kill_extraction_midway
 from lymphomil.features.in_memory import InMemoryStore
-from lymphomil.models.base import create_model, encode_param, load_model
+from lymphomil.models.base import create_model, load_model
 from lymphomil.models.finetune import MILTrunkModel, TopKTrunkModel
 from lymphomil.models.training import module_arrays
+from tests.killing import kill_extraction_midway
+from tests.models.conftest import check_contract
 
 TOY = "small-cnn:none@32"
 T_DIM, T_HW = 128, 4
@@ -205,45 +206,20 @@ def test_same_seed_gives_bit_identical_weights(name, toy) -> None:
 @pytest.mark.parametrize("name", ["mil-trunk", "topk-trunk", "topk-trunk-image", "fused-mil",
                                   "fused-topk"])
 def test_contract_on_the_trunk_cohort(name, toy, tmp_path: Path) -> None:
-    """What tests/models/test_contract.py checks on every registered model, on trunk features:
-    fit, probabilities, instance scores, save/load, clone, same seed, isolation."""
+    """The contract every registered model keeps (tests/models/conftest.py::check_contract), on
+    trunk features."""
     train, y, test, store = toy
-    model = _models()[name]
-    np.random.seed(999)
-    torch.manual_seed(999)
-    before = torch.get_rng_state().clone()
-    fitted = clone(model).fit(train, y)
-    assert torch.equal(torch.get_rng_state(), before)
-    proba = fitted.predict_proba(test)
-    assert proba.shape == (len(test), 2) and np.all((proba >= 0) & (proba <= 1))
-    np.testing.assert_allclose(proba.sum(axis=1), 1.0)
-    scores = fitted.instance_scores(test)
-    assert [len(s) for s in scores] == [p.bag(TOY, "trunk").shape[0] for p in test]
 
-    fitted.save(tmp_path / "model")
-    loaded = load_model(tmp_path / "model")
-    assert encode_param(loaded.get_params(deep=False)) == encode_param(fitted.get_params(deep=False))
-    np.testing.assert_array_equal(loaded.predict_proba(test), proba)
-    for a, b in zip(loaded.instance_scores(test), scores):
-        np.testing.assert_array_equal(a, b)
+    def changed(patient):  # other activations, 13 more cells
+        rng = np.random.default_rng(7)
+        n = patient.bag(TOY, "trunk").shape[0] + 13
+        trunk = np.abs(rng.normal(size=(n, T_DIM, T_HW, T_HW))).astype(np.float32) * 5
+        return patient.with_features(
+            InMemoryStore({(patient.id, FeatureSpec.parse(TOY).label(), "trunk"): trunk}))
 
-    again = clone(model).fit(train, y)
-    np.testing.assert_array_equal(again.predict_proba(test), proba)
-
-    # isolation: another patient (its cells, their number) never moves patient A's output
-    a, b = test[0], test[1]
-    rng = np.random.default_rng(7)
-    other = InMemoryStore({(b.id, FeatureSpec.parse(TOY).label(), "trunk"):
-                           np.abs(rng.normal(size=(b.bag(TOY, "trunk").shape[0] + 13, T_DIM,
-                                                       T_HW, T_HW))).astype(np.float32) * 5})
-    first = as_patient_array([a, b])
-    second = as_patient_array([a, b.with_features(other)])
-    np.testing.assert_array_equal(fitted.predict_proba(first)[0],
-                                  fitted.predict_proba(second)[0])
-    np.testing.assert_array_equal(fitted.instance_scores(first)[0],
-                                  fitted.instance_scores(second)[0])
-    alone = fitted.predict_proba(as_patient_array([a]))[0]
-    np.testing.assert_array_equal(alone, fitted.predict_proba(first)[0])
+    name_or_none = name if name in ("mil-trunk", "topk-trunk", "topk-trunk-image") else None
+    check_contract(_models()[name], train, y, test, tmp_path / "model", name=name_or_none,
+                   bag=lambda p: p.bag(TOY, "trunk").shape[0], changed=changed)
 
 
 def test_registered_names_and_bad_options(toy) -> None:
@@ -283,8 +259,9 @@ def test_topk_cell_classifier_starts_as_the_attribute_logistic_regression(toy) -
 
 
 def test_topk_score_k_is_chosen_on_the_inner_validation_patients(toy, tmp_path: Path) -> None:
+    from lymphomil.metrics import balanced_log_loss
     from lymphomil.models.checks import resolve_seed
-    from lymphomil.models.training import balanced_log_loss, inner_split
+    from lymphomil.models.training import inner_split
 
     train, y, test, _ = toy
     ks = (1, 3, 6)

@@ -9,11 +9,10 @@ import pytest
 
 from lymphomil.data.cohort import Patient, as_patient_array
 from lymphomil.errors import LymphomilError
-from lymphomil.models.base import PatientModel, register_class
+from lymphomil.models.base import PatientModel
 from lymphomil.models.fusion import GATED_PROBA, FusionModel
 
 
-@register_class
 class FixedModel(PatientModel):
     """P(malignant) read from a table by patient ID (the same whatever it was fitted on)."""
 
@@ -36,6 +35,12 @@ class FixedModel(PatientModel):
 
     def _set_state(self, meta, arrays):
         pass
+
+
+@pytest.fixture(autouse=True)
+def _registered(register_for_test):
+    """FixedModel loadable by name in this module's tests only."""
+    register_for_test(FixedModel)
 
 
 def cohort(counts, labels):

@@ -34,12 +34,12 @@ def test_history_records_each_epoch(fitted) -> None:
 
 
 def test_instance_scores_are_cell_probabilities(fitted, feature_cohort) -> None:
-    raw = fitted.set_params(calibrate="none")  # same weights, no Platt step at predict time
+    raw = fitted.set_params(calibrate=False)  # same weights, no Platt step at predict time
     try:
         scores = raw.instance_scores(feature_cohort.test)
         proba = raw.predict_proba(feature_cohort.test)[:, 1]
     finally:
-        fitted.set_params(calibrate="platt")
+        fitted.set_params(calibrate=True)
     for s, p in zip(scores, proba):
         assert np.all((s >= 0) & (s <= 1))
         assert p == pytest.approx(s.mean())  # aggregate="mean"

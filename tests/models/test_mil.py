@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from lymphomil.models.base import create_model, load_model
-from lymphomil.models.heads import BNSigmoidAggregation, BNSigmoidMIL
-from lymphomil.models.mil import MILEndToEndModel, MILNet, forward_with_subset
+from lymphomil.models.base import create_model
 from lymphomil.models.checks import make_generator
+from lymphomil.models.heads import BNSigmoidAggregation, BNSigmoidMIL
 from lymphomil.models.inputs import pad_bags
-from tests.models.conftest import SPEC, assert_clone_and_params, assert_learns, assert_outputs
+from lymphomil.models.mil import MILNet, forward_with_subset
+from tests.models.conftest import SPEC, assert_learns, assert_outputs, check_contract
 
 OPTIONS = dict(features=SPEC, lr=1e-2, max_epochs=40)
 
@@ -22,10 +22,10 @@ OPTIONS = dict(features=SPEC, lr=1e-2, max_epochs=40)
 def _numpy_aggregate(logits: list[np.ndarray], gamma: float, beta: float, mu: float,
                      var: float, eps: float = 1e-5) -> tuple[np.ndarray, list[np.ndarray]]:
     out, weights = [], []
-    for l in logits:
-        a = 1 / (1 + np.exp(-(beta + gamma * (l - mu) / np.sqrt(var + eps))))
+    for z in logits:
+        a = 1 / (1 + np.exp(-(beta + gamma * (z - mu) / np.sqrt(var + eps))))
         weights.append(a / a.sum())
-        out.append(np.sum(a * l) / np.sum(a))
+        out.append(np.sum(a * z) / np.sum(a))
     return np.array(out), weights
 
 
@@ -58,14 +58,14 @@ def test_bn_sigmoid_aggregation_matches_hand_computation() -> None:
 
 
 def test_batch_statistics_carry_no_gradient() -> None:
-    l = torch.tensor([[1.0, 2.0, -1.0, 0.5]], dtype=torch.float64, requires_grad=True)
+    z = torch.tensor([[1.0, 2.0, -1.0, 0.5]], dtype=torch.float64, requires_grad=True)
     mask = torch.ones(1, 4, dtype=torch.bool)
     agg = BNSigmoidAggregation().double().train()
-    out, _ = agg(l, mask)
-    (grad,) = torch.autograd.grad(out.sum(), l)
+    out, _ = agg(z, mask)
+    (grad,) = torch.autograd.grad(out.sum(), z)
     # the same formula with mu / var as constants
-    mu, var = l.detach().mean(), l.detach().var(unbiased=False)
-    l2 = l.detach().clone().requires_grad_(True)
+    mu, var = z.detach().mean(), z.detach().var(unbiased=False)
+    l2 = z.detach().clone().requires_grad_(True)
     a = torch.sigmoid(agg.beta + agg.gamma * (l2 - mu) / torch.sqrt(var + agg.eps))
     (grad2,) = torch.autograd.grad(((a * l2).sum() / a.sum()), l2)
     torch.testing.assert_close(grad, grad2)
@@ -159,21 +159,22 @@ E2E = dict(backbone="small-cnn", weights="none", crop=64, max_epochs=2, grad_ima
            batch_size=4)
 
 
-def test_end_to_end_fits_saves_and_explains(image_patients, tmp_path) -> None:
+def test_end_to_end_contract(image_patients, tmp_path) -> None:
+    """The contract every registered model keeps (conftest.check_contract), on decoded images:
+    a changed patient has other images, and more of them."""
+    from dataclasses import replace
+
     patients, y = image_patients
-    model = create_model("mil-e2e", **E2E).fit(patients, y)
+    others = list(patients[-1].image_paths)
+
+    def changed(patient):
+        return replace(patient, image_paths=tuple(others + list(patient.image_paths[:13])))
+
+    model = check_contract(create_model("mil-e2e", **E2E), patients, y, patients[:4],
+                           tmp_path / "e2e", name="mil-e2e", bag=lambda p: p.n_images,
+                           changed=changed)
     assert model.required_features() == []
     assert 1 <= len(model.history_) <= 2
-    proba = model.predict_proba(patients[:4])
-    assert proba.shape == (4, 2) and np.all((proba >= 0) & (proba <= 1))
-    scores = model.instance_scores(patients[:4])
-    assert [len(s) for s in scores] == [p.n_images for p in patients[:4]]
-    model.save(tmp_path / "e2e")
-    loaded = load_model(tmp_path / "e2e")
-    np.testing.assert_array_equal(loaded.predict_proba(patients[:4]), proba)
-    again = MILEndToEndModel(**E2E).fit(patients, y)
-    np.testing.assert_array_equal(again.predict_proba(patients[:4]), proba)
-    assert_clone_and_params(model, "mil-e2e")
 
 
 def test_end_to_end_default_is_an_offline_backbone() -> None:

@@ -20,11 +20,20 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.reliability.test_bad_inputs import (GOOD_ROWS, HEADER, _fix_words, _folder,
-                                               assert_accounted, features, jpeg_bytes,
-                                               model_dir, no_traceback, predict, runner,
-                                               write_cohort)
 from lymphomil.cli import app
+from tests.reliability.test_bad_inputs import (
+    GOOD_ROWS,
+    HEADER,
+    _folder,
+    assert_accounted,
+    features,
+    jpeg_bytes,
+    model_dir,
+    no_traceback,
+    predict,
+    runner,
+    write_cohort,
+)
 
 __all__ = ["model_dir"]  # the fixture (the session's logreg model), shared with test_bad_inputs
 
@@ -413,6 +422,21 @@ def test_clean_verdicts_are_kept_across_processes(tmp_path: Path, monkeypatch) -
     fresh_process()
     with pytest.raises(Exception, match="premature end"):
         load_cohort(root)  # still refused: damaged verdicts are not kept
+
+
+def test_the_verdicts_live_in_the_cache_dir_asked_for(tmp_path: Path, monkeypatch) -> None:
+    """``--cache-dir`` holds the memo too: nothing is written into the default cache root."""
+    from lymphomil.data import images
+    from lymphomil.data.cohort import load_cohort
+
+    monkeypatch.setenv("LYMPHOMIL_CACHE_DIR", str(tmp_path / "default"))
+    monkeypatch.setattr(images, "_CHECKED", {})
+    monkeypatch.setattr(images, "_MEMO", None)
+    root = write_cohort(tmp_path / "cohort")
+    load_cohort(root, cache_dir=tmp_path / "mine")
+    assert (tmp_path / "mine" / "validated").is_dir()
+    assert not (tmp_path / "default").exists()
+    assert images._ROOT is None  # the default memo again for the next reader
 
 
 @pytest.mark.parametrize("kind", ["named pipe", "symlink loop"])

@@ -265,10 +265,11 @@ def test_family_is_given_or_inferred() -> None:
 
 def test_the_group_is_the_registered_models_family_not_its_name() -> None:
     """The model decides (PatientModel.family), not a guess from the name: logreg-compact is an
-    attribute model, a fused ensemble is a fusion, a nested selection reads images."""
+    attribute model, a fused ensemble is a fusion, a nested selection is its own group (it may
+    choose an attribute model: grouping it as images was a wrong fallback)."""
     assert infer_family("logreg-compact") == "attributes"
     assert infer_family("fusion-mean-seeds") == "fusion"
-    assert infer_family("select:fusion-mean,logreg") == "images"
+    assert infer_family("select:fusion-mean,logreg") == "selection"
     assert infer_family("cell-topk-attr") == "images"
 
 
@@ -343,7 +344,8 @@ def test_borderline_is_a_spread_across_the_threshold() -> None:
     assert borderline(low, high, threshold=0.45).tolist() == [True, False, True, False, False,
                                                                False]
     view = interval_view((0.62, 0.41))  # ends in any order
-    assert view["borderline"] and view["text"] == "0.41–0.62" and view["width"] == pytest.approx(0.21)
+    assert view["borderline"] and view["text"] == "0.41–0.62"
+    assert view["width"] == pytest.approx(0.21)
     assert interval_view(None) == {"low": None, "high": None, "width": None, "borderline": False,
                                    "text": "–"}
 
@@ -393,8 +395,8 @@ def test_patient_table_sorts_in_a_browser(tmp_path: Path) -> None:
     by_p = [c.id for _, c in sorted(calls, key=lambda t: (-t[1].proba, t[0]))]
     assert _browser_order(report, "sort=p-desc") == by_p
     measured = [(i, c) for i, c in calls if c.interval is not None]
-    by_width = [c.id for _, c in sorted(measured, key=lambda t: (t[1].interval[1] - t[1].interval[0],
-                                                                 t[0]))]
+    by_width = [c.id for _, c in sorted(
+        measured, key=lambda t: (t[1].interval[1] - t[1].interval[0], t[0]))]
     assert _browser_order(report, "sort=width-asc") == by_width + [ctx.calls[4].id]
     by_count = [c.id for _, c in sorted(calls, key=lambda t: (-t[1].lymph_count, t[0]))]
     assert _browser_order(report, "sort=count-desc") == by_count

@@ -24,7 +24,8 @@ DATA_ARG = typer.Argument(..., help="challenge-layout folder (clinical_annotatio
 REFERENCE_OPT = typer.Option("2024-01-01", "--reference-date",
                              help="date at which ages are computed (stored with the model)")
 ON_ERROR_OPT = typer.Option("raise", "--on-error",
-                            help="raise: stop at the first bad input; skip: leave it out and list it")
+                            help="raise: stop at the first bad input; "
+                                 "skip: leave it out and list it")
 CACHE_OPT = typer.Option(None, "--cache-dir", help="feature cache folder",
                          show_default=CACHE_DEFAULT)
 FEATURES_OPT = typer.Option(None, "--features",
@@ -135,7 +136,7 @@ def cv(
     if out is not None:
         claim_output(out, "cv", {"data folder": data, "cache folder": cache_root(cache_dir)})
     set_threads(threads)
-    cohort = load_cohort(data, reference_date=ref, on_error=on_error)
+    cohort = load_cohort(data, reference_date=ref, on_error=on_error, cache_dir=cache_dir)
     labelled = labelled_patients(cohort)
     check_folds_against(folds, labelled.y)
     runner = get_engine(engine, fit_threads=threads)
@@ -192,7 +193,7 @@ def train(
     check_cache_location(cache_dir, data)
     claim_output(out, "model", {"data folder": data, "cache folder": cache_root(cache_dir)})
     set_threads(threads)
-    cohort = load_cohort(data, reference_date=ref, on_error=on_error)
+    cohort = load_cohort(data, reference_date=ref, on_error=on_error, cache_dir=cache_dir)
     labelled = labelled_patients(cohort)
     estimator = configure_model(model, features)
     from lymphomil.model_card import build_model_card, write_model_card
@@ -215,7 +216,8 @@ def train(
 @app.command()
 @handle_errors
 def predict(
-    model_dir: Path = typer.Argument(..., help="folder written by `lymphomil train` or model.save()"),
+    model_dir: Path = typer.Argument(...,
+                                     help="folder written by `lymphomil train` or model.save()"),
     data: Path = DATA_ARG,
     out: Path = typer.Option(..., "--out", help="CSV to write"),
     kaggle: bool = typer.Option(False, "--kaggle", help="write Id,Predicted (Kaggle) instead "
@@ -238,7 +240,7 @@ def predict(
     DATA may hold only new patients (testset/ without trainset/). Where predicted patients carry
     a label, the metrics are printed and written to OUT's name + .metrics.json.
 
-    Example: lymphomil predict runs/model ../shared/data/dlmi-lymphocytosis --out submission.csv --kaggle
+    Example: lymphomil predict runs/model ../shared/data/dlmi-lymphocytosis --out sub.csv --kaggle
     """
     from lymphomil.options import check_threads
     from lymphomil.runtime import set_threads
@@ -354,7 +356,8 @@ def run(
         "cache_dir": cache_dir, "threads": threads, "engine": engine,
         "nested_selection": nested_selection,
         "reference_date": parse_date_option(reference_date) if reference_date else None,
-        "candidates": [c.strip() for c in candidates.split(",") if c.strip()] if candidates else None,
+        "candidates": ([c.strip() for c in candidates.split(",") if c.strip()] if candidates
+                       else None),
     })
     check_cache_location(cfg.cache_dir, cfg.data)
     claim_output(out, "run", {"data folder": cfg.data, "config file": config,

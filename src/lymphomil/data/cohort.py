@@ -1,4 +1,4 @@
-"""Read and validate a cohort in the challenge's folder layout (DESIGN §1).
+"""Read and validate a cohort in the challenge's folder layout (docs/design.md §1).
 
 This is the only module that knows the CSV column names. It turns a folder into a list of
 validated :class:`Patient` records, each with its cell images in a stable order, and it never
@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from lymphomil.data.images import image_problem, kind_problem, save_memo
+from lymphomil.data.images import image_problem, kind_problem, memo_in
 from lymphomil.errors import DataIssue, IssueLog, LymphomilError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -61,7 +61,7 @@ class Patient:
     """One patient: validated attributes, its cell images, and (optionally) a feature store.
 
     ``features`` is attached by the harness so that image models can ask for their instance
-    features (``patient.bag(spec)``) without decoding JPEGs themselves (DESIGN §2–§3).
+    features (``patient.bag(spec)``) without decoding JPEGs themselves (docs/design.md §2–§3).
     """
 
     id: str
@@ -503,11 +503,14 @@ def _fix_for(exc: ValueError) -> str:
 
 
 def load_cohort(root: str | Path, *, reference_date: date = DEFAULT_REFERENCE_DATE,
-                on_error: str = "raise", check_images: bool = True) -> Cohort:
+                on_error: str = "raise", check_images: bool = True,
+                cache_dir: str | Path | None = None) -> Cohort:
     """Read a challenge-layout folder into a validated :class:`Cohort`.
 
     Rows are validated one by one; under ``on_error='skip'`` a bad row or a patient without
     usable images is left out and recorded, a bad image file is left out of its bag and recorded.
+    Clean image verdicts are remembered in ``cache_dir`` (``--cache-dir``; default: the user's
+    cache), so a later read decodes only new or changed images.
     """
     root = Path(root)
     if not root.is_dir():
@@ -515,12 +518,9 @@ def load_cohort(root: str | Path, *, reference_date: date = DEFAULT_REFERENCE_DA
                              fix="give the path of the challenge folder (dlmi-lymphocytosis/)")
     root = root.resolve()
     log = IssueLog(on_error)
-    try:
-        with _decode_pool(check_images) as pool:
-            return _load(root, reference_date, log, check_images, pool)
-    finally:
-        if check_images:
-            save_memo()  # clean verdicts for later commands (see lymphomil.data.images)
+    # clean verdicts kept for later commands (see lymphomil.data.images)
+    with memo_in(cache_dir), _decode_pool(check_images) as pool:
+        return _load(root, reference_date, log, check_images, pool)
 
 
 @contextmanager

@@ -23,7 +23,9 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -191,9 +193,9 @@ _MEMO_NEW: dict[str, tuple[int, int, int]] = {}
 
 
 def _memo_file() -> Path:
-    from lymphomil.outputs import default_cache_root
+    from lymphomil.outputs import cache_root
 
-    return default_cache_root() / "validated" / f"images-v{MEMO_VERSION}.json"
+    return cache_root(_ROOT) / "validated" / f"images-v{MEMO_VERSION}.json"
 
 
 def _memo() -> dict[str, tuple[int, int, int]]:
@@ -234,6 +236,28 @@ def save_memo() -> None:
                                                    separators=(",", ":")))
     except OSError:
         pass
+
+
+#: the cache root whose memo is in use (a ``--cache-dir``; None: the default root), set by
+#: :func:`memo_in` while a cohort is read
+_ROOT: Path | None = None
+
+
+@contextmanager
+def memo_in(cache_dir: str | Path | None) -> Iterator[None]:
+    """Read and keep clean verdicts in the memo of ``cache_dir`` (``--cache-dir``; None: the
+    default cache root) while a cohort is read; the new verdicts are saved there at the end."""
+    global _ROOT, _MEMO
+    previous, wanted = _ROOT, None if cache_dir is None else Path(cache_dir)
+    if wanted != _ROOT:
+        save_memo()  # the pending verdicts belong to the memo in use until now
+        _ROOT, _MEMO = wanted, None
+    try:
+        yield
+    finally:
+        save_memo()
+        if _ROOT != previous:
+            _ROOT, _MEMO = previous, None
 
 
 def image_problem(path: str | Path, decode: bool = True) -> str | None:

@@ -1,4 +1,5 @@
-"""A synthetic cohort in the challenge's layout, for tests, demos and benchmarks (DESIGN §1).
+"""A synthetic cohort in the challenge's layout (docs/design.md §1), for tests, demos and
+benchmarks.
 
 The real images cannot ship with the code, so ``lymphomil synth`` draws a look-alike cohort:
 the same folders and CSV quirks (two date formats, a lower-case gender, 1–2 decimal counts),

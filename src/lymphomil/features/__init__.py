@@ -1,7 +1,9 @@
-"""Image backbones, preprocessing and the cached instance-feature extractor (DESIGN §3).
+"""Image backbones, preprocessing and the cached instance-feature extractor (docs/design.md §3).
 
-Image models never decode JPEGs themselves: they ask each patient for ``patient.bag(spec, kind)``
-and the attached :class:`FeatureCache` answers from disk, computing what is missing once.
+Image models read features, not JPEGs: they ask each patient for ``patient.bag(spec, kind)`` and
+the attached :class:`FeatureCache` answers from disk, computing what is missing once. The one
+exception is ``mil-e2e`` (:mod:`lymphomil.models.mil`), which fine-tunes a whole backbone and so
+decodes its patients' images itself (docs/design.md §3, "Where an image is decoded").
 
 Names that need torch (backbones, preprocessing) load on first use: a fully cached run reads
 features without importing torch at all.

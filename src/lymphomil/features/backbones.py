@@ -1,11 +1,11 @@
 """The backbone registry: a name gives a network that maps cell images to a spatial feature map.
 
-Every image model reads instance features computed once by one of these (DESIGN §3). A backbone
-is the trunk of a classification network up to its last spatial feature map; ``pooled`` is the
-global average of that map (what the network's own classifier reads), or the network's own pooling
-where it has one (the ViT ``dinov2-s``: its CLS token and the mean of its patch tokens). The registry is timm-like:
-``@register_backbone("name")`` on a builder, ``create_backbone(name, weights)``, and one test runs
-over every registered name.
+Every image model reads instance features computed once by one of these (docs/design.md §3). A
+backbone is the trunk of a classification network up to its last spatial feature map; ``pooled`` is
+the global average of that map (what the network's own classifier reads), or the network's own
+pooling where it has one (the ViT ``dinov2-s``: its CLS token and the mean of its patch tokens). The
+registry is timm-like: ``@register_backbone("name")`` on a builder, ``create_backbone(name,
+weights)``, and one test runs over every registered name.
 
 Weights: ``"imagenet"`` (offline where a package ships them: dinov2-s, efficientnet-lite0,
 mobilenet-v2, resnet50-thin; for dinov2-s these are DINOv2 self-supervised weights, not ImageNet

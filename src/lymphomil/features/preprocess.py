@@ -1,7 +1,7 @@
-"""Cell images to network inputs: decode, centre crop, flips, normalisation (DESIGN §3).
+"""Cell images to network inputs: decode, centre crop, flips, normalisation (docs/design.md §3).
 
-Each image holds one lymphocyte in its centre, so a centre crop (112 px by default, 224 = the
-whole image) removes the surrounding red cells; DESIGN §3 measured it as worth more than the
+Each image holds one lymphocyte in its centre, so a centre crop (112 px by default, 224 = the whole
+image) removes the surrounding red cells; docs/design.md §3 measured it as worth more than the
 choice of network. Flips and rotations are label-preserving for a cell seen from above (a cell has
 no orientation), so flips serve as training augmentation and the eight symmetries of the square
 (:data:`TTA_VIEWS`: flips, and flips of the transpose) as test-time augmentation.

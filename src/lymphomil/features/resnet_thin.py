@@ -1,10 +1,10 @@
 """ResNet-50-thin (Caffe "ResNet-50 1by2") rebuilt in PyTorch from the Open-NSFW ONNX weights.
 
-DESIGN §3 measured these features as the best partner of the patient attributes, but the package
-only ships an ONNX graph (NHWC, fp32, one fixed 224 px input, a 2-way classifier). Rebuilding the
-network here gives it the same interface as every other backbone: any crop size, a spatial map,
-bf16 and channels-last, and gradients for fine-tuning. Each convolution's bias and its frozen
-batch-norm (exported as Sub/Mul/Add constants) are folded into the convolution itself.
+docs/design.md §3 measured these features as the best partner of the patient attributes, but the
+package only ships an ONNX graph (NHWC, fp32, one fixed 224 px input, a 2-way classifier).
+Rebuilding the network here gives it the same interface as every other backbone: any crop size, a
+spatial map, bf16 and channels-last, and gradients for fine-tuning. Each convolution's bias and its
+frozen batch-norm (exported as Sub/Mul/Add constants) are folded into the convolution itself.
 
 The layout is the Caffe one: the stride sits on the first 1x1 convolution of a bottleneck, a
 projection shortcut opens every stage, the stem pads 3 pixels, the max-pool pads TensorFlow-"SAME" style (as the graph does).

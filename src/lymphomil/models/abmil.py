@@ -8,8 +8,8 @@ add to what the count already says. Trained naively, a 128-d embedding memorises
 training patients long before three attribute weights (each moving ``lr`` per Adam step) have
 learnt the count, so the classifier *starts* as a logistic regression on the attributes of the
 inner-training patients (image weights 0) and the image branch learns what it misses — the
-images "earn their place" (DESIGN §1), and early stopping falls back to the attribute model when
-they do not. A cell's score is its attention weight.
+images "earn their place" (docs/design.md §1), and early stopping falls back to the attribute
+model when they do not. A cell's score is its attention weight.
 """
 
 from __future__ import annotations
@@ -17,12 +17,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from lymphomil.errors import LymphomilError
 from lymphomil.features.spec import DEFAULT_FEATURES
 from lymphomil.models.attributes import attribute_matrix
 from lymphomil.models.base import register_class, register_model
 from lymphomil.models.blocks import attribute_start, start_linear_from_attributes
-from lymphomil.models.checks import check_float, check_int
+from lymphomil.models.checks import check_bool, check_float, check_int
 from lymphomil.models.heads import GatedAttentionMIL
 from lymphomil.models.inputs import fit_standardizer, pad_bags
 from lymphomil.models.neural import FitState, NeuralPatientModel
@@ -58,9 +57,7 @@ class ABMILModel(NeuralPatientModel):
         check_int("hidden", self.hidden)
         check_int("attention_dim", self.attention_dim)
         check_float("dropout", self.dropout, 0.0, 1.0, high_open=True)
-        if not isinstance(self.use_attributes, (bool, np.bool_)):
-            raise LymphomilError(f"use_attributes={self.use_attributes!r} must be True or False",
-                                 fix="set use_attributes to True or False")
+        check_bool("use_attributes", self.use_attributes)
 
     # ------------------------------------------------------------------------------------ inputs
     def _fit_inputs(self, patients, train_idx):

@@ -18,6 +18,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 from sklearn.base import clone
+from sklearn.ensemble import RandomForestClassifier
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GridSearchCV, StratifiedKFold
@@ -26,7 +27,6 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 from sklearn.tree import DecisionTreeClassifier
-from sklearn.ensemble import RandomForestClassifier
 from sklearn.utils.class_weight import compute_sample_weight
 
 from lymphomil.errors import LymphomilError
@@ -98,7 +98,8 @@ def _svm_grid() -> list[dict]:
 
 
 def _tree_grid() -> list[dict]:
-    return [{"clf__criterion": ["gini", "entropy", "log_loss"], "clf__splitter": ["best", "random"]}]
+    return [{"clf__criterion": ["gini", "entropy", "log_loss"],
+             "clf__splitter": ["best", "random"]}]
 
 
 def _forest_grid() -> list[dict]:

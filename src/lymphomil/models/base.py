@@ -1,4 +1,4 @@
-"""The one patient-level model contract (DESIGN §2) and the model registry.
+"""The one patient-level model contract (docs/design.md §2) and the model registry.
 
 Every family — attribute models, image models, MIL heads, fusion — is a :class:`PatientModel`:
 
@@ -26,7 +26,13 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from lymphomil.data.cohort import DEFAULT_REFERENCE_DATE
 from lymphomil.errors import LymphomilError
 from lymphomil.features.spec import FeatureSpec
-from lymphomil.outputs import atomic_write_bytes, atomic_write_json, read_json, staged_dir, verify_dir
+from lymphomil.outputs import (
+    atomic_write_bytes,
+    atomic_write_json,
+    read_json,
+    staged_dir,
+    verify_dir,
+)
 
 MODEL_JSON = "model.json"
 ARRAYS = "arrays.safetensors"
@@ -175,9 +181,10 @@ def library_versions() -> dict[str, str]:
 
 
 class PatientModel(ClassifierMixin, BaseEstimator):
-    """Base of every patient-level classifier (DESIGN §2). Subclasses implement the hooks."""
+    """Base of every patient-level classifier (docs/design.md §2); subclasses implement hooks."""
 
-    #: a short family name shown in tables ("attributes", "instance", "mil", ...)
+    #: the family: the registered name of its base configuration ("cell-topk", "mil-e2e", ...),
+    #: or the group's name where one class serves many names ("attributes", "fusion", "select")
     family: ClassVar[str] = "base"
     #: what one number of :meth:`instance_scores` is (the report's gallery legend says it)
     instance_score_units: ClassVar[str] = "cell score (units not stated by the model)"
@@ -195,7 +202,8 @@ class PatientModel(ClassifierMixin, BaseEstimator):
         return []
 
     def instance_scores(self, patients: np.ndarray) -> list[np.ndarray] | None:
-        """Per patient, one score per cell (higher = more suspicious); ``None`` if not an image model."""
+        """Per patient, one score per cell (higher = more suspicious); ``None`` if not an image
+        model."""
         return None
 
     def _get_state(self) -> tuple[dict, dict[str, np.ndarray]]:  # pragma: no cover
@@ -255,8 +263,8 @@ class PatientModel(ClassifierMixin, BaseEstimator):
         ages were computed at (default: :func:`~lymphomil.data.cohort.load_cohort`'s), the
         features the model reads, and what is known of its training (``name``: the registered
         name; ``seed``; ``training``: the patients' counts and ids; ``extra``: more fields).
-        ``finish(staging)`` adds files (e.g. a model card) before the folder is renamed into
-        place."""
+        ``finish(staging)`` writes more files into the folder before it is moved into place
+        (covered by its checksums)."""
         self._check_fitted()
         folder = Path(folder)
         metadata = {
@@ -268,7 +276,7 @@ class PatientModel(ClassifierMixin, BaseEstimator):
         with staged_dir(folder, "model") as staging:
             self._save_into(staging)
             atomic_write_json(staging / METADATA_JSON, metadata)
-            if finish is not None:  # e.g. the model card: inside the staging, before the rename
+            if finish is not None:
                 finish(staging)
         return folder
 

@@ -1,4 +1,4 @@
-"""``cell-topk``: a cell classifier trained on patient labels; a patient is the mean of its top-k cells.
+"""``cell-topk``: a cell classifier trained on patient labels; a patient: its top-k cells' mean.
 
 Top-k multiple-instance learning on cached features (Campanella et al. 2019; the rank-1 public
 solution of the challenge fine-tuned the same idea): every cell inherits its patient's label, a
@@ -25,16 +25,22 @@ import warnings
 import numpy as np
 from scipy.special import expit
 
+from lymphomil.crossval import derive_seed
 from lymphomil.errors import LymphomilError
 from lymphomil.metrics import roc_auc
-from lymphomil.crossval import derive_seed
 from lymphomil.models.attributes import attribute_matrix
 from lymphomil.models.base import PatientModel, register_class, register_model
 from lymphomil.models.blocks import apply_platt, fit_platt, top_k_mean
-from lymphomil.models.pooled import FUSION_FEATURES, linear_state, set_linear_state
-from lymphomil.models.checks import (check_int, check_patients, check_patients_y, parse_spec,
-                                     resolve_seed)
+from lymphomil.models.checks import (
+    check_bool,
+    check_int,
+    check_patients,
+    check_patients_y,
+    parse_spec,
+    resolve_seed,
+)
 from lymphomil.models.inputs import read_bags
+from lymphomil.models.pooled import FUSION_FEATURES, linear_state, set_linear_state
 
 #: the two attributes a cell classifier may see beside its image features
 CELL_ATTRIBUTES = ("age", "log10_lymph_count")
@@ -52,9 +58,9 @@ def _cell_weights(y: np.ndarray, sizes: np.ndarray) -> np.ndarray:
 
 @register_class
 class CellTopKModel(PatientModel):
-    """Cell-level logistic regression on patient labels; patient score = mean top-k cell log-odds."""
+    """Cell-level logistic regression on patient labels; patient score: mean top-k cell log-odds."""
 
-    family = "cell"
+    family = "cell-topk"
     feature_kind = "pooled"
     instance_score_units = "cell log-odds of malignancy (cell classifier)"
 
@@ -97,8 +103,10 @@ class CellTopKModel(PatientModel):
         return [((bag - fitted["mean"]) / fitted["scale"]) @ fitted["coef"] + fitted["intercept"][0]
                 for bag in bags]
 
-    # -- fit / predict ------------------------------------------------------------------------------
+    # -- fit / predict -----------------------------------------------------------------------------
     def _check_params(self) -> list[int]:
+        check_bool("calibrate", self.calibrate)
+        check_bool("attributes", self.attributes)
         check_int("inner_folds", self.inner_folds, 2)
         check_int("max_iter", self.max_iter)
         if not (isinstance(self.C, (int, float)) and np.isfinite(self.C) and self.C > 0):
@@ -118,7 +126,8 @@ class CellTopKModel(PatientModel):
         if folds < 2 or (len(ks) == 1 and not self.calibrate):
             return ks[0], 1.0, 0.0, []
         oof = np.zeros((len(ks), len(y)))  # (K, n) out-of-fold patient scores
-        splitter = StratifiedKFold(folds, shuffle=True, random_state=derive_seed(seed, "cell-inner"))
+        splitter = StratifiedKFold(folds, shuffle=True,
+                                   random_state=derive_seed(seed, "cell-inner"))
         for train, test in splitter.split(np.zeros(len(y)), y):
             fitted = self._fit_cells([bags[i] for i in train], y[train])
             for i, logits in zip(test, self._cell_logits(fitted, [bags[i] for i in test])):

@@ -33,6 +33,12 @@ def check_choice(name: str, value: Any, choices: Sequence[Any]) -> None:
                              fix=f"set {name} to one of the listed values")
 
 
+def check_bool(name: str, value: Any) -> None:
+    if not isinstance(value, (bool, np.bool_)):
+        raise LymphomilError(f"{name}={value!r} must be True or False",
+                             fix=f"set {name} to True or False")
+
+
 def check_int(name: str, value: Any, minimum: int = 1) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise LymphomilError(f"{name}={value!r} must be an integer >= {minimum}",

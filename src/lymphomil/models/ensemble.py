@@ -17,11 +17,16 @@ from __future__ import annotations
 import numpy as np
 from sklearn.base import clone
 
-from lymphomil.errors import LymphomilError
 from lymphomil.crossval import best_index, cross_validate_many, derive_seed, with_seed
+from lymphomil.errors import LymphomilError
 from lymphomil.features.spec import FeatureSpec
-from lymphomil.models.base import (PatientModel, create_model, positive_proba, register_class,
-                                   register_model)
+from lymphomil.models.base import (
+    PatientModel,
+    create_model,
+    positive_proba,
+    register_class,
+    register_model,
+)
 from lymphomil.models.checks import check_int, check_patients, check_patients_y, resolve_seed
 
 
@@ -72,7 +77,8 @@ class EnsembleModel(PatientModel):
             for b in range(max(int(self.bootstrap), 1)):
                 rows = np.arange(len(y))
                 if self.bootstrap:
-                    rows = _stratified_bootstrap(y, np.random.default_rng(derive_seed(seed, "bag", i, b)))
+                    rng = np.random.default_rng(derive_seed(seed, "bag", i, b))
+                    rows = _stratified_bootstrap(y, rng)
                 model = with_seed(clone(_resolve(member)), derive_seed(seed, "member", i, b))
                 self.models_.append(model.fit(patients[rows], y[rows]))
         return self._mark_fitted()
@@ -121,7 +127,8 @@ class SelectModel(PatientModel):
     def _named_candidates(self) -> list[tuple[str, PatientModel]]:
         if not self.candidates:
             raise LymphomilError("the selection has no candidates",
-                                 fix="give at least one model name, e.g. --select fusion-mean,cell-topk")
+                                 fix="give at least one model name, e.g. "
+                                     "--select fusion-mean,cell-topk")
         return [(c if isinstance(c, str) else f"{type(c).__name__}#{i}", _resolve(c))
                 for i, c in enumerate(self.candidates)]
 
@@ -173,7 +180,8 @@ class SelectModel(PatientModel):
 
 
 @register_model("image-ensemble",
-                "mean of image-logreg-thin and cell-topk probabilities (two poolings, one backbone)")
+                "mean of image-logreg-thin and cell-topk probabilities "
+                "(two poolings, one backbone)")
 def _image_ensemble() -> EnsembleModel:
     return EnsembleModel(members=(create_model("image-logreg-thin"), create_model("cell-topk")))
 

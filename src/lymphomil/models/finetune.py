@@ -13,7 +13,8 @@ statistics, as ``mil-e2e``'s ``freeze_bn``), so a cell's output depends on that 
   (:func:`~lymphomil.models.mil.forward_with_subset`).
 * ``topk-trunk`` (:class:`TopKTrunkModel`): a cell classifier (the tail, global average pooling,
   then a linear layer on [pooled map, standardised age, standardised natural-log lymphocyte
-  count], started as the attributes' logistic regression with image weights 0) and top-k pooling (Campanella et al. 2019; the rank-1 public solution): a patient's
+  count], started as the attributes' logistic regression with image weights 0) and top-k
+  pooling (Campanella et al. 2019; the rank-1 public solution): a patient's
   logit is the mean of its ``k`` highest cell logits. Each step scores all the batch's cells
   without gradients, then recomputes its ``k`` top cells with gradients (training ``k`` = 8,
   half the smallest bag of the challenge: 16 cells). The ``k`` of the patient score is then
@@ -40,17 +41,23 @@ from torch import nn
 
 from lymphomil.errors import LymphomilError
 from lymphomil.features.spec import DEFAULT_CROP
+from lymphomil.metrics import balanced_log_loss
 from lymphomil.models.attributes import attribute_matrix
 from lymphomil.models.base import register_class, register_model
-from lymphomil.models.blocks import (attribute_start, freeze_batchnorm, start_linear_from_attributes,
-                                     top_k_indices, top_k_mean, two_group_adam)
+from lymphomil.models.blocks import (
+    attribute_start,
+    freeze_batchnorm,
+    start_linear_from_attributes,
+    top_k_indices,
+    top_k_mean,
+    two_group_adam,
+)
+from lymphomil.models.checks import check_bool, check_choice, check_float, check_int, make_generator
 from lymphomil.models.fusion import fusion_factory
-from lymphomil.models.checks import check_choice, check_float, check_int, make_generator
 from lymphomil.models.heads import BNSigmoidMIL
 from lymphomil.models.inputs import fit_standardizer, read_bags
 from lymphomil.models.mil import forward_with_subset
 from lymphomil.models.neural import FitState, NeuralPatientModel
-from lymphomil.models.training import balanced_log_loss
 
 #: the trunk features every default reads: EfficientNet-Lite0 (offline ImageNet weights) at 112 px
 TRUNK_FEATURES = f"efficientnet-lite0@{DEFAULT_CROP}"
@@ -239,11 +246,8 @@ class TopKTrunkModel(_TrunkModel):
         self._check_common()
         check_int("k", self.k)
         self._candidate_ks()
-        for name in ("use_attributes", "attribute_start"):
-            value = getattr(self, name)
-            if not isinstance(value, (bool, np.bool_)):
-                raise LymphomilError(f"{name}={value!r} must be True or False",
-                                     fix=f"set {name} to True or False")
+        check_bool("use_attributes", self.use_attributes)
+        check_bool("attribute_start", self.attribute_start)
 
     def _init_net(self, net: "TopKCellNet", state: FitState) -> None:
         """``attribute_start``: the cell classifier starts as a logistic regression on the

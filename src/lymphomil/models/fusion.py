@@ -8,7 +8,7 @@ probabilities of an inner CV on the training part only, so under the harness the
 Count gating (``count_gate``, a margin ≥ 0; ``None`` = off): a patient whose lymphocyte count
 exceeds the largest count of a *reactive* training patient by more than that share is called
 malignant whatever the fused evidence says (every reactive patient of the challenge has a count
-below 7.7, DESIGN §1); inside the range the fused image and attribute evidence decides. The
+below 7.7, docs/design.md §1); inside the range the fused image and attribute evidence decides. The
 bound is learned from the training patients only.
 """
 
@@ -18,8 +18,8 @@ import numpy as np
 from sklearn.base import clone
 from sklearn.model_selection import StratifiedKFold
 
-from lymphomil.errors import LymphomilError
 from lymphomil.crossval import derive_seed, with_seed
+from lymphomil.errors import LymphomilError
 from lymphomil.features.spec import FeatureSpec
 from lymphomil.metrics import balanced_accuracy, logit
 from lymphomil.models.attributes import AttributeModel
@@ -177,14 +177,17 @@ def fusion_factory(rule: str, image: str = "image-logreg-thin", **options: objec
 for _rule, _doc in (("alpha", "α-weighted sum, α by inner CV"), ("min", "min rule (AND)"),
                     ("max", "max rule (OR)"), ("stack", "logistic stacker on out-of-fold logits"),
                     ("mean", "mean of the two probabilities")):
-    register_model(f"fusion-{_rule}", f"attribute logreg (compact grid) + image-logreg-thin, {_doc}")(fusion_factory(_rule))
+    register_model(f"fusion-{_rule}", f"attribute logreg (compact grid) + image-logreg-thin, "
+                   f"{_doc}")(fusion_factory(_rule))
 
 
 #: fusions whose image side is one of the issue-17 image models (mean rule, compact attributes)
 FUSION_VARIANTS = {
     "fusion-mean-cells": ("cell-topk", {}, "cell-topk (cell-level top-k on ResNet-50-thin)"),
-    "fusion-mean-cells-attr": ("cell-topk-attr", {}, "cell-topk-attr (age and count in the cell classifier)"),
-    "fusion-mean-proto": ("prototypes", {}, "prototype histograms (k-means on ResNet-50-thin cells)"),
+    "fusion-mean-cells-attr": ("cell-topk-attr", {},
+                               "cell-topk-attr (age and count in the cell classifier)"),
+    "fusion-mean-proto": ("prototypes", {},
+                          "prototype histograms (k-means on ResNet-50-thin cells)"),
     "fusion-mean-ens": ("image-ensemble", {}, "the mean of image-logreg-thin and cell-topk"),
     "fusion-mean-seeds": ("image-logreg-thin-seeds", {}, "image-logreg-thin over 5 inner-CV seeds"),
     "fusion-mean-bagged": ("image-logreg-thin-bagged", {}, "image-logreg-thin bagged 10 times"),

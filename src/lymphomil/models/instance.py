@@ -9,11 +9,11 @@ cells only (Campanella's MIL training) instead of all cells.
 
 Cell probabilities from a classifier trained on weakly labelled cells are not patient
 probabilities: the max or top-k of a reactive patient's cells easily exceeds 0.5 (the founding
-report's max-aggregated models sat at 50 % balanced accuracy). With ``calibrate="platt"`` (default)
+report's max-aggregated models sat at 50 % balanced accuracy). With ``calibrate=True`` (default)
 a one-dimensional logistic regression (balanced class weights) maps the logit of the aggregated
 score to P(malignant); it is fitted on the aggregated scores of the patients passed to ``fit``
 (inner-training and validation patients; in-sample, so it mainly sets the threshold).
-``calibrate="none"`` returns the aggregated score itself.
+``calibrate=False`` returns the aggregated score itself.
 """
 
 from __future__ import annotations
@@ -25,14 +25,13 @@ from lymphomil.features.spec import DEFAULT_FEATURES
 from lymphomil.metrics import logit
 from lymphomil.models.base import register_class, register_model
 from lymphomil.models.blocks import apply_platt, fit_platt, top_k_mean
-from lymphomil.models.checks import check_choice, check_float, check_int
+from lymphomil.models.checks import check_bool, check_choice, check_float, check_int
 from lymphomil.models.heads import InstanceClassifier
 from lymphomil.models.neural import FitState, NeuralPatientModel
 from lymphomil.models.training import class_weights
 
 AGGREGATES = ("min", "max", "mean", "vote", "top-k")
 TRAIN_ON = ("all", "top-k")
-CALIBRATE = ("platt", "none")
 #: the clip of the aggregated score before its logit (a ``vote`` score can be exactly 0 or 1)
 _EPS = 1e-4
 
@@ -58,7 +57,7 @@ class InstanceModel(NeuralPatientModel):
     instance_score_units = "cell P(malignant), 0–1, from the per-cell classifier"
 
     def __init__(self, features=DEFAULT_FEATURES, hidden=64, dropout=0.1,
-                 aggregate="mean", top_k=10, train_on="all", calibrate="platt", lr=1e-3,
+                 aggregate="mean", top_k=10, train_on="all", calibrate=True, lr=1e-3,
                  weight_decay=1e-4, batch_size=256, max_epochs=40, patience=6,
                  validation_fraction=0.2, balance="weighted", random_state=0):
         self._store_params(locals())
@@ -68,7 +67,7 @@ class InstanceModel(NeuralPatientModel):
         check_float("dropout", self.dropout, 0.0, 1.0, high_open=True)
         check_choice("aggregate", self.aggregate, AGGREGATES)
         check_choice("train_on", self.train_on, TRAIN_ON)
-        check_choice("calibrate", self.calibrate, CALIBRATE)
+        check_bool("calibrate", self.calibrate)
         check_int("top_k", self.top_k)
 
     def _new_net(self) -> InstanceClassifier:
@@ -110,14 +109,14 @@ class InstanceModel(NeuralPatientModel):
 
     def _after_fit(self, state: FitState) -> None:
         self.calibration_ = np.array([1.0, 0.0])  # (slope, intercept) on the score's logit
-        if self.calibrate == "platt":
+        if self.calibrate:
             raw = np.array([self._patient_output(self.net_, state.inputs, i)[0]
                             for i in range(len(state.inputs))])
             slope, intercept = fit_platt(logit(raw, _EPS), state.y)
             self.calibration_ = np.array([slope[0], intercept])
 
     def _calibrated(self, raw: np.ndarray) -> np.ndarray:
-        if self.calibrate == "none":
+        if not self.calibrate:
             return np.asarray(raw, dtype=np.float64)
         slope, intercept = self.calibration_
         return 1.0 / (1.0 + np.exp(-apply_platt(logit(raw, _EPS), [slope], intercept)))

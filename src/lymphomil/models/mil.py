@@ -25,7 +25,6 @@ A cell's score (``cell_score``) is the max (default) or mean of its position log
 
 from __future__ import annotations
 
-
 import numpy as np
 import torch
 from torch import nn
@@ -142,7 +141,7 @@ class MILNet(nn.Module):
         self.backbone = backbone
         self.head = BNSigmoidMIL(feature_dim)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        if channels_last:  # 4-6x faster convolutions on CPU (DESIGN §3)
+        if channels_last:  # 4-6x faster convolutions on CPU (docs/design.md §3)
             self.backbone.to(memory_format=torch.channels_last)
 
     def maps(self, x: torch.Tensor, chunk: int) -> torch.Tensor:
@@ -207,7 +206,7 @@ class _Images:
 class MILEndToEndModel(NeuralPatientModel):
     """The founding MIL model fine-tuned end to end from the cell images (report §3.2.2)."""
 
-    family = "mil"
+    family = "mil-e2e"
     instance_score_units = "position logit of the cell (max or mean over its map positions)"
 
     def __init__(self, backbone="efficientnet-lite0", weights="imagenet", crop=DEFAULT_CROP,
@@ -222,7 +221,7 @@ class MILEndToEndModel(NeuralPatientModel):
 
     @property
     def _description(self) -> str:
-        return f"mil-e2e {self.backbone}"
+        return f"{self.family} {self.backbone}"
 
     def _check_params(self) -> None:
         check_int("crop", self.crop, 8)

@@ -1,10 +1,10 @@
 """``image-logreg``: logistic regression on each patient's mean-pooled cell features.
 
-The baseline issue 4 names (≈ 0.76 balanced accuracy with EfficientNet-Lite0 features, DESIGN §3)
-and the natural image input to late fusion. Features are pooled per patient (``mean`` or
-``mean+std`` per dimension), standardised, and fed to an L2 logistic regression with balanced
-class weights; ``C`` is chosen among ``Cs`` by a stratified inner CV on the patients passed to
-``fit`` only (nested inside any outer evaluation). The fitted model is kept as plain arrays
+The baseline issue 4 names (≈ 0.76 balanced accuracy with EfficientNet-Lite0 features,
+docs/design.md §3) and the natural image input to late fusion. Features are pooled per patient
+(``mean`` or ``mean+std`` per dimension), standardised, and fed to an L2 logistic regression with
+balanced class weights; ``C`` is chosen among ``Cs`` by a stratified inner CV on the patients passed
+to ``fit`` only (nested inside any outer evaluation). The fitted model is kept as plain arrays
 (scaler mean/scale, ``coef_``, ``intercept_``), and prediction is computed from them, so a loaded
 model predicts bit-identically.
 
@@ -23,8 +23,14 @@ from scipy.special import expit
 from lymphomil.errors import LymphomilError
 from lymphomil.features.spec import DEFAULT_CROP, DEFAULT_FEATURES
 from lymphomil.models.base import PatientModel, register_class, register_model
-from lymphomil.models.checks import (check_choice, check_int, check_patients, check_patients_y,
-                                     parse_spec, resolve_seed)
+from lymphomil.models.checks import (
+    check_choice,
+    check_int,
+    check_patients,
+    check_patients_y,
+    parse_spec,
+    resolve_seed,
+)
 from lymphomil.models.inputs import read_bags
 
 #: how a patient's cell features become its one feature vector (cf. heads.BAG_POOLINGS)
@@ -95,7 +101,7 @@ def search_logistic(X: np.ndarray, y: np.ndarray, Cs: list[float], inner_folds: 
 class ImageLogRegModel(PatientModel):
     """Logistic regression (balanced, C by inner CV) on per-patient pooled cell features."""
 
-    family = "image"
+    family = "image-logreg"
     feature_kind = "pooled"
     instance_score_units = ("logit share (unitless): the cell's term of the patient's image "
                             "logit, whose mean over the cells is that logit; not a cell-level "
@@ -176,7 +182,7 @@ def _image_logreg() -> ImageLogRegModel:
     return ImageLogRegModel()
 
 
-#: the backbone whose features fused best with the attributes (DESIGN §3, docs/results.md)
+#: the backbone whose features fused best with the attributes (docs/design.md §3, docs/results.md)
 FUSION_FEATURES = f"resnet50-thin@{DEFAULT_CROP}"
 
 

@@ -29,7 +29,7 @@ from torch import nn
 
 from lymphomil import progress_protocol
 from lymphomil.errors import LymphomilError
-from lymphomil.metrics import balanced_accuracy
+from lymphomil.metrics import balanced_accuracy, balanced_log_loss
 from lymphomil.models.checks import numpy_rng
 
 logger = logging.getLogger("lymphomil.models")
@@ -112,15 +112,6 @@ def optimise_step(optimizer: torch.optim.Optimizer, logits: torch.Tensor, target
 
 
 # --------------------------------------------------------------------------- metrics
-
-
-def balanced_log_loss(y: np.ndarray, p: np.ndarray) -> float:
-    """Class-balanced log-loss: the mean over classes of each class's mean log-loss."""
-    y = np.asarray(y)
-    p = np.clip(np.asarray(p, dtype=np.float64), 1e-7, 1 - 1e-7)
-    per_class = [-np.mean(np.log(np.where(y[y == c] == 1, p[y == c], 1 - p[y == c])))
-                 for c in (0, 1) if np.any(y == c)]
-    return float(np.mean(per_class))
 
 
 def score_validation(y: np.ndarray, p: np.ndarray) -> tuple[float, float]:

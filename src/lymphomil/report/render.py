@@ -41,9 +41,10 @@ SECTIONS = (
     ("skipped", "Skipped inputs"),
     ("appendix", "Appendix"),
 )
-FAMILY_ORDER = ("attributes", "images", "fusion")
+FAMILY_ORDER = ("attributes", "images", "fusion", "selection")
 FAMILY_TITLES = {"attributes": "Attributes only (age, count, gender)",
-                 "images": "Cell images", "fusion": "Attributes + images (fusion)"}
+                 "images": "Cell images", "fusion": "Attributes + images (fusion)",
+                 "selection": "Nested selection (the choice among candidates, cross-validated)"}
 LABEL_WORDS = {0: "reactive", 1: "malignant", -1: "unknown"}
 TABLE_METRICS = (("balanced_accuracy", "Balanced accuracy"),
                  ("hard_balanced_accuracy", "Hard subset"),
@@ -96,7 +97,8 @@ class ReportContext:
     versions: dict
     timings: dict[str, float]
     notes: list[str] = field(default_factory=list)
-    families: dict[str, str] = field(default_factory=dict)  # model name -> group (else its family's)
+    #: model name -> group (else its registered model's family decides)
+    families: dict[str, str] = field(default_factory=dict)
     counts: dict[str, float] = field(default_factory=dict)  # patient ID -> count, for the scatter
     #: set when the data is a generated cohort (``lymphomil synth`` or the demo): what made it
     #: (e.g. {"seed": 0, "n_patients": 60}); the page then says so on top, in a banner
@@ -130,12 +132,15 @@ class ReportContext:
 def infer_family(name: str, families: Mapping[str, str] | None = None) -> str:
     """A model's group in the CV table: given in ``families``, else its registered model's own
     family (:attr:`~lymphomil.models.base.PatientModel.family`, the one place a family is
-    decided): ``attributes``, ``fusion``, or ``images`` for every family that reads images."""
+    decided): ``attributes``, ``fusion``, ``selection`` (a ``select:`` model, whatever its
+    candidates read), or ``images`` for every family that reads images."""
     if families and name in families:
         return families[name]
     from lymphomil.models.base import create_model  # lazy: the report module stays light
 
     family = create_model(name).family
+    if family == "select":
+        return "selection"
     return family if family in ("attributes", "fusion") else "images"
 
 
