@@ -161,3 +161,18 @@ def test_cache_clear_removes_the_stored_fits(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert not (fits / ("a" * 32 + ".fit.json")).exists()
     assert (fits / "mine.txt").read_text() == "keep"
+
+
+@pytest.mark.parametrize("delay", [0.3, 1.0, 2.5])
+def test_a_signal_at_any_point_of_the_start_is_one_line(synthetic_root: Path, tmp_path: Path,
+                                                        delay: float) -> None:
+    """While the command line loads, parses, reads the cohort or builds the network: exit 130
+    and one line, never a traceback or click's `Aborted!`."""
+    process = subprocess.Popen([*CLI, *_argv(FEATURES, synthetic_root, tmp_path / "cache")],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(delay)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err[-2000:]
+    assert "Traceback" not in err and "Aborted" not in err and "terminate called" not in err
+    assert len([line for line in err.splitlines() if "interrupted" in line]) == 1, err
