@@ -163,7 +163,7 @@ def test_cache_clear_removes_the_stored_fits(tmp_path: Path) -> None:
     assert (fits / "mine.txt").read_text() == "keep"
 
 
-@pytest.mark.parametrize("delay", [0.3, 1.0, 2.5])
+@pytest.mark.parametrize("delay", [0.5, 1.0, 2.5])
 def test_a_signal_at_any_point_of_the_start_is_one_line(synthetic_root: Path, tmp_path: Path,
                                                         delay: float) -> None:
     """While the command line loads, parses, reads the cohort or builds the network: exit 130
