@@ -2,7 +2,26 @@
 
 from __future__ import annotations
 
-from lymphomil.cli_app import app
+import os
+import signal
+import sys
+
+
+def _exit_at_start(signum: int, frame: object) -> None:
+    """Ctrl-C or SIGTERM while the command line loads (about a second): nothing to clean up
+    yet, so one line and out (:func:`main` installs the handlers that unwind a command)."""
+    word = "terminated (SIGTERM)" if signum == signal.SIGTERM else "interrupted"
+    os.write(2, f"{word}: nothing was written\n".encode())
+    os._exit(128 + signum)
+
+
+# only in the ``lymphomil`` process itself (the console script, or ``python -m lymphomil.cli``):
+# a notebook or a test suite importing the app keeps its own handlers
+if sys.argv and os.path.basename(sys.argv[0]) in ("lymphomil", "cli.py"):
+    signal.signal(signal.SIGINT, _exit_at_start)
+    signal.signal(signal.SIGTERM, _exit_at_start)
+
+from lymphomil.cli_app import app  # noqa: E402
 
 # each module registers its commands on ``app`` when imported
 from lymphomil.commands import data as _data  # noqa: F401,E402  synth, explore

@@ -62,15 +62,18 @@ CACHE_DEFAULT = "$LYMPHOMIL_CACHE_DIR, else the user cache folder"
 console = Console()
 err_console = ERR_CONSOLE
 
-_STATE = {"debug": False, "hard_exit": False}
+_STATE = {"debug": False, "hard_exit": False, "in_command": 0}
 
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM, raised in the main thread like Ctrl-C, so the same clean-up runs (exit 143)."""
 
 
-def _raise_terminated(signum: int, frame: Any) -> None:
-    raise Terminated()
+def _on_signal(signum: int, frame: Any) -> None:
+    exc = Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+    if _STATE["in_command"]:
+        raise exc  # unwinds the command: staging removed, locks and claims released
+    exit_interrupted(exc)  # while parsing or after the command: nothing to clean up
 
 
 def install_signal_handlers() -> None:
@@ -79,7 +82,8 @@ def install_signal_handlers() -> None:
     is flushed (torch's and the extraction's threads cannot then abort the exit with
     ``terminate called without an active exception``)."""
     _STATE["hard_exit"] = True
-    signal.signal(signal.SIGTERM, _raise_terminated)
+    signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGTERM, _on_signal)
 
 
 def exit_interrupted(exc: BaseException) -> None:
@@ -148,6 +152,7 @@ def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
         for name in OUTPUT_OPTIONS:  # `--out .` is `--out $PWD` (Path(".") has no name)
             if isinstance(kwargs.get(name), os.PathLike):
                 kwargs[name] = type(kwargs[name])(os.path.abspath(kwargs[name]))
+        _STATE["in_command"] += 1
         try:
             return func(*args, **kwargs)
         except (LymphomilError, OSError) as exc:
@@ -173,6 +178,7 @@ def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
                               highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
         finally:  # the outputs this command locked (lymphomil.outputs.claim_output)
+            _STATE["in_command"] -= 1
             from lymphomil.outputs import release_claims
 
             release_claims()

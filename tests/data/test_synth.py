@@ -143,7 +143,7 @@ def test_images_carry_the_label(synthetic_root: Path) -> None:
 
 def test_refuses_to_overwrite_a_foreign_folder(tmp_path: Path) -> None:
     (tmp_path / "mine.txt").write_text("precious")
-    with pytest.raises(LymphomilError, match="refusing to overwrite") as caught:
+    with pytest.raises(LymphomilError, match="was not written by lymphomil") as caught:
         small(tmp_path)
     assert caught.value.fix
     assert (tmp_path / "mine.txt").read_text() == "precious"
@@ -197,4 +197,4 @@ def test_synth_command(tmp_path: Path) -> None:
     (tmp_path / "other" / "notes.txt").write_text("x")
     refused = runner.invoke(app, ["synth", str(tmp_path / "other")])
     assert refused.exit_code == 2
-    assert "refusing to overwrite" in refused.stderr and "fix:" in refused.stderr
+    assert "was not written by lymphomil" in refused.stderr and "fix:" in refused.stderr

@@ -611,11 +611,15 @@ def test_cache_clear_leaves_a_file_put_in_a_feature_folder(small_cohort: Path,
 
 def test_an_output_beside_the_cache_in_one_folder_is_fine(small_cohort: Path,
                                                           tmp_path: Path) -> None:
-    """--cache-dir DIR --out DIR/cv: the cache is not an input the output could damage; an
-    output that would hold the cache is refused."""
-    result = invoke(*_argv(CV + ["--out", str(tmp_path / "cv")], data=small_cohort,
+    """--cache-dir DIR --out DIR/results: the cache is not an input the output could damage; an
+    output that would hold the cache, or lie in the cache's own cv/ (its stored fits), is
+    refused."""
+    result = invoke(*_argv(CV + ["--out", str(tmp_path / "results")], data=small_cohort,
                            cache=tmp_path))
     assert result.exit_code == 0, result.output
+    result = invoke(*_argv(CV + ["--out", str(tmp_path / "cv")], data=small_cohort,
+                           cache=tmp_path))
+    assert result.exit_code == 2 and "the cache's own cv/ folder" in result.output, result.output
     result = invoke(*_argv(CV + ["--out", str(tmp_path / "x")], data=small_cohort,
                            cache=tmp_path / "x" / "cache"))
     assert result.exit_code == 2 and "holds the cache folder" in result.output, result.output

@@ -422,8 +422,24 @@ class FeatureCache:
         sizes = [len(p.image_paths) for p in patients]
         paths = [claim_path(folder, plan.patient_id, plan.content_hash) for plan in plans]
 
+        def state(i: int) -> list:
+            out = []
+            for kind in disk_kinds:
+                try:
+                    info = os.stat(plans[i].path(kind))
+                    out.append((info.st_ino, info.st_mtime_ns, info.st_size))
+                except OSError:
+                    out.append(None)
+            return out
+
+        # asked for, so not good enough as they are (missing, or failed a checksum on load):
+        # done only once another process has written them anew (an atomic write: a new inode)
+        before = [state(i) for i in range(len(plans))]
+
         def done(i: int) -> bool:
-            return all(self._valid_on_disk(plans[i], k, spec_hash) for k in disk_kinds)
+            now = state(i)
+            return (all(a is not None and a != b for a, b in zip(now, before[i]))
+                    and all(self._valid_on_disk(plans[i], k, spec_hash) for k in disk_kinds))
 
         def run(advance: Callable[..., None] | None) -> int:
             def compute(chunk: list[int]) -> int:

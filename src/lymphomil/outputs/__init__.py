@@ -2,7 +2,7 @@
 
 * :mod:`~lymphomil.outputs.files` — atomic writes, JSON, checksums (files a later run trusts);
 * :mod:`~lymphomil.outputs.ownership` — what may be replaced (markers, single-file records),
-  output locks, staged folders;
+  where an output or a cache may not go, output locks, staged folders;
 * :mod:`~lymphomil.outputs.roots` — where the caches live, and where they may not.
 """
 
@@ -16,7 +16,8 @@ from lymphomil.outputs.files import (CHECKSUMS, DIR_MODE, FILE_MODE, _host, _own
                                      dumps_json, read_json, sha256_file, sweep_stale_temp_files,
                                      verify_dir, write_checksums)
 from lymphomil.outputs.ownership import (KINDS, OUTPUT_MARKER, acquire_output_lock,
-                                         changed_files, check_not_an_input,
+                                         changed_files, check_cache_location,
+                                         check_not_an_input,
                                          check_not_inside_output, claim_output,
                                          ensure_file_replaceable, ensure_replaceable,
                                          file_record_path, folder_kind, foreign_files,
@@ -24,9 +25,9 @@ from lymphomil.outputs.ownership import (KINDS, OUTPUT_MARKER, acquire_output_lo
                                          release_claims, release_output_lock, remove_owned_file,
                                          staged_dir, sweep_stale_staging, write_output_marker,
                                          write_owned_file)
-from lymphomil.outputs.roots import cache_root, check_cache_location, default_cache_root
+from lymphomil.outputs.roots import CACHE_PARTS, cache_root, default_cache_root
 
-__all__ = ["CHECKSUMS", "DIR_MODE", "FILE_MODE", "KINDS", "OUTPUT_MARKER",
+__all__ = ["CACHE_PARTS", "CHECKSUMS", "DIR_MODE", "FILE_MODE", "KINDS", "OUTPUT_MARKER",
            "acquire_output_lock", "atomic_write_bytes", "atomic_write_json", "atomic_write_text",
            "cache_root", "changed_files", "check_cache_location", "check_not_an_input",
            "check_not_inside_output", "claim_output", "default_cache_root", "dumps_json",

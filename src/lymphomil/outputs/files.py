@@ -99,10 +99,12 @@ def read_json(path: str | Path) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise LymphomilError("file not found", file=path,
-                             fix="check the path (a model folder is made by `lymphomil train`)") from None
+                             fix="check the path (a model folder is made by `lymphomil "
+                                 "train`)") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise LymphomilError(f"not valid JSON ({exc})", file=path,
-                             fix="the file is damaged: re-create it (re-run the command that made it)") from None
+                             fix="the file is damaged: re-create it (re-run the command that "
+                                 "made it)") from None
 
 
 def write_checksums(folder: str | Path) -> Path:

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from lymphomil.errors import LymphomilError
+from lymphomil.outputs.roots import CACHE_PARTS, cache_root
 from lymphomil.outputs.files import (DIR_MODE, _host, _left_by_dead_processes, _owner, _pid_alive,
                                      atomic_write_bytes, atomic_write_json, sha256_file,
                                      write_checksums)
@@ -308,7 +309,15 @@ def check_not_an_input(out: str | Path, inputs: dict[str, str | Path | None],
         if target == source:
             raise LymphomilError(f"{option} is the {name} itself", file=out,
                                  fix=f"write the output elsewhere: {option} must not be an input")
-        # an output inside the cache folder is allowed (the cache only adds its own files)
+        # an output inside the cache folder is allowed (the cache only adds its own files), but
+        # not in one of the cache's own folders (cv/ holds the stored fits, features/ …)
+        if name == "cache folder" and target.is_relative_to(source) and target != source:
+            part = target.relative_to(source).parts[0]
+            if part in CACHE_PARTS:
+                raise LymphomilError(f"{option} lies in the cache's own {part}/ folder "
+                                     f"({source / part}), where the cache writes its files",
+                                     file=out, fix=f"write the output elsewhere, e.g. "
+                                                   f"{source / 'results'}")
         if (target.is_relative_to(source) and name != "cache folder"
                 and (source.is_dir() or not source.exists())):
             raise LymphomilError(f"{option} lies inside the {name} ({source})", file=out,
@@ -317,6 +326,13 @@ def check_not_an_input(out: str | Path, inputs: dict[str, str | Path | None],
             raise LymphomilError(f"{option} holds the {name} ({source}): writing the output "
                                  "there would replace it", file=out,
                                  fix=f"give {option} a folder that does not contain the inputs")
+
+
+def check_cache_location(cache_dir: str | Path | None, data: str | Path | None) -> None:
+    """The cache writes files: never inside the data folder (nor the data folder itself)."""
+    if data is None:
+        return
+    check_not_an_input(cache_root(cache_dir), {"data folder": data}, "--cache-dir")
 
 
 # --------------------------------------------------------------------------- locks
