@@ -184,7 +184,8 @@ def train_model(model: PatientModel, labelled: LabelledSet, out: Path, *, name: 
     model.fit(patients, labelled.y)
     metadata = {
         "model_name": name, "reference_date": reference_date.isoformat(), "seed": seed,
-        "features": [{"spec": s.to_dict(), "kind": k} for s, k in model.required_features()],
+        "features": [{"spec": s.to_dict(), "kind": k, "weights_sha256": _weights_sha256(s)}
+                     for s, k in model.required_features()],
         "training": {"n_patients": int(len(labelled.y)),
                      "n_malignant": int(labelled.y.sum()),
                      "n_reactive": int((labelled.y == 0).sum()),
@@ -195,6 +196,13 @@ def train_model(model: PatientModel, labelled: LabelledSet, out: Path, *, name: 
         model._save_into(staging)
         atomic_write_json(staging / METADATA_JSON, metadata)
     return model
+
+
+def _weights_sha256(spec: Any) -> str | None:
+    """The sha256 `predict` checks the weights against (None: random weights)."""
+    from lymphomil.features.weights import weights_digest
+
+    return None if spec.weights == "none" else weights_digest(spec.backbone, spec.weights)
 
 
 def model_reference_date(model_dir: Path) -> date:
@@ -273,9 +281,10 @@ def predict_folder(model_dir: Path, data: Path, *, on_error: str = "raise",
     """Predict the patients of ``data`` that the rule ``patients`` names (:data:`PATIENT_RULES`;
     ``include_labelled`` = ``"all"``); the others are in ``not_predicted``, and the labels of
     predicted patients that carry one give ``metrics``."""
-    from lymphomil.models.schema import FIX, read_model_folder
+    from lymphomil.models.schema import FIX, check_weights_unchanged, read_model_folder
 
     model, metadata = read_model_folder(model_dir)  # checksums, then a strict schema
+    check_weights_unchanged(model_dir, metadata)  # the same weights, hence the same features
     reference = date.fromisoformat(metadata["reference_date"])
     cohort = load_cohort(data, reference_date=reference, on_error=on_error)
     targets, left = select_targets(cohort, "all" if include_labelled else patients)

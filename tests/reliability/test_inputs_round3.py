@@ -251,3 +251,87 @@ def test_features_defaults_to_what_the_default_model_reads() -> None:
 def test_readme_says_how_the_command_gets_on_the_path() -> None:
     text = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
     assert "source .venv/bin/activate" in text and ".venv/bin/lymphomil" in text
+
+
+# --------------------------------------------------------------------------- no silent change
+
+
+def test_predict_refuses_weights_changed_since_training(tmp_path: Path) -> None:
+    """A model trained on --features small-cnn:w.pth@32 records w.pth's sha256; after w.pth
+    changes, predict stops (its features, hence the predictions, would change silently)."""
+    import torch
+
+    from lymphomil.features.backbones import create_backbone
+
+    root = write_cohort(tmp_path / "cohort", GOOD_ROWS + ["3,P4,0,M,2/2/1950,3.1",
+                                                          "4,P5,1,F,3/3/1940,40.2"])
+    for pid in ("P4", "P5"):
+        folder = root / "trainset" / pid
+        folder.mkdir()
+        (folder / "000000.jpg").write_bytes(jpeg_bytes())
+    weights = tmp_path / "w.pth"
+    torch.save(create_backbone("small-cnn", "none").model.state_dict(), weights)
+    cache, model = tmp_path / "cache", tmp_path / "model"
+    result = runner.invoke(app, ["train", str(root), "-m", "image-logreg", "--features",
+                                 f"small-cnn:{weights}@32", "--out", str(model),
+                                 "--cache-dir", str(cache)])
+    assert result.exit_code == 0, result.output
+    meta = json.loads((model / "metadata.json").read_text())
+    assert meta["features"][0]["weights_sha256"]
+    out = tmp_path / "pred.csv"
+    args = [str(root), out, "--cache-dir", str(cache)]
+    assert predict_cli(model, *args[:2], *args[2:]).exit_code == 0
+    state = torch.load(weights)
+    first = next(iter(state))
+    state[first] = state[first] + 1.0
+    torch.save(state, weights)
+    result = predict_cli(model, *args[:2], *args[2:])
+    assert result.exit_code == 2, result.output
+    text = " ".join(result.output.split())
+    assert "have changed since the model was trained" in text and "metadata.json" in text
+    no_traceback(result)
+
+
+def test_batch_size_is_in_the_feature_key_unless_default(tmp_path: Path) -> None:
+    """The forward pass's batch size moves the features in the 6th decimal (measured: 4e-6 on
+    resnet50-thin between batches of 3 and 4; small-cnn between 1 and 4), so features made with
+    another batch size are kept apart; the default's key is what it was (old caches valid)."""
+    from lymphomil.features import FeatureCache, FeatureSpec
+
+    spec = FeatureSpec("small-cnn", "none", 32)
+    default = FeatureCache(tmp_path / "c")
+    other = FeatureCache(tmp_path / "c", batch_size=1)
+    assert "batch_size" not in default.spec_key(spec)[0]
+    assert other.spec_key(spec)[0]["batch_size"] == 1
+    assert default.spec_key(spec)[2] != other.spec_key(spec)[2]
+
+
+def test_image_verdict_memo_sees_a_rewrite_that_restores_the_time(tmp_path: Path) -> None:
+    """A clean verdict is not trusted after the file is rewritten with its size and mtime put
+    back (cp -p, touch -d): the ctime moves."""
+    from lymphomil.data import images
+
+    path = tmp_path / "a.jpg"
+    good = jpeg_bytes()
+    path.write_bytes(good)
+    assert images.image_problem(path) is None
+    stat = path.stat()
+    bad = good[:len(good) // 2] + b"\0" * (len(good) - len(good) // 2)
+    with open(path, "r+b") as handle:  # the same inode, the same size
+        handle.write(bad)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert path.stat().st_mtime_ns == stat.st_mtime_ns and path.stat().st_size == stat.st_size
+    assert images.image_problem(path) is not None
+
+
+def test_weights_digest_memo_sees_a_rewrite_that_restores_the_time(tmp_path: Path) -> None:
+    from lymphomil.features.weights import file_sha256
+
+    path = tmp_path / "w.pth"
+    path.write_bytes(b"a" * 100)
+    first = file_sha256(path)
+    stat = path.stat()
+    with open(path, "r+b") as handle:
+        handle.write(b"b")
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert file_sha256(path) != first

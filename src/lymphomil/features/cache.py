@@ -6,8 +6,8 @@ Layout::
     <root>/<backbone>-<crop>px-<precision>-<spec hash>/<patient id>-<content hash>.<kind>.safetensors
 
 * The **spec hash** covers everything that changes the numbers: backbone, the sha256 of its
-  weights, crop, precision, the decoder, the cache format and the library versions
-  (torch, torchvision, timm, Pillow). TTA is not in it: the plain view is its own kind, and the
+  weights, crop, precision, the decoder, the cache format, the library versions
+  (torch, torchvision, timm, Pillow) and a batch size other than the default 16. TTA is not in it: the plain view is its own kind, and the
   TTA views are another (named ``views8`` on disk since TTA became the 8 dihedral views: the
   4-flip ``views`` files of before are never read as 8-view ones).
 * The **content hash** covers the patient's image file names (bag order) and each file's bytes,
@@ -160,6 +160,10 @@ def shared_cache(root: str | Path, memory_bytes: int = DEFAULT_MEMORY_BYTES,
         return _PROCESS_CACHES[key]
 
 
+#: images per forward pass unless told otherwise (another value is part of the spec key)
+DEFAULT_BATCH_SIZE = 16
+
+
 class FeatureCache:
     """On-disk, content-addressed feature store; implements ``FeatureStore`` (spec.py).
 
@@ -172,7 +176,7 @@ class FeatureCache:
     """
 
     def __init__(self, root: str | Path | None = None, workers: int | None = None,
-                 batch_size: int = 16,
+                 batch_size: int = DEFAULT_BATCH_SIZE,
                  on_progress: Callable[[int, int, float], None] | None = None,
                  memory_bytes: int = DEFAULT_MEMORY_BYTES, on_error: str = "raise",
                  threads_per_stream: int | None = None):
@@ -223,6 +227,11 @@ class FeatureCache:
                 "decoder": DECODER,
                 "versions": library_versions(),
             }
+            if self.batch_size != DEFAULT_BATCH_SIZE:
+                # the forward pass's batch size moves the numbers in the 6th decimal (oneDNN
+                # picks kernels by shape: resnet50-thin, 4e-6 between batches of 3 and 4); the
+                # default's key is unchanged, so caches made with it stay valid
+                key["batch_size"] = self.batch_size
             digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
             folder = self.root / f"{spec.backbone}-{spec.crop}px-{spec.precision}-{digest}"
             cached = self._spec_keys[spec] = (key, digest, folder)
