@@ -335,3 +335,31 @@ def test_weights_digest_memo_sees_a_rewrite_that_restores_the_time(tmp_path: Pat
         handle.write(b"b")
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert file_sha256(path) != first
+
+
+@pytest.mark.parametrize("policy", ["raise", "skip"])
+def test_features_honours_on_error_for_an_unreadable_image(tmp_path: Path, policy: str,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """An image that cannot be read (EACCES; simulated: the tests run as root) stops `features`
+    under raise, naming it, and is left out of its bag under skip (was: stopped in the hashing
+    of the files under both policies)."""
+    from tests.reliability.test_bad_inputs import features
+
+    root = write_cohort(tmp_path / "cohort")
+    target = str(root / "trainset" / "P1" / "000001.jpg")
+    real_open = os.open
+
+    def refusing(path, *args, **kwargs):
+        if os.fspath(path) == target:
+            raise PermissionError(13, "Permission denied", target)
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", refusing)
+    result = features(root, tmp_path / "cache", "--on-error", policy)
+    text = " ".join(result.output.split())
+    assert "000001.jpg" in text, text
+    if policy == "raise":
+        assert result.exit_code == 2 and "fix:" in text
+    else:
+        assert result.exit_code == 0 and "left out of its bag" in text
+    no_traceback(result)

@@ -239,7 +239,7 @@ class FeatureCache:
 
     def _plans(self, patients: Sequence[Any], folder: Path) -> list[_Plan]:
         all_paths = [p for patient in patients for p in path_strings(patient.image_paths)]
-        digests = iter(image_digests(all_paths))
+        digests = iter(image_digests(all_paths, tolerant=self.on_error == "skip"))
         del all_paths
         plans = []
         for patient in patients:
