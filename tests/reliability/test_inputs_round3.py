@@ -363,3 +363,36 @@ def test_features_honours_on_error_for_an_unreadable_image(tmp_path: Path, polic
     else:
         assert result.exit_code == 0 and "left out of its bag" in text
     no_traceback(result)
+
+
+# --------------------------------------------------------------------------- malformed input
+
+
+def _latin1_name(root: Path) -> Path:
+    folder = os.fsencode(root / "trainset" / "P1")
+    path = folder + b"/caf\xe9.jpg"
+    with open(path, "wb") as handle:
+        handle.write(jpeg_bytes())
+    return Path(os.fsdecode(path))
+
+
+@pytest.mark.parametrize("command", ["features", "predict"])
+def test_a_file_name_that_is_not_utf8_is_listed_with_its_reason(model_dir: Path, tmp_path: Path,
+                                                                command: str) -> None:
+    from tests.reliability.test_bad_inputs import features
+
+    root = write_cohort(tmp_path / "cohort")
+    _latin1_name(root)
+    out = tmp_path / "pred.csv"
+    for policy in ("raise", "skip"):
+        if command == "features":
+            result = features(root, tmp_path / "cache", "--on-error", policy)
+        else:
+            result = predict_cli(model_dir, root, out, "--patients", "all", "--on-error", policy)
+        text = " ".join(result.output.split())
+        assert "caf\\xe9.jpg" in text and "is not UTF-8 text" in text, text
+        assert result.exit_code == (2 if policy == "raise" else 0), text
+        no_traceback(result)
+    skipped = json.loads(out.with_name("pred.skipped.json").read_text()) \
+        if command == "predict" else []
+    assert command == "features" or skipped[0]["file"].endswith("caf\\xe9.jpg")

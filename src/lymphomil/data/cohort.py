@@ -373,6 +373,21 @@ class ImagePaths(SequenceABC):
         self.folder, self.names = state
 
 
+def is_utf8(name: str) -> bool:
+    """False for a file name whose bytes are not UTF-8 (Python holds them as surrogates)."""
+    try:
+        name.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def printable(name: str | Path) -> str:
+    """A file name as text a message, a JSON file or a report can hold: bytes that are not
+    UTF-8 shown as ``\\xNN``."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
+
+
 def list_images(folder: Path, root: Path, patient_id: str, log: IssueLog,
                 check: bool = True, pool: Any = None) -> ImagePaths:
     """The patient's JPEGs sorted by name; hidden files ignored, anything else reported.
@@ -388,6 +403,13 @@ def list_images(folder: Path, root: Path, patient_id: str, log: IssueLog,
         name = entry.name
         if name.startswith("."):
             continue  # .DS_Store, ._foo.jpg, editor files: never cells
+        if not is_utf8(name):  # its bytes cannot be written in a cache key, a CSV or a report
+            log.report(DataIssue("the file name is not UTF-8 text (shown here with its other "
+                                 "bytes as \\xNN)",
+                                 "rename the file with a UTF-8 name (e.g. convmv -f latin1 -t "
+                                 "utf8 --notest FILE)", file=printable(entry.path),
+                                 patient_id=patient_id))
+            continue
         path = Path(entry.path)
         try:
             is_dir = entry.is_dir(follow_symlinks=False)
@@ -625,10 +647,13 @@ def _load(root: Path, reference_date: date, log: IssueLog, check_images: bool,
             continue
         for folder in sorted((root / sub).iterdir()):
             if folder.is_dir() and not folder.name.startswith(".") and folder.name not in all_ids:
-                ignored.append(f"{sub}/{folder.name}")
-                log.report(DataIssue(f"image folder {sub}/{folder.name} has no row in the CSV",
-                                     "add the patient's row to the CSV or move the folder away",
-                                     file=str(folder), patient_id=folder.name))
+                name = printable(folder.name)
+                ignored.append(f"{sub}/{name}")
+                log.report(DataIssue(f"image folder {sub}/{name} has no row in the CSV",
+                                     "add the patient's row to the CSV or move the folder away"
+                                     + ("" if is_utf8(folder.name) else " (and give it a UTF-8 "
+                                                                         "name)"),
+                                     file=printable(folder), patient_id=name))
     return Cohort(root, patients, log.issues, reference_date, ignored)
 
 
