@@ -168,6 +168,10 @@ def load_config(path: Path | None, overrides: dict[str, Any]) -> RunConfig:
         except tomllib.TOMLDecodeError as exc:
             raise LymphomilError(f"not valid TOML ({exc})", file=path,
                                  fix="correct the TOML syntax") from None
+        except RecursionError:
+            raise LymphomilError("not a run config: its arrays or tables are nested too deeply "
+                                 "to read", file=path, fix="give the path of a run's TOML file "
+                                                           "(flat keys)") from None
         base = Path(path).expanduser().absolute().parent
         for key in PATH_FIELDS:
             value = data.get(key)

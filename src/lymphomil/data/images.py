@@ -208,7 +208,8 @@ def _memo() -> dict[str, tuple[int, ...]]:
             entries = record["entries"] if record.get("checks") == _CHECKS else {}
             _MEMO = {str(k): tuple(int(x) for x in v[:4]) for k, v in entries.items()
                      if len(v) == 4}
-        except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError):
+        except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError,
+                RecursionError):
             _MEMO = {}  # none yet, or damaged: decode again
     return _MEMO
 

@@ -324,7 +324,9 @@ class FeatureCache:
             header = json.loads(meta_bytes)
             start, end = header["features"]["data_offsets"]
             meta = json.loads(header["__metadata__"]["lymphomil"])
-        except (OSError, ValueError, KeyError, TypeError):
+        except (OSError, ValueError, KeyError, TypeError, RecursionError):
+            return False  # not ours, damaged, or a header nested too deep: recompute it
+        if not isinstance(meta, dict) or not all(isinstance(v, int) for v in (start, end)):
             return False
         return (8 + size + end == total and start == 0 and meta.get("spec_hash") == spec_hash
                 and meta.get("content_hash") == plan.content_hash
@@ -504,7 +506,9 @@ class FeatureCache:
                 size += entry.stat().st_size
             try:
                 spec = json.loads((folder / SPEC_JSON).read_text())
-            except (OSError, ValueError):
+            except (OSError, ValueError, RecursionError):
+                spec = {}
+            if not isinstance(spec, dict):  # not what the cache writes: show nothing of it
                 spec = {}
             specs.append({"folder": folder.name, "backbone": spec.get("backbone"),
                           "crop": spec.get("crop"), "precision": spec.get("precision"),
