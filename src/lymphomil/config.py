@@ -46,7 +46,7 @@ class RunConfig(BaseModel):
 
     data: Path | None = Field(None, description="challenge-layout folder; none = synthetic cohort")
     synthetic_patients: int = Field(60, ge=8, le=100_000)
-    synthetic_seed: int = 0
+    synthetic_seed: int = Field(0, ge=0)
     candidates: list[str] = Field(default_factory=lambda: list(DEFAULT_CANDIDATES))
     model: str | None = Field(None, description="fit this model instead of the CV winner")
     folds: int = Field(5, ge=2, le=50)

@@ -94,6 +94,14 @@ def check_synthetic(patients: int, option: str = "--patients") -> int:
                       f"use {option} between 8 and {MAX_PATIENTS}")
 
 
+def check_synthetic_seed(seed: int, option: str = "--seed") -> int:
+    """A synthetic cohort's seed feeds numpy's generator, which takes no negative seed."""
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise LymphomilError(f"{option} {seed!r} is negative",
+                             fix=f"give {option} a whole number from 0 up (0 is the default)")
+    return seed
+
+
 def check_images_per_patient(low: int, high: int) -> tuple[int, int]:
     _int_range("--min-images", low, 1, MAX_IMAGES_PER_PATIENT)
     _int_range("--max-images", high, 1, MAX_IMAGES_PER_PATIENT)

@@ -396,3 +396,18 @@ def test_a_file_name_that_is_not_utf8_is_listed_with_its_reason(model_dir: Path,
     skipped = json.loads(out.with_name("pred.skipped.json").read_text()) \
         if command == "predict" else []
     assert command == "features" or skipped[0]["file"].endswith("caf\\xe9.jpg")
+
+
+def test_a_csv_error_names_the_editor_line_and_the_column(model_dir: Path,
+                                                          tmp_path: Path) -> None:
+    """A quoted note over two lines before the bad row: the row number is the line an editor
+    shows (was: the record count, one less), and the column is named with its letter."""
+    header = HEADER + ",NOTE"
+    rows = ['0,P1,1,M,11/3/1933,11.2,"seen twice,\nsecond visit"', "1,P2,0,X,28-04-1943,4.5,",
+            "2,P3,-1,F,1/17/1946,5.76,"]
+    root = write_cohort(tmp_path / "cohort", rows, header=header)
+    result = predict_cli(model_dir, root, tmp_path / "pred.csv", "--patients", "all")
+    assert result.exit_code == 2
+    text = " ".join(result.output.split())
+    assert "clinical_annotation.csv, row 4:" in text, text
+    assert "column D (GENDER, field 4)" in text, text

@@ -229,6 +229,18 @@ class Row:
     values: dict[str, str]
     n_fields: int = 0  # fields on this line
     n_header: int = 0  # fields in the header: a row must have as many
+    columns: tuple[tuple[str, int], ...] = ()  # (required column, 0-based position)
+
+    def where(self, column: str) -> str:
+        """Where a spreadsheet or an editor shows ``column`` of this row: ``column E (DOB)``."""
+        position = dict(self.columns).get(column)
+        if position is None:
+            return ""
+        letters, n = "", position + 1
+        while n:
+            n, r = divmod(n - 1, 26)
+            letters = chr(65 + r) + letters
+        return f"column {letters} ({column}, field {position + 1})"
 
 
 def read_table(path: Path) -> list[Row]:
@@ -279,12 +291,15 @@ def _read_records(path: Path, reader: Any) -> list[Row]:
         raise LymphomilError(f"column(s) {', '.join(dupes)} appear twice", file=path, row=1,
                              fix="keep one column of each name")
     position = {c: upper.index(c) for c in REQUIRED_COLUMNS}
+    columns = tuple(position.items())
     rows = []
-    for line_no, record in enumerate(reader, start=2):
+    line_no = reader.line_num + 1  # the line a record starts on (a quoted field may span lines)
+    for record in reader:
+        start, line_no = line_no, reader.line_num + 1
         if not record or all(not cell.strip() for cell in record):
             continue
         values = {c: (record[i] if i < len(record) else "") for c, i in position.items()}
-        rows.append(Row(path, line_no, values, len(record), len(header)))
+        rows.append(Row(path, start, values, len(record), len(header), columns))
     return rows
 
 
@@ -519,6 +534,11 @@ _FIXES = {
 }
 
 
+#: FieldError.field -> the CSV column it comes from
+_COLUMN_OF = {"ID": COL_ID, "label": COL_LABEL, "gender": COL_GENDER, "date": COL_DOB,
+              "count": COL_COUNT}
+
+
 def _fix_for(exc: ValueError) -> str:
     """The fix for a bad row, chosen by the field (a value like 'IDK' must not pick the ID fix)."""
     return _FIXES.get(getattr(exc, "field", ""), "correct the row")
@@ -610,8 +630,9 @@ def _load(root: Path, reference_date: date, log: IssueLog, check_images: bool,
             try:
                 pid, label, gender, dob, age, count = _patient_from_row(row, reference_date)
             except ValueError as exc:
-                log.report(DataIssue(str(exc), _fix_for(exc), file=str(csv_path),
-                                     row=row.line, patient_id=raw_id))
+                where = row.where(_COLUMN_OF.get(getattr(exc, "field", ""), ""))
+                log.report(DataIssue(str(exc) + (f" ({where})" if where else ""), _fix_for(exc),
+                                     file=str(csv_path), row=row.line, patient_id=raw_id))
                 continue
             if pid in seen:
                 first = seen[pid]
