@@ -411,3 +411,81 @@ def test_a_csv_error_names_the_editor_line_and_the_column(model_dir: Path,
     text = " ".join(result.output.split())
     assert "clinical_annotation.csv, row 4:" in text, text
     assert "column D (GENDER, field 4)" in text, text
+
+
+# --------------------------------------------------------------------------- the sweep, extended
+# test_sweep's commands (features, cv, train, predict, run, explore) over this input
+# classes; the data folder is never changed.
+
+from tests.reliability.test_sweep import (COMMANDS, _argv, cohort, invoke,  # noqa: E402
+                                          logreg_model, small_cohort, tree_digest)
+
+__all__ += ["cohort", "logreg_model", "small_cohort"]
+
+
+def _sweep_latin1_name(root: Path) -> None:
+    folder = sorted((root / "trainset").iterdir())[0]
+    with open(os.fsencode(folder) + b"/caf\xe9.jpg", "wb") as handle:
+        handle.write(jpeg_bytes())
+
+
+def _sweep_disagreeing_csvs(root: Path) -> None:
+    rows = list(csv.reader(open(root / "clinical_annotation.csv")))
+    header, first = rows[0], next(r for r in rows[1:] if r[2].strip() in ("0", "1"))
+    first = list(first)
+    first[2] = "1" if first[2].strip() == "0" else "0"
+    with open(root / "trainset" / "trainset_true.csv", "w", newline="") as handle:
+        csv.writer(handle).writerows([header, first])
+
+
+def _sweep_linked_trainset(root: Path) -> None:
+    target = root.parent / "download-trainset"
+    (root / "trainset").rename(target)
+    (root / "trainset").symlink_to(target)
+
+
+SWEEP = {
+    # case: (mutate, words or None for "works", stops under skip too)
+    "file name not UTF-8": (_sweep_latin1_name, "is not UTF-8 text", False),
+    "two CSVs disagree on a label": (_sweep_disagreeing_csvs, "disagree", True),
+    "trainset/ is a symbolic link": (_sweep_linked_trainset, None, False),
+}
+
+
+@pytest.mark.parametrize("command,case", [
+    pytest.param(c, f, id=f"{c}-{f}",
+                 marks=[pytest.mark.slow] if c == "run" and f != "trainset/ is a symbolic link"
+                 else [])
+    for f in sorted(SWEEP) for c in sorted(COMMANDS)])
+def test_sweep_every_command_over_the_input_classes(cohort: Path, logreg_model: Path,
+                                                    tmp_path: Path, command: str,
+                                                    case: str) -> None:
+    mutate, words, fatal = SWEEP[case]
+    mutate(cohort)
+    before = tree_digest(cohort, logreg_model)
+    argv = _argv(COMMANDS[command], data=cohort, cache=tmp_path / "cache", tmp=tmp_path,
+                 model=logreg_model)
+    result = invoke(*argv)
+    no_traceback(result)
+    if words is None:
+        assert result.exit_code == 0, result.output
+    else:
+        assert result.exit_code == 2 and words in result.output, result.output
+        result = invoke(*argv, "--on-error", "skip")
+        no_traceback(result)
+        assert result.exit_code == (2 if fatal else 0), result.output
+        assert words in " ".join(result.output.split()), result.output
+    assert tree_digest(cohort, logreg_model) == before
+
+
+@pytest.mark.parametrize("args, words", [
+    (["synth", "{tmp}/s", "--seed", "-5", "--patients", "8"], "--seed -5 is negative"),
+    (["run", "--patients", "8", "--out", "{tmp}/r", "--config", "{tmp}/c.toml"],
+     "synthetic_seed: should be greater than or equal to 0"),
+])
+def test_option_ranges_of_this_round(tmp_path: Path, args: list[str], words: str) -> None:
+    (tmp_path / "c.toml").write_text("synthetic_seed = -1\n")
+    result = runner.invoke(app, [a.format(tmp=tmp_path) for a in args])
+    assert result.exit_code == 2 and words in " ".join(result.output.split()), result.output
+    no_traceback(result)
+    assert not (tmp_path / "s").exists() and not (tmp_path / "r").exists()
