@@ -489,3 +489,17 @@ def test_option_ranges_of_this_round(tmp_path: Path, args: list[str], words: str
     assert result.exit_code == 2 and words in " ".join(result.output.split()), result.output
     no_traceback(result)
     assert not (tmp_path / "s").exists() and not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("args, words", [
+    (["cv", "x", "--folds", "five"], "'five' is not a whole number"),
+    (["cv", "x", "--folds", "2.5"], "'2.5' is not a whole number"),
+    (["cv", "x", "--on-error", "maybe"], "'maybe' is not one of 'raise', 'skip'"),
+    (["predict", "m", "d", "--out", "p.csv", "--patients", "x"], "'x' is not one of 'new', 'all'"),
+    (["features", "d", "--precision", "fp64"], "'fp64' is not one of"),
+])
+def test_option_values_are_refused_in_plain_words(args: list[str], words: str) -> None:
+    result = runner.invoke(app, args)
+    text = " ".join(result.output.replace("│", " ").split())
+    assert result.exit_code == 2 and words in text, text
+    assert "Value error" not in text and "Input should" not in text
