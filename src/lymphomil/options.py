@@ -143,7 +143,8 @@ def one_of(choices: Callable[[], Collection[str]], problem: str) -> Any:
     def check(value: str) -> str:
         allowed = choices()
         if value not in allowed:
-            raise ValueError(problem.format(value=value, choices=", ".join(allowed)))
+            hint = did_you_mean(value, allowed) if "{choices}" not in problem else ""
+            raise ValueError(problem.format(value=value, choices=", ".join(allowed)) + hint)
         return value
 
     return AfterValidator(check)
