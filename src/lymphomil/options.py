@@ -195,6 +195,24 @@ def check_features_option(text: str | None, option: str = "--features") -> str |
     return text
 
 
+def absolute_weights(text: str | None) -> str | None:
+    """``--features`` with a weights file written as an absolute path: the model stores it, and
+    ``predict`` (run from another folder) finds and checks that file."""
+    if text is None:
+        return None
+    import os
+
+    from lymphomil.features.spec import FeatureSpec
+
+    spec = FeatureSpec.parse(text)
+    if spec.weights in ("imagenet", "none"):
+        return text
+    path = os.path.abspath(os.path.expanduser(spec.weights))
+    if path == spec.weights:
+        return text
+    return FeatureSpec(spec.backbone, path, spec.crop, spec.tta, spec.precision).label()
+
+
 def check_folds_against(folds: int, y: Iterable[int], option: str = "--folds") -> None:
     """Stratified folds need at least ``folds`` patients of each class."""
     import numpy as np

@@ -272,12 +272,15 @@ def test_predict_refuses_weights_changed_since_training(tmp_path: Path) -> None:
     weights = tmp_path / "w.pth"
     torch.save(create_backbone("small-cnn", "none").model.state_dict(), weights)
     cache, model = tmp_path / "cache", tmp_path / "model"
-    result = runner.invoke(app, ["train", str(root), "-m", "image-logreg", "--features",
-                                 f"small-cnn:{weights}@32", "--out", str(model),
-                                 "--cache-dir", str(cache)])
+    with pytest.MonkeyPatch.context() as patch:  # a relative path, stored absolute
+        patch.chdir(tmp_path)
+        result = runner.invoke(app, ["train", str(root), "-m", "image-logreg", "--features",
+                                     "small-cnn:w.pth@32", "--out", str(model),
+                                     "--cache-dir", str(cache)])
     assert result.exit_code == 0, result.output
     meta = json.loads((model / "metadata.json").read_text())
     assert meta["features"][0]["weights_sha256"]
+    assert meta["features"][0]["spec"]["weights"] == str(weights)
     out = tmp_path / "pred.csv"
     args = [str(root), out, "--cache-dir", str(cache)]
     assert predict_cli(model, *args[:2], *args[2:]).exit_code == 0
