@@ -110,7 +110,8 @@ def features(
 
     A second run is a cache hit; a killed run resumes; a changed image recomputes its patient only.
 
-    Example: lymphomil features ../shared/data/dlmi-lymphocytosis --backbone efficientnet-lite0 --crop 112
+    Example: lymphomil features ../shared/data/dlmi-lymphocytosis   (the default model's features)
+    Another backbone: lymphomil features DATA --backbone efficientnet-lite0 --crop 112
     """
     from lymphomil.data.cohort import load_cohort
     from lymphomil.steps import get_engine
