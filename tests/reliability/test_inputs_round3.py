@@ -506,3 +506,14 @@ def test_option_values_are_refused_in_plain_words(args: list[str], words: str) -
     text = " ".join(result.output.replace("│", " ").split())
     assert result.exit_code == 2 and words in text, text
     assert "Value error" not in text and "Input should" not in text
+
+
+@pytest.mark.parametrize("kind", ["broken", "loop"])
+def test_a_data_folder_link_that_cannot_be_followed_says_so(model_dir: Path, tmp_path: Path,
+                                                            kind: str) -> None:
+    link = tmp_path / "cohort"
+    link.symlink_to(tmp_path / "gone" if kind == "broken" else link)
+    result = predict_cli(model_dir, link, tmp_path / "pred.csv")
+    text = " ".join(result.output.split())
+    assert result.exit_code == 2
+    assert ("is a broken symbolic link" if kind == "broken" else "is a symbolic link loop") in text

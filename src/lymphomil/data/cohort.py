@@ -553,7 +553,9 @@ def load_cohort(root: str | Path, *, reference_date: date = DEFAULT_REFERENCE_DA
     """
     root = Path(root)
     if not root.is_dir():
-        raise LymphomilError("data folder not found", file=root,
+        link = _link_problem(root, root) if root.is_symlink() else None
+        raise LymphomilError("data folder not found" + (f": the path {link}" if link else ""),
+                             file=root,
                              fix="give the path of the challenge folder (dlmi-lymphocytosis/)")
     root = root.resolve()
     log = IssueLog(on_error)
