@@ -418,7 +418,7 @@ def test_a_csv_error_names_the_editor_line_and_the_column(model_dir: Path,
 
 # --------------------------------------------------------------------------- the sweep, extended
 # test_sweep's commands (features, cv, train, predict, run, explore) over this input
-# classes; the data folder is never changed.
+# classes; the data folder is never changed. `run` (~6-20 s a case here) is marked slow.
 
 from tests.reliability.test_sweep import (COMMANDS, _argv, cohort, invoke,  # noqa: E402
                                           logreg_model, small_cohort, tree_digest)
@@ -456,9 +456,7 @@ SWEEP = {
 
 
 @pytest.mark.parametrize("command,case", [
-    pytest.param(c, f, id=f"{c}-{f}",
-                 marks=[pytest.mark.slow] if c == "run" and f != "trainset/ is a symbolic link"
-                 else [])
+    pytest.param(c, f, id=f"{c}-{f}", marks=[pytest.mark.slow] if c == "run" else [])
     for f in sorted(SWEEP) for c in sorted(COMMANDS)])
 def test_sweep_every_command_over_the_input_classes(cohort: Path, logreg_model: Path,
                                                     tmp_path: Path, command: str,
