@@ -39,6 +39,48 @@ def _flag_display_type(self: TyperOption, ctx: Any) -> str | None:
 _TYPER_DISPLAY_TYPE = TyperOption.display_type_rich
 TyperOption.display_type_rich = _flag_display_type  # type: ignore[method-assign]
 
+
+def _plain_value_message(original: Callable[[Any], str]) -> Callable[[Any], str]:
+    """Typer words a bad option value in pydantic's terms (``Value error, 'x' is not one of``,
+    ``Input should be a valid integer, unable to parse string as an integer``): plain words."""
+
+    def message(exc: Any) -> str:
+        text = original(exc)
+        try:
+            error = exc.errors()[0]
+        except (AttributeError, IndexError, TypeError):
+            return text
+        if text.startswith("Value error, "):
+            return text[len("Value error, "):]
+        kind = str(error.get("type", ""))
+        if kind.startswith("int_"):
+            return f"{error.get('input')!r} is not a whole number"
+        if kind.startswith("float_"):
+            return f"{error.get('input')!r} is not a number"
+        if text.startswith("Input should"):
+            return text[len("Input "):]
+        return text
+
+    return message
+
+
+def _patch_typer_messages() -> None:
+    import importlib
+
+    for name in ("typer._coercion", "typer._param_types"):  # private: absent in other versions
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        original = getattr(module, "get_error_msg", None)
+        if original is not None and not getattr(original, "_lymphomil", False):
+            patched = _plain_value_message(original)
+            patched._lymphomil = True  # type: ignore[attr-defined]
+            module.get_error_msg = patched  # type: ignore[attr-defined]
+
+
+_patch_typer_messages()
+
 app = typer.Typer(
     name="lymphomil",
     help="Reactive vs malignant lymphocytosis from patient attributes and blood-smear cell images.",

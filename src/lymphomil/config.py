@@ -46,7 +46,7 @@ class RunConfig(BaseModel):
 
     data: Path | None = Field(None, description="challenge-layout folder; none = synthetic cohort")
     synthetic_patients: int = Field(60, ge=8, le=100_000)
-    synthetic_seed: int = 0
+    synthetic_seed: int = Field(0, ge=0)
     candidates: list[str] = Field(default_factory=lambda: list(DEFAULT_CANDIDATES))
     model: str | None = Field(None, description="fit this model instead of the CV winner")
     folds: int = Field(5, ge=2, le=50)
@@ -168,6 +168,10 @@ def load_config(path: Path | None, overrides: dict[str, Any]) -> RunConfig:
         except tomllib.TOMLDecodeError as exc:
             raise LymphomilError(f"not valid TOML ({exc})", file=path,
                                  fix="correct the TOML syntax") from None
+        except RecursionError:
+            raise LymphomilError("not a run config: its arrays or tables are nested too deeply "
+                                 "to read", file=path, fix="give the path of a run's TOML file "
+                                                           "(flat keys)") from None
         base = Path(path).expanduser().absolute().parent
         for key in PATH_FIELDS:
             value = data.get(key)

@@ -94,6 +94,14 @@ def check_synthetic(patients: int, option: str = "--patients") -> int:
                       f"use {option} between 8 and {MAX_PATIENTS}")
 
 
+def check_synthetic_seed(seed: int, option: str = "--seed") -> int:
+    """A synthetic cohort's seed feeds numpy's generator, which takes no negative seed."""
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise LymphomilError(f"{option} {seed!r} is negative",
+                             fix=f"give {option} a whole number from 0 up (0 is the default)")
+    return seed
+
+
 def check_images_per_patient(low: int, high: int) -> tuple[int, int]:
     _int_range("--min-images", low, 1, MAX_IMAGES_PER_PATIENT)
     _int_range("--max-images", high, 1, MAX_IMAGES_PER_PATIENT)
@@ -135,7 +143,8 @@ def one_of(choices: Callable[[], Collection[str]], problem: str) -> Any:
     def check(value: str) -> str:
         allowed = choices()
         if value not in allowed:
-            raise ValueError(problem.format(value=value, choices=", ".join(allowed)))
+            hint = did_you_mean(value, allowed) if "{choices}" not in problem else ""
+            raise ValueError(problem.format(value=value, choices=", ".join(allowed)) + hint)
         return value
 
     return AfterValidator(check)
@@ -184,6 +193,24 @@ def check_features_option(text: str | None, option: str = "--features") -> str |
                              fix=f"write BACKBONE@CROP with a backbone of: {', '.join(backbones)}")
     check_crop(spec.crop, f"{option} crop")
     return text
+
+
+def absolute_weights(text: str | None) -> str | None:
+    """``--features`` with a weights file written as an absolute path: the model stores it, and
+    ``predict`` (run from another folder) finds and checks that file."""
+    if text is None:
+        return None
+    import os
+
+    from lymphomil.features.spec import FeatureSpec
+
+    spec = FeatureSpec.parse(text)
+    if spec.weights in ("imagenet", "none"):
+        return text
+    path = os.path.abspath(os.path.expanduser(spec.weights))
+    if path == spec.weights:
+        return text
+    return FeatureSpec(spec.backbone, path, spec.crop, spec.tta, spec.precision).label()
 
 
 def check_folds_against(folds: int, y: Iterable[int], option: str = "--folds") -> None:

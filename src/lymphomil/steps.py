@@ -265,9 +265,10 @@ def predict_folder(model_dir: Path, data: Path, *, on_error: str = "raise",
     """Predict the patients of ``data`` that the rule ``patients`` names (:data:`PATIENT_RULES`;
     ``include_labelled`` = ``"all"``); the others are in ``not_predicted``, and the labels of
     predicted patients that carry one give ``metrics``."""
-    from lymphomil.models.schema import FIX, read_model_folder
+    from lymphomil.models.schema import FIX, check_weights_unchanged, read_model_folder
 
     model, metadata = read_model_folder(model_dir)  # checksums, then a strict schema
+    check_weights_unchanged(model_dir, metadata)  # the same weights, hence the same features
     reference = date.fromisoformat(metadata["reference_date"])
     cohort = load_cohort(data, reference_date=reference, on_error=on_error, cache_dir=cache_dir)
     targets, left = select_targets(cohort, "all" if include_labelled else patients)

@@ -47,7 +47,7 @@ def test_hit_then_miss_then_load(cohort_root: Path, tmp_path: Path) -> None:
     assert all(first[p.id].shape == (p.n_images, 256) for p in patients)
     assert all(first[p.id].dtype == np.float32 for p in patients)
 
-    again = FeatureCache(tmp_path / "cache")  # a new process would see the same files
+    again = FeatureCache(tmp_path / "cache", batch_size=4)  # a new process sees the same files
     again.ensure(patients, SPEC)
     assert again.last_run["cached_patients"] == len(patients)
     assert again.last_run["computed_images"] == 0
@@ -196,7 +196,7 @@ def test_resume_after_a_kill(tmp_path: Path) -> None:
                                       f"*.pooled{SUFFIX}")
     assert 2 <= finished < len(patients)
 
-    cache = FeatureCache(cache_dir)
+    cache = FeatureCache(cache_dir, batch_size=2)  # the killed run's (part of the key)
     cache.ensure(patients, SPEC)
     assert cache.last_run["cached_patients"] == finished  # every finished patient is reused
     assert cache.last_run["computed_patients"] == len(patients) - finished

@@ -135,7 +135,7 @@ def test_an_interrupted_trunk_extraction_resumes(tmp_path: Path) -> None:
                                       f"*.trunk{SUFFIX}")
     assert 2 <= finished < len(patients)
 
-    cache = FeatureCache(cache_dir)
+    cache = FeatureCache(cache_dir, batch_size=2)  # the killed run's (part of the key)
     cache.ensure(patients, spec, kinds=("trunk",))
     assert cache.last_run["cached_patients"] == finished
     assert cache.last_run["computed_patients"] == len(patients) - finished

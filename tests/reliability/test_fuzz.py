@@ -90,3 +90,195 @@ def test_parse_dob_round_trips_each_format(day: date, pad: bool) -> None:
     assert parse_dob(f"{d}-{m}-{day.year}") == day  # DD-MM-YYYY
     assert parse_dob(f"{day.year}-{m}-{d}") == day  # YYYY-MM-DD
     assert parse_dob(f"  {day.isoformat()}  ") == day
+
+
+# --------------------------------------------------------------------------- structures (issue 22)
+# Every reader of JSON or TOML that a person can hand lymphomil a file for, fed random structures
+# of any type and depth: each either reads it or raises LymphomilError (naming the file), never
+# anything else. Caches lymphomil writes for itself (the clean-image memo, a feature file's
+# header) treat such a file as absent. Readers: outputs.read_json (model folders, model cards),
+# config.load_config (TOML), models.schema.read_model_folder (metadata.json, model.json),
+# models.schema.check_weights_unchanged (metadata.json, model_card.json), data.images' memo,
+# features.cache (feature file headers, spec.json). CSV: the tests above (read_table).
+
+import json as _json  # noqa: E402
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+
+import pytest  # noqa: E402
+
+SCALARS = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True),
+                    st.text(max_size=10))
+JSON_VALUES = st.recursive(SCALARS, lambda inner: st.one_of(
+    st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=8), inner, max_size=4)),
+    max_leaves=25)
+DEEP = 100_000
+
+
+def _deep(opening: str, closing: str, core: str = "1") -> str:
+    return opening * DEEP + core + closing * DEEP
+
+
+DEEP_JSON = [_deep("[", "]"), _deep('{"a":', "}"), "[" * DEEP]
+
+
+def _json_text(value) -> str:
+    return _json.dumps(value, allow_nan=True)
+
+
+@FAST
+@given(value=JSON_VALUES)
+@example(value=None)
+def test_read_json_any_structure(tmp_path: Path, value) -> None:
+    from lymphomil.outputs import read_json
+
+    path = tmp_path / "x.json"
+    path.write_text(_json_text(value))
+    assert read_json(path) == value or value != value or _json_text(value) == _json_text(
+        read_json(path))
+
+
+@pytest.mark.parametrize("text", DEEP_JSON, ids=["deep list", "deep object", "unclosed"])
+def test_read_json_any_depth(tmp_path: Path, text: str) -> None:
+    from lymphomil.outputs import read_json
+
+    path = tmp_path / "x.json"
+    path.write_text(text)
+    with pytest.raises(LymphomilError) as caught:
+        read_json(path)
+    assert caught.value.file == str(path) and caught.value.fix
+
+
+def _toml_value(value, depth: int = 0) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value) if value == value and abs(value) != float("inf") else "nan"
+    if isinstance(value, str):
+        return _json.dumps(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v, depth + 1) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_json.dumps(k)} = {_toml_value(v, depth + 1)}"
+                               for k, v in value.items()) + "}"
+    return '""'  # None: TOML has no null
+
+
+CONFIG_KEYS = st.sampled_from(["data", "cache_dir", "candidates", "model", "folds", "repeats",
+                               "seed", "reference_date", "on_error", "features", "threads",
+                               "engine", "gallery_k", "synthetic_patients", "nested_selection",
+                               "foldz", "x"])
+
+
+@FAST
+@given(items=st.dictionaries(CONFIG_KEYS, JSON_VALUES, max_size=5))
+def test_load_config_any_structure(tmp_path: Path, items: dict) -> None:
+    from lymphomil.config import load_config
+
+    path = tmp_path / "run.toml"
+    path.write_text("".join(f"{k} = {_toml_value(v)}\n" for k, v in items.items()))
+    try:
+        load_config(path, {})
+    except LymphomilError as exc:
+        assert exc.file == str(path) and exc.fix
+
+
+@pytest.mark.parametrize("text", [f"a = {_deep('[', ']')}\n", f"a = {_deep('{b = ', '}')}\n",
+                                  "[a]\n" + "".join(f"[{'x.' * 200}y{i}]\n" for i in range(3))],
+                         ids=["deep array", "deep inline table", "long dotted tables"])
+def test_load_config_any_depth(tmp_path: Path, text: str) -> None:
+    from lymphomil.config import load_config
+
+    path = tmp_path / "run.toml"
+    path.write_text(text)
+    with pytest.raises(LymphomilError) as caught:
+        load_config(path, {})
+    assert caught.value.file == str(path)
+
+
+@pytest.fixture(scope="module")
+def model_copy_source(logreg_model_dir: Path) -> Path:
+    return logreg_model_dir
+
+
+def _mutated(document, path: list, value):
+    """``document`` with the item at ``path`` (keys/indices, as far as they go) replaced."""
+    if not path or not isinstance(document, (dict, list)) or not document:
+        return value
+    if isinstance(document, dict):
+        keys = sorted(document)
+        key = keys[path[0] % len(keys)]
+        return {**document, key: _mutated(document[key], path[1:], value)}
+    index = path[0] % len(document)
+    return [*document[:index], _mutated(document[index], path[1:], value), *document[index + 1:]]
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(name=st.sampled_from(["metadata.json", "model.json", "model_card.json"]),
+       where=st.lists(st.integers(min_value=0, max_value=50), max_size=4), value=JSON_VALUES,
+       deep=st.booleans())
+def test_model_folder_any_structure(model_copy_source: Path, name: str, where: list, value,
+                                    deep: bool) -> None:
+    """A model folder whose JSON files hold anything (checksums made to match, as a person
+    who edits by hand and re-signs would): predict's readers raise only LymphomilError."""
+    from lymphomil.models.schema import check_weights_unchanged, read_model_folder
+    from lymphomil.outputs import write_checksums
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(shutil.copytree(model_copy_source, Path(tmp) / "model"))
+        path = folder / name
+        if deep:
+            path.write_text(DEEP_JSON[0])
+        else:
+            document = _json.loads(path.read_text()) if path.exists() else {}
+            path.write_text(_json_text(_mutated(document, where, value)))
+        write_checksums(folder)
+        try:
+            _, metadata = read_model_folder(folder)
+            check_weights_unchanged(folder, metadata)
+        except LymphomilError as exc:
+            assert exc.file and exc.fix
+
+
+@FAST
+@given(value=JSON_VALUES, deep=st.booleans())
+def test_image_memo_any_structure(tmp_path: Path, value, deep: bool) -> None:
+    """The clean-image memo (a cache lymphomil writes for itself) holding anything is no memo."""
+    from lymphomil.data import images
+
+    path = tmp_path / "validated" / f"images-v{images.MEMO_VERSION}.json"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(DEEP_JSON[1] if deep else _json_text(
+        {"checks": images._CHECKS, "entries": value} if isinstance(value, dict) else value))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("LYMPHOMIL_CACHE_DIR", str(tmp_path))
+        patch.setattr(images, "_MEMO", None)
+        memo = images._memo()
+    assert isinstance(memo, dict)
+    assert all(isinstance(v, tuple) and len(v) == 4 for v in memo.values())
+
+
+@FAST
+@given(value=JSON_VALUES, deep=st.booleans(), inner=st.booleans())
+def test_feature_file_header_any_structure(tmp_path: Path, value, deep: bool,
+                                           inner: bool) -> None:
+    """A feature file (or spec.json) whose header holds anything is recomputed, not trusted."""
+    import struct
+
+    from lymphomil.features.cache import SPEC_JSON, FeatureCache, _Plan
+
+    cache = FeatureCache(tmp_path / "features")
+    folder = tmp_path / "features" / "small-cnn-32px-fp32-0123456789abcdef"
+    folder.mkdir(parents=True, exist_ok=True)
+    plan = _Plan("P1", "0" * 16, ("a.jpg",), ("d",), folder)
+    text = DEEP_JSON[0] if deep else _json_text(value)
+    if inner:  # a well-formed safetensors header whose lymphomil metadata is the structure
+        text = _json_text({"features": {"data_offsets": [0, 0]},
+                           "__metadata__": {"lymphomil": text}})
+    header = text.encode()
+    plan.path("pooled").write_bytes(struct.pack("<Q", len(header)) + header)
+    (folder / SPEC_JSON).write_text(text)
+    assert cache._valid_on_disk(plan, "pooled", "x") is False
+    assert cache._read(plan, "pooled", "x") is None
+    cache.info()

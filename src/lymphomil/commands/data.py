@@ -45,9 +45,11 @@ def synth(
     Example: lymphomil synth out/synth --patients 60 --seed 0
     """
     from lymphomil.data.synth import write_synthetic_cohort
-    from lymphomil.options import check_fraction, check_images_per_patient, check_synthetic
+    from lymphomil.options import (check_fraction, check_images_per_patient, check_synthetic,
+                                   check_synthetic_seed)
 
     check_synthetic(patients)  # the writer checks OUT (its own marker) and locks it
+    check_synthetic_seed(seed)
     check_fraction(test_fraction, "--test-fraction")
     check_images_per_patient(min_images, max_images)
     with progress_task("synth", patients, "patients") as advance:

@@ -86,7 +86,10 @@ def features(
                                                                      + "; else imagenet"),
     workers: Optional[int] = typer.Option(None, "--workers", help="Parallel extraction streams.",
                                           show_default="one per core"),
-    batch_size: int = typer.Option(16, "--batch-size", help="Images per forward pass."),
+    batch_size: int = typer.Option(16, "--batch-size",
+                                   help="Images per forward pass; another value than 16 keeps "
+                                        "its features apart (the numbers move in the 6th "
+                                        "decimal): the models read those of 16."),
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir",
                                              help="Cache folder; features go in features/ "
                                                   "under it.", show_default=CACHE_DEFAULT),
@@ -107,7 +110,8 @@ def features(
 
     A second run is a cache hit; a killed run resumes; a changed image recomputes its patient only.
 
-    Example: lymphomil features ../shared/data/dlmi-lymphocytosis --backbone efficientnet-lite0 --crop 112
+    Example: lymphomil features ../shared/data/dlmi-lymphocytosis   (the default model's features)
+    Another backbone: lymphomil features DATA --backbone efficientnet-lite0 --crop 112
     """
     from lymphomil.data.cohort import load_cohort
     from lymphomil.steps import get_engine

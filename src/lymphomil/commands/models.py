@@ -116,8 +116,9 @@ def cv(
     Honest selection: lymphomil cv DATA -m fusion-mean -m cell-topk --select fusion-mean,cell-topk
     """
     from lymphomil.steps import get_engine
-    from lymphomil.options import (check_features_option, check_folds, check_folds_against,
-                                   check_model_names, check_repeats, check_threads)
+    from lymphomil.options import (absolute_weights, check_features_option, check_folds,
+                                   check_folds_against, check_model_names, check_repeats,
+                                   check_threads)
     from lymphomil.runtime import set_threads
     from lymphomil.steps import labelled_patients, run_cv, write_cv_outputs
 
@@ -130,7 +131,7 @@ def cv(
     check_folds(folds)
     check_repeats(repeats)
     check_threads(threads)
-    check_features_option(features)
+    features = absolute_weights(check_features_option(features))
     ref = parse_date_option(reference_date)
     check_cache_location(cache_dir, data)
     if out is not None:
@@ -182,13 +183,14 @@ def train(
 
     Example: lymphomil train ../shared/data/dlmi-lymphocytosis --model logreg --out runs/model
     """
-    from lymphomil.options import check_features_option, check_model_names, check_threads
+    from lymphomil.options import (absolute_weights, check_features_option, check_model_names,
+                                   check_threads)
     from lymphomil.runtime import set_threads
     from lymphomil.steps import configure_model, labelled_patients, train_model
 
     check_model_names([model])
     check_threads(threads)
-    check_features_option(features)
+    features = absolute_weights(check_features_option(features))
     ref = parse_date_option(reference_date)
     check_cache_location(cache_dir, data)
     claim_output(out, "model", {"data folder": data, "cache folder": cache_root(cache_dir)})

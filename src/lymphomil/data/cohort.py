@@ -229,6 +229,18 @@ class Row:
     values: dict[str, str]
     n_fields: int = 0  # fields on this line
     n_header: int = 0  # fields in the header: a row must have as many
+    columns: tuple[tuple[str, int], ...] = ()  # (required column, 0-based position)
+
+    def where(self, column: str) -> str:
+        """Where a spreadsheet or an editor shows ``column`` of this row: ``column E (DOB)``."""
+        position = dict(self.columns).get(column)
+        if position is None:
+            return ""
+        letters, n = "", position + 1
+        while n:
+            n, r = divmod(n - 1, 26)
+            letters = chr(65 + r) + letters
+        return f"column {letters} ({column}, field {position + 1})"
 
 
 def read_table(path: Path) -> list[Row]:
@@ -279,12 +291,15 @@ def _read_records(path: Path, reader: Any) -> list[Row]:
         raise LymphomilError(f"column(s) {', '.join(dupes)} appear twice", file=path, row=1,
                              fix="keep one column of each name")
     position = {c: upper.index(c) for c in REQUIRED_COLUMNS}
+    columns = tuple(position.items())
     rows = []
-    for line_no, record in enumerate(reader, start=2):
+    line_no = reader.line_num + 1  # the line a record starts on (a quoted field may span lines)
+    for record in reader:
+        start, line_no = line_no, reader.line_num + 1
         if not record or all(not cell.strip() for cell in record):
             continue
         values = {c: (record[i] if i < len(record) else "") for c, i in position.items()}
-        rows.append(Row(path, line_no, values, len(record), len(header)))
+        rows.append(Row(path, start, values, len(record), len(header), columns))
     return rows
 
 
@@ -373,6 +388,21 @@ class ImagePaths(SequenceABC):
         self.folder, self.names = state
 
 
+def is_utf8(name: str) -> bool:
+    """False for a file name whose bytes are not UTF-8 (Python holds them as surrogates)."""
+    try:
+        name.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def printable(name: str | Path) -> str:
+    """A file name as text a message, a JSON file or a report can hold: bytes that are not
+    UTF-8 shown as ``\\xNN``."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
+
+
 def list_images(folder: Path, root: Path, patient_id: str, log: IssueLog,
                 check: bool = True, pool: Any = None) -> ImagePaths:
     """The patient's JPEGs sorted by name; hidden files ignored, anything else reported.
@@ -388,6 +418,13 @@ def list_images(folder: Path, root: Path, patient_id: str, log: IssueLog,
         name = entry.name
         if name.startswith("."):
             continue  # .DS_Store, ._foo.jpg, editor files: never cells
+        if not is_utf8(name):  # its bytes cannot be written in a cache key, a CSV or a report
+            log.report(DataIssue("the file name is not UTF-8 text (shown here with its other "
+                                 "bytes as \\xNN)",
+                                 "rename the file with a UTF-8 name (e.g. convmv -f latin1 -t "
+                                 "utf8 --notest FILE)", file=printable(entry.path),
+                                 patient_id=patient_id))
+            continue
         path = Path(entry.path)
         try:
             is_dir = entry.is_dir(follow_symlinks=False)
@@ -497,6 +534,11 @@ _FIXES = {
 }
 
 
+#: FieldError.field -> the CSV column it comes from
+_COLUMN_OF = {"ID": COL_ID, "label": COL_LABEL, "gender": COL_GENDER, "date": COL_DOB,
+              "count": COL_COUNT}
+
+
 def _fix_for(exc: ValueError) -> str:
     """The fix for a bad row, chosen by the field (a value like 'IDK' must not pick the ID fix)."""
     return _FIXES.get(getattr(exc, "field", ""), "correct the row")
@@ -514,7 +556,9 @@ def load_cohort(root: str | Path, *, reference_date: date = DEFAULT_REFERENCE_DA
     """
     root = Path(root)
     if not root.is_dir():
-        raise LymphomilError("data folder not found", file=root,
+        link = _link_problem(root, root) if root.is_symlink() else None
+        raise LymphomilError("data folder not found" + (f": the path {link}" if link else ""),
+                             file=root,
                              fix="give the path of the challenge folder (dlmi-lymphocytosis/)")
     root = root.resolve()
     log = IssueLog(on_error)
@@ -588,8 +632,9 @@ def _load(root: Path, reference_date: date, log: IssueLog, check_images: bool,
             try:
                 pid, label, gender, dob, age, count = _patient_from_row(row, reference_date)
             except ValueError as exc:
-                log.report(DataIssue(str(exc), _fix_for(exc), file=str(csv_path),
-                                     row=row.line, patient_id=raw_id))
+                where = row.where(_COLUMN_OF.get(getattr(exc, "field", ""), ""))
+                log.report(DataIssue(str(exc) + (f" ({where})" if where else ""), _fix_for(exc),
+                                     file=str(csv_path), row=row.line, patient_id=raw_id))
                 continue
             if pid in seen:
                 first = seen[pid]
@@ -625,10 +670,13 @@ def _load(root: Path, reference_date: date, log: IssueLog, check_images: bool,
             continue
         for folder in sorted((root / sub).iterdir()):
             if folder.is_dir() and not folder.name.startswith(".") and folder.name not in all_ids:
-                ignored.append(f"{sub}/{folder.name}")
-                log.report(DataIssue(f"image folder {sub}/{folder.name} has no row in the CSV",
-                                     "add the patient's row to the CSV or move the folder away",
-                                     file=str(folder), patient_id=folder.name))
+                name = printable(folder.name)
+                ignored.append(f"{sub}/{name}")
+                log.report(DataIssue(f"image folder {sub}/{name} has no row in the CSV",
+                                     "add the patient's row to the CSV or move the folder away"
+                                     + ("" if is_utf8(folder.name) else " (and give it a UTF-8 "
+                                                                         "name)"),
+                                     file=printable(folder), patient_id=name))
     return Cohort(root, patients, log.issues, reference_date, ignored)
 
 

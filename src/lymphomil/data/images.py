@@ -180,16 +180,18 @@ def bytes_problem(data: bytes | bytearray, decode: bool = True) -> str | None:
     return None
 
 
-# path -> (size, mtime_ns, inode, problem): a file is decoded once per process while unchanged
-_CHECKED: dict[str, tuple[int, int, int, str | None]] = {}
+# path -> (size, mtime_ns, ctime_ns, inode, problem): decoded once per process while unchanged
+_CHECKED: dict[str, tuple[int, int, int, int, str | None]] = {}
 
 #: files that decoded cleanly, kept across processes in the lymphomil cache (``validated/``):
-#: path -> (size, mtime_ns, inode). A later command trusts the verdict while the file's size,
-#: time and inode are unchanged, so only new or changed images are decoded at load (the shared
-#: cohort: 14,107 images, ~10 s of decoding here, once). Versioned with the checks themselves.
-MEMO_VERSION = 1
-_MEMO: dict[str, tuple[int, int, int]] | None = None
-_MEMO_NEW: dict[str, tuple[int, int, int]] = {}
+#: path -> (size, mtime_ns, ctime_ns, inode). A later command trusts the verdict while the
+#: file's size, times and inode are unchanged, so only new or changed images are decoded at load
+#: (the shared cohort: 14,107 images, ~10 s of decoding here, once). The ctime moves on every
+#: write, even one that puts the mtime back (``cp -p``, ``touch -d``): v1 keyed without it.
+#: Versioned with the checks themselves.
+MEMO_VERSION = 2
+_MEMO: dict[str, tuple[int, ...]] | None = None
+_MEMO_NEW: dict[str, tuple[int, ...]] = {}
 
 
 def _memo_file() -> Path:
@@ -198,7 +200,7 @@ def _memo_file() -> Path:
     return cache_root(_ROOT) / "validated" / f"images-v{MEMO_VERSION}.json"
 
 
-def _memo() -> dict[str, tuple[int, int, int]]:
+def _memo() -> dict[str, tuple[int, ...]]:
     global _MEMO
     if _MEMO is None:
         import json
@@ -206,8 +208,10 @@ def _memo() -> dict[str, tuple[int, int, int]]:
         try:
             record = json.loads(_memo_file().read_text(encoding="utf-8"))
             entries = record["entries"] if record.get("checks") == _CHECKS else {}
-            _MEMO = {str(k): (int(v[0]), int(v[1]), int(v[2])) for k, v in entries.items()}
-        except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError):
+            _MEMO = {str(k): tuple(int(x) for x in v[:4]) for k, v in entries.items()
+                     if len(v) == 4}
+        except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError,
+                RecursionError):
             _MEMO = {}  # none yet, or damaged: decode again
     return _MEMO
 
@@ -263,7 +267,7 @@ def memo_in(cache_dir: str | Path | None) -> Iterator[None]:
 def image_problem(path: str | Path, decode: bool = True) -> str | None:
     """Why the file at ``path`` is not a usable cell image, or ``None`` (see the module doc).
 
-    Memoised by (path, size, mtime, inode): in this process for every verdict, across processes
+    Memoised by (path, size, mtime, ctime, inode): in this process for every verdict, across processes
     for clean decodes (:func:`save_memo`), so the stages of a run and later commands decode each
     unchanged image once.
     """
@@ -275,10 +279,10 @@ def image_problem(path: str | Path, decode: bool = True) -> str | None:
     kind = _kind_of(st.st_mode)
     if kind:
         return f"is {kind}, not a regular file"
-    state = (st.st_size, st.st_mtime_ns, st.st_ino)
+    state = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
     known = _CHECKED.get(key)
-    if known is not None and known[:3] == state and (known[3] is not None or decode):
-        return known[3]
+    if known is not None and known[:4] == state and (known[4] is not None or decode):
+        return known[4]
     if decode and _memo().get(key) == state:
         _CHECKED[key] = (*state, None)
         return None

@@ -6,8 +6,8 @@ Layout::
     <root>/<backbone>-<crop>px-<precision>-<spec hash>/<patient id>-<content hash>.<kind>.safetensors
 
 * The **spec hash** covers everything that changes the numbers: backbone, the sha256 of its
-  weights, crop, precision, the decoder, the cache format and the library versions
-  (torch, torchvision, timm, Pillow). TTA is not in it: the plain view is its own kind, and the
+  weights, crop, precision, the decoder, the cache format, the library versions
+  (torch, torchvision, timm, Pillow) and a batch size other than the default 16. TTA is not in it: the plain view is its own kind, and the
   TTA views are another (named ``views8`` on disk since TTA became the 8 dihedral views: the
   4-flip ``views`` files of before are never read as 8-view ones).
 * The **content hash** covers the patient's image file names (bag order) and each file's bytes,
@@ -160,6 +160,10 @@ def shared_cache(root: str | Path, memory_bytes: int = DEFAULT_MEMORY_BYTES,
         return _PROCESS_CACHES[key]
 
 
+#: images per forward pass unless told otherwise (another value is part of the spec key)
+DEFAULT_BATCH_SIZE = 16
+
+
 class FeatureCache:
     """On-disk, content-addressed feature store; implements ``FeatureStore`` (spec.py).
 
@@ -172,7 +176,7 @@ class FeatureCache:
     """
 
     def __init__(self, root: str | Path | None = None, workers: int | None = None,
-                 batch_size: int = 16,
+                 batch_size: int = DEFAULT_BATCH_SIZE,
                  on_progress: Callable[[int, int, float], None] | None = None,
                  memory_bytes: int = DEFAULT_MEMORY_BYTES, on_error: str = "raise",
                  threads_per_stream: int | None = None):
@@ -223,6 +227,11 @@ class FeatureCache:
                 "decoder": DECODER,
                 "versions": library_versions(),
             }
+            if self.batch_size != DEFAULT_BATCH_SIZE:
+                # the forward pass's batch size moves the numbers in the 6th decimal (oneDNN
+                # picks kernels by shape: resnet50-thin, 4e-6 between batches of 3 and 4); the
+                # default's key is unchanged, so caches made with it stay valid
+                key["batch_size"] = self.batch_size
             digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
             folder = self.root / f"{spec.backbone}-{spec.crop}px-{spec.precision}-{digest}"
             cached = self._spec_keys[spec] = (key, digest, folder)
@@ -230,7 +239,7 @@ class FeatureCache:
 
     def _plans(self, patients: Sequence[Any], folder: Path) -> list[_Plan]:
         all_paths = [p for patient in patients for p in path_strings(patient.image_paths)]
-        digests = iter(image_digests(all_paths))
+        digests = iter(image_digests(all_paths, tolerant=self.on_error == "skip"))
         del all_paths
         plans = []
         for patient in patients:
@@ -315,7 +324,9 @@ class FeatureCache:
             header = json.loads(meta_bytes)
             start, end = header["features"]["data_offsets"]
             meta = json.loads(header["__metadata__"]["lymphomil"])
-        except (OSError, ValueError, KeyError, TypeError):
+        except (OSError, ValueError, KeyError, TypeError, RecursionError):
+            return False  # not ours, damaged, or a header nested too deep: recompute it
+        if not isinstance(meta, dict) or not all(isinstance(v, int) for v in (start, end)):
             return False
         return (8 + size + end == total and start == 0 and meta.get("spec_hash") == spec_hash
                 and meta.get("content_hash") == plan.content_hash
@@ -540,7 +551,9 @@ class FeatureCache:
                 size += entry.stat().st_size
             try:
                 spec = json.loads((folder / SPEC_JSON).read_text())
-            except (OSError, ValueError):
+            except (OSError, ValueError, RecursionError):
+                spec = {}
+            if not isinstance(spec, dict):  # not what the cache writes: show nothing of it
                 spec = {}
             specs.append({"folder": folder.name, "backbone": spec.get("backbone"),
                           "crop": spec.get("crop"), "precision": spec.get("precision"),

@@ -24,15 +24,16 @@ OFFLINE_BACKBONES = ("dinov2-s", "efficientnet-lite0", "mobilenet-v2", "resnet50
 BUILTIN_BACKBONES = ("dinov2-s", "efficientnet-lite0", "mobilenet-v2", "resnet18", "resnet34", "resnet50",
                      "resnet50-thin", "small-cnn", "vgg16")
 
-_DIGESTS: dict[tuple[str, int, int], str] = {}
+_DIGESTS: dict[tuple[str, int, int, int, int], str] = {}
 _LOCK = threading.Lock()
 
 
 def file_sha256(path: str | Path) -> str:
-    """sha256 of a file, memoised by (path, size, mtime) for this process."""
+    """sha256 of a file, memoised for this process by (path, size, mtime, ctime, inode): the
+    ctime moves on any rewrite, even one that keeps the size and puts the mtime back."""
     path = Path(path)
     stat = path.stat()
-    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino)
     with _LOCK:
         known = _DIGESTS.get(key)
     if known is None:

@@ -271,7 +271,8 @@ class PatientModel(ClassifierMixin, BaseEstimator):
             "model_name": name,
             "reference_date": (reference_date or DEFAULT_REFERENCE_DATE).isoformat(),
             "seed": seed,
-            "features": [{"spec": s.to_dict(), "kind": k} for s, k in self.required_features()],
+            "features": [{"spec": s.to_dict(), "kind": k, "weights_sha256": _weights_sha256(s)}
+                         for s, k in self.required_features()],
             "training": training, "versions": library_versions(), **(extra or {})}
         with staged_dir(folder, "model") as staging:
             self._save_into(staging)
@@ -309,6 +310,15 @@ class PatientModel(ClassifierMixin, BaseEstimator):
             raise LymphomilError(f"the folder holds a {type(model).__name__}, not a {cls.__name__}",
                                  file=folder)
         return model
+
+
+def _weights_sha256(spec: FeatureSpec) -> str | None:
+    """The sha256 `predict` checks the backbone's weights against (None: random weights)."""
+    # deferred: features.weights reads the weight packages, which a model without features
+    # never needs (start-up of the commands that only load a model)
+    from lymphomil.features.weights import weights_digest
+
+    return None if spec.weights == "none" else weights_digest(spec.backbone, spec.weights)
 
 
 def _load_from(folder: Path) -> PatientModel:

@@ -58,6 +58,7 @@ class SpecSchema(_Strict):
 class FeatureUse(_Strict):
     spec: SpecSchema
     kind: Literal["pooled", "views", "map", "trunk"]
+    weights_sha256: str | None = None  # recorded at training (older folders: the model card's)
 
 
 class TrainingSchema(BaseModel):
@@ -215,3 +216,48 @@ def _key(item: tuple[dict, str]) -> str:
     import json
 
     return json.dumps(item, sort_keys=True, default=str)
+
+
+def recorded_weights(folder: Path, metadata: dict) -> dict[tuple[str, str], str]:
+    """(backbone, weights) -> the sha256 the training recorded: from metadata.json, else (older
+    model folders) from model_card.json's provenance."""
+    recorded: dict[tuple[str, str], str] = {}
+    for use in metadata.get("features", []):
+        if use.get("weights_sha256"):
+            spec = use["spec"]
+            recorded[(spec["backbone"], spec["weights"])] = use["weights_sha256"]
+    card = folder / "model_card.json"
+    if not recorded and card.is_file():
+        from lymphomil.outputs import read_json
+
+        try:
+            uses = read_json(card)["inputs"]["image_features"]
+            for use in uses:
+                digest = use["provenance"].get("sha256")
+                weights = use["provenance"]["weights"]
+                weights = "imagenet" if str(weights).startswith("imagenet") else str(weights)
+                if isinstance(digest, str) and digest:
+                    recorded[(str(use["backbone"]), weights)] = digest
+        except (LymphomilError, KeyError, TypeError, AttributeError):
+            pass  # a card without the record: nothing to compare with
+    return recorded
+
+
+def check_weights_unchanged(folder: str | Path, metadata: dict) -> None:
+    """Stop when a weights file the model was trained on has changed since (its sha256 differs
+    from the recorded one): its features, hence the predictions, would change silently."""
+    from lymphomil.features.weights import weights_digest
+
+    folder = Path(folder)
+    for (backbone, weights), digest in recorded_weights(folder, metadata).items():
+        if weights == "none":
+            continue
+        current = weights_digest(backbone, weights)
+        if current != digest:
+            where = weights if weights != "imagenet" else f"the {backbone} ImageNet weights file"
+            raise LymphomilError(
+                f"the weights of {backbone} ({where}) have changed since the model was trained "
+                f"(sha256 {current[:12]}…, recorded {digest[:12]}…): its features and the "
+                "predictions would differ", file=folder / "metadata.json",
+                fix="restore the weights file the model was trained with, or train the model "
+                    "again on the new weights")

@@ -101,7 +101,7 @@ def read_json(path: str | Path) -> Any:
         raise LymphomilError("file not found", file=path,
                              fix="check the path (a model folder is made by `lymphomil "
                                  "train`)") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise LymphomilError(f"not valid JSON ({exc})", file=path,
                              fix="the file is damaged: re-create it (re-run the command that "
                                  "made it)") from None
