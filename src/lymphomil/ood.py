@@ -213,9 +213,9 @@ class _Cells:
 
 
 def _f32(values: np.ndarray) -> np.ndarray:
-    """Six significant digits: short in JSON, and a loaded check scores exactly alike."""
+    """Five significant digits: short in JSON, and a loaded check scores exactly alike."""
     values = np.asarray(values, dtype=np.float64)
-    return np.array([float(f"{v:.6g}") for v in values.ravel()]).reshape(values.shape)
+    return np.array([float(f"{v:.5g}") for v in values.ravel()]).reshape(values.shape)
 
 
 class _Threshold(_Strict):
@@ -578,10 +578,12 @@ class OODCheck:
         return check
 
     def save(self, path: Any) -> None:
-        """Write :meth:`to_dict` as JSON, atomically."""
-        from lymphomil.outputs import atomic_write_json
+        """Write :meth:`to_dict` as compact JSON (~0.2 MB), atomically."""
+        import json
 
-        atomic_write_json(path, self.to_dict())
+        from lymphomil.outputs import atomic_write_text
+
+        atomic_write_text(path, json.dumps(self.to_dict(), separators=(",", ":")))
 
     @classmethod
     def load(cls, path: Any) -> "OODCheck":
