@@ -114,7 +114,7 @@ def with_synthetic(images: np.ndarray, share: float, bank: np.ndarray, offset: i
                    ) -> np.ndarray:
     """The first ``share`` of a patient's images replaced by synthetic-cohort cells."""
     out = images.copy()
-    k = int(round(share * len(images)))
+    k = round(share * len(images))
     for j in range(k):
         out[j] = bank[(offset + j) % len(bank)]
     return out
@@ -227,7 +227,8 @@ def main() -> None:
         clean = [np.stack([decode_image(p.image_paths[i]).numpy() for i in idx])
                  for p, idx in zip(held, subsets)]
 
-        def score(images: list[np.ndarray]) -> tuple[np.ndarray, list]:
+        def score(images: list[np.ndarray], held=held, model=model, check=check
+                  ) -> tuple[np.ndarray, list]:
             store = InMemoryStore()
             for p, x in zip(held, images):
                 store.put(p.id, FEATURES, "pooled", extract(x))

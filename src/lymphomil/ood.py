@@ -30,8 +30,9 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -170,7 +171,7 @@ class _CellState(_Strict):
     cell_threshold: float
 
     @model_validator(mode="after")
-    def _shapes(self) -> "_CellState":
+    def _shapes(self) -> _CellState:
         d, k = len(self.mean), len(self.variances)
         if len(self.components) != k or any(len(row) != d for row in self.components):
             raise ValueError(f"components must be {k} rows of {d} values")
@@ -201,13 +202,13 @@ class _Cells:
     def atypical_share(self, bag: np.ndarray) -> float:
         return float(np.mean(self.scores(bag) > self.threshold)) if len(bag) else 1.0
 
-    def state(self) -> "_CellState":
+    def state(self) -> _CellState:
         return _CellState(mean=self.mean.tolist(), components=self.components.tolist(),
                           variances=self.variances.tolist(), residual=self.residual,
                           cell_threshold=self.threshold)
 
     @classmethod
-    def of(cls, state: "_CellState") -> "_Cells":
+    def of(cls, state: _CellState) -> _Cells:
         return cls(np.asarray(state.mean), np.asarray(state.components),
                    np.asarray(state.variances), state.residual, state.cell_threshold)
 
@@ -223,7 +224,7 @@ class _Threshold(_Strict):
     threshold: float
 
     @model_validator(mode="after")
-    def _order(self) -> "_Threshold":
+    def _order(self) -> _Threshold:
         if not self.threshold > self.typical:
             raise ValueError("threshold must exceed the typical value")
         return self
@@ -254,7 +255,7 @@ class _State(_Strict):
     image_range: tuple[int, int]
 
     @model_validator(mode="after")
-    def _complete(self) -> "_State":
+    def _complete(self) -> _State:
         missing = {"cells", "colour", "blur", "compression", "size"} - set(self.thresholds)
         if missing:
             raise ValueError(f"thresholds missing for {sorted(missing)}")
@@ -271,7 +272,7 @@ def conformal_threshold(scores: np.ndarray, level: float) -> float:
     largest when that rank exceeds n). A new exchangeable score exceeds it with probability
     at most ``1 - level`` (about ``1/(n+1)`` when the largest is used)."""
     ordered = np.sort(np.asarray(scores, dtype=float))
-    rank = min(int(math.ceil((len(ordered) + 1) * level)), len(ordered))
+    rank = min(math.ceil((len(ordered) + 1) * level), len(ordered))
     return float(ordered[rank - 1])
 
 
@@ -371,7 +372,7 @@ class OODCheck:
 
     # -- fit -------------------------------------------------------------------------------
     def fit(self, patients: Iterable[Any], image_stats: Mapping[str, np.ndarray] | None = None
-            ) -> "OODCheck":
+            ) -> OODCheck:
         """Fit on the training patients (they alone are read); ``image_stats`` (patient id ->
         per-image :data:`IMAGE_STATS`) replaces decoding their images where given."""
         from sklearn.model_selection import KFold
@@ -560,7 +561,7 @@ class OODCheck:
         return self._fitted().model_dump(mode="json")
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], source: str = "OOD state") -> "OODCheck":
+    def from_dict(cls, data: Mapping[str, Any], source: str = "OOD state") -> OODCheck:
         """An :class:`OODCheck` from :meth:`to_dict`'s data; a clear error when it is invalid."""
         try:
             state = _State.model_validate(dict(data))
@@ -586,7 +587,7 @@ class OODCheck:
         atomic_write_text(path, json.dumps(self.to_dict(), separators=(",", ":")))
 
     @classmethod
-    def load(cls, path: Any) -> "OODCheck":
+    def load(cls, path: Any) -> OODCheck:
         from lymphomil.outputs import read_json
 
         return cls.from_dict(read_json(path), source=os.fspath(path))
