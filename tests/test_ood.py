@@ -163,9 +163,9 @@ def test_fit_reads_only_the_training_patients(patients, monkeypatch):
 
     real_stats = ood.patient_image_stats
 
-    def spy_stats(patient, max_images=32):
+    def spy_stats(patient, *args, **kwargs):
         read.add(patient.id)
-        return real_stats(patient, max_images)
+        return real_stats(patient, *args, **kwargs)
 
     monkeypatch.setattr(ood, "patient_image_stats", spy_stats)
     spied = [p.with_features(SpyStore(p.features)) for p in patients]
@@ -183,3 +183,20 @@ def test_a_patient_without_features_is_a_clear_error(fitted, patients):
 def test_patient_image_stats_bounded(patients):
     stats = patient_image_stats(patients[0], max_images=5)
     assert stats.shape == (5, len(IMAGE_STATS))
+
+
+def test_image_stats_are_memoised_by_content(patients, monkeypatch, tmp_path):
+    from lymphomil import ood
+
+    first = patient_image_stats(patients[0], max_images=4, cache_dir=tmp_path)
+    ood.save_stats_memo(tmp_path)
+    assert (tmp_path / "ood" / f"image-stats-v{ood.STATS_VERSION}.json").is_file()
+    monkeypatch.setattr(ood, "_MEMO", {})  # a fresh process: only the file is left
+
+    def no_decoding(path):
+        raise AssertionError(f"decoded {path} again")
+
+    monkeypatch.setattr("lymphomil.features.preprocess.decode_image", no_decoding)
+    again = patient_image_stats(patients[0], max_images=4, cache_dir=tmp_path)
+    np.testing.assert_array_equal(np.isnan(first), np.isnan(again))
+    np.testing.assert_allclose(np.nan_to_num(first), np.nan_to_num(again))

@@ -97,19 +97,66 @@ def _block_ratio(grey: np.ndarray) -> float:
     return float(step[:, at_edge].mean()) / max(inside, 1e-3)
 
 
-#: (path, size, mtime_ns, ctime_ns) -> stats of the image: each unchanged file decoded once
-_MEMO: dict[tuple[str, int, int, int], np.ndarray] = {}
+#: image statistics kept across processes in the lymphomil cache (``ood/``), keyed by the sha256
+#: of the file's bytes (the digests the feature cache computes anyway): a warm run decodes
+#: nothing. Versioned with :func:`image_stats` itself.
+STATS_VERSION = 1
+_MEMO: dict[str, dict[str, list]] = {}  # memo file -> {digest: stats}
+_MEMO_NEW: dict[str, int] = {}  # memo file -> entries added since it was read
 
 
-def _file_stats(path: str) -> np.ndarray:
+def _memo_path(cache_dir: str | os.PathLike | None) -> str:
+    from lymphomil.outputs import cache_root
+
+    return os.fspath(cache_root(cache_dir) / "ood" / f"image-stats-v{STATS_VERSION}.json")
+
+
+def _memo(path: str) -> dict[str, list]:
+    if path not in _MEMO:
+        import json
+
+        try:
+            with open(path, encoding="utf-8") as handle:
+                record = json.load(handle)
+            entries = record["entries"] if record.get("stats") == list(IMAGE_STATS) else {}
+            _MEMO[path] = {str(k): list(v) for k, v in entries.items()
+                           if isinstance(v, list) and len(v) == len(IMAGE_STATS)}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            _MEMO[path] = {}  # none yet, or damaged: decode again
+    return _MEMO[path]
+
+
+def save_stats_memo(cache_dir: str | os.PathLike | None = None) -> None:
+    """Keep this process's image statistics for later commands (never fails a command: a
+    read-only or full cache only means decoding again next time)."""
+    import json
+
+    from lymphomil.outputs import atomic_write_text
+
+    path = _memo_path(cache_dir)
+    if not _MEMO_NEW.pop(path, 0):
+        return
+    try:
+        atomic_write_text(path, json.dumps({"stats": list(IMAGE_STATS),
+                                            "entries": _memo(path)}, separators=(",", ":")))
+    except OSError:
+        pass
+
+
+def _stats_of_files(paths: list[str], cache_dir: str | os.PathLike | None) -> np.ndarray:
+    from lymphomil.data.digests import image_digests
     from lymphomil.features.preprocess import decode_image
 
-    st = os.stat(path)
-    key = (path, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-    known = _MEMO.get(key)
-    if known is None:
-        known = _MEMO[key] = image_stats(decode_image(path).numpy())
-    return known
+    memo_path = _memo_path(cache_dir)
+    memo = _memo(memo_path)
+    rows = []
+    for path, digest in zip(paths, image_digests(paths)):
+        known = memo.get(digest)
+        if known is None:
+            known = memo[digest] = image_stats(decode_image(path).numpy()).tolist()
+            _MEMO_NEW[memo_path] = _MEMO_NEW.get(memo_path, 0) + 1
+        rows.append(known)
+    return np.array(rows, dtype=float).reshape(len(rows), len(IMAGE_STATS))
 
 
 def spread_indices(n: int, at_most: int) -> np.ndarray:
@@ -119,14 +166,14 @@ def spread_indices(n: int, at_most: int) -> np.ndarray:
     return np.unique(np.linspace(0, n - 1, at_most).round().astype(int))
 
 
-def patient_image_stats(patient: Any, max_images: int = 32) -> np.ndarray:
+def patient_image_stats(patient: Any, max_images: int = 32,
+                        cache_dir: str | os.PathLike | None = None) -> np.ndarray:
     """(k, 9) :data:`IMAGE_STATS` of up to ``max_images`` of the patient's images (evenly
-    spread over its bag, so the cost stays bounded), decoded with the project's decoder."""
+    spread over its bag, so the cost stays bounded), decoded with the project's decoder once
+    per file content (the memo in the lymphomil cache, see :func:`save_stats_memo`)."""
     paths = [os.fspath(patient.image_paths[i])
              for i in spread_indices(len(patient.image_paths), max_images)]
-    if not paths:
-        return np.zeros((0, len(IMAGE_STATS)))
-    return np.stack([_file_stats(path) for path in paths])
+    return _stats_of_files(paths, cache_dir)
 
 
 def summarise(stats: np.ndarray) -> np.ndarray:
@@ -295,12 +342,15 @@ class OODCheck:
     :func:`lymphomil.with_features` or ``steps.attach_features``: this object has
     :meth:`required_features` like a model). ``level``: the conformal level of every
     threshold. ``max_images``: images decoded per patient for the image statistics.
+    ``cache_dir``: the lymphomil cache (a ``--cache-dir``) whose ``ood/`` folder memoises the
+    image statistics by file content; a run-time setting, not part of the fitted state.
     """
 
     def __init__(self, features: str = DEFAULT_FEATURES, level: float = 0.99,
                  n_components: int = 24, max_cells: int = 12000, max_images: int = 32,
                  min_images: int | None = None, age_margin: float = 5.0,
-                 count_factor: float = 1.5, folds: int = 5, random_state: int = 0):
+                 count_factor: float = 1.5, folds: int = 5, random_state: int = 0,
+                 cache_dir: str | os.PathLike | None = None):
         self.features = features
         self.level = level
         self.n_components = n_components
@@ -311,6 +361,7 @@ class OODCheck:
         self.count_factor = count_factor
         self.folds = folds
         self.random_state = random_state
+        self.cache_dir = cache_dir  # where the image statistics are memoised (not fitted state)
         self.state_: _State | None = None
 
     # -- what it reads ---------------------------------------------------------------------
@@ -335,8 +386,10 @@ class OODCheck:
         rows = []
         for patient in patients:
             given = None if image_stats is None else image_stats.get(patient.id)
-            stats = given if given is not None else patient_image_stats(patient, self.max_images)
-            rows.append(summarise(stats))
+            if given is None:
+                given = patient_image_stats(patient, self.max_images, self.cache_dir)
+            rows.append(summarise(given))
+        save_stats_memo(self.cache_dir)
         return np.array(rows).reshape(len(rows), len(IMAGE_STATS))
 
     # -- cells -----------------------------------------------------------------------------
@@ -561,7 +614,8 @@ class OODCheck:
         return self._fitted().model_dump(mode="json")
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], source: str = "OOD state") -> OODCheck:
+    def from_dict(cls, data: Mapping[str, Any], source: str = "OOD state",
+                  cache_dir: str | os.PathLike | None = None) -> OODCheck:
         """An :class:`OODCheck` from :meth:`to_dict`'s data; a clear error when it is invalid."""
         try:
             state = _State.model_validate(dict(data))
@@ -574,7 +628,7 @@ class OODCheck:
                     max_cells=state.max_cells, max_images=state.max_images,
                     min_images=state.min_images, age_margin=state.age_margin,
                     count_factor=state.count_factor, folds=state.folds,
-                    random_state=state.random_state)
+                    random_state=state.random_state, cache_dir=cache_dir)
         check.state_ = state
         return check
 
@@ -587,7 +641,8 @@ class OODCheck:
         atomic_write_text(path, json.dumps(self.to_dict(), separators=(",", ":")))
 
     @classmethod
-    def load(cls, path: Any) -> OODCheck:
+    def load(cls, path: Any, cache_dir: str | os.PathLike | None = None) -> OODCheck:
+        """The check :meth:`save` wrote; a clear error naming the file when it is invalid."""
         from lymphomil.outputs import read_json
 
-        return cls.from_dict(read_json(path), source=os.fspath(path))
+        return cls.from_dict(read_json(path), source=os.fspath(path), cache_dir=cache_dir)
