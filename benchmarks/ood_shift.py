@@ -255,6 +255,7 @@ def main() -> None:
             row["flagged"] += [r.flagged for r in results]
             row["checks"] += [max((c for c in r.checks if r.checks[c] > 1),
                                   key=r.checks.get, default="—") for r in results]
+            row["fired"] += [[c for c in r.checks if r.checks[c] > 1] for r in results]
             print(f"  {name} {sev}: {time.perf_counter() - t1:.0f} s", flush=True)
 
     n_clean = len(clean_flags)
@@ -262,13 +263,16 @@ def main() -> None:
           f"shifts on {args.shift_folds} fold(s) ({len(rows[next(iter(rows))]['dp'])} held-out "
           f"patients, {args.images} images each); {time.perf_counter() - started:.0f} s\n")
     print("| shift | severity | mean \\|ΔP\\| | AUROC (OOD score) | shifted flagged | "
-          "main check |")
-    print("|---|---|---|---|---|---|")
+          "main check | checks that fire (share of shifted patients) |")
+    print("|---|---|---|---|---|---|---|")
     for (name, sev), row in rows.items():
         top = collections.Counter(row["checks"]).most_common(1)[0][0]
+        fired = collections.Counter(c for names in row["fired"] for c in names)
+        share = ", ".join(f"{c} {100 * m / len(row['fired']):.0f} %"
+                          for c, m in fired.most_common())
         print(f"| {name} | {sev:g} | {np.mean(row['dp']):.3f} | "
               f"{auroc(np.array(row['clean']), np.array(row['shifted'])):.3f} | "
-              f"{100 * np.mean(row['flagged']):.0f} % | {top} |")
+              f"{100 * np.mean(row['flagged']):.0f} % | {top} | {share or '—'} |")
     print(f"\nclean held-out patients flagged: {sum(clean_flags)}/{n_clean} "
           f"({100 * np.mean(clean_flags):.1f} %, all {args.folds} folds, full bags); on the "
           f"{args.images}-image subsets of the shift folds: {sum(subset_flags)}/"

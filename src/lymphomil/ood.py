@@ -394,11 +394,14 @@ class OODCheck:
 
     # -- cells -----------------------------------------------------------------------------
     def _fit_cells(self, bags: Sequence[np.ndarray], seed: int) -> _Cells:
+        """A PCA of the cells of ``bags`` (at most ``max_cells`` of them, drawn with ``seed``)
+        and the ``level`` quantile of their own scores as the atypical-cell threshold."""
+        from scipy.linalg import eigh
+
         cells = np.concatenate(bags)  # (n_cells, d)
         rng = np.random.default_rng(seed)
         if len(cells) > self.max_cells:
             cells = cells[np.sort(rng.choice(len(cells), self.max_cells, replace=False))]
-        from scipy.linalg import eigh
 
         mean = cells.mean(axis=0)
         centred = cells - mean
@@ -417,7 +420,7 @@ class OODCheck:
         variances = np.maximum(values[order], 1e-9)
         projected = centred @ components.T
         residual = np.sum(centred * centred, axis=1) - np.sum(projected * projected, axis=1)
-        # float32-exact numbers: what the JSON keeps, so a loaded check scores identically
+        # rounded to what the JSON keeps, so a loaded check scores exactly alike
         model = _Cells(_f32(mean), _f32(components), variances,
                        max(float(np.mean(np.maximum(residual, 0.0))), 1e-9), 0.0)
         model.threshold = float(np.quantile(model.scores(cells), self.level))
@@ -442,7 +445,8 @@ class OODCheck:
         summary = self._stats(patients, image_stats)
         n = len(patients)
 
-        # cross-fitted cell shares: each training patient scored by a PCA fitted without it
+        # cross-fitted scores: each training patient's cells scored by a PCA, and its colour
+        # by a mean and covariance, fitted on the other folds' patients
         shares = np.zeros(n)
         colour = np.zeros(n)
         splitter = KFold(self.folds, shuffle=True, random_state=self.random_state)
