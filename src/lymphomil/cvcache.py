@@ -60,8 +60,9 @@ def load_cached(root: Path, key: str) -> CVResult | None:
         return CVResult(meta["model_name"], meta["patient_ids"], arrays["y"], arrays["folds"],
                         arrays["proba"], arrays["hard"].astype(bool), arrays["fit_seconds"],
                         meta["params"], meta["seed"])
-    except (OSError, ValueError, KeyError, SafetensorError):
-        return None  # damaged: recompute
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError,
+            SafetensorError):
+        return None  # damaged (or not a JSON object): recompute
 
 
 def store(root: Path, key: str, result: CVResult) -> None:
@@ -176,7 +177,7 @@ def _read_manifest(root: Path) -> list[str]:
         record = json.loads((root / MANIFEST).read_text(encoding="utf-8"))
         keys = record["entries"]
         return [k for k in keys if isinstance(k, str) and _KEY.fullmatch(k)]
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
         return []
 
 

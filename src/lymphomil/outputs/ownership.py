@@ -395,7 +395,7 @@ def _lock_owner(lock: Path) -> tuple[str, int] | None:
         return str(record["host"]), int(record["pid"])
     except FileNotFoundError:
         return None
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
         # half-written by a process that died at once, or not ours: stale after a minute
         with contextlib.suppress(OSError):
             if time.time() - lock.stat().st_mtime < 60:
