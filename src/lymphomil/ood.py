@@ -262,7 +262,7 @@ class _Cells:
                    np.asarray(state.variances), state.residual, state.cell_threshold)
 
 
-def _f32(values: np.ndarray) -> np.ndarray:
+def _rounded(values: np.ndarray) -> np.ndarray:
     """Five significant digits: short in JSON, and a loaded check scores exactly alike."""
     values = np.asarray(values, dtype=np.float64)
     return np.array([float(f"{v:.5g}") for v in values.ravel()]).reshape(values.shape)
@@ -426,7 +426,7 @@ class OODCheck:
         projected = centred @ components.T
         residual = np.sum(centred * centred, axis=1) - np.sum(projected * projected, axis=1)
         # rounded to what the JSON keeps, so a loaded check scores exactly alike
-        model = _Cells(_f32(mean), _f32(components), variances,
+        model = _Cells(_rounded(mean), _rounded(components), variances,
                        max(float(np.mean(np.maximum(residual, 0.0))), 1e-9), 0.0)
         model.threshold = float(np.quantile(model.scores(cells), self.cell_level))
         return model
