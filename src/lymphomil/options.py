@@ -167,8 +167,8 @@ def check_features_option(text: str | None, option: str = "--features") -> str |
     :meth:`FeatureSpec.parse`): a registered backbone, a crop in range, known flags."""
     if text is None:
         return None
-    from lymphomil.features.backbones import list_backbones
     from lymphomil.features.spec import FeatureSpec
+    from lymphomil.features.weights import known_backbones
 
     try:
         spec = FeatureSpec.parse(text)
@@ -176,7 +176,7 @@ def check_features_option(text: str | None, option: str = "--features") -> str |
         raise LymphomilError(f"{option} {text!r}: {exc}",
                              fix="write BACKBONE[:WEIGHTS]@CROP[+tta][+bf16], e.g. "
                                  f"{option} efficientnet-lite0@112") from None
-    backbones = list_backbones()
+    backbones = known_backbones()
     if spec.backbone not in backbones:
         raise LymphomilError(f"{option} {text!r}: unknown backbone {spec.backbone!r}",
                              fix=f"write BACKBONE@CROP with a backbone of: {', '.join(backbones)}")
@@ -207,11 +207,13 @@ def check_output_folder_path(out: Path, option: str = "--out") -> Path:
 
 
 def check_backbone(name: str, option: str = "--backbone") -> str:
-    from lymphomil.features.backbones import list_backbones
+    """A known backbone (torch-free: names, not networks) whose extra, if any, is installed."""
+    from lymphomil.features.weights import known_backbones, require_extra
 
-    backbones = list_backbones()
+    backbones = known_backbones()
     if name not in backbones:
         raise LymphomilError(f"{option}: unknown backbone {name!r}",
                              fix=f"choose one of: {', '.join(backbones)} "
                                  "(`lymphomil features --list`)")
+    require_extra(name)
     return name

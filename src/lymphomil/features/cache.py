@@ -6,10 +6,11 @@ Layout::
     <root>/<backbone>-<crop>px-<precision>-<spec hash>/<patient id>-<content hash>.<kind>.safetensors
 
 * The **spec hash** covers everything that changes the numbers: backbone, the sha256 of its
-  weights, crop, precision, the decoder, the cache format and the library versions
-  (torch, torchvision, timm, Pillow). TTA is not in it: the plain view is its own kind, and the
-  TTA views are another (named ``views8`` on disk since TTA became the 8 dihedral views: the
-  4-flip ``views`` files of before are never read as 8-view ones).
+  weights, crop, precision, the decoder, the cache format and the versions of the libraries
+  that compute it (torch, Pillow and what builds the backbone: ``features.env.library_versions``).
+  TTA is not in it: the plain view is its own kind, and the TTA views are another (named
+  ``views8`` on disk since TTA became the 8 dihedral views: the 4-flip ``views`` files of before
+  are never read as 8-view ones).
 * The **content hash** covers the patient's image file names (bag order) and each file's bytes,
   so a changed, added or removed image invalidates exactly that patient.
 * Each file is written atomically (temp file + rename) as soon as its patient is done, so a
@@ -221,7 +222,7 @@ class FeatureCache:
                 "crop": spec.crop,
                 "precision": spec.precision,
                 "decoder": DECODER,
-                "versions": library_versions(),
+                "versions": library_versions(spec.backbone),
             }
             digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
             folder = self.root / f"{spec.backbone}-{spec.crop}px-{spec.precision}-{digest}"
