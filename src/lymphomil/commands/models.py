@@ -13,11 +13,11 @@ from rich.table import Table
 from lymphomil.cli_app import (CACHE_DEFAULT, RAY_EXTRA, EngineName, OnError, StageReporter, app,
                                 console, err_console, handle_errors, parse_date_option,
                                 progress_task)
-from lymphomil.config import DEFAULT_CANDIDATES, DEFAULT_MODEL, RunConfig
-from lymphomil.data.cohort import load_cohort
-from lymphomil.crossval import format_metric
-from lymphomil.outputs import (atomic_write_json, cache_root, check_cache_location, claim_output,
-                               staged_dir)
+from lymphomil.defaults import DEFAULT_CANDIDATES, DEFAULT_MODEL, RUN_DEFAULTS
+
+# Deferred imports live here, at the CLI layer, per command: each command imports in its body
+# what it runs, so `--help` imports no numpy, pydantic or torch, and a command that reads cached
+# features imports no model family it does not run. Library modules keep their imports at the top.
 
 DATA_ARG = typer.Argument(..., help="challenge-layout folder (clinical_annotation.csv or "
                                     "trainset/ + testset/)", show_default=False)
@@ -36,8 +36,7 @@ ENGINE_HELP = ("where features and CV fits run: local, or ray (joins RAY_ADDRESS
 
 def _run_default(name: str) -> str:
     """What `run` uses when an option is not given (the config's default) for --help."""
-    value = RunConfig.model_fields[name].get_default(call_default_factory=True)
-    return str(value.isoformat() if hasattr(value, "isoformat") else value)
+    return RUN_DEFAULTS[name]
 THREADS_OPT = typer.Option(1, "--threads", help="threads for model fitting (torch, BLAS); "
                                                  "fixed for reproducibility")
 
@@ -73,6 +72,8 @@ def list_models_command() -> None:
 
 
 def results_table(results: list) -> Table:
+    from lymphomil.crossval import format_metric
+
     table = Table("model", "balanced acc. (mean ± std [95% CI])", "hard subset", "ROC AUC",
                   "minutes", title="repeated patient-level CV")
     for r in results:
@@ -114,11 +115,13 @@ def cv(
 
     Honest selection: lymphomil cv DATA -m fusion-mean -m cell-topk --select fusion-mean,cell-topk
     """
-    from lymphomil.steps import get_engine
+    from lymphomil.data.cohort import load_cohort
     from lymphomil.options import (check_features_option, check_folds, check_folds_against,
                                    check_model_names, check_repeats, check_threads)
+    from lymphomil.outputs import (atomic_write_json, cache_root, check_cache_location,
+                                   claim_output, staged_dir)
     from lymphomil.runtime import set_threads
-    from lymphomil.steps import labelled_patients, run_cv, write_cv_outputs
+    from lymphomil.steps import get_engine, labelled_patients, run_cv, write_cv_outputs
 
     # every option before any work; the folds against the data once it is read
     if select is not None:
@@ -181,7 +184,9 @@ def train(
 
     Example: lymphomil train ../shared/data/dlmi-lymphocytosis --model logreg --out runs/model
     """
+    from lymphomil.data.cohort import load_cohort
     from lymphomil.options import check_features_option, check_model_names, check_threads
+    from lymphomil.outputs import cache_root, check_cache_location, claim_output
     from lymphomil.runtime import set_threads
     from lymphomil.steps import configure_model, labelled_patients, train_model
 
@@ -231,6 +236,7 @@ def predict(
     Example: lymphomil predict runs/model ../shared/data/dlmi-lymphocytosis --out submission.csv --kaggle
     """
     from lymphomil.options import check_threads
+    from lymphomil.outputs import atomic_write_json, cache_root, check_cache_location, claim_output
     from lymphomil.runtime import set_threads
     from lymphomil.steps import predict_folder, write_predictions
 
@@ -314,6 +320,7 @@ def run(
     Example: lymphomil run ../shared/data/dlmi-lymphocytosis --out runs/shared
     """
     from lymphomil.config import load_config
+    from lymphomil.outputs import cache_root, check_cache_location, claim_output
     from lymphomil.pipeline import run_pipeline
 
     cfg = load_config(config, {
