@@ -143,14 +143,14 @@ def one_of(choices: Callable[[], Collection[str]], problem: str) -> Any:
 
 def check_model_names(names: Sequence[str], option: str = "--model") -> list[str]:
     """Registered model names, at least one, none twice."""
-    from lymphomil.models.base import list_models, selection_candidates
+    from lymphomil.models.base import known_models, selection_candidates
 
     names = [str(n).strip() for n in names]
     if not names or not all(names):
         raise LymphomilError(f"{option}: the list of models is empty",
                              fix=f"name at least one model (see `lymphomil models`), e.g. "
                                  f"{option} logreg")
-    known = list_models()
+    known = known_models()
     unknown = [c for n in names for c in (selection_candidates(n) or [n]) if c not in known]
     if unknown:
         raise LymphomilError(f"{option}: unknown model(s) {', '.join(map(repr, unknown))}",

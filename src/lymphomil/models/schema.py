@@ -37,10 +37,9 @@ def _models() -> list[str]:
 
 
 def _classes() -> Collection[str]:
-    from lymphomil.models.base import _CLASSES, _ensure_registered
+    from lymphomil.models.base import known_classes
 
-    _ensure_registered()
-    return _CLASSES
+    return known_classes()
 
 
 class _Strict(BaseModel):
