@@ -25,15 +25,15 @@ FIX = "re-create the model folder with `lymphomil train` (never edit it by hand)
 
 
 def _backbones() -> list[str]:
-    from lymphomil.features.backbones import list_backbones
+    from lymphomil.features.weights import known_backbones
 
-    return list_backbones()
+    return known_backbones()
 
 
 def _models() -> list[str]:
-    from lymphomil.models.base import list_models
+    from lymphomil.models.base import known_models
 
-    return list_models()
+    return known_models()
 
 
 def _classes() -> Collection[str]:
