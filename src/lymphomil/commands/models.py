@@ -203,12 +203,12 @@ def train(
     train_model(estimator, labelled, out, name=model, reference_date=ref, cache_dir=cache_dir,
                 seed=seed, extra={"skipped": cohort.skipped_table()})
     from lymphomil.model_card import build_model_card, write_model_card
-    from lymphomil.models.base import describe_models
+    from lymphomil.models.base import describe_model
     from lymphomil.outputs import read_json
 
     # no CV here: the card says what the model is and what it was trained on (`run` adds the CV)
     write_model_card(out, build_model_card(estimator, model, read_json(out / "metadata.json"),
-                                           description=describe_models().get(model, "")))
+                                           description=describe_model(model)))
     print_skips(cohort.skipped_table())
     console.print(f"trained [bold]{model}[/] on {len(labelled.y)} patients → {out}")
 

@@ -116,6 +116,12 @@ def describe_models() -> dict[str, str]:
     return {name: _MODELS[name][1] for name in sorted(_MODELS)}
 
 
+def describe_model(name: str) -> str:
+    """One model's description ("" for an unknown name), importing its family only."""
+    _ensure_registered(name)
+    return _MODELS[name][1] if name in _MODELS else ""
+
+
 #: ``select:A,B,C`` names the nested choice among registered models A, B, C (models/ensemble.py)
 SELECT_PREFIX = "select:"
 
