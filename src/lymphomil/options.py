@@ -168,7 +168,7 @@ def check_features_option(text: str | None, option: str = "--features") -> str |
     if text is None:
         return None
     from lymphomil.features.spec import FeatureSpec
-    from lymphomil.features.weights import known_backbones
+    from lymphomil.features.weights import known_backbones, require_extra
 
     try:
         spec = FeatureSpec.parse(text)
@@ -180,6 +180,7 @@ def check_features_option(text: str | None, option: str = "--features") -> str |
     if spec.backbone not in backbones:
         raise LymphomilError(f"{option} {text!r}: unknown backbone {spec.backbone!r}",
                              fix=f"write BACKBONE@CROP with a backbone of: {', '.join(backbones)}")
+    require_extra(spec.backbone)  # a torchvision backbone without its extra: one line naming it
     check_crop(spec.crop, f"{option} crop")
     return text
 
