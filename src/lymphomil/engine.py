@@ -12,7 +12,7 @@ The work is already cut into idempotent pieces, so an engine only decides where 
 Both engines run the same functions with the same thread layout (one intra-op thread per
 extraction stream, ``--threads`` per fit), so they give bit-identical cache entries,
 out-of-fold probabilities and predictions. The core never imports Ray: ``lymphomil.ray_engine``
-is imported only when ``--engine ray`` is asked for (:func:`get_engine`).
+is imported only when ``--engine ray`` is asked for (:func:`lymphomil.engines.get_engine`).
 This module is the bottom layer: it imports nothing of lymphomil but the errors.
 """
 
@@ -68,22 +68,3 @@ class LocalEngine:
 
     def close(self) -> None:
         pass
-
-
-def get_engine(name: str | None, **options: Any) -> Engine:
-    """The engine called ``name`` (``local`` or ``ray``); a clear error when Ray is missing."""
-    from lymphomil.errors import LymphomilError
-
-    name = (name or "local").lower()
-    if name == "local":
-        return LocalEngine()
-    if name == "ray":
-        try:
-            import ray  # noqa: F401
-        except ImportError:
-            raise LymphomilError("--engine ray needs Ray, which is not installed in this "
-                                 "environment", fix=RAY_INSTALL_FIX) from None
-        from lymphomil.ray_engine import RayEngine
-
-        return RayEngine(**options)
-    raise LymphomilError(f"unknown engine {name!r}", fix=f"use one of {', '.join(ENGINES)}")

@@ -15,7 +15,8 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 from lymphomil.data.cohort import Cohort, Patient, as_patient_array, labels_of, load_cohort
-from lymphomil.engine import Engine, get_engine  # noqa: F401 (get_engine re-exported)
+from lymphomil.engine import Engine
+from lymphomil.engines import get_engine  # noqa: F401 (re-exported)
 from lymphomil.errors import LymphomilError
 from lymphomil.crossval import CVResult
 from lymphomil.models.base import PatientModel, create_model, load_model

@@ -78,7 +78,7 @@ def features(
     Example: lymphomil features ../shared/data/dlmi-lymphocytosis --backbone efficientnet-lite0 --crop 112
     """
     from lymphomil.data.cohort import load_cohort
-    from lymphomil.engine import get_engine
+    from lymphomil.engines import get_engine
     from lymphomil.features import FeatureCache, FeatureSpec, resolve_precision
     from lymphomil.features.cache import feature_root
 
