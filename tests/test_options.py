@@ -10,7 +10,7 @@ from lymphomil.options import check_features_option
 
 
 @pytest.mark.parametrize("text", ["small-cnn@48", "small-cnn:none@48", "small-cnn:none@48+bf16",
-                                  "resnet18:/w/r18.pt@112+tta+bf16", "efficientnet-lite0@112+tta",
+                                  "small-cnn:/w/cnn.pt@112+tta+bf16", "efficientnet-lite0@112+tta",
                                   "small-cnn"])
 def test_every_spec_form_is_accepted(text: str) -> None:
     assert check_features_option(text) == text
@@ -27,3 +27,11 @@ def test_every_spec_form_is_accepted(text: str) -> None:
 def test_bad_specs_are_refused_with_the_part_named(text: str, message: str) -> None:
     with pytest.raises(LymphomilError, match=message):
         check_features_option(text)
+
+
+def test_a_torchvision_backbone_without_its_extra_is_refused(monkeypatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torchvision", None)  # as if not installed
+    with pytest.raises(LymphomilError, match=r'pip install "lymphomil\[torchvision\]"'):
+        check_features_option("resnet18@112")

@@ -55,8 +55,10 @@ def test_rerun_from_saved_config_gives_identical_outputs(first_run, tmp_path: Pa
     result = runner.invoke(app, ["run", "--config", str(out / "config.toml"), "--out", str(again),
                                  "--cache-dir", str(cache)], catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    for name in ("submission.csv", "predictions.csv", "cv/oof_tree.csv", "cv/metrics.json"):
+    for name in ("submission.csv", "predictions.csv", "cv/oof_tree.csv", "cv/metrics.json",
+                 "model/model.json", "model/metadata.json", "explore/hist_age.png"):
         assert (again / name).read_bytes() == (out / name).read_bytes(), name
+    assert list((cache / "run").glob("fit-*")) and list((cache / "run").glob("explore-*"))
 
 
 @pytest.mark.slow  # by default: two cold runs in one process compared byte for byte in

@@ -14,16 +14,10 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from lymphomil.defaults import DEFAULT_CANDIDATES, DEFAULT_MODEL  # noqa: F401 (re-exported)
 from lymphomil.engine import ENGINES
 from lymphomil.errors import LymphomilError
 from lymphomil.options import one_of
-
-#: attribute models, image models and fusions that `run` compares by repeated CV
-#: (the full comparison of every family is docs/results.md; these are the cheap, strong ones)
-DEFAULT_CANDIDATES = ["logreg-compact", "image-logreg-thin", "fusion-mean", "fusion-min",
-                      "fusion-max"]
-#: what `train` and `run` fit when no model is named (chosen by repeated CV: docs/results.md)
-DEFAULT_MODEL = "fusion-mean"
 
 def default_model_features() -> list:
     """``(FeatureSpec, kind)`` pairs the default model reads: what ``lymphomil features``

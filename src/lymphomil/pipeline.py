@@ -75,11 +75,10 @@ def run_pipeline(config: RunConfig, out: Path,
 def _run_stages(config: RunConfig, out: Path, engine: object, stage: Callable[[str], None],
                 on_fit: Callable[..., None] | None,
                 cv_total: Callable[[int], None] | None) -> RunResult:
-    from lymphomil.explore import explore
     from lymphomil.models.base import selection_name
+    from lymphomil.runcache import cached_explore, train_cached
     from lymphomil.steps import (attach_features, configure_model, labelled_patients,
-                                 predict_patients, run_cv, train_model, write_cv_outputs,
-                                 write_predictions)
+                                 predict_patients, run_cv, write_cv_outputs, write_predictions)
 
     timings: dict[str, float] = {}
     data = config.data
@@ -96,7 +95,7 @@ def _run_stages(config: RunConfig, out: Path, engine: object, stage: Callable[[s
             from lymphomil.options import check_folds_against
 
             check_folds_against(config.folds, labelled.y, "folds")  # before any feature
-            summary = explore(cohort, staging / "explore")
+            summary = cached_explore(cohort, staging / "explore", config.cache_dir)
         candidates = list(dict.fromkeys(config.candidates
                                         + ([config.model] if config.model else [])))
         selection = (selection_name(candidates)
@@ -120,9 +119,9 @@ def _run_stages(config: RunConfig, out: Path, engine: object, stage: Callable[[s
         stage(f"train {chosen.model_name}")
         with _timed(timings, "train"):
             model = configure_model(chosen.model_name, config.features)
-            train_model(model, labelled, staging / "model", name=chosen.model_name,
-                        reference_date=config.reference_date, cache_dir=config.cache_dir,
-                        seed=config.seed, extra={"cv": chosen.to_dict()["summary"]})
+            model = train_cached(model, labelled, staging / "model", name=chosen.model_name,
+                                 reference_date=config.reference_date, cache_dir=config.cache_dir,
+                                 seed=config.seed, extra={"cv": chosen.to_dict()["summary"]})
         stage("predict")
         with _timed(timings, "predict"):
             targets = cohort.unlabelled
@@ -195,6 +194,7 @@ def gallery_scorer(model, config: RunConfig, labelled, cache_dir: Path | None = 
     from a cell classifier, else ``cell-topk`` fitted on the labelled patients (issue 15 item 2:
     a mean-pooled linear model's per-cell "logit shares" are not evidence about single cells)."""
     from lymphomil.models.base import create_model
+    from lymphomil.runcache import cached_fit
     from lymphomil.steps import attach_features, configure_model
 
     cell_units = create_model(GALLERY_SCORER).instance_score_units
@@ -204,7 +204,8 @@ def gallery_scorer(model, config: RunConfig, labelled, cache_dir: Path | None = 
     # the inner CV of cell-topk tunes) change the patient's score, never the cells' order
     scorer = configure_model(GALLERY_SCORER, config.features, ks=(0,), calibrate=False)
     patients = attach_features(labelled.patients, [scorer], cache_dir)
-    return scorer.fit(patients, labelled.y)
+    return cached_fit(scorer, patients, labelled.y, tag="gallery-scorer", cache_dir=cache_dir,
+                      fit=lambda: scorer.fit(patients, labelled.y))[0]
 
 
 def _cell_scores(scorer, patients, cache_dir: Path | None = None):
@@ -307,7 +308,7 @@ def write_run_model_card(model_dir: Path, model, config: RunConfig, chosen: CVRe
     """The trained model's card (lymphomil.model_card), written into its folder; returned for
     the report."""
     from lymphomil.model_card import build_model_card, write_model_card
-    from lymphomil.models.base import describe_models
+    from lymphomil.models.base import describe_model
     from lymphomil.report.render import calibration_stats
     from lymphomil.outputs import read_json
 
@@ -315,7 +316,7 @@ def write_run_model_card(model_dir: Path, model, config: RunConfig, chosen: CVRe
         model, chosen.model_name, read_json(Path(model_dir) / "metadata.json"), chosen=chosen,
         results=results, forced=bool(config.model), brier=calibration_stats(chosen)["brier"],
         uncertainty=None if spread is None else spread.method,
-        description=describe_models().get(chosen.model_name, ""))
+        description=describe_model(chosen.model_name))
     write_model_card(model_dir, card)
     return card
 
@@ -324,7 +325,7 @@ def _write_report(path: Path, config: RunConfig, data: Path, chosen: CVResult,
                   results: list[CVResult], summary: dict, pred, cohort, labelled,
                   timings, files: list[tuple[str, str]] | None = None, spread=None,
                   card: dict | None = None, scorer=None) -> None:
-    from lymphomil.models.base import describe_models, library_versions
+    from lymphomil.models.base import describe_model, library_versions
     from lymphomil.report.render import ReportContext, render_report
 
     from lymphomil.models.base import selection_candidates
@@ -340,7 +341,7 @@ def _write_report(path: Path, config: RunConfig, data: Path, chosen: CVResult,
                      f"{ba['mean']:.3f} ± {ba['std']:.3f} balanced accuracy.")
     context = ReportContext(
         title="lymphomil report", data_root=str(data), model_name=chosen.model_name,
-        model_description=describe_models().get(chosen.model_name, ""), cv_results=results,
+        model_description=describe_model(chosen.model_name), cv_results=results,
         explore=summary, calls=patient_calls(pred, spread, scorer, config.cache_dir),
         skipped=cohort.skipped_table(),
         config=config.model_dump(mode="json"), versions=library_versions(), timings=timings,

@@ -6,10 +6,14 @@ workers all set threads through it, and the digests and extractor size their poo
 
 from __future__ import annotations
 
+import importlib.abc
+import importlib.util
 import os
+import sys
 from typing import Sequence
 
 _THREAD_LIMITS: list = []
+_TORCH_THREADS: list[int] = []  # what set_threads asked for, applied when torch is imported
 
 
 def cpu_count() -> int:
@@ -41,9 +45,33 @@ def set_threads(threads: int) -> None:
     run faster on one thread than on two that spin against another process. Feature extraction
     manages its own threads (one decoding while one computes).
     """
-    import torch
     from threadpoolctl import threadpool_limits
 
     threads = max(1, int(threads))
-    torch.set_num_threads(threads)
+    _TORCH_THREADS[:] = [threads]
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(threads)
+    elif not any(isinstance(f, _TorchThreadsOnImport) for f in sys.meta_path):
+        # a command whose models need no torch (fusion-mean) never pays torch's import
+        sys.meta_path.insert(0, _TorchThreadsOnImport())
     _THREAD_LIMITS[:] = [threadpool_limits(limits=threads)]  # kept alive: the limit holds
+
+
+class _TorchThreadsOnImport(importlib.abc.MetaPathFinder):
+    """Sets torch's threads (:func:`set_threads`) as torch finishes importing, before any op."""
+
+    def find_spec(self, name, path, target=None):
+        if name != "torch":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec("torch")
+        if spec is None or spec.loader is None:
+            return spec
+        exec_module = spec.loader.exec_module
+
+        def exec_then_set_threads(module):
+            exec_module(module)
+            module.set_num_threads(_TORCH_THREADS[-1])
+
+        spec.loader.exec_module = exec_then_set_threads  # this spec's loader only
+        return spec

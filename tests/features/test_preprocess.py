@@ -14,7 +14,7 @@ from PIL import Image
 from lymphomil.errors import LymphomilError
 from lymphomil.features.backbones import TF_LITE_MEAN, TF_LITE_STD
 from lymphomil.features.preprocess import (FLIP_VIEWS, centre_crop, decode_image, flip_view,
-                                           make_preprocess, random_flips)
+                                           make_preprocess, random_flips, resize_uint8)
 
 
 def _pattern(size: int = 224) -> np.ndarray:
@@ -47,6 +47,21 @@ def test_other_colour_modes_become_rgb(tmp_path, mode: str, fmt: str) -> None:
 def test_other_sizes_are_resized(tmp_path) -> None:
     path = _save(tmp_path / "big.jpg", Image.fromarray(_pattern(300)).crop((0, 0, 300, 260)))
     assert decode_image(path).shape == (3, 224, 224)
+
+
+@pytest.mark.parametrize("shape", [(300, 260), (100, 100), (224, 223)])
+def test_resize_is_antialiased_bilinear_in_plain_torch(shape) -> None:
+    """torchvision 0.28's resize steps (a native uint8 kernel on AVX2/AVX512 and ARM, else
+    float32 then rounding): within one grey level of the float32 route everywhere, on any
+    memory layout (a decoded JPEG is a channel-first view of HWC memory)."""
+    generator = torch.Generator().manual_seed(0)
+    hwc = torch.randint(0, 256, (*shape, 3), generator=generator, dtype=torch.uint8)
+    for image in (hwc.permute(2, 0, 1), hwc.permute(2, 0, 1).contiguous()):
+        ours = resize_uint8(image, 224)
+        assert ours.dtype == torch.uint8 and ours.shape == (3, 224, 224)
+        floats = torch.nn.functional.interpolate(image[None].float(), size=[224, 224],
+                                                 mode="bilinear", antialias=True)[0]
+        assert (ours.float() - floats.round()).abs().max() <= 1
 
 
 def test_broken_images_name_the_file(tmp_path) -> None:

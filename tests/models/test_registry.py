@@ -34,3 +34,18 @@ def test_defaults_are_registered() -> None:
 def test_unknown_option_names_the_valid_ones() -> None:
     with pytest.raises(LymphomilError, match="its options are"):
         create_model("logreg", nonsense=1)
+
+
+def test_the_family_table_is_the_registry() -> None:
+    """``base.FAMILIES`` (what a name imports) lists each model and class under the module that
+    registers it, and nothing else."""
+    from lymphomil.models import base
+
+    base.list_models()  # every family imported
+    table = {(family, n) for family, (classes, names) in base.FAMILIES.items()
+             for n in (*classes, *names)}
+    registered = {(factory.__module__.rsplit(".", 1)[1], name)
+                  for name, (factory, _) in base._MODELS.items()}
+    registered |= {(cls.__module__.rsplit(".", 1)[1], name) for name, cls in base._CLASSES.items()
+                   if cls.__module__.startswith("lymphomil.models.")}
+    assert table == registered

@@ -114,7 +114,7 @@ def features(
     Another backbone: lymphomil features DATA --backbone efficientnet-lite0 --crop 112
     """
     from lymphomil.data.cohort import load_cohort
-    from lymphomil.steps import get_engine
+    from lymphomil.engines import get_engine
     from lymphomil.features import FeatureCache, FeatureSpec, resolve_precision
     from lymphomil.features.cache import feature_root
 
@@ -235,7 +235,8 @@ def cache_clear(
     cache_dir: Optional[Path] = CACHE_DIR_OPT,
     yes: bool = typer.Option(False, "--yes", help="Do not ask for confirmation."),
 ) -> None:
-    """Delete every cached feature file (they are recomputed when needed).
+    """Delete every cached feature file, CV result and reusable run result (recomputed when
+    needed).
 
     Example: lymphomil cache clear --yes
     """
@@ -252,8 +253,12 @@ def cache_clear(
     freed = cache.clear()
     # only the CV results the cache's own manifest lists: never whatever else is in cv/
     cv_files, cv_bytes, kept = clear_cv(_cv_folder(cache_dir))
-    console.print(f"freed {_human_bytes(freed + cv_bytes)} under {cache.root.parent} "
-                  f"(features and {cv_files} CV result files)")
+    from lymphomil.runcache import clear as clear_runs
+
+    run_entries, run_bytes = clear_runs(cache_dir)  # a rerun's exploration and fitted models
+    console.print(f"freed {_human_bytes(freed + cv_bytes + run_bytes)} under "
+                  f"{cache.root.parent} (features, {cv_files} CV result files and {run_entries} "
+                  "reusable run results)")
     kept = list(getattr(cache, "kept", [])) + kept
     if kept:
         err_console.print(f"[yellow]left alone[/]: {len(kept)} file(s) under {cache.root.parent} "

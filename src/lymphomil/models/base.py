@@ -62,9 +62,59 @@ def register_model(name: str, description: str = "") -> Callable:
     return decorator
 
 
-def _ensure_registered() -> None:
-    # importing the families fills the registry (they register themselves)
-    import lymphomil.models  # noqa: F401
+#: family module -> (the saved classes, the model names) it registers. A named or saved model
+#: imports its own family only (predicting with fusion-mean imports no torch); a name not listed
+#: imports every family. tests/models/test_registry.py keeps the table true to the registry.
+FAMILIES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "attributes": (("AttributeModel",), ("logreg", "svm", "tree", "forest", "mlp",
+                                          "logreg-compact")),
+    "pooled": (("ImageLogRegModel",), ("image-logreg", "image-logreg-thin")),
+    "fusion": (("FusionModel",), (
+        "fusion-alpha", "fusion-min", "fusion-max", "fusion-stack", "fusion-mean",
+        "fusion-mean-cells", "fusion-mean-cells-attr", "fusion-mean-proto", "fusion-mean-ens",
+        "fusion-mean-seeds", "fusion-mean-bagged", "fusion-mean-gated", "fusion-mean-ens-gated",
+        "fusion-alpha-cells")),
+    "cells": (("CellTopKModel",), ("cell-topk", "cell-topk-attr")),
+    "prototypes": (("PrototypeModel",), ("prototypes",)),
+    "ensemble": (("EnsembleModel", "SelectModel"), (
+        "image-ensemble", "image-logreg-thin-seeds", "image-logreg-thin-bagged", "select-default")),
+    "instance": (("InstanceModel",), ("instance",)),
+    "bag": (("BagModel",), ("bag",)),
+    "mil": (("MILModel", "MILEndToEndModel"), ("mil", "mil-e2e")),
+    "abmil": (("ABMILModel",), ("abmil", "abmil-attr")),
+    "finetune": (("MILTrunkModel", "TopKTrunkModel"), (
+        "mil-trunk", "topk-trunk", "topk-trunk-image", "fusion-mean-miltrunk",
+        "fusion-mean-topktrunk")),
+}
+_FAMILY_OF = {name: family for family, (classes, names) in FAMILIES.items()
+              for name in (*classes, *names)}
+
+
+def _ensure_registered(name: str | None = None) -> None:
+    """Import the family that registers ``name`` (a model or class name); every family for
+    ``None`` or a name the table does not know (they register themselves when imported)."""
+    import importlib
+
+    if name is not None:
+        if name in _MODELS or name in _CLASSES:
+            return
+        family = _FAMILY_OF.get(name)
+        if family is not None:
+            importlib.import_module(f"lymphomil.models.{family}")
+            if name in _MODELS or name in _CLASSES:
+                return
+    for family in FAMILIES:
+        importlib.import_module(f"lymphomil.models.{family}")
+
+
+def known_models() -> list[str]:
+    """Every model name, without importing a family (the table, and what is registered)."""
+    return sorted({n for _, names in FAMILIES.values() for n in names} | set(_MODELS))
+
+
+def known_classes() -> set[str]:
+    """Every saved-model class name, without importing a family."""
+    return {c for classes, _ in FAMILIES.values() for c in classes} | set(_CLASSES)
 
 
 def list_models() -> list[str]:
@@ -75,6 +125,12 @@ def list_models() -> list[str]:
 def describe_models() -> dict[str, str]:
     _ensure_registered()
     return {name: _MODELS[name][1] for name in sorted(_MODELS)}
+
+
+def describe_model(name: str) -> str:
+    """One model's description ("" for an unknown name), importing its family only."""
+    _ensure_registered(name)
+    return _MODELS[name][1] if name in _MODELS else ""
 
 
 #: ``select:A,B,C`` names the nested choice among registered models A, B, C (models/ensemble.py)
@@ -95,8 +151,9 @@ def selection_candidates(name: str) -> list[str] | None:
 def create_model(name: str, **overrides: Any) -> "PatientModel":
     """Build a registered model configuration; ``overrides`` become constructor arguments.
     ``select:A,B,C`` builds the nested selection among the registered models A, B and C."""
-    _ensure_registered()
     candidates = selection_candidates(name)
+    for needed in candidates if candidates is not None else [name]:
+        _ensure_registered(needed)
     if candidates is not None:
         unknown = [c for c in candidates if c not in _MODELS]
         if not candidates or unknown:
@@ -159,7 +216,7 @@ def decode_param(value: Any) -> Any:
 
 
 def model_class(name: str) -> type["PatientModel"]:
-    _ensure_registered()
+    _ensure_registered(name)
     if name not in _CLASSES:
         raise LymphomilError(f"model class {name!r} is not a lymphomil model",
                              fix="use a model folder written by `lymphomil train`")
@@ -167,13 +224,14 @@ def model_class(name: str) -> type["PatientModel"]:
 
 
 def library_versions() -> dict[str, str]:
-    import sklearn
-    import torch
-
+    """The versions a saved model and a CV cache key record (torch's and scikit-learn's read
+    from their metadata, the same strings as their ``__version__``: nothing imported)."""
     import lymphomil
+    from lymphomil.runtime import package_versions
 
+    versions = package_versions(("scikit-learn", "torch"))
     return {"lymphomil": getattr(lymphomil, "__version__", "0"), "numpy": np.__version__,
-            "scikit-learn": sklearn.__version__, "torch": torch.__version__,
+            "scikit-learn": versions["scikit-learn"], "torch": versions["torch"],
             "python": platform.python_version()}
 
 

@@ -4,12 +4,14 @@ and padded into batches (:func:`pad_bags` — cells of two patients are never mi
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
-import torch
 
 from lymphomil.errors import LymphomilError
+
+if TYPE_CHECKING:  # pad_bags works on the tensors it is given: the readers need no torch
+    import torch
 
 
 _NDIM = {"pooled": 2, "views": 3, "map": 4, "trunk": 4}
@@ -53,7 +55,7 @@ def pad_bags(bags: Sequence[torch.Tensor], pad_value: float = 0.0
     n_max = max(int(b.shape[0]) for b in bags)
     rest = tuple(bags[0].shape[1:])
     X = bags[0].new_full((len(bags), n_max, *rest), pad_value)  # (B, N, *rest)
-    mask = torch.zeros(len(bags), n_max, dtype=torch.bool)  # (B, N)
+    mask = bags[0].new_zeros((len(bags), n_max)).bool()  # (B, N)
     for b, bag in enumerate(bags):
         n = int(bag.shape[0])
         X[b, :n] = bag  # (n, *rest)

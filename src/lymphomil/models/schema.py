@@ -25,22 +25,21 @@ FIX = "re-create the model folder with `lymphomil train` (never edit it by hand)
 
 
 def _backbones() -> list[str]:
-    from lymphomil.features.backbones import list_backbones
+    from lymphomil.features.weights import known_backbones
 
-    return list_backbones()
+    return known_backbones()
 
 
 def _models() -> list[str]:
-    from lymphomil.models.base import list_models
+    from lymphomil.models.base import known_models
 
-    return list_models()
+    return known_models()
 
 
 def _classes() -> Collection[str]:
-    from lymphomil.models.base import _CLASSES, _ensure_registered
+    from lymphomil.models.base import known_classes
 
-    _ensure_registered()
-    return _CLASSES
+    return known_classes()
 
 
 class _Strict(BaseModel):
