@@ -79,13 +79,18 @@ def test_a_worker_killed_during_extraction_is_retried(engine, synthetic_root: Pa
 
 
 def test_a_worker_killed_during_cross_validation_is_retried(engine, synthetic_root: Path,
-                                                            local_reference: dict) -> None:
+                                                            local_reference: dict,
+                                                            tmp_path: Path) -> None:
+    import shutil
+
     from lymphomil.steps import labelled_patients, run_cv
 
+    # the reference's features, not its stored fits (the CV would reuse them and run nothing)
+    shutil.copytree(Path(local_reference["cache"]) / "features", tmp_path / "features")
     labelled = labelled_patients(load_cohort(synthetic_root))
     with WorkerKiller("run_fit") as killer:
         results = run_cv(MODELS, labelled.patients, labelled.y, **PLAN, features=SPEC_TEXT,
-                         cache_dir=local_reference["cache"], engine=engine)
+                         cache_dir=tmp_path, engine=engine)
     assert killer.killed, "no fit task was seen running: the test did not test a kill"
     _assert_same_cv(results, local_reference["results"])
 
