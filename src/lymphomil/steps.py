@@ -142,17 +142,24 @@ def run_cv(model_names: Sequence[str], patients: np.ndarray, y: np.ndarray, *, f
     return [results[name] for name in model_names]
 
 
-def write_cv_outputs(results: Sequence[CVResult], out: Path) -> dict:
-    """metrics.json (all models) + oof_<model>.csv + results.md in ``out``."""
+def write_cv_outputs(results: Sequence[CVResult], out: Path, trust: dict | None = None) -> dict:
+    """metrics.json (all models) + oof_<model>.csv + results.md in ``out``; ``trust``: each
+    model's risk–coverage and nested referral figure (lymphomil.coverage.cv_trust), added."""
     out.mkdir(parents=True, exist_ok=True)
-    payload = {r.model_name: r.to_dict() for r in results}
+    payload = {r.model_name: {**r.to_dict(), **(trust or {}).get(r.model_name, {})}
+               for r in results}
     for result in results:
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, ["ID", "label", "repeat", "fold", "proba", "hard"])
         writer.writeheader()
         writer.writerows(result.oof_rows())
         atomic_write_text(out / f"oof_{result.model_name}.csv", buffer.getvalue())
-    atomic_write_text(out / "results.md", cv_markdown(results))
+    markdown = cv_markdown(results)
+    if trust:
+        from lymphomil.coverage import trust_markdown
+
+        markdown += trust_markdown(trust)
+    atomic_write_text(out / "results.md", markdown)
     atomic_write_json(out / "metrics.json", payload)
     return payload
 
@@ -174,8 +181,9 @@ def cv_markdown(results: Sequence[CVResult]) -> str:
 
 def train_model(model: PatientModel, labelled: LabelledSet, out: Path, *, name: str,
                 reference_date: date, cache_dir: Path | None = None, seed: int = 0,
-                extra: dict | None = None) -> PatientModel:
-    """Fit on every labelled patient and save a self-describing model folder."""
+                extra: dict | None = None, referral: Any = None) -> PatientModel:
+    """Fit on every labelled patient and save a self-describing model folder (with the
+    referral rule ``referral`` beside the model when given: lymphomil.referral)."""
     from lymphomil.crossval import derive_seed, with_seed
     from lymphomil.models.base import library_versions
 
@@ -194,6 +202,10 @@ def train_model(model: PatientModel, labelled: LabelledSet, out: Path, *, name: 
     with staged_dir(out) as staging:
         model._save_into(staging)
         atomic_write_json(staging / METADATA_JSON, metadata)
+        if referral is not None:
+            from lymphomil.referral import save_rule
+
+            save_rule(staging, referral)
     return model
 
 
@@ -213,6 +225,8 @@ class Predictions:
     skipped: list[dict]
     patients: np.ndarray
     model: PatientModel
+    #: the referral rule's decision per patient (lymphomil.referral.Decision); None: no rule
+    decisions: list | None = None
 
 
 def predict_patients(model: PatientModel, targets: Sequence[Patient], cohort: Cohort,
@@ -236,12 +250,22 @@ def predict_folder(model_dir: Path, data: Path, *, on_error: str = "raise",
     if not targets:
         raise LymphomilError("no patients to predict (no LABEL -1 rows with images)", file=data,
                              fix="add unlabelled patients (LABEL -1) or use --all")
+    from lymphomil.referral import load_rule, model_decisions
+
+    rule = load_rule(model_dir)
     try:
-        return predict_patients(model, targets, cohort, cache_dir)
+        pred = predict_patients(model, targets, cohort, cache_dir)
+        if rule is not None:
+            pred.decisions = model_decisions(rule, model, pred.patients, pred.proba)
+        return pred
     except (ValueError, IndexError, RuntimeError) as exc:  # stored arrays of the wrong shapes
         raise LymphomilError(f"the model's stored state does not fit its features "
                              f"({type(exc).__name__}: {exc})", file=Path(model_dir) / "model.json",
                              fix=FIX) from None
+
+
+#: REASON of predictions.csv when the model folder has no referral rule
+NO_RULE = "no referral rule in the model folder: forced call"
 
 
 def write_predictions(pred: Predictions, out: Path, kaggle: bool = False) -> Path:
@@ -251,6 +275,11 @@ def write_predictions(pred: Predictions, out: Path, kaggle: bool = False) -> Pat
         writer.writerow(["Id", "Predicted"])
         writer.writerows(zip(pred.ids, pred.labels.tolist()))
     else:
-        writer.writerow(["ID", "LABEL", "PROBA"])
-        writer.writerows((i, int(l), f"{p:.6f}") for i, l, p in zip(pred.ids, pred.labels, pred.proba))
+        writer.writerow(["ID", "LABEL", "PROBA", "DECISION", "REASON"])
+        for k, (i, label, p) in enumerate(zip(pred.ids, pred.labels, pred.proba)):
+            if pred.decisions is None:  # a model folder without a rule: the forced call
+                decision, reason = ("malignant" if label else "reactive"), NO_RULE
+            else:
+                decision, reason = pred.decisions[k].decision, pred.decisions[k].reason
+            writer.writerow([i, int(label), f"{p:.6f}", decision, reason])
     return atomic_write_text(out, buffer.getvalue())
