@@ -66,6 +66,7 @@ def test_target_accuracy_takes_the_smallest_rate_that_reaches_it() -> None:
     assert reached and (score < threshold).sum() == 3  # the three wrong calls, nothing more
     threshold, reached = choose_threshold(score, y, proba, target_accuracy=0.5001)
     assert reached and (score < threshold).sum() == 0  # already reached: refer nobody
+    assert threshold == 0.0  # a finite threshold: the rule's JSON stays standard JSON
     # never reached below the cap: the cap's rate, flagged
     bad_y = 1 - y
     threshold, reached = choose_threshold(score, bad_y, proba, target_accuracy=0.99)

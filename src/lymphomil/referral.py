@@ -87,7 +87,9 @@ def choose_threshold(score: np.ndarray, y: np.ndarray, proba: np.ndarray, *,
     score = np.asarray(score, dtype=float)
     n = len(score)
     distinct = np.unique(score)
-    candidates = np.concatenate([[-np.inf], (distinct[:-1] + distinct[1:]) / 2])
+    # the first candidate refers nobody: 0 for a margin (never negative), else below the least
+    nobody = min(0.0, float(distinct[0]) - 1e-6)
+    candidates = np.concatenate([[nobody], (distinct[:-1] + distinct[1:]) / 2])
     referred = np.searchsorted(np.sort(score), candidates, side="left")  # count below each
     cap = max_referral if max_referral is not None else MAX_ALLOWED_REFERRAL
     allowed = referred <= math.floor(cap * n + 1e-9)
@@ -123,7 +125,7 @@ class ReferralRule(BaseModel):
 
     format: Literal[1] = 1
     signal: Literal["margin", "agreement"]
-    threshold: float = Field(allow_inf_nan=True)
+    threshold: float = Field(ge=-1, le=1, allow_inf_nan=False)
     max_referral: float | None = Field(None, gt=0, lt=1)
     target_accuracy: float | None = Field(None, gt=0.5, le=1)
     reached: bool

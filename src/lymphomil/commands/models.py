@@ -202,8 +202,8 @@ def _nested_referral(names: list[str], labelled, folds: int, repeats: int, seed:
         return {}
     models = [configure_model(name, features) for name in names]
     patients = attach_features(labelled.patients, models, cache_dir)
-    with progress_task("referral rule (nested)", len(names) * folds * repeats,
-                       f"outer folds, each 1 + {INNER_FOLDS} fits") as advance:
+    with progress_task(f"referral rule, nested (1 + {INNER_FOLDS} fits per outer fold)",
+                       len(names) * folds * repeats, "outer folds") as advance:
         done = nested_referral(list(zip(names, models)), patients, labelled.y, folds=folds,
                                repeats=repeats, seed=seed, engine=engine, on_fit=advance)
     return {item.model_name: item for item in done}
