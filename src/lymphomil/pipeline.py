@@ -138,7 +138,7 @@ def _run_stages(config: RunConfig, out: Path, engine: object, stage: Callable[[s
         with _timed(timings, "predict"):
             targets = cohort.unlabelled
             pred = predict_patients(model, targets, cohort, cache_dir=config.cache_dir)
-            if targets:
+            if targets and rule is not None:
                 from lymphomil.referral import model_decisions
 
                 pred.decisions = model_decisions(rule, model, pred.patients, pred.proba)
@@ -173,7 +173,7 @@ def _run_stages(config: RunConfig, out: Path, engine: object, stage: Callable[[s
                                      None),
             "n_labelled": int(len(labelled.y)), "n_predicted": len(pred.ids),
             "n_skipped_patients": len(cohort.skipped_ids), "timings_seconds": timings,
-            "referral": referral_metrics(rule, pred.decisions),
+            "referral": referral_metrics(rule, pred.decisions) if rule is not None else None,
             "risk_coverage": {r.model_name: risk_coverage(r) for r in results
                               if r.model_name != selection},
         })
@@ -183,13 +183,16 @@ def _run_stages(config: RunConfig, out: Path, engine: object, stage: Callable[[s
 
 def fit_run_rule(name: str, config: RunConfig, labelled):
     """The referral rule of model ``name``, fitted by inner CV on the labelled patients to the
-    config's target (its inner out-of-fold probabilities cached for a warm run)."""
+    config's target (its inner out-of-fold probabilities cached for a warm run); None when
+    a class has fewer than 2 patients (the predictions are then forced calls, and say so)."""
     from lymphomil.outputs import cache_root
-    from lymphomil.referral import check_target, fit_referral
+    from lymphomil.referral import can_fit, check_target, fit_referral
     from lymphomil.steps import attach_features, configure_model
 
     max_referral, target = check_target(config.max_referral, config.target_accuracy,
                                         ("max_referral", "target_accuracy"))
+    if not can_fit(labelled.y):
+        return None
     model = configure_model(name, config.features)
     patients = attach_features(labelled.patients, [model], config.cache_dir)
     return fit_referral(model, patients, labelled.y, max_referral=max_referral,

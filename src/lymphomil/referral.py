@@ -261,6 +261,16 @@ def check_target(max_referral: float | None, target_accuracy: float | None,
     return max_referral, target_accuracy
 
 
+#: what predictions say when no rule could be fitted (too few patients of a class)
+TOO_FEW = ("no referral rule: its inner CV needs at least 2 labelled patients of each class; "
+           "every call is a forced call")
+
+
+def can_fit(y: np.ndarray) -> bool:
+    """Enough patients of each class for the rule's inner CV (2 folds at least)."""
+    return int(np.bincount(np.asarray(y, dtype=int), minlength=2).min()) >= 2
+
+
 def _part_probas(model: Any, patients: np.ndarray) -> dict[str, np.ndarray]:
     if not hasattr(model, "part_probas"):
         return {}

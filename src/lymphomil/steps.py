@@ -264,7 +264,8 @@ def predict_folder(model_dir: Path, data: Path, *, on_error: str = "raise",
                              fix=FIX) from None
 
 
-#: REASON of predictions.csv when the model folder has no referral rule
+#: REASON of predictions.csv when the model folder has no referral rule (trained before rules,
+#: or on too few patients of a class to fit one)
 NO_RULE = "no referral rule in the model folder: forced call"
 
 

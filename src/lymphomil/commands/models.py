@@ -249,12 +249,13 @@ def train(
     cohort = load_cohort(data, reference_date=ref, on_error=on_error)
     labelled = labelled_patients(cohort)
     estimator = configure_model(model, features)
-    from lymphomil.referral import fit_referral, referral_card
+    from lymphomil.referral import TOO_FEW, can_fit, fit_referral, referral_card
     from lymphomil.steps import attach_features
 
     rule = fit_referral(estimator, attach_features(labelled.patients, [estimator], cache_dir),
                         labelled.y, max_referral=max_referral, target_accuracy=target_accuracy,
-                        seed=seed, name=model, cache=cache_root(cache_dir) / "cv")
+                        seed=seed, name=model, cache=cache_root(cache_dir) / "cv") \
+        if can_fit(labelled.y) else None
     train_model(estimator, labelled, out, name=model, reference_date=ref, cache_dir=cache_dir,
                 seed=seed, extra={"skipped": cohort.skipped_table()}, referral=rule)
     from lymphomil.model_card import build_model_card, write_model_card
@@ -264,10 +265,11 @@ def train(
     # no CV here: the card says what the model is and what it was trained on (`run` adds the CV)
     write_model_card(out, build_model_card(estimator, model, read_json(out / "metadata.json"),
                                            description=describe_models().get(model, ""),
-                                           referral=referral_card(rule)))
+                                           referral=rule and referral_card(rule)))
     print_skips(cohort.skipped_table())
     console.print(f"trained [bold]{model}[/] on {len(labelled.y)} patients → {out}")
-    console.print(f"referral rule: {escape(rule.describe())}", soft_wrap=True)
+    console.print(f"referral rule: {escape(rule.describe() if rule else TOO_FEW)}",
+                  soft_wrap=True)
 
 
 @app.command()
