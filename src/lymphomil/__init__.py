@@ -1,7 +1,8 @@
 """lymphomil: reactive vs malignant lymphocytosis by multiple-instance learning.
 
 The Python API (see :mod:`lymphomil.api`): ``load_cohort``, ``create_model``, ``load_model``,
-``list_models``, ``with_features``, ``labels_of``, ``cross_validate``, ``run``. They load on first
+``list_models``, ``with_features``, ``labels_of``, ``cross_validate``, ``fit_referral``,
+``decide``, ``run``. They load on first
 use, so ``import lymphomil`` stays cheap.
 """
 
@@ -12,7 +13,7 @@ from typing import Any
 __version__ = "0.1.0"
 
 __all__ = ["__version__", "load_cohort", "create_model", "load_model", "list_models",
-           "with_features", "labels_of", "cross_validate", "run"]
+           "with_features", "labels_of", "cross_validate", "fit_referral", "decide", "run"]
 
 
 def __getattr__(name: str) -> Any:

@@ -7,6 +7,8 @@
     model = lymphomil.create_model("fusion-mean")
     train = lymphomil.with_features(cohort.labelled, model)
     model.fit(train, lymphomil.labels_of(train))
+    rule = lymphomil.fit_referral("fusion-mean", train, max_referral=0.2)
+    decisions = lymphomil.decide(model, rule, lymphomil.with_features(cohort.unlabelled, model))
 
 A patient array from :func:`with_features` carries its feature store explicitly (each patient's
 ``features``), so an image model reads its instance features from it; nothing is attached behind
@@ -26,6 +28,7 @@ from lymphomil.models.base import PatientModel, create_model, list_models, load_
 if TYPE_CHECKING:  # pragma: no cover
     from lymphomil.crossval import CVResult
     from lymphomil.pipeline import RunResult
+    from lymphomil.referral import Decision, ReferralRule
 
 
 def _model(model: "PatientModel | str") -> PatientModel:
@@ -62,6 +65,35 @@ def cross_validate(model: "PatientModel | str", cohort: "Cohort | Sequence[Any]"
     model = _model(model)
     patients = with_features(patients, model, cache_dir=cache_dir)
     return harness(model, patients, y, folds=folds, repeats=repeats, seed=seed, model_name=name)
+
+
+def fit_referral(model: "PatientModel | str", patients: Iterable[Any], *,
+                 max_referral: float | None = None, target_accuracy: float | None = None,
+                 seed: int = 0, cache_dir: str | Path | None = None) -> "ReferralRule":
+    """The referral rule of ``model`` fitted by a 5-fold inner CV on the labelled ``patients``
+    (refer at most ``max_referral``, default 0.2, or the fewest whose auto-calls reach
+    ``target_accuracy``); ``rule.describe()`` says what it does, ``rule.model_dump()`` is its
+    JSON."""
+    from lymphomil.referral import check_target, fit_referral as fit
+
+    max_referral, target_accuracy = check_target(max_referral, target_accuracy,
+                                                 ("max_referral", "target_accuracy"))
+    name = model if isinstance(model, str) else type(model).__name__
+    model = _model(model)
+    patients = with_features(patients, model, cache_dir=cache_dir)
+    return fit(model, patients, labels_of(patients), max_referral=max_referral,
+               target_accuracy=target_accuracy, seed=seed, name=name)
+
+
+def decide(model: PatientModel, rule: "ReferralRule", patients: Iterable[Any],
+           extra_reasons: Sequence[Sequence[str]] | None = None) -> "list[Decision]":
+    """The rule's decision for each patient (``.decision``: malignant, reactive or refer;
+    ``.reasons``: why a patient is referred) from the fitted ``model``'s calls; patients with
+    features attached (:func:`with_features`)."""
+    from lymphomil.referral import model_decisions
+
+    return model_decisions(rule, model, np.asarray(list(patients), dtype=object),
+                           extra_reasons=extra_reasons)
 
 
 def run(data: str | Path | None = None, out: str | Path = "lymphomil-run",

@@ -12,7 +12,8 @@ from datetime import date
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator,
+                      model_validator)
 
 from lymphomil.defaults import DEFAULT_CANDIDATES, DEFAULT_MODEL  # noqa: F401 (re-exported)
 from lymphomil.engine import ENGINES
@@ -58,6 +59,18 @@ class RunConfig(BaseModel):
                                    "figure of 'the best of these'; about 3x the candidates' CV)")
     engine: EngineName = Field("local", description="where features and CV fits run: local or "
                                                     "ray (RAY_ADDRESS, or a local Ray)")
+    max_referral: float | None = Field(None, gt=0, lt=1, description="the referral rule refers "
+                                       "at most this fraction (default 0.2 when neither target "
+                                       "is set; lymphomil.referral)")
+    target_accuracy: float | None = Field(None, gt=0.5, le=1, description="the referral rule "
+                                          "refers the fewest patients whose auto-calls reach "
+                                          "this balanced accuracy in the inner CV")
+
+    @model_validator(mode="after")
+    def _one_target(self) -> "RunConfig":
+        if self.max_referral is not None and self.target_accuracy is not None:
+            raise ValueError("max_referral and target_accuracy exclude each other: give one")
+        return self
 
     @field_validator("candidates")
     @classmethod

@@ -185,7 +185,7 @@ def _selection(chosen: Any, results: Sequence[Any], forced: bool) -> dict[str, A
 def build_model_card(model: Any, name: str, model_metadata: dict, *, chosen: Any = None,
                      results: Sequence[Any] = (), forced: bool = False,
                      brier: float | None = None, uncertainty: str | None = None,
-                     description: str = "") -> dict[str, Any]:
+                     description: str = "", referral: dict | None = None) -> dict[str, Any]:
     """The card of a fitted ``model`` (its folder's ``metadata.json`` as ``model_metadata``);
     with ``chosen`` (its CV result) and ``results`` (every candidate's), the CV and selection."""
     from lymphomil.models.base import encode_param, library_versions
@@ -215,6 +215,7 @@ def build_model_card(model: Any, name: str, model_metadata: dict, *, chosen: Any
         "cross_validation": _cv_section(chosen, brier) if chosen is not None else None,
         "selection": _selection(chosen, results, forced) if chosen is not None else None,
         "uncertainty": uncertainty,
+        "referral": referral,
         "intended_use": "research software, not a medical device: each call is an estimate to "
                         "check against the smear",
         "versions": versions,

@@ -18,6 +18,7 @@ import numpy as np
 
 from lymphomil.config import RunConfig, to_toml
 from lymphomil.data.cohort import load_cohort
+from lymphomil.coverage import risk_coverage
 from lymphomil.crossval import CVResult, best_index
 from lymphomil.outputs import atomic_write_json, atomic_write_text, default_cache_root, staged_dir
 from lymphomil.uncertainty import N_REFITS
@@ -77,8 +78,10 @@ def _run_stages(config: RunConfig, out: Path, engine: object, stage: Callable[[s
                 cv_total: Callable[[int], None] | None) -> RunResult:
     from lymphomil.models.base import selection_name
     from lymphomil.runcache import cached_explore, train_cached
-    from lymphomil.steps import (attach_features, configure_model, labelled_patients,
-                                 predict_patients, run_cv, write_cv_outputs, write_predictions)
+    from lymphomil.ood import load_ood_checks
+    from lymphomil.steps import (attach_features, configure_model, decide_patients,
+                                 labelled_patients, predict_patients, run_cv, write_cv_outputs,
+                                 write_predictions)
 
     timings: dict[str, float] = {}
     data = config.data
@@ -116,17 +119,23 @@ def _run_stages(config: RunConfig, out: Path, engine: object, stage: Callable[[s
             write_cv_outputs(results, staging / "cv")
         chosen = (next(r for r in results if r.model_name == config.model) if config.model
                   else choose_model([r for r in results if r.model_name != selection]))
+        stage("referral rule (inner CV)")
+        with _timed(timings, "referral rule"):
+            rule = fit_run_rule(chosen.model_name, config, labelled)
         stage(f"train {chosen.model_name}")
         with _timed(timings, "train"):
             model = configure_model(chosen.model_name, config.features)
             model = train_cached(model, labelled, staging / "model", name=chosen.model_name,
                                  reference_date=config.reference_date, cache_dir=config.cache_dir,
-                                 seed=config.seed, extra={"cv": chosen.to_dict()["summary"]})
+                                 seed=config.seed, extra={"cv": chosen.to_dict()["summary"]},
+                                 referral=rule)
         stage("predict")
         with _timed(timings, "predict"):
             targets = cohort.unlabelled
             pred = predict_patients(model, targets, cohort, cache_dir=config.cache_dir)
             if targets:
+                checks = load_ood_checks(staging / "model", config.cache_dir)
+                pred.decisions = decide_patients(rule, checks, model, pred)
                 write_predictions(pred, staging / "predictions.csv")
                 write_predictions(pred, staging / "submission.csv", kaggle=True)
             else:
@@ -139,7 +148,7 @@ def _run_stages(config: RunConfig, out: Path, engine: object, stage: Callable[[s
         stage("report")
         with _timed(timings, "report"):
             card = write_run_model_card(staging / "model", model, config, chosen, results,
-                                        spread)
+                                        spread, rule)
             scorer = gallery_scorer(model, config, labelled, config.cache_dir)
             _write_report(staging / "report.html", config, data, chosen, results, summary,
                           pred, cohort, labelled.patients, timings,
@@ -159,9 +168,39 @@ def _run_stages(config: RunConfig, out: Path, engine: object, stage: Callable[[s
                                      None),
             "n_labelled": int(len(labelled.y)), "n_predicted": len(pred.ids),
             "n_skipped_patients": len(cohort.skipped_ids), "timings_seconds": timings,
+            "referral": referral_metrics(rule, pred.decisions) if rule is not None else None,
+            "risk_coverage": {r.model_name: risk_coverage(r) for r in results
+                              if r.model_name != selection},
         })
     return RunResult(out, chosen.model_name, results, len(pred.ids), len(cohort.skipped_ids),
                      timings)
+
+
+def fit_run_rule(name: str, config: RunConfig, labelled):
+    """The referral rule of model ``name``, fitted by inner CV on the labelled patients to the
+    config's target (its inner out-of-fold probabilities cached for a warm run); None when
+    a class has fewer than 2 patients (the predictions are then forced calls, and say so)."""
+    from lymphomil.outputs import cache_root
+    from lymphomil.referral import can_fit, check_target, fit_referral
+    from lymphomil.steps import attach_features, configure_model
+
+    max_referral, target = check_target(config.max_referral, config.target_accuracy,
+                                        ("max_referral", "target_accuracy"))
+    if not can_fit(labelled.y):
+        return None
+    model = configure_model(name, config.features)
+    patients = attach_features(labelled.patients, [model], config.cache_dir)
+    return fit_referral(model, patients, labelled.y, max_referral=max_referral,
+                        target_accuracy=target, seed=config.seed, name=name,
+                        cache=cache_root(config.cache_dir) / "cv")
+
+
+def referral_metrics(rule, decisions) -> dict:
+    """The rule and what it decided, for metrics.json and the model card."""
+    from lymphomil.referral import decisions_table, referral_card
+
+    return {**referral_card(rule),
+            "predicted": decisions_table(decisions) if decisions is not None else None}
 
 
 def _refit_spread(name: str, config: RunConfig, labelled, pred, engine: object):
@@ -218,7 +257,7 @@ def patient_calls(pred, spread=None, scorer=None, cache_dir: Path | None = None)
     """One report entry per predicted patient: call, probability, its spread (if measured), the
     cells behind it (ranked by ``scorer``, default the model that made the calls), and the
     referral rule's decision and reasons when ``pred`` carries them (``pred.decisions``: one
-    "malignant"/"reactive"/"refer" per patient, ``pred.reasons``: one list of strings each)."""
+    :class:`lymphomil.referral.Decision` per patient)."""
     from lymphomil.report.render import PatientCall
 
     if not len(pred.ids):
@@ -227,7 +266,6 @@ def patient_calls(pred, spread=None, scorer=None, cache_dir: Path | None = None)
               else _cell_scores(scorer, pred.patients, cache_dir))
     parts = pred.model.part_probas(pred.patients) if hasattr(pred.model, "part_probas") else None
     decisions = getattr(pred, "decisions", None)
-    reasons = getattr(pred, "reasons", None)
     return [PatientCall(
         id=patient.id, proba=float(pred.proba[i]), predicted=int(pred.labels[i]),
         true_label=int(patient.label), age=float(patient.age), gender=patient.gender,
@@ -236,8 +274,8 @@ def patient_calls(pred, spread=None, scorer=None, cache_dir: Path | None = None)
         instance_scores=None if scores is None else np.asarray(scores[i]),
         part_probas=None if parts is None else {k: float(v[i]) for k, v in parts.items()},
         interval=None if spread is None else (float(spread.low[i]), float(spread.high[i])),
-        decision=None if decisions is None else str(decisions[i]),
-        reasons=() if reasons is None else tuple(str(r) for r in reasons[i]))
+        decision=None if decisions is None else decisions[i].decision,
+        reasons=() if decisions is None else tuple(decisions[i].reasons))
         for i, patient in enumerate(pred.patients)]
 
 
@@ -304,7 +342,7 @@ def error_calls(chosen: CVResult, model, labelled, cache_dir: Path | None = None
 
 
 def write_run_model_card(model_dir: Path, model, config: RunConfig, chosen: CVResult,
-                         results: list[CVResult], spread=None) -> dict:
+                         results: list[CVResult], spread=None, rule=None) -> dict:
     """The trained model's card (lymphomil.model_card), written into its folder; returned for
     the report."""
     from lymphomil.model_card import build_model_card, write_model_card
@@ -316,7 +354,8 @@ def write_run_model_card(model_dir: Path, model, config: RunConfig, chosen: CVRe
         model, chosen.model_name, read_json(Path(model_dir) / "metadata.json"), chosen=chosen,
         results=results, forced=bool(config.model), brier=calibration_stats(chosen)["brier"],
         uncertainty=None if spread is None else spread.method,
-        description=describe_model(chosen.model_name))
+        description=describe_model(chosen.model_name),
+        referral=None if rule is None else referral_metrics(rule, None))
     write_model_card(model_dir, card)
     return card
 

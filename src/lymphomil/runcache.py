@@ -112,18 +112,21 @@ def cached_fit(model: PatientModel, patients: Sequence, y: Any, *, tag: str,
 
 def train_cached(model: PatientModel, labelled: Any, out: Path, *, name: str, reference_date,
                  cache_dir: str | Path | None = None, seed: int = 0,
-                 extra: dict | None = None) -> PatientModel:
+                 extra: dict | None = None, referral: Any = None) -> PatientModel:
     """:func:`lymphomil.steps.train_model` into ``out``, or the folder an earlier run trained
-    from the same inputs, copied as it was written (metadata included)."""
+    from the same inputs (the referral rule among them), copied as it was written (metadata,
+    referral rule and OOD checks included)."""
     from lymphomil.steps import train_model
 
     out = Path(out)
     key_extra = {"name": name, "reference_date": str(reference_date), "seed": seed,
-                 "metadata": extra or {}}
+                 "metadata": extra or {},
+                 "referral": None if referral is None else referral.model_dump(mode="json")}
     fitted, cached = cached_fit(
         model, labelled.patients, labelled.y, tag="train", cache_dir=cache_dir, extra=key_extra,
         fit=lambda: train_model(model, labelled, out, name=name, reference_date=reference_date,
-                                cache_dir=cache_dir, seed=seed, extra=extra),
+                                cache_dir=cache_dir, seed=seed, extra=extra,
+                                referral=referral),
         save=lambda _, folder: shutil.copytree(out, folder))
     if cached is not None:
         shutil.copytree(cached, out)

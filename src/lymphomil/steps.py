@@ -11,7 +11,7 @@ import logging
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -21,6 +21,8 @@ from lymphomil.engines import get_engine  # noqa: F401 (re-exported)
 from lymphomil.errors import LymphomilError
 from lymphomil.crossval import CVResult
 from lymphomil.models.base import PatientModel, create_model
+from lymphomil.ood import OOD_JSON, OODCheck, fit_ood_checks, load_ood_checks
+from lymphomil.referral import load_rule, model_decisions, save_rule
 from lymphomil.outputs import atomic_write_json, atomic_write_text
 
 
@@ -132,17 +134,24 @@ def run_cv(model_names: Sequence[str], patients: np.ndarray, y: np.ndarray, *, f
     return [results[name] for name in model_names]
 
 
-def write_cv_outputs(results: Sequence[CVResult], out: Path) -> dict:
-    """metrics.json (all models) + oof_<model>.csv + results.md in ``out``."""
+def write_cv_outputs(results: Sequence[CVResult], out: Path, trust: dict | None = None) -> dict:
+    """metrics.json (all models) + oof_<model>.csv + results.md in ``out``; ``trust``: each
+    model's risk–coverage and nested referral figure (lymphomil.coverage.cv_trust), added."""
     out.mkdir(parents=True, exist_ok=True)
-    payload = {r.model_name: r.to_dict() for r in results}
+    payload = {r.model_name: {**r.to_dict(), **(trust or {}).get(r.model_name, {})}
+               for r in results}
     for result in results:
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, ["ID", "label", "repeat", "fold", "proba", "hard"])
         writer.writeheader()
         writer.writerows(result.oof_rows())
         atomic_write_text(out / f"oof_{result.model_name}.csv", buffer.getvalue())
-    atomic_write_text(out / "results.md", cv_markdown(results))
+    markdown = cv_markdown(results)
+    if trust:
+        from lymphomil.coverage import trust_markdown
+
+        markdown += trust_markdown(trust)
+    atomic_write_text(out / "results.md", markdown)
     atomic_write_json(out / "metrics.json", payload)
     return payload
 
@@ -164,20 +173,32 @@ def cv_markdown(results: Sequence[CVResult]) -> str:
 
 def train_model(model: PatientModel, labelled: LabelledSet, out: Path, *, name: str,
                 reference_date: date, cache_dir: Path | None = None, seed: int = 0,
-                extra: dict | None = None,
+                extra: dict | None = None, referral: Any = None, ood: bool = True,
                 finish: Callable[[Path], None] | None = None) -> PatientModel:
-    """Fit on every labelled patient and save a self-describing model folder (``finish(folder)``
-    adds files to it before it is renamed into place)."""
+    """Fit on every labelled patient and save a self-describing model folder: with the
+    referral rule ``referral`` (lymphomil.referral) and, with ``ood``, the out-of-distribution
+    checks fitted on the same patients (lymphomil.ood; for a model that reads pooled image
+    features) beside the model; ``finish(folder)`` adds files before it is renamed into place."""
     from lymphomil.crossval import derive_seed, with_seed
 
     patients = attach_features(labelled.patients, [model], cache_dir)
     with_seed(model, derive_seed(seed, name, "final"))
     model.fit(patients, labelled.y)
+    checks = fit_ood_checks(model, patients, cache_dir) if ood else None
     training = {"n_patients": int(len(labelled.y)), "n_malignant": int(labelled.y.sum()),
                 "n_reactive": int((labelled.y == 0).sum()),
                 "patient_ids": [p.id for p in labelled.patients]}
+
+    def add_files(folder: Path) -> None:
+        if referral is not None:
+            save_rule(folder, referral)
+        if checks is not None:
+            checks.save(folder / OOD_JSON)
+        if finish is not None:
+            finish(folder)
+
     model.save(out, name=name, reference_date=reference_date, seed=seed, training=training,
-               extra=extra, finish=finish)
+               extra=extra, finish=add_files)
     return model
 
 
@@ -191,6 +212,8 @@ class Predictions:
     model: PatientModel
     not_predicted: list[str] = field(default_factory=list)  # labelled, left out by the rule
     metrics: dict | None = None  # against the labels some predicted patients carry
+    #: the referral rule's decision per patient (lymphomil.referral.Decision); None: no rule
+    decisions: list | None = None
 
 
 #: which patients of a folder `predict` predicts (--patients); the rest are listed, never dropped
@@ -261,10 +284,13 @@ def predict_folder(model_dir: Path, data: Path, *, on_error: str = "raise",
                              f"under testset/; {len(left)} labelled training patient(s))",
                              file=data, fix="add unlabelled patients (LABEL -1) or use "
                                             "--patients all")
+    rule = load_rule(model_dir)
+    checks = load_ood_checks(model_dir, cache_dir)
     try:
         pred = predict_patients(model, targets, cohort, cache_dir)
         pred.not_predicted = [p.id for p in left]
         pred.metrics = label_metrics(pred)
+        pred.decisions = decide_patients(rule, checks, model, pred)
         return pred
     except (ValueError, IndexError, RuntimeError) as exc:  # stored arrays of the wrong shapes
         raise LymphomilError(f"the model's stored state does not fit its features "
@@ -272,18 +298,41 @@ def predict_folder(model_dir: Path, data: Path, *, on_error: str = "raise",
                              fix=FIX) from None
 
 
+def decide_patients(rule: Any, checks: OODCheck | None, model: PatientModel,
+                    pred: Predictions) -> list | None:
+    """The referral rule's decision for each predicted patient (None without a rule): the
+    margin of its P(malignant), and any out-of-distribution reason (``checks``) refers it too."""
+    if rule is None:
+        return None
+    extra = None
+    if checks is not None and len(pred.patients):
+        extra = [r.reasons for r in checks.check(pred.patients)]
+    return model_decisions(rule, model, pred.patients, pred.proba, extra)
+
+
+#: REASON of predictions.csv when the model folder has no referral rule (trained before rules,
+#: or on too few patients of a class to fit one)
+NO_RULE = "no referral rule in the model folder: forced call"
+
+
 def write_predictions(pred: Predictions, out: Path, kaggle: bool = False,
                       write: Callable[[Path, bytes, str], Path] | None = None) -> Path:
-    """The CSV (ID,LABEL,PROBA, or Kaggle's Id,Predicted); ``write(path, bytes, kind)`` instead
-    of a plain atomic write (``predict`` records the file as its own)."""
+    """The CSV (ID,LABEL,PROBA,DECISION,REASON, or Kaggle's Id,Predicted: the forced call);
+    ``write(path, bytes, kind)`` instead of a plain atomic write (``predict`` records the file
+    as its own)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     if kaggle:
         writer.writerow(["Id", "Predicted"])
         writer.writerows(zip(pred.ids, pred.labels.tolist()))
     else:
-        writer.writerow(["ID", "LABEL", "PROBA"])
-        writer.writerows((i, int(l), f"{p:.6f}") for i, l, p in zip(pred.ids, pred.labels, pred.proba))
+        writer.writerow(["ID", "LABEL", "PROBA", "DECISION", "REASON"])
+        for k, (i, label, p) in enumerate(zip(pred.ids, pred.labels, pred.proba)):
+            if pred.decisions is None:  # a model folder without a rule: the forced call
+                decision, reason = ("malignant" if label else "reactive"), NO_RULE
+            else:
+                decision, reason = pred.decisions[k].decision, pred.decisions[k].reason
+            writer.writerow([i, int(label), f"{p:.6f}", decision, reason])
     if write is not None:
         return write(out, buffer.getvalue().encode("utf-8"), "predictions")
     return atomic_write_text(out, buffer.getvalue())

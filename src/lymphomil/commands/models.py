@@ -31,6 +31,11 @@ CACHE_OPT = typer.Option(None, "--cache-dir", help="feature cache folder",
 FEATURES_OPT = typer.Option(None, "--features",
                             help="override image models' features, e.g. efficientnet-lite0@112",
                             show_default="each model's own")
+MAX_REFERRAL_HELP = ("the referral rule refers at most this fraction of the patients "
+                     "(thresholds fitted by inner CV on the training patients; default 0.2 when "
+                     "no target is given)")
+TARGET_ACCURACY_HELP = ("instead: the rule refers the fewest patients whose inner-CV auto-calls "
+                        "reach this balanced accuracy (at most 50 % referred)")
 ENGINE_HELP = ("where features and CV fits run: local, or ray (joins RAY_ADDRESS or starts a "
                f"local Ray; {RAY_EXTRA})")
 
@@ -109,6 +114,14 @@ def cv(
                                "choice among them made by inner CV inside each outer training "
                                "part (the honest figure for 'the best of these')",
         show_default="none"),
+    referral: bool = typer.Option(True, "--referral/--no-referral",
+                                  help="also measure the referral rule nested (an inner CV in "
+                                       "each outer training part: about 6x the fits)"),
+    max_referral: Optional[float] = typer.Option(None, "--max-referral", help=MAX_REFERRAL_HELP,
+                                                 show_default="0.2"),
+    target_accuracy: Optional[float] = typer.Option(None, "--target-accuracy",
+                                                    help=TARGET_ACCURACY_HELP,
+                                                    show_default="none"),
 ) -> None:
     """Repeated, stratified, patient-level cross-validation of one or more models.
 
@@ -130,6 +143,9 @@ def cv(
 
         model = [*model, selection_name(check_model_names(select.split(","), "--select"))]
     check_model_names(model)
+    from lymphomil.referral import check_target
+
+    max_referral, target_accuracy = check_target(max_referral, target_accuracy)
     check_folds(folds)
     check_repeats(repeats)
     check_threads(threads)
@@ -149,12 +165,18 @@ def cv(
             results = run_cv(model, labelled.patients, labelled.y, folds=folds, repeats=repeats,
                              seed=seed, features=features, cache_dir=cache_dir, on_fit=advance,
                              engine=runner)
+        nested = _nested_referral(model, labelled, folds, repeats, seed, features, cache_dir,
+                                  runner) if referral else {}
     finally:
         runner.close()
-    payload = {r.model_name: r.to_dict() for r in results}
+    from lymphomil.coverage import cv_trust
+
+    trust = cv_trust(results, nested, max_referral=max_referral,
+                     target_accuracy=target_accuracy)
+    payload = {r.model_name: {**r.to_dict(), **trust[r.model_name]} for r in results}
     if out is not None:  # staged: a folder with checksums.json is a finished one
         with staged_dir(out, "cv") as staging:
-            write_cv_outputs(results, staging)
+            write_cv_outputs(results, staging, trust)
             if cohort.issues:
                 atomic_write_json(staging / "skipped.json", cohort.skipped_table())
     if as_json:
@@ -163,9 +185,32 @@ def cv(
         console.print(results_table(results))
         console.print(f"{len(labelled.y)} labelled patients, {folds} folds × {repeats} repeats, "
                       f"seed {seed}")
+        from lymphomil.coverage import trust_markdown
+
+        console.print(trust_markdown(trust), markup=False, highlight=False, soft_wrap=True)
     print_skips(cohort.skipped_table(), out / "skipped.json" if out and cohort.issues else None)
     if out is not None:
         err_console.print(f"wrote {out}/metrics.json, results.md and oof_*.csv")
+
+
+def _nested_referral(names: list[str], labelled, folds: int, repeats: int, seed: int,
+                     features: str | None, cache_dir: Path | None, engine) -> dict:
+    """Each model's nested referral pass (lymphomil.referral.nested_referral); the nested
+    selection rows are left out (an inner CV inside their inner CV: too slow)."""
+    from lymphomil.models.base import selection_candidates
+    from lymphomil.referral import INNER_FOLDS, nested_referral
+    from lymphomil.steps import attach_features, configure_model
+
+    names = [n for n in names if not selection_candidates(n)]
+    if not names:
+        return {}
+    models = [configure_model(name, features) for name in names]
+    patients = attach_features(labelled.patients, models, cache_dir)
+    with progress_task(f"referral rule, nested (1 + {INNER_FOLDS} fits per outer fold)",
+                       len(names) * folds * repeats, "outer folds") as advance:
+        done = nested_referral(list(zip(names, models)), patients, labelled.y, folds=folds,
+                               repeats=repeats, seed=seed, engine=engine, on_fit=advance)
+    return {item.model_name: item for item in done}
 
 
 @app.command()
@@ -180,8 +225,14 @@ def train(
     features: Optional[str] = FEATURES_OPT,
     cache_dir: Optional[Path] = CACHE_OPT,
     threads: int = THREADS_OPT,
+    max_referral: Optional[float] = typer.Option(None, "--max-referral", help=MAX_REFERRAL_HELP,
+                                                 show_default="0.2"),
+    target_accuracy: Optional[float] = typer.Option(None, "--target-accuracy",
+                                                    help=TARGET_ACCURACY_HELP,
+                                                    show_default="none"),
 ) -> None:
-    """Fit a model on every labelled patient and save it (JSON + safetensors, no pickle).
+    """Fit a model on every labelled patient and save it (JSON + safetensors, no pickle),
+    with its referral rule (referral.json: which calls to auto-accept, which to refer).
 
     Example: lymphomil train ../shared/data/dlmi-lymphocytosis --model logreg --out runs/model
     """
@@ -190,9 +241,11 @@ def train(
                                    check_threads)
     from lymphomil.outputs import cache_root, check_cache_location, claim_output
     from lymphomil.runtime import set_threads
+    from lymphomil.referral import check_target
     from lymphomil.steps import configure_model, labelled_patients, train_model
 
     check_model_names([model])
+    max_referral, target_accuracy = check_target(max_referral, target_accuracy)
     check_threads(threads)
     features = absolute_weights(check_features_option(features))
     ref = parse_date_option(reference_date)
@@ -202,6 +255,13 @@ def train(
     cohort = load_cohort(data, reference_date=ref, on_error=on_error, cache_dir=cache_dir)
     labelled = labelled_patients(cohort)
     estimator = configure_model(model, features)
+    from lymphomil.referral import TOO_FEW, can_fit, fit_referral, referral_card
+    from lymphomil.steps import attach_features
+
+    rule = fit_referral(estimator, attach_features(labelled.patients, [estimator], cache_dir),
+                        labelled.y, max_referral=max_referral, target_accuracy=target_accuracy,
+                        seed=seed, name=model, cache=cache_root(cache_dir) / "cv") \
+        if can_fit(labelled.y) else None
     from lymphomil.model_card import build_model_card, write_model_card
     from lymphomil.models.base import describe_model
     from lymphomil.outputs import read_json
@@ -211,12 +271,15 @@ def train(
         # the CV); written into the staging folder, so the model appears whole or not at all
         write_model_card(folder, build_model_card(estimator, model,
                                                   read_json(folder / "metadata.json"),
-                                                  description=describe_model(model)))
+                                                  description=describe_model(model),
+                                                  referral=rule and referral_card(rule)))
 
     train_model(estimator, labelled, out, name=model, reference_date=ref, cache_dir=cache_dir,
-                seed=seed, extra={"skipped": cohort.skipped_table()}, finish=card)
+                seed=seed, extra={"skipped": cohort.skipped_table()}, referral=rule, finish=card)
     print_skips(cohort.skipped_table())
     console.print(f"trained [bold]{model}[/] on {len(labelled.y)} patients → {out}")
+    console.print(f"referral rule: {escape(rule.describe() if rule else TOO_FEW)}",
+                  soft_wrap=True)
 
 
 @app.command()
@@ -292,6 +355,11 @@ def predict(
         skipped_path = None
     print_skips(pred.skipped, skipped_path)
     console.print(f"predicted {len(pred.ids)} patients ({int(pred.labels.sum())} malignant) → {out}")
+    if pred.decisions is not None:
+        referred = sum(d.decision == "refer" for d in pred.decisions)
+        console.print(f"referral rule: {referred} of {len(pred.ids)} referred for review "
+                      "(DECISION and REASON columns" + (" of the CSV without --kaggle)" if kaggle
+                                                        else ")"))
     if report is not None:
         from lymphomil.pipeline import write_prediction_report
 
@@ -346,6 +414,11 @@ def run(
         None, "--nested-selection", help="also cross-validate the choice among the candidates "
         "made inside each outer training part: the honest figure of the chosen model (slow: "
         "about 3x the candidates' CV)", show_default=_run_default("nested_selection")),
+    max_referral: Optional[float] = typer.Option(None, "--max-referral", help=MAX_REFERRAL_HELP,
+                                                 show_default="0.2"),
+    target_accuracy: Optional[float] = typer.Option(None, "--target-accuracy",
+                                                    help=TARGET_ACCURACY_HELP,
+                                                    show_default="none"),
 ) -> None:
     """The main job: validate → explore → CV the candidates → train the best → predict → report.
 
@@ -357,12 +430,16 @@ def run(
     from lymphomil.config import load_config
     from lymphomil.outputs import cache_root, check_cache_location, claim_output
     from lymphomil.pipeline import run_pipeline
+    from lymphomil.referral import check_target
+
+    check_target(max_referral, target_accuracy)  # the CLI's names in the message
 
     cfg = load_config(config, {
         "data": data, "model": model, "folds": folds, "repeats": repeats, "seed": seed,
         "synthetic_patients": patients, "on_error": on_error, "features": features,
         "cache_dir": cache_dir, "threads": threads, "engine": engine,
         "nested_selection": nested_selection,
+        "max_referral": max_referral, "target_accuracy": target_accuracy,
         "reference_date": parse_date_option(reference_date) if reference_date else None,
         "candidates": ([c.strip() for c in candidates.split(",") if c.strip()] if candidates
                        else None),
