@@ -14,8 +14,8 @@ import sys
 import time
 from pathlib import Path
 
-from lymphomil.data.cohort import load_cohort
 from lymphomil.crossval import format_metric
+from lymphomil.data.cohort import load_cohort
 from lymphomil.models.attributes import AttributeModel
 from lymphomil.models.base import create_model
 from lymphomil.models.fusion import FusionModel

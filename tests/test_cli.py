@@ -219,7 +219,6 @@ def test_log_lines_carry_no_source_location(tmp_path: Path) -> None:
     import logging
 
     from lymphomil.cli_app import setup_logging
-
     from lymphomil.progress import ERR_CONSOLE, StageReporter
 
     setup_logging(logging.WARNING)  # through the CLI's own stderr console

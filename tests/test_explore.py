@@ -15,8 +15,13 @@ from typer.testing import CliRunner
 import lymphomil.commands.data  # noqa: F401  registers synth/explore on the app
 from lymphomil.cli_app import app
 from lymphomil.data.cohort import load_cohort
-from lymphomil.explore import (ATTRIBUTE_COLUMNS, STATISTICS, explore, format_table_markdown,
-                               sample_cells)
+from lymphomil.explore import (
+    ATTRIBUTE_COLUMNS,
+    STATISTICS,
+    explore,
+    format_table_markdown,
+    sample_cells,
+)
 
 FILES = ("attributes_by_label.csv", "attributes_by_label.md", "gender_by_label.csv",
          "hist_age.png", "hist_lymph_count.png", "hist_images.png", "cells_by_label.png")

@@ -73,8 +73,9 @@ def test_an_extraction_reports_its_images_to_the_installed_progress(tmp_path: Pa
 
 
 def test_a_neural_fit_reports_its_epochs_as_a_transient_task() -> None:
-    from lymphomil.models.training import fit_loop
     from torch import nn
+
+    from lymphomil.models.training import fit_loop
 
     recording = Recording()
     with progress_protocol.using(recording):

@@ -12,9 +12,18 @@ from lymphomil.crossval import cross_validate
 from lymphomil.errors import LymphomilError
 from lymphomil.models.base import PatientModel, create_model, register_class
 from lymphomil.models.fusion import FusionModel
-from lymphomil.referral import (MAX_ALLOWED_REFERRAL, REFERRAL_JSON, ReferralRule,
-                                choose_threshold, firmness, load_rule, nested_referral,
-                                rule_from_oof, same_as_cv, save_rule)
+from lymphomil.referral import (
+    MAX_ALLOWED_REFERRAL,
+    REFERRAL_JSON,
+    ReferralRule,
+    choose_threshold,
+    firmness,
+    load_rule,
+    nested_referral,
+    rule_from_oof,
+    same_as_cv,
+    save_rule,
+)
 from tests.test_crossval import make_patients
 
 LOG: list[tuple[str, frozenset]] = []

@@ -6,12 +6,11 @@ from pathlib import Path
 
 import numpy as np
 
-from lymphomil.data.cohort import load_cohort
 from lymphomil.crossval import CVResult
+from lymphomil.data.cohort import load_cohort
 from lymphomil.models.base import create_model
-from lymphomil.uncertainty import (borderline, oof_spread, refit_probas, refit_spread,
-                                   subsample_plan)
 from lymphomil.steps import labelled_patients
+from lymphomil.uncertainty import borderline, oof_spread, refit_probas, refit_spread, subsample_plan
 
 
 def test_subsamples_are_stratified_and_seeded() -> None:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import numpy as np
 
-from lymphomil.data.cohort import Cohort, load_cohort, labels_of  # noqa: F401 (the API)
+from lymphomil.data.cohort import Cohort, labels_of, load_cohort  # noqa: F401 (the API)
 from lymphomil.models.base import PatientModel, create_model, list_models, load_model  # noqa: F401
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -74,7 +74,8 @@ def fit_referral(model: "PatientModel | str", patients: Iterable[Any], *,
     (refer at most ``max_referral``, default 0.2, or the fewest whose auto-calls reach
     ``target_accuracy``); ``rule.describe()`` says what it does, ``rule.model_dump()`` is its
     JSON."""
-    from lymphomil.referral import check_target, fit_referral as fit
+    from lymphomil.referral import check_target
+    from lymphomil.referral import fit_referral as fit
 
     max_referral, target_accuracy = check_target(max_referral, target_accuracy,
                                                  ("max_referral", "target_accuracy"))

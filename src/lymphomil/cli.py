@@ -25,8 +25,8 @@ from lymphomil.cli_app import app  # noqa: E402
 
 # each module registers its commands on ``app`` when imported
 from lymphomil.commands import data as _data  # noqa: F401,E402  synth, explore
-from lymphomil.commands import models as _models  # noqa: F401,E402  cv, train, predict, run
 from lymphomil.commands import features as _features  # noqa: F401,E402  features, cache
+from lymphomil.commands import models as _models  # noqa: F401,E402  cv, train, predict, run
 
 
 def main() -> None:

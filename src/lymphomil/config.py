@@ -12,13 +12,13 @@ from datetime import date
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator,
-                      model_validator)
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lymphomil.defaults import DEFAULT_CANDIDATES, DEFAULT_MODEL  # noqa: F401 (re-exported)
 from lymphomil.engine import ENGINES
 from lymphomil.errors import LymphomilError
 from lymphomil.options import one_of
+
 
 def default_model_features() -> list:
     """``(FeatureSpec, kind)`` pairs the default model reads: what ``lymphomil features``

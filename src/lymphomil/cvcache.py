@@ -19,8 +19,8 @@ from typing import Sequence
 
 import numpy as np
 
-from lymphomil.data.digests import image_digests
 from lymphomil.crossval import CVResult
+from lymphomil.data.digests import image_digests
 from lymphomil.models.base import PatientModel, encode_param, library_versions
 from lymphomil.outputs import atomic_write_bytes, atomic_write_json, sweep_stale_temp_files
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 from typing import Any, Callable, Protocol, Sequence
 
-
 ENGINES = ("local", "ray")
 RAY_INSTALL_FIX = 'install the extra: pip install "lymphomil[ray]" (or run with --engine local)'
 

@@ -17,9 +17,9 @@ from typing import Callable, Iterator
 import numpy as np
 
 from lymphomil.config import RunConfig, to_toml
-from lymphomil.data.cohort import load_cohort
 from lymphomil.coverage import risk_coverage
 from lymphomil.crossval import CVResult, best_index
+from lymphomil.data.cohort import load_cohort
 from lymphomil.outputs import atomic_write_json, atomic_write_text, default_cache_root, staged_dir
 from lymphomil.uncertainty import N_REFITS
 
@@ -62,8 +62,8 @@ def run_pipeline(config: RunConfig, out: Path,
                  cv_total: Callable[[int], None] | None = None) -> RunResult:
     """Run every stage; ``stage(name)`` announces each one, ``on_fit`` ticks CV progress.
     Features and CV fits run on ``config.engine``; training and prediction are single fits."""
-    from lymphomil.steps import get_engine
     from lymphomil.runtime import set_threads
+    from lymphomil.steps import get_engine
 
     set_threads(config.threads)
     engine = get_engine(config.engine, fit_threads=config.threads)
@@ -77,11 +77,18 @@ def _run_stages(config: RunConfig, out: Path, engine: object, stage: Callable[[s
                 on_fit: Callable[..., None] | None,
                 cv_total: Callable[[int], None] | None) -> RunResult:
     from lymphomil.models.base import selection_name
-    from lymphomil.runcache import cached_explore, train_cached
     from lymphomil.ood import load_ood_checks
-    from lymphomil.steps import (attach_features, configure_model, decide_patients,
-                                 labelled_patients, predict_patients, run_cv, write_cv_outputs,
-                                 write_predictions)
+    from lymphomil.runcache import cached_explore, train_cached
+    from lymphomil.steps import (
+        attach_features,
+        configure_model,
+        decide_patients,
+        labelled_patients,
+        predict_patients,
+        run_cv,
+        write_cv_outputs,
+        write_predictions,
+    )
 
     timings: dict[str, float] = {}
     data = config.data
@@ -206,8 +213,8 @@ def referral_metrics(rule, decisions) -> dict:
 def _refit_spread(name: str, config: RunConfig, labelled, pred, engine: object):
     """The spread of each predicted patient's probability over refits of the chosen model."""
     from lymphomil.outputs import cache_root
-    from lymphomil.uncertainty import cached_refit_probas, refit_spread
     from lymphomil.steps import attach_features, configure_model
+    from lymphomil.uncertainty import cached_refit_probas, refit_spread
 
     model = configure_model(name, config.features)
     patients = attach_features(labelled.patients, [model], config.cache_dir)
@@ -347,8 +354,8 @@ def write_run_model_card(model_dir: Path, model, config: RunConfig, chosen: CVRe
     the report."""
     from lymphomil.model_card import build_model_card, write_model_card
     from lymphomil.models.base import describe_model
-    from lymphomil.report.render import calibration_stats
     from lymphomil.outputs import read_json
+    from lymphomil.report.render import calibration_stats
 
     card = build_model_card(
         model, chosen.model_name, read_json(Path(model_dir) / "metadata.json"), chosen=chosen,
@@ -364,10 +371,8 @@ def _write_report(path: Path, config: RunConfig, data: Path, chosen: CVResult,
                   results: list[CVResult], summary: dict, pred, cohort, labelled,
                   timings, files: list[tuple[str, str]] | None = None, spread=None,
                   card: dict | None = None, scorer=None) -> None:
-    from lymphomil.models.base import describe_model, library_versions
+    from lymphomil.models.base import describe_model, library_versions, selection_candidates
     from lymphomil.report.render import ReportContext, render_report
-
-    from lymphomil.models.base import selection_candidates
 
     scorer = pred.model if scorer is None else scorer
     notes = ["The chosen model's CV figure is optimistic: it was picked as the best of "
@@ -402,11 +407,10 @@ def write_prediction_report(path: Path, pred, data: Path, model_dir: Path,
                             gallery_k: int = 8, csv_path: Path | None = None,
                             write: Callable[[Path, bytes, str], Path] | None = None) -> Path:
     """The per-patient galleries for new patients (no CV: the model was trained elsewhere)."""
-    from lymphomil.models.base import library_versions
-    from lymphomil.report.render import ReportContext, render_report
-    from lymphomil.outputs import read_json
-
     from lymphomil.model_card import MODEL_CARD_JSON
+    from lymphomil.models.base import library_versions
+    from lymphomil.outputs import read_json
+    from lymphomil.report.render import ReportContext, render_report
 
     metadata = read_json(Path(model_dir) / "metadata.json")
     card_path = Path(model_dir) / MODEL_CARD_JSON

@@ -15,15 +15,15 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
+from lymphomil.crossval import CVResult
 from lymphomil.data.cohort import Cohort, Patient, as_patient_array, labels_of, load_cohort
 from lymphomil.engine import Engine
 from lymphomil.engines import get_engine  # noqa: F401 (re-exported)
 from lymphomil.errors import LymphomilError
-from lymphomil.crossval import CVResult
 from lymphomil.models.base import PatientModel, create_model
 from lymphomil.ood import OOD_JSON, OODCheck, fit_ood_checks, load_ood_checks
-from lymphomil.referral import load_rule, model_decisions, save_rule
 from lymphomil.outputs import atomic_write_json, atomic_write_text
+from lymphomil.referral import load_rule, model_decisions, save_rule
 
 
 def configure_model(name: str, features: str | None = None, **overrides: object) -> PatientModel:

@@ -9,8 +9,14 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from lymphomil.data.cohort import (age_at, load_cohort, parse_count, parse_dob, parse_gender,
-                                   parse_label)
+from lymphomil.data.cohort import (
+    age_at,
+    load_cohort,
+    parse_count,
+    parse_dob,
+    parse_gender,
+    parse_label,
+)
 from lymphomil.errors import LymphomilError
 
 HEADER = ",ID,LABEL,GENDER,DOB,LYMPH_COUNT"

@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 
 from lymphomil.cli import app
 from lymphomil.engine import LocalEngine
-from lymphomil.steps import get_engine
 from lymphomil.errors import LymphomilError
+from lymphomil.steps import get_engine
 
 runner = CliRunner()
 
@@ -78,8 +78,8 @@ def test_core_never_imports_ray(synthetic_root: Path, tmp_path: Path) -> None:
 
 
 def test_cross_validate_many_equals_one_model_at_a_time(synthetic_root: Path) -> None:
-    from lymphomil.data.cohort import load_cohort
     from lymphomil.crossval import cross_validate, cross_validate_many
+    from lymphomil.data.cohort import load_cohort
     from lymphomil.steps import configure_model, labelled_patients
 
     labelled = labelled_patients(load_cohort(synthetic_root))

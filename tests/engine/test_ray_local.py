@@ -126,8 +126,8 @@ def test_cli_run_on_ray_matches_local(engine, synthetic_root: Path, local_refere
 def test_a_node_with_other_library_versions_is_refused_clearly(engine) -> None:
     """A worker whose versions differ from the driver's raises the user-facing error (not a
     Ray traceback), for fits as for feature chunks."""
-    from lymphomil.errors import LymphomilError
     from lymphomil.crossval import FoldTask
+    from lymphomil.errors import LymphomilError
 
     real = engine.environment
     engine.environment = dict(real, torch="0.0.1")

@@ -10,8 +10,13 @@ import pytest
 import torch
 
 from lymphomil.errors import LymphomilError
-from lymphomil.features.backbones import (OFFLINE_BACKBONES, create_backbone, file_sha256,
-                                          list_backbones, weights_digest)
+from lymphomil.features.backbones import (
+    OFFLINE_BACKBONES,
+    create_backbone,
+    file_sha256,
+    list_backbones,
+    weights_digest,
+)
 from lymphomil.features.preprocess import make_preprocess
 from lymphomil.features.weights import TORCHVISION_BACKBONES, lite0_file, mobilenet_file
 

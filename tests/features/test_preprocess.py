@@ -13,8 +13,15 @@ from PIL import Image
 
 from lymphomil.errors import LymphomilError
 from lymphomil.features.backbones import TF_LITE_MEAN, TF_LITE_STD
-from lymphomil.features.preprocess import (FLIP_VIEWS, centre_crop, decode_image, flip_view,
-                                           make_preprocess, random_flips, resize_uint8)
+from lymphomil.features.preprocess import (
+    FLIP_VIEWS,
+    centre_crop,
+    decode_image,
+    flip_view,
+    make_preprocess,
+    random_flips,
+    resize_uint8,
+)
 
 
 def _pattern(size: int = 224) -> np.ndarray:

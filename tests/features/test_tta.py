@@ -15,8 +15,13 @@ from lymphomil.data.synth import write_synthetic_cohort
 from lymphomil.features import FeatureCache, FeatureSpec
 from lymphomil.features.backbones import create_backbone
 from lymphomil.features.cache import SUFFIX
-from lymphomil.features.preprocess import (TTA_VIEWS, centre_crop, decode_image, flip_view,
-                                           make_preprocess)
+from lymphomil.features.preprocess import (
+    TTA_VIEWS,
+    centre_crop,
+    decode_image,
+    flip_view,
+    make_preprocess,
+)
 
 TTA = FeatureSpec(backbone="small-cnn", weights="none", crop=64, tta=True, precision="fp32")
 

@@ -8,9 +8,15 @@ import pytest
 from lymphomil.errors import LymphomilError
 from lymphomil.models.base import create_model
 from lymphomil.models.pooled import ImageLogRegModel, pool_bag
-from tests.models.conftest import (SPEC, assert_clone_and_params, assert_isolated, assert_learns,
-                                   assert_outputs, assert_round_trip,
-                                   assert_same_seed_same_result)
+from tests.models.conftest import (
+    SPEC,
+    assert_clone_and_params,
+    assert_isolated,
+    assert_learns,
+    assert_outputs,
+    assert_round_trip,
+    assert_same_seed_same_result,
+)
 
 
 @pytest.fixture(scope="module", params=["mean", "mean+std"])

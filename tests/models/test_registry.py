@@ -9,8 +9,14 @@ from sklearn.base import clone
 
 from lymphomil.config import DEFAULT_CANDIDATES, DEFAULT_MODEL
 from lymphomil.errors import LymphomilError
-from lymphomil.models.base import (PatientModel, create_model, decode_param, describe_models,
-                                   encode_param, list_models)
+from lymphomil.models.base import (
+    PatientModel,
+    create_model,
+    decode_param,
+    describe_models,
+    encode_param,
+    list_models,
+)
 
 
 @pytest.mark.parametrize("name", list_models())

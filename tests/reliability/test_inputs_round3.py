@@ -14,9 +14,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.reliability.test_bad_inputs import (GOOD_ROWS, HEADER, jpeg_bytes, model_dir,
-                                               no_traceback, runner, write_cohort)
 from lymphomil.cli import app
+from tests.reliability.test_bad_inputs import (
+    GOOD_ROWS,
+    HEADER,
+    jpeg_bytes,
+    model_dir,
+    no_traceback,
+    runner,
+    write_cohort,
+)
 
 __all__ = ["model_dir"]  # the fixture (the session's logreg model)
 
@@ -420,8 +427,15 @@ def test_a_csv_error_names_the_editor_line_and_the_column(model_dir: Path,
 # test_sweep's commands (features, cv, train, predict, run, explore) over this input
 # classes; the data folder is never changed. `run` (~6-20 s a case here) is marked slow.
 
-from tests.reliability.test_sweep import (COMMANDS, _argv, cohort, invoke,  # noqa: E402
-                                          logreg_model, small_cohort, tree_digest)
+from tests.reliability.test_sweep import (  # noqa: E402
+    COMMANDS,
+    _argv,
+    cohort,
+    invoke,
+    logreg_model,
+    small_cohort,
+    tree_digest,
+)
 
 __all__ += ["cohort", "logreg_model", "small_cohort"]
 

@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from lymphomil.outputs import (OUTPUT_MARKER, file_record_path, folder_kind, staged_dir,
-                               verify_dir)
+from lymphomil.outputs import OUTPUT_MARKER, file_record_path, folder_kind, staged_dir, verify_dir
 from tests.reliability.test_sweep import _argv, invoke, no_traceback, tree_digest
 
 # each folder-writing command, with {out} where its folder goes; all are refused before any work

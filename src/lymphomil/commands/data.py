@@ -8,8 +8,15 @@ from typing import TYPE_CHECKING, Any, Sequence
 import typer
 from rich.table import Table
 
-from lymphomil.cli_app import (OnError, app, console, err_console, handle_errors,
-                                parse_date_option, progress_task)
+from lymphomil.cli_app import (
+    OnError,
+    app,
+    console,
+    err_console,
+    handle_errors,
+    parse_date_option,
+    progress_task,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from lymphomil.data.cohort import Cohort
@@ -45,8 +52,12 @@ def synth(
     Example: lymphomil synth out/synth --patients 60 --seed 0
     """
     from lymphomil.data.synth import write_synthetic_cohort
-    from lymphomil.options import (check_fraction, check_images_per_patient, check_synthetic,
-                                   check_synthetic_seed)
+    from lymphomil.options import (
+        check_fraction,
+        check_images_per_patient,
+        check_synthetic,
+        check_synthetic_seed,
+    )
 
     check_synthetic(patients)  # the writer checks OUT (its own marker) and locks it
     check_synthetic_seed(seed)
@@ -78,7 +89,8 @@ def explore(
     Example: lymphomil explore ../shared/data/dlmi-lymphocytosis --out out/explore
     """
     from lymphomil.data.cohort import load_cohort
-    from lymphomil.explore import GENDER_COLUMNS, STATISTICS, explore as explore_cohort
+    from lymphomil.explore import GENDER_COLUMNS, STATISTICS
+    from lymphomil.explore import explore as explore_cohort
     from lymphomil.outputs import atomic_write_json, claim_output, staged_dir
 
     reference = parse_date_option(reference_date)

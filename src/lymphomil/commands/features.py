@@ -10,10 +10,18 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from lymphomil.cli_app import (CACHE_DEFAULT, RAY_EXTRA, EngineName, OnError, app, cache_app,
-                                console, err_console, handle_errors)
+from lymphomil.cli_app import (
+    CACHE_DEFAULT,
+    RAY_EXTRA,
+    EngineName,
+    OnError,
+    app,
+    cache_app,
+    console,
+    err_console,
+    handle_errors,
+)
 from lymphomil.errors import LymphomilError
-
 
 #: ``--cache-dir`` of ``cache info`` and ``cache clear`` (one option object, as commands/models.py does)
 CACHE_DIR_OPT = typer.Option(None, "--cache-dir", help="Cache folder (as for `features`).",
@@ -131,8 +139,13 @@ def features(
     if data is None:
         raise LymphomilError("no data folder given",
                              fix="lymphomil features DATA (the challenge folder), or --list")
-    from lymphomil.options import (check_backbone, check_batch_size, check_crop, check_in_flight,
-                                   check_workers)
+    from lymphomil.options import (
+        check_backbone,
+        check_batch_size,
+        check_crop,
+        check_in_flight,
+        check_workers,
+    )
 
     backbone, crop, weights, kinds = _defaults(backbone, crop, weights, kinds)
     # every option before any work: a 5000 px crop once ran a 5000x5000 probe through the network

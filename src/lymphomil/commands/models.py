@@ -10,9 +10,20 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from lymphomil.cli_app import (CACHE_DEFAULT, RAY_EXTRA, EngineName, OnError, PatientRule,
-                                StageReporter, app, console, err_console, handle_errors,
-                                parse_date_option, progress_task)
+from lymphomil.cli_app import (
+    CACHE_DEFAULT,
+    RAY_EXTRA,
+    EngineName,
+    OnError,
+    PatientRule,
+    StageReporter,
+    app,
+    console,
+    err_console,
+    handle_errors,
+    parse_date_option,
+    progress_task,
+)
 from lymphomil.defaults import DEFAULT_CANDIDATES, DEFAULT_MODEL, RUN_DEFAULTS
 
 # Deferred imports live here, at the CLI layer, per command: each command imports in its body
@@ -130,10 +141,22 @@ def cv(
     Honest selection: lymphomil cv DATA -m fusion-mean -m cell-topk --select fusion-mean,cell-topk
     """
     from lymphomil.data.cohort import load_cohort
-    from lymphomil.options import (absolute_weights, check_features_option, check_folds, check_folds_against,
-                                   check_model_names, check_repeats, check_threads)
-    from lymphomil.outputs import (atomic_write_json, cache_root, check_cache_location,
-                                   claim_output, staged_dir)
+    from lymphomil.options import (
+        absolute_weights,
+        check_features_option,
+        check_folds,
+        check_folds_against,
+        check_model_names,
+        check_repeats,
+        check_threads,
+    )
+    from lymphomil.outputs import (
+        atomic_write_json,
+        cache_root,
+        check_cache_location,
+        claim_output,
+        staged_dir,
+    )
     from lymphomil.runtime import set_threads
     from lymphomil.steps import get_engine, labelled_patients, run_cv, write_cv_outputs
 
@@ -237,11 +260,15 @@ def train(
     Example: lymphomil train ../shared/data/dlmi-lymphocytosis --model logreg --out runs/model
     """
     from lymphomil.data.cohort import load_cohort
-    from lymphomil.options import (absolute_weights, check_features_option, check_model_names,
-                                   check_threads)
+    from lymphomil.options import (
+        absolute_weights,
+        check_features_option,
+        check_model_names,
+        check_threads,
+    )
     from lymphomil.outputs import cache_root, check_cache_location, claim_output
-    from lymphomil.runtime import set_threads
     from lymphomil.referral import check_target
+    from lymphomil.runtime import set_threads
     from lymphomil.steps import configure_model, labelled_patients, train_model
 
     check_model_names([model])

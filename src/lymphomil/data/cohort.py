@@ -14,11 +14,11 @@ import io
 import math
 import os
 import re
+from collections.abc import Sequence as SequenceABC
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import date
 from pathlib import Path
-from collections.abc import Sequence as SequenceABC
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
 import numpy as np
@@ -44,7 +44,6 @@ MAX_COUNT = 1000.0  # 10^9 cells/L; the labelled set tops out at 295
 MIN_COUNT = 0.1  # 10^9 cells/L; below is not a measurable count (the labelled set's lowest: 2.28)
 MAX_AGE = 120  # years at the reference date
 MIN_BIRTH_YEAR = 1880  # kept for callers; the age bound (MAX_AGE) is what is checked
-from lymphomil.data.images import MAX_IMAGE_SIDE  # noqa: E402  (re-exported: older imports)
 
 _ID_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
 #: a number as a person writes it in a CSV: ASCII digits, one '.', an optional exponent; no '_',

@@ -29,9 +29,15 @@ import torch
 from torch import nn
 
 from lymphomil.errors import LymphomilError
-from lymphomil.features.weights import (OFFLINE_BACKBONES, RANDOM_DIGEST, file_sha256,
-                                        imagenet_file, import_torchvision_models,
-                                        local_weights_path, weights_digest)
+from lymphomil.features.weights import (
+    OFFLINE_BACKBONES,
+    RANDOM_DIGEST,
+    file_sha256,
+    imagenet_file,
+    import_torchvision_models,
+    local_weights_path,
+    weights_digest,
+)
 
 __all__ = ["Backbone", "OFFLINE_BACKBONES", "RANDOM_DIGEST", "create_backbone",
            "describe_backbones", "file_sha256", "list_backbones", "load_state_dict",

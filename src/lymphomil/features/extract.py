@@ -29,10 +29,14 @@ import torch
 
 from lymphomil.errors import DataIssue, LymphomilError
 from lymphomil.features.backbones import Backbone, map_and_pooled
-from lymphomil.features.env import (PRECISIONS, bf16_supported, cpu_count,  # noqa: F401
-                                    resolve_precision)
-from lymphomil.features.preprocess import (TTA_VIEWS, centre_crop, decode_image, flip_view,
-                                           make_preprocess)
+from lymphomil.features.env import PRECISIONS, bf16_supported, cpu_count, resolve_precision  # noqa: F401
+from lymphomil.features.preprocess import (
+    TTA_VIEWS,
+    centre_crop,
+    decode_image,
+    flip_view,
+    make_preprocess,
+)
 
 DISK_KINDS = ("pooled", "views", "map", "trunk")
 

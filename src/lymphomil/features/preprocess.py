@@ -91,7 +91,7 @@ def _image_size(data: bytes | bytearray) -> tuple[int, int] | None:
         return size
     from PIL import Image
 
-    from lymphomil.data.cohort import MAX_IMAGE_SIDE
+    from lymphomil.data.images import MAX_IMAGE_SIDE
 
     try:
         with Image.open(io.BytesIO(data)) as header:
@@ -104,7 +104,6 @@ def _image_size(data: bytes | bytearray) -> tuple[int, int] | None:
 
 def _refuse_huge(data: bytes | bytearray, path: str | Path) -> None:
     """Read the header only: a tiny file may claim 30000x30000 pixels (a decompression bomb)."""
-    from lymphomil.data.cohort import MAX_IMAGE_SIDE
 
     from lymphomil.data.images import geometry_problem
 
@@ -122,8 +121,12 @@ def decode_bytes(data: bytes | bytearray, path: str | Path = "<bytes>") -> torch
 
     A JPEG is decoded once, strictly: a damaged one raises a :class:`LymphomilError` naming
     ``path`` (the message the cohort loader gives for the same file)."""
-    from lymphomil.data.images import (ImageProblem, decode_jpeg_strict, geometry_problem,
-                                       jpeg_header)
+    from lymphomil.data.images import (
+        ImageProblem,
+        decode_jpeg_strict,
+        geometry_problem,
+        jpeg_header,
+    )
 
     if not data:
         raise LymphomilError("image is an empty (zero-byte) file", file=path, fix=_IMAGE_FIX)

@@ -36,13 +36,30 @@ import torch
 from torch import nn
 
 from lymphomil.models.base import PatientModel
-from lymphomil.models.checks import (BALANCE, check_choice, check_float, check_int,
-                                     check_patients, check_patients_y, make_generator, parse_spec,
-                                     resolve_seed, seeded)
+from lymphomil.models.checks import (
+    BALANCE,
+    check_choice,
+    check_float,
+    check_int,
+    check_patients,
+    check_patients_y,
+    make_generator,
+    parse_spec,
+    resolve_seed,
+    seeded,
+)
 from lymphomil.models.inputs import fit_standardizer, read_bags
-from lymphomil.models.training import (chunks, class_weights, epoch_order, fit_loop,
-                                       inner_split, load_module_arrays, module_arrays,
-                                       optimise_step, score_validation)
+from lymphomil.models.training import (
+    chunks,
+    class_weights,
+    epoch_order,
+    fit_loop,
+    inner_split,
+    load_module_arrays,
+    module_arrays,
+    optimise_step,
+    score_validation,
+)
 
 
 @dataclass

@@ -16,10 +16,15 @@ from scipy.special import expit
 
 from lymphomil.errors import LymphomilError
 from lymphomil.models.base import PatientModel, register_class, register_model
-from lymphomil.models.pooled import FUSION_FEATURES, positive_Cs, search_logistic
-from lymphomil.models.checks import (check_int, check_patients, check_patients_y, parse_spec,
-                                     resolve_seed)
+from lymphomil.models.checks import (
+    check_int,
+    check_patients,
+    check_patients_y,
+    parse_spec,
+    resolve_seed,
+)
 from lymphomil.models.inputs import read_bags
+from lymphomil.models.pooled import FUSION_FEATURES, positive_Cs, search_logistic
 
 
 def _assign(bag: np.ndarray, centres: np.ndarray, mean: np.ndarray, scale: np.ndarray) -> np.ndarray:

@@ -11,20 +11,48 @@ from __future__ import annotations
 import os  # noqa: F401  (tests patch os.replace / tempfile.mkstemp through this module)
 import tempfile  # noqa: F401
 
-from lymphomil.outputs.files import (CHECKSUMS, DIR_MODE, FILE_MODE, _host, _owner, _pid_alive,
-                                     atomic_write_bytes, atomic_write_json, atomic_write_text,
-                                     dumps_json, read_json, sha256_file, sweep_stale_temp_files,
-                                     verify_dir, write_checksums)
-from lymphomil.outputs.ownership import (KINDS, OUTPUT_MARKER, acquire_output_lock,
-                                         changed_files, check_cache_location,
-                                         check_not_an_input,
-                                         check_not_inside_output, claim_output,
-                                         ensure_file_replaceable, ensure_replaceable,
-                                         file_record_path, folder_kind, foreign_files,
-                                         output_lock, owned_file, read_output_marker,
-                                         release_claims, release_output_lock, remove_owned_file,
-                                         staged_dir, sweep_stale_staging, write_output_marker,
-                                         write_owned_file)
+from lymphomil.outputs.files import (
+                                     CHECKSUMS,
+                                     DIR_MODE,
+                                     FILE_MODE,
+                                     _host,
+                                     _owner,
+                                     _pid_alive,
+                                     atomic_write_bytes,
+                                     atomic_write_json,
+                                     atomic_write_text,
+                                     dumps_json,
+                                     read_json,
+                                     sha256_file,
+                                     sweep_stale_temp_files,
+                                     verify_dir,
+                                     write_checksums,
+)
+from lymphomil.outputs.ownership import (
+                                     KINDS,
+                                     OUTPUT_MARKER,
+                                     acquire_output_lock,
+                                     changed_files,
+                                     check_cache_location,
+                                     check_not_an_input,
+                                     check_not_inside_output,
+                                     claim_output,
+                                     ensure_file_replaceable,
+                                     ensure_replaceable,
+                                     file_record_path,
+                                     folder_kind,
+                                     foreign_files,
+                                     output_lock,
+                                     owned_file,
+                                     read_output_marker,
+                                     release_claims,
+                                     release_output_lock,
+                                     remove_owned_file,
+                                     staged_dir,
+                                     sweep_stale_staging,
+                                     write_output_marker,
+                                     write_owned_file,
+)
 from lymphomil.outputs.roots import CACHE_PARTS, cache_root, default_cache_root
 
 __all__ = ["CACHE_PARTS", "CHECKSUMS", "DIR_MODE", "FILE_MODE", "KINDS", "OUTPUT_MARKER",

@@ -28,10 +28,18 @@ from pathlib import Path
 from typing import Any
 
 from lymphomil.errors import LymphomilError
+from lymphomil.outputs.files import (
+    DIR_MODE,
+    _host,
+    _left_by_dead_processes,
+    _owner,
+    _pid_alive,
+    atomic_write_bytes,
+    atomic_write_json,
+    sha256_file,
+    write_checksums,
+)
 from lymphomil.outputs.roots import CACHE_PARTS, cache_root
-from lymphomil.outputs.files import (DIR_MODE, _host, _left_by_dead_processes, _owner, _pid_alive,
-                                     atomic_write_bytes, atomic_write_json, sha256_file,
-                                     write_checksums)
 
 #: lymphomil's own record in every output folder it writes: its kind and the files it wrote.
 #: Only a folder with this record, holding no other file, is ever replaced or cleared (never one

@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from lymphomil.report import plots
 from lymphomil.outputs import atomic_write_text
+from lymphomil.report import plots
 
 if TYPE_CHECKING:  # pragma: no cover
     from lymphomil.crossval import CVResult
