@@ -447,10 +447,14 @@ class NestedReferral:
         return refer, rules
 
     def evaluate(self, signal: str = DEFAULT_SIGNAL, max_referral: float | None = None,
-                 target_accuracy: float | None = None, n_bootstrap: int = 1000) -> dict:
+                 target_accuracy: float | None = None, n_bootstrap: int = 1000,
+                 also_refer: np.ndarray | None = None) -> dict:
         """Fraction referred and the auto-calls' balanced accuracy (all, hard subset) of the
-        nested rule: mean ± std over repeats, 95 % patient-bootstrap interval."""
+        nested rule: mean ± std over repeats, 95 % patient-bootstrap interval. ``also_refer``
+        (R, n): patients referred for other reasons too (e.g. each fold's OOD checks)."""
         refer, rules = self.referred(signal, max_referral, target_accuracy)
+        if also_refer is not None:
+            refer = refer | np.asarray(also_refer, dtype=bool)
         pred = self.proba >= 0.5
         y = self.y
 
