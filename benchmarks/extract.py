@@ -18,7 +18,8 @@ other processes on a 2-core machine move these numbers a lot.
 On a shared machine, ``nice -n -10`` (as root) keeps other people's jobs from dominating the
 figures; the header records the niceness.
 
-Example: nice -n -10 python benchmarks/extract.py --backbone efficientnet-lite0 --crop 112 --repeats 5
+Example:
+    nice -n -10 python benchmarks/extract.py --backbone efficientnet-lite0 --crop 112 --repeats 5
 """
 
 from __future__ import annotations
@@ -186,7 +187,8 @@ def whole_cohort(args: argparse.Namespace, n_images: int, n_patients: int, say) 
             big = run_child(args, root, Path(tmp) / "cache")
             say(f"synthetic cohort x{args.scale} ({big['patients']} patients, {big['images']:,} "
                 f"images, written in {made:.0f} s), cold: {big['ensure_s']:.1f} s = "
-                f"{big['images'] / big['ensure_s']:,.0f} img/s; peak RSS {big['peak_rss_mib']:,.0f} "
+                f"{big['images'] / big['ensure_s']:,.0f} img/s; "
+                f"peak RSS {big['peak_rss_mib']:,.0f} "
                 f"MiB vs {cold['peak_rss_mib']:,.0f} MiB for the data ({_load()})")
             shutil.rmtree(root, ignore_errors=True)
 
@@ -254,7 +256,8 @@ def main() -> None:
     # model-only, end-to-end, model-only, end-to-end, ..., model-only: each end-to-end run is
     # compared with the mean of the model-only runs just before and just after it, so a drift
     # of the machine's speed (30-40 % within an hour here) does not land on one side only
-    model_rates, e2e_rates, naive_rates, bracketed = [model_only_rate(extractor, images)], [], [], []
+    model_rates, e2e_rates, naive_rates, bracketed = (
+        [model_only_rate(extractor, images)], [], [], [])
     for repeat in range(args.repeats):
         with tempfile.TemporaryDirectory(prefix="lymphomil-bench-") as tmp:
             cache = FeatureCache(tmp, workers=args.workers, batch_size=args.batch_size,
@@ -268,7 +271,8 @@ def main() -> None:
             e2e_rates.append(total / (time.perf_counter() - start))
         model_rates.append(model_only_rate(extractor, images))
         bracketed.append(e2e_rates[-1] / statistics.mean(model_rates[-2:]))
-        say(f"  run {repeat + 1}: model-only {model_rates[-2]:,.0f}, end-to-end {e2e_rates[-1]:,.0f}, "
+        say(f"  run {repeat + 1}: model-only {model_rates[-2]:,.0f}, "
+            f"end-to-end {e2e_rates[-1]:,.0f}, "
             f"model-only {model_rates[-1]:,.0f} img/s -> {bracketed[-1]:.1%}  ({_load()})")
     del images
     decode_s = decode_seconds(extractor, [path for patient in patients

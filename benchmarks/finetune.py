@@ -119,7 +119,8 @@ def main() -> None:
     from lymphomil.data.cohort import load_cohort
     from lymphomil.features import FeatureCache, FeatureSpec
 
-    lines = [f"# benchmarks/finetune.py {args.data} --epochs {args.epochs} --threads {args.threads}",
+    lines = [f"# benchmarks/finetune.py {args.data} --epochs {args.epochs} "
+             f"--threads {args.threads}",
              f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.machine()}, "
              f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at start"]
     cache = FeatureCache(args.cache_dir) if args.cache_dir else FeatureCache()

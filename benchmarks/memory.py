@@ -85,7 +85,8 @@ def main() -> None:
     work = args.work or Path(tempfile.mkdtemp(prefix="lymphomil-memory-"))
     env = dict(os.environ, LYMPHOMIL_CACHE_DIR=str(work / "cache"), LYMPHOMIL_PROGRESS="0")
     cmd = lymphomil_cmd()
-    lines = [f"# peak RSS of lymphomil commands (benchmarks/memory.py), {time.strftime('%Y-%m-%d %H:%M')}",
+    lines = ["# peak RSS of lymphomil commands (benchmarks/memory.py), "
+             f"{time.strftime('%Y-%m-%d %H:%M')}",
              f"# python {platform.python_version()}, {os.cpu_count()} CPUs, niceness "
              f"{os.nice(0)}, load average {os.getloadavg()[0]:.2f} at start",
              f"# backbone {args.backbone} crop {args.crop}; cache in a fresh temp folder",
@@ -122,7 +123,8 @@ def main() -> None:
         print(lines[-1], flush=True)
     lines += ["", "peak RSS = the child's own ru_maxrss (os.wait4); max child = the largest "
               "ru_maxrss of any descendant waited for so far (RUSAGE_CHILDREN).",
-              f"load average at end {os.getloadavg()[0]:.2f} (2-core machine shared with other jobs)"]
+              f"load average at end {os.getloadavg()[0]:.2f} "
+              "(2-core machine shared with other jobs)"]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

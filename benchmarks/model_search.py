@@ -94,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
         s = result.summary()
         print(f"| {name} | {format_metric(s['balanced_accuracy'])} | "
               f"{format_metric(s['hard_balanced_accuracy'])} | {format_metric(s['roc_auc'])} | "
-              f"{s['fit_seconds']['total'] / 60:.1f} (wall here {time.perf_counter() - start:.0f} s) |",
+              f"{s['fit_seconds']['total'] / 60:.1f} "
+              f"(wall here {time.perf_counter() - start:.0f} s) |",
               flush=True)
     return 0
 

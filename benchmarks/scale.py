@@ -54,7 +54,8 @@ def measure(args: list[str]) -> dict:
     wall = time.perf_counter() - start
     rc = os.waitstatus_to_exitcode(status)
     if rc != 0:
-        raise SystemExit(f"command failed ({rc}): {' '.join(args)}\n{out.decode(errors='replace')[-3000:]}")
+        raise SystemExit(f"command failed ({rc}): {' '.join(args)}\n"
+                         f"{out.decode(errors='replace')[-3000:]}")
     return {"wall_s": wall, "driver_peak_rss_mib": usage.ru_maxrss / 1024}
 
 

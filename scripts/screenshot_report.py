@@ -43,7 +43,9 @@ _FOCUS = """<script>document.addEventListener("DOMContentLoaded", function () {
   var el = document.getElementById(%s); if (!el) { return; }
   for (var node = el; node && node.parentNode && node !== document.body; node = node.parentNode) {
     for (var s = node.previousElementSibling; s; s = s.previousElementSibling) {
-      if (s.tagName !== "ASIDE" && s.tagName !== "SCRIPT" && s.tagName !== "STYLE") { s.style.display = "none"; }
+      if (s.tagName !== "ASIDE" && s.tagName !== "SCRIPT" && s.tagName !== "STYLE") {
+        s.style.display = "none";
+      }
     }
   }
 });</script>"""

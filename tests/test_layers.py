@@ -13,8 +13,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "lymphomil"
 CLI = ("lymphomil.cli", "lymphomil.cli_app", "lymphomil.commands", "lymphomil.__main__",
        "lymphomil.progress")
 #: modules every layer may use, that use nothing of lymphomil themselves (but its errors)
-BOTTOM = ("lymphomil.engine", "lymphomil.errors", "lymphomil.metrics", "lymphomil.progress_protocol",
-          "lymphomil.runtime")
+BOTTOM = ("lymphomil.engine", "lymphomil.errors", "lymphomil.metrics",
+          "lymphomil.progress_protocol", "lymphomil.runtime")
 
 
 def modules() -> dict[str, Path]:

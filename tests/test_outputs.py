@@ -103,7 +103,8 @@ def test_dead_temp_files_are_removed_live_and_foreign_ones_are_kept(tmp_path: Pa
     assert sweep_stale_temp_files(tmp_path / "absent") == []
 
 
-def test_atomic_writes_name_their_owner_so_a_kill_can_be_cleared(tmp_path: Path, monkeypatch) -> None:
+def test_atomic_writes_name_their_owner_so_a_kill_can_be_cleared(tmp_path: Path,
+                                                                 monkeypatch) -> None:
     seen: list[str] = []
     replace = os.replace
 
@@ -114,4 +115,5 @@ def test_atomic_writes_name_their_owner_so_a_kill_can_be_cleared(tmp_path: Path,
     monkeypatch.setattr(outputs.os, "replace", spy)
     atomic_write_bytes(tmp_path / "out.bin", b"data")
     assert (tmp_path / "out.bin").read_bytes() == b"data"
-    assert len(seen) == 1 and seen[0].startswith(f".out.bin.{_owner()}.") and seen[0].endswith(".tmp")
+    assert (len(seen) == 1 and seen[0].startswith(f".out.bin.{_owner()}.")
+            and seen[0].endswith(".tmp"))

@@ -44,7 +44,8 @@ class Recording:
 
 
 def _patients(tmp_path: Path) -> list:
-    root = write_synthetic_cohort(tmp_path / "cohort", n_patients=4, seed=3, images_per_patient=(2, 4))
+    root = write_synthetic_cohort(tmp_path / "cohort", n_patients=4, seed=3,
+                                  images_per_patient=(2, 4))
     return load_cohort(root).patients
 
 

@@ -24,8 +24,8 @@ from lymphomil.errors import LymphomilError
 from lymphomil.progress import ERR_CONSOLE, StageReporter, TerminalProgress, progress_task
 from lymphomil.progress_protocol import using
 
-__all__ = ["CACHE_DEFAULT", "EngineName", "OnError", "PatientRule", "RAY_EXTRA", "StageReporter", "app",
-           "cache_app", "console", "err_console", "handle_errors", "is_debug",
+__all__ = ["CACHE_DEFAULT", "EngineName", "OnError", "PatientRule", "RAY_EXTRA", "StageReporter",
+           "app", "cache_app", "console", "err_console", "handle_errors", "is_debug",
            "parse_date_option", "progress_task", "setup_logging"]
 
 
@@ -215,7 +215,8 @@ def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
         except Exception as exc:  # a bug: say so plainly, keep the traceback for --debug
             if is_debug():
                 raise
-            err_console.print(f"[bold red]internal error:[/] {type(exc).__name__}: {escape(str(exc))}\n"
+            err_console.print(f"[bold red]internal error:[/] {type(exc).__name__}: "
+                              f"{escape(str(exc))}\n"
                               "  re-run with --debug for the traceback, and report it",
                               highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None

@@ -162,7 +162,8 @@ def load_config(path: Path | None, overrides: dict[str, Any]) -> RunConfig:
             data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise LymphomilError("config file not found", file=path,
-                                 fix="give the path of a TOML file (a run saves its config.toml)") from None
+                                 fix="give the path of a TOML file "
+                                     "(a run saves its config.toml)") from None
         except IsADirectoryError:
             raise LymphomilError("the config path is a folder, not a TOML file", file=path,
                                  fix="give the config.toml file inside it") from None
@@ -215,7 +216,8 @@ def _toml_value(value: Any) -> str:
 
 def to_toml(config: RunConfig) -> str:
     """The resolved config as TOML (flat keys; ``None`` values are left out)."""
-    lines = ["# lymphomil run configuration (resolved); repeat with: lymphomil run --config <this file>"]
+    lines = ["# lymphomil run configuration (resolved); "
+             "repeat with: lymphomil run --config <this file>"]
     for key, value in config.model_dump().items():
         if value is not None:
             if isinstance(value, Path):  # absolute: the file repeats the run from anywhere

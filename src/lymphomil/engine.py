@@ -56,7 +56,8 @@ class LocalEngine:
         return cache.extract(patients, plans, spec, disk_kinds, progress=True)
 
     def run_fits(self, fit: Callable[[Any, Any], Any], tasks: Sequence[Any],
-                 on_done: Callable[[int, Any], None] | None = None, shared: Any = None) -> list[Any]:
+                 on_done: Callable[[int, Any], None] | None = None,
+                 shared: Any = None) -> list[Any]:
         """``fit(shared, task)`` for each task in order; ``on_done(index, result)`` after each."""
         results = []
         for index, task in enumerate(tasks):

@@ -345,7 +345,8 @@ class OODCheck:
     :func:`lymphomil.with_features` or ``steps.attach_features``: this object has
     :meth:`required_features` like a model). ``level``: the conformal level of every
     patient-level threshold; ``cell_level``: the quantile of the training cells' scores above
-    which a cell counts as atypical. ``max_images``: images decoded per patient for the image statistics.
+    which a cell counts as atypical. ``max_images``: images decoded per patient for the image
+    statistics.
     ``cache_dir``: the lymphomil cache (a ``--cache-dir``) whose ``ood/`` folder memoises the
     image statistics by file content; a run-time setting, not part of the fitted state.
     """

@@ -61,7 +61,8 @@ def check_environment(expected: dict[str, str]) -> None:
     if differ:
         from lymphomil.errors import LymphomilError
 
-        what = ", ".join(f"{k} {mine} (driver {theirs})" for k, (mine, theirs) in sorted(differ.items()))
+        what = ", ".join(f"{k} {mine} (driver {theirs})"
+                         for k, (mine, theirs) in sorted(differ.items()))
         raise LymphomilError(f"Ray node {ray.util.get_node_ip_address()} runs other library "
                              f"versions than the driver: {what}",
                              fix="install the same lymphomil environment on every node "
@@ -148,7 +149,8 @@ def fetch(ref: Any, retries: int = MAX_RETRIES) -> Any:
     except ray.exceptions.WorkerCrashedError:
         raise LymphomilError(f"a Ray worker died {retries + 1} times running the same task",
                              fix="check the workers' memory and logs (ray status; "
-                                 "/tmp/ray/session_latest/logs), or run with --engine local") from None
+                                 "/tmp/ray/session_latest/logs), "
+                                 "or run with --engine local") from None
 
 
 class RayEngine:
@@ -240,7 +242,8 @@ class RayEngine:
     # ---------------------------------------------------------------- fits
 
     def run_fits(self, fit: Callable[[Any, Any], Any], tasks: Sequence[Any],
-                 on_done: Callable[[int, Any], None] | None = None, shared: Any = None) -> list[Any]:
+                 on_done: Callable[[int, Any], None] | None = None,
+                 shared: Any = None) -> list[Any]:
         """``fit(shared, task)`` for every task as Ray tasks; results in task order."""
         shared_ref = ray.put(shared)
         remote = run_fit.options(num_cpus=self.fit_threads, max_retries=self.max_retries)

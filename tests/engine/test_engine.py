@@ -50,8 +50,8 @@ def test_engine_ray_without_the_extra_says_how_to_install_it(
 def test_features_says_workers_do_not_apply_under_ray(synthetic_root: Path, tmp_path: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "ray", None)
-    result = runner.invoke(app, ["features", str(synthetic_root), "--engine", "ray", "--workers", "2",
-                                 "--cache-dir", str(tmp_path / "cache")])
+    result = runner.invoke(app, ["features", str(synthetic_root), "--engine", "ray",
+                                 "--workers", "2", "--cache-dir", str(tmp_path / "cache")])
     assert "--workers is ignored under --engine ray" in result.output
     plain = runner.invoke(app, ["features", str(synthetic_root), "--engine", "ray",
                                 "--cache-dir", str(tmp_path / "cache")])

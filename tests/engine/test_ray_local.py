@@ -65,7 +65,8 @@ def test_features_and_cv_match_the_local_engine(engine, synthetic_root: Path, tm
 
 
 def test_a_worker_killed_during_extraction_is_retried(engine, synthetic_root: Path,
-                                                      tmp_path: Path, local_reference: dict) -> None:
+                                                      tmp_path: Path,
+                                                      local_reference: dict) -> None:
     from lymphomil.features.cache import FeatureCache
     from lymphomil.features.spec import FeatureSpec
 
@@ -134,13 +135,15 @@ def test_a_node_with_other_library_versions_is_refused_clearly(engine) -> None:
     try:
         with pytest.raises(LymphomilError, match=r"other library versions than the driver: "
                                                  r"torch \S+ \(driver 0\.0\.1\)"):
-            engine.run_fits(lambda shared, task: task, [FoldTask(0, 0, 0, 0, np.zeros(1), np.zeros(1))])
+            engine.run_fits(lambda shared, task: task,
+                            [FoldTask(0, 0, 0, 0, np.zeros(1), np.zeros(1))])
     finally:
         engine.environment = real
 
 
 def test_an_interrupted_extraction_resumes_from_the_cache(engine, synthetic_root: Path,
-                                                          tmp_path: Path, local_reference: dict) -> None:
+                                                          tmp_path: Path,
+                                                          local_reference: dict) -> None:
     """Whatever an earlier (killed) run finished is not recomputed: Ray gets only the rest."""
     from lymphomil.features.cache import FeatureCache
     from lymphomil.features.spec import FeatureSpec

@@ -1,4 +1,5 @@
-"""The feature cache: hits, misses, invalidation, resume after a kill, corrupt entries, precision."""
+"""The feature cache: hits, misses, invalidation, resume after a kill, corrupt entries,
+precision."""
 
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ SPEC = FeatureSpec(backbone="small-cnn", weights="none", crop=64, precision="fp3
 @pytest.fixture
 def cohort_root(tmp_path: Path) -> Path:
     """A tiny cohort of our own (tests modify its images)."""
-    return write_synthetic_cohort(tmp_path / "cohort", n_patients=6, seed=1, images_per_patient=(3, 7))
+    return write_synthetic_cohort(tmp_path / "cohort", n_patients=6, seed=1,
+                                  images_per_patient=(3, 7))
 
 
 def _patients(root: Path) -> list:
@@ -140,7 +142,8 @@ def test_bf16_agrees_with_fp32(cohort_root: Path, tmp_path: Path) -> None:
     specs = [FeatureSpec("efficientnet-lite0", "imagenet", 112, False, p) for p in ("fp32", "bf16")]
     for patient in patients:
         fp32, bf16 = (cache.load(patient, s) for s in specs)
-        cosine = (fp32 * bf16).sum(1) / (np.linalg.norm(fp32, axis=1) * np.linalg.norm(bf16, axis=1))
+        cosine = (fp32 * bf16).sum(1) / (np.linalg.norm(fp32, axis=1)
+                                         * np.linalg.norm(bf16, axis=1))
         assert cosine.min() > 0.99
 
 
@@ -163,7 +166,8 @@ def test_info_and_clear(cohort_root: Path, tmp_path: Path) -> None:
     cache.ensure(patients, SPEC)
     info = cache.info()
     assert info["files"] == len(patients) and info["bytes"] > 0
-    assert info["specs"][0]["backbone"] == "small-cnn" and info["specs"][0]["patients"] == len(patients)
+    assert (info["specs"][0]["backbone"] == "small-cnn"
+            and info["specs"][0]["patients"] == len(patients))
     (tmp_path / "cache" / "keep-me.txt").write_text("not ours")
     freed = cache.clear()
     assert freed >= info["bytes"] and cache.info()["files"] == 0
@@ -189,7 +193,8 @@ _KILLABLE = textwrap.dedent("""
 
 
 def test_resume_after_a_kill(tmp_path: Path) -> None:
-    root = write_synthetic_cohort(tmp_path / "cohort", n_patients=10, seed=2, images_per_patient=(4, 6))
+    root = write_synthetic_cohort(tmp_path / "cohort", n_patients=10, seed=2,
+                                  images_per_patient=(4, 6))
     patients = _patients(root)
     cache_dir = tmp_path / "cache"
     finished = kill_extraction_midway(_KILLABLE, [str(root), str(cache_dir)], cache_dir,
@@ -205,7 +210,8 @@ def test_resume_after_a_kill(tmp_path: Path) -> None:
         np.testing.assert_array_equal(cache.load(p, SPEC), reference.load(p, SPEC))
 
 
-def test_the_next_extraction_clears_a_killed_writers_temp_files(cohort_root: Path, tmp_path: Path) -> None:
+def test_the_next_extraction_clears_a_killed_writers_temp_files(cohort_root: Path,
+                                                                tmp_path: Path) -> None:
     from lymphomil.outputs import _host
 
     patients = _patients(cohort_root)
@@ -242,7 +248,8 @@ def test_image_digests_are_the_files_sha256_and_follow_changes(tmp_path: Path) -
     forget_digests()
     assert image_digests([str(p) for p in files], threads=3) == expected
     files[5].write_bytes(b"changed, and of another size")  # the memo must not hide a change
-    assert image_digests(files[:6])[5] == hashlib.sha256(b"changed, and of another size").hexdigest()
+    assert (image_digests(files[:6])[5]
+            == hashlib.sha256(b"changed, and of another size").hexdigest())
     empty = tmp_path / "empty.bin"
     empty.write_bytes(b"")
     assert image_digests([empty]) == [hashlib.sha256(b"").hexdigest()]

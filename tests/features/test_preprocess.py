@@ -43,7 +43,8 @@ def test_decode_jpeg_matches_pillow(tmp_path) -> None:
     assert np.array_equal(ours.permute(1, 2, 0).numpy(), theirs)
 
 
-@pytest.mark.parametrize("mode,fmt", [("L", "JPEG"), ("CMYK", "JPEG"), ("RGBA", "PNG"), ("P", "PNG")])
+@pytest.mark.parametrize("mode,fmt",
+                         [("L", "JPEG"), ("CMYK", "JPEG"), ("RGBA", "PNG"), ("P", "PNG")])
 def test_other_colour_modes_become_rgb(tmp_path, mode: str, fmt: str) -> None:
     image = Image.fromarray(_pattern()).convert(mode)
     path = _save(tmp_path / f"a.{fmt.lower()}", image, format=fmt)
@@ -102,7 +103,8 @@ def test_centre_crop_and_normalisation() -> None:
     assert torch.allclose(prep(img), torch.full((2, 3, 112, 112), 2.0))
     # EfficientNet-Lite's TF scaling: (x * 255 - 127) / 128 on [0, 1] pixels
     lite = make_preprocess(8, TF_LITE_MEAN, TF_LITE_STD)
-    values = lite(torch.tensor([0, 127, 255], dtype=torch.uint8).view(3, 1, 1).expand(1, 3, 224, 224))
+    values = lite(torch.tensor([0, 127, 255], dtype=torch.uint8).view(3, 1, 1)
+                  .expand(1, 3, 224, 224))
     assert torch.allclose(values[0, :, 0, 0], torch.tensor([-127 / 128, 0.0, 1.0]), atol=1e-6)
 
 

@@ -28,7 +28,8 @@ TTA = FeatureSpec(backbone="small-cnn", weights="none", crop=64, tta=True, preci
 
 @pytest.fixture
 def patients(tmp_path: Path) -> list:
-    root = write_synthetic_cohort(tmp_path / "cohort", n_patients=2, seed=3, images_per_patient=(3, 5))
+    root = write_synthetic_cohort(tmp_path / "cohort", n_patients=2, seed=3,
+                                  images_per_patient=(3, 5))
     return load_cohort(root).patients
 
 

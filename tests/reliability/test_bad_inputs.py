@@ -27,7 +27,8 @@ GOOD_ROWS = ["0,P1,1,M,11/3/1933,11.2", "1,P2,0,F,28-04-1943,4.5", "2,P3,-1,F,1/
 
 def jpeg_bytes(mode: str = "RGB", size=(224, 224), fmt: str = "JPEG") -> bytes:
     buffer = io.BytesIO()
-    colour = {"L": 120, "CMYK": (10, 80, 40, 0), "RGBA": (200, 120, 160, 128)}.get(mode, (200, 120, 160))
+    colour = {"L": 120, "CMYK": (10, 80, 40, 0),
+              "RGBA": (200, 120, 160, 128)}.get(mode, (200, 120, 160))
     Image.new(mode, size, colour).save(buffer, fmt)
     return buffer.getvalue()
 
@@ -126,7 +127,7 @@ def _header(text: str) -> Callable[[Path], None]:
 def _drop_count_column(root: Path) -> None:
     path = root / "clinical_annotation.csv"
     lines = path.read_text().splitlines()
-    path.write_text("\n".join(",".join(l.split(",")[:-1]) for l in lines) + "\n")
+    path.write_text("\n".join(",".join(line.split(",")[:-1]) for line in lines) + "\n")
 
 
 def _huge_field(root: Path) -> None:
@@ -210,7 +211,8 @@ def test_ambiguous_date_is_read_month_first(model_dir: Path, tmp_path: Path) -> 
     """03/04/1950 is 4 March 1950 (M/D/YYYY, the challenge convention), never 3 April."""
     from lymphomil.data.cohort import load_cohort
 
-    root = write_cohort(tmp_path / "cohort", ["0,P1,1,M,03/04/1950,11.2", GOOD_ROWS[1], GOOD_ROWS[2]])
+    root = write_cohort(tmp_path / "cohort",
+                        ["0,P1,1,M,03/04/1950,11.2", GOOD_ROWS[1], GOOD_ROWS[2]])
     result = predict(model_dir, root, tmp_path / "pred.csv")
     assert result.exit_code == 0, result.output
     p1 = next(p for p in load_cohort(root).patients if p.id == "P1")

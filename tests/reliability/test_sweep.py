@@ -83,7 +83,8 @@ RUN = ["run", "{data}", "--candidates", "tree", "--folds", "2", "--repeats", "1"
 
 BAD_OPTIONS = {
     # case: (argv, words in the message)
-    "features --crop 5000": (FEATURES + ["--crop", "5000"], "--crop 5000 is out of range (8 to 224)"),
+    "features --crop 5000": (FEATURES + ["--crop", "5000"],
+                             "--crop 5000 is out of range (8 to 224)"),
     "features --crop 0": (FEATURES + ["--crop", "0"], "--crop 0 is out of range"),
     "features --crop -3": (FEATURES + ["--crop", "-3"], "--crop -3 is out of range"),
     "features --batch-size 0": (FEATURES + ["--batch-size", "0"], "--batch-size 0 is out of range"),
@@ -98,7 +99,9 @@ BAD_OPTIONS = {
     "cv --folds 1": (CV + ["--folds", "1"], "--folds 1 is out of range (2 to 50)"),
     "cv --folds 0": (CV + ["--folds", "0"], "--folds 0 is out of range"),
     "cv --folds 10**6": (CV + ["--folds", "1000000"], "--folds 1000000 is out of range"),
-    "cv --folds 40 vs 5 in the smallest class": (CV + ["--folds", "40"], "is more than the 5 reactive (0) patients, the smallest class"),
+    "cv --folds 40 vs 5 in the smallest class": (CV + ["--folds", "40"],
+                                                 "is more than the 5 reactive (0) patients, "
+                                                 "the smallest class"),
     "cv --folds 9 vs a smaller class": (CV + ["--folds", "9"], "the smallest class"),
     "cv --repeats 0": (CV + ["--repeats", "0"], "--repeats 0 is out of range (1 to 100)"),
     "cv --repeats 10**6": (CV + ["--repeats", "1000000"], "--repeats 1000000 is out of range"),
@@ -121,7 +124,8 @@ BAD_OPTIONS = {
     "run --folds 1": (RUN + ["--folds", "1"], "folds: should be greater than or equal to 2"),
     "run --folds above the smallest class": (RUN + ["--folds", "9"], "the smallest class"),
     "run --repeats 10**6": (RUN + ["--repeats", "1000000"], "repeats: should be less than"),
-    "run --candidates ,": (RUN[:2] + ["--candidates", ","] + RUN[4:], "the list of models is empty"),
+    "run --candidates ,": (RUN[:2] + ["--candidates", ","] + RUN[4:],
+                           "the list of models is empty"),
     "run --candidates nope": (RUN[:2] + ["--candidates", "logreg,nope"] + RUN[4:],
                               "unknown model(s) 'nope'"),
     "run --patients 10**9 (synthetic)": (["run", "--patients", "1000000000", "--out", "{tmp}/r"],
@@ -409,7 +413,8 @@ def test_a_saved_config_repeats_from_another_working_directory(small_cohort: Pat
                    "--cache-dir", "cache", "--out", "runs/a")
     assert first.exit_code == 0, first.output
     saved = (tmp_path / "project" / "runs" / "a" / "config.toml").read_text()
-    assert f'data = "{data}"' in saved and f'cache_dir = "{tmp_path / "project" / "cache"}"' in saved
+    assert (f'data = "{data}"' in saved
+            and f'cache_dir = "{tmp_path / "project" / "cache"}"' in saved)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
@@ -453,7 +458,8 @@ HAND_EDITS = {
                              "does not reproduce its saved predictions"),
     "sub-model path escape": ("model.json", lambda d: d.update({"submodels": ["../../x"]}),
                               "not plain folder names"),
-    "reference date impossible": ("metadata.json", lambda d: d.update({"reference_date": "2024-13-45"}),
+    "reference date impossible": ("metadata.json",
+                                  lambda d: d.update({"reference_date": "2024-13-45"}),
                                   "is not a date in YYYY-MM-DD"),
     "reference date a number": ("metadata.json", lambda d: d.update({"reference_date": 20240101}),
                                 "reference_date"),

@@ -23,7 +23,8 @@ from lymphomil.cli_app import (
 )
 from lymphomil.errors import LymphomilError
 
-#: ``--cache-dir`` of ``cache info`` and ``cache clear`` (one option object, as commands/models.py does)
+#: ``--cache-dir`` of ``cache info`` and ``cache clear``
+#: (one option object, as commands/models.py does)
 CACHE_DIR_OPT = typer.Option(None, "--cache-dir", help="Cache folder (as for `features`).",
                              show_default=CACHE_DEFAULT)
 
@@ -167,7 +168,8 @@ def features(
     # patient's images were decoded already, so a warm run need not open 14,000 files again
     cohort = load_cohort(data, on_error=on_error, check_images=False)
     for issue in cohort.issues:
-        err_console.print(f"[yellow]skipped[/]: {escape(issue.file or '')}: {escape(issue.problem)}",
+        err_console.print(f"[yellow]skipped[/]: {escape(issue.file or '')}: "
+                          f"{escape(issue.problem)}",
                           highlight=False, soft_wrap=True)
     loaded = time.perf_counter()
     cache = FeatureCache(feature_root(cache_dir), workers=workers, batch_size=batch_size,
@@ -217,7 +219,8 @@ def cache_info(
     table = Table(title=f"feature cache {info['root']} — {_human_bytes(info['bytes'])}, "
                         f"{info['files']} files", title_justify="left")
     for column in ("backbone", "crop", "precision", "weights", "patients", "files", "size"):
-        table.add_column(column, justify="left" if column in ("backbone", "weights", "files") else "right")
+        table.add_column(column, justify="left" if column in ("backbone", "weights", "files")
+                         else "right")
     for spec in info["specs"]:
         files = ", ".join(f"{k} {v}" for k, v in sorted(spec["files"].items()))
         table.add_row(str(spec["backbone"]), str(spec["crop"]), str(spec["precision"]),

@@ -381,7 +381,8 @@ def predict(
         remove_owned_file(skipped_path)
         skipped_path = None
     print_skips(pred.skipped, skipped_path)
-    console.print(f"predicted {len(pred.ids)} patients ({int(pred.labels.sum())} malignant) → {out}")
+    console.print(f"predicted {len(pred.ids)} patients ({int(pred.labels.sum())} malignant) "
+                  f"→ {out}")
     if pred.decisions is not None:
         referred = sum(d.decision == "refer" for d in pred.decisions)
         console.print(f"referral rule: {referred} of {len(pred.ids)} referred for review "

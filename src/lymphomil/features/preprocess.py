@@ -197,7 +197,8 @@ def centre_crop(x: torch.Tensor, crop: int) -> torch.Tensor:
     height, width = x.shape[-2:]
     if crop > min(height, width) or crop < 8:
         raise LymphomilError(f"crop {crop} px does not fit a {height}x{width} image",
-                             fix=f"use a crop between 8 and {min(height, width)} (224 = whole image)")
+                             fix=f"use a crop between 8 and {min(height, width)} "
+                                 "(224 = whole image)")
     top, left = (height - crop) // 2, (width - crop) // 2
     return x[..., top:top + crop, left:left + crop]
 

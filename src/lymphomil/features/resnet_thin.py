@@ -7,7 +7,8 @@ spatial map, bf16 and channels-last, and gradients for fine-tuning. Each convolu
 frozen batch-norm (exported as Sub/Mul/Add constants) are folded into the convolution itself.
 
 The layout is the Caffe one: the stride sits on the first 1x1 convolution of a bottleneck, a
-projection shortcut opens every stage, the stem pads 3 pixels, the max-pool pads TensorFlow-"SAME" style (as the graph does).
+projection shortcut opens every stage, the stem pads 3 pixels, the max-pool pads
+TensorFlow-"SAME" style (as the graph does).
 :func:`resnet50_thin_from_onnx` checks every weight shape against that layout, so a different
 graph fails loudly instead of giving silent garbage.
 """
@@ -156,7 +157,8 @@ def resnet50_thin_from_onnx(path: str | Path) -> ResNet50Thin:
     def take(conv: nn.Conv2d) -> None:
         weight, bias = next(convs)
         if tuple(weight.shape) != tuple(conv.weight.shape):
-            raise ValueError(f"ONNX conv weight {weight.shape} does not fit {tuple(conv.weight.shape)}")
+            raise ValueError(f"ONNX conv weight {weight.shape} does not fit "
+                             f"{tuple(conv.weight.shape)}")
         conv.weight.data.copy_(torch.from_numpy(weight))
         conv.bias.data.copy_(torch.from_numpy(bias))
 

@@ -24,8 +24,8 @@ from lymphomil.errors import LymphomilError
 RANDOM_DIGEST = "random-seed-0"
 OFFLINE_BACKBONES = ("dinov2-s", "efficientnet-lite0", "mobilenet-v2", "resnet50-thin")
 #: built-in backbone names (registered in backbones.py); others are checked in the registry
-BUILTIN_BACKBONES = ("dinov2-s", "efficientnet-lite0", "mobilenet-v2", "resnet18", "resnet34", "resnet50",
-                     "resnet50-thin", "small-cnn", "vgg16")
+BUILTIN_BACKBONES = ("dinov2-s", "efficientnet-lite0", "mobilenet-v2", "resnet18", "resnet34",
+                     "resnet50", "resnet50-thin", "small-cnn", "vgg16")
 
 #: backbones whose network torchvision builds: the ``torchvision`` extra (not in the core install)
 TORCHVISION_BACKBONES = ("mobilenet-v2", "resnet18", "resnet34", "resnet50", "vgg16")
@@ -82,7 +82,8 @@ def _package_file(module: str, *parts: str, install: str | None = None) -> Path:
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
         raise LymphomilError(f"the package that ships these ImageNet weights ({module}) is not "
-                             "installed", fix=f"{install} (or use --weights none / a state_dict path)")
+                             "installed",
+                             fix=f"{install} (or use --weights none / a state_dict path)")
     path = Path(list(spec.submodule_search_locations)[0], *parts)
     if not path.is_file():
         raise LymphomilError("the weights file is missing from its package", file=path,

@@ -67,7 +67,8 @@ class BagModel(NeuralPatientModel):
 
     # ------------------------------------------------------------------------------ training units
     def _epoch_units(self, net, state: FitState, epoch: int):
-        """This epoch's bags: (patient position, cell indices (K,)), each with its patient's label."""
+        """This epoch's bags: (patient position, cell indices (K,)), each with its patient's
+        label."""
         rng = state.extra.setdefault("rng", numpy_rng(state.seed, 2))
         units = [(i, idx) for i in state.train_idx
                  for idx in training_bags(len(state.inputs[i]), self.bag_size, rng)]

@@ -27,7 +27,8 @@ from lymphomil.models.inputs import read_bags
 from lymphomil.models.pooled import FUSION_FEATURES, positive_Cs, search_logistic
 
 
-def _assign(bag: np.ndarray, centres: np.ndarray, mean: np.ndarray, scale: np.ndarray) -> np.ndarray:
+def _assign(bag: np.ndarray, centres: np.ndarray, mean: np.ndarray,
+            scale: np.ndarray) -> np.ndarray:
     """Nearest prototype of each cell (standardised space): (n_i,) ints."""
     z = (bag.astype(np.float64) - mean) / scale  # (n_i, d)
     distances = (z ** 2).sum(1)[:, None] - 2 * z @ centres.T + (centres ** 2).sum(1)[None, :]
@@ -76,7 +77,8 @@ class PrototypeModel(PatientModel):
         self._fit_prototypes(bags, seed)
         fitted, self.C_, _ = search_logistic(self._histograms(bags), y, Cs, self.inner_folds, seed)
         scaler, lr = fitted.named_steps["scale"], fitted.named_steps["lr"]
-        self.h_mean_, self.h_scale_ = scaler.mean_.astype(np.float64), scaler.scale_.astype(np.float64)
+        self.h_mean_, self.h_scale_ = (scaler.mean_.astype(np.float64),
+                                       scaler.scale_.astype(np.float64))
         self.coef_, self.intercept_ = lr.coef_[0].astype(np.float64), float(lr.intercept_[0])
         return self._mark_fitted()
 
