@@ -218,7 +218,9 @@ def test_patient_calls_carry_the_decisions_of_the_predictions() -> None:
                            labels=np.array([1, 1]), patients=patients, model=model)
     calls = patient_calls(pred)
     assert [c.decision for c in calls] == [None, None] and calls[0].reasons == ()
-    pred.decisions, pred.reasons = ["refer", "malignant"], [["P 0.55 in the band"], []]
+    from lymphomil.referral import Decision
+
+    pred.decisions = [Decision("refer", ("P 0.55 in the band",)), Decision("malignant")]
     calls = patient_calls(pred)
     assert [c.decision for c in calls] == ["refer", "malignant"]
     assert calls[0].reasons == ("P 0.55 in the band",) and calls[1].reasons == ()

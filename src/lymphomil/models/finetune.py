@@ -373,5 +373,7 @@ def _topk_trunk_image() -> TopKTrunkModel:
 #: the fused variants: attribute logreg (compact grid) + the head's probability, mean rule
 FINETUNE_FUSIONS = {"fusion-mean-miltrunk": "mil-trunk", "fusion-mean-topktrunk": "topk-trunk"}
 for _name, _image in FINETUNE_FUSIONS.items():
+    _factory = fusion_factory("mean", _image)
+    _factory.__module__ = __name__  # registered here: importing this module is what adds it
     register_model(_name, f"attribute logreg (compact grid) + {_image}, mean of the "
-                          "probabilities")(fusion_factory("mean", _image))
+                          "probabilities")(_factory)
