@@ -220,6 +220,7 @@ def _nested_referral(names: list[str], labelled, folds: int, repeats: int, seed:
                      features: str | None, cache_dir: Path | None, engine) -> dict:
     """Each model's nested referral pass (lymphomil.referral.nested_referral); the nested
     selection rows are left out (an inner CV inside their inner CV: too slow)."""
+    from lymphomil.errors import LymphomilError
     from lymphomil.models.base import selection_candidates
     from lymphomil.referral import INNER_FOLDS, nested_referral
     from lymphomil.steps import attach_features, configure_model
@@ -229,10 +230,16 @@ def _nested_referral(names: list[str], labelled, folds: int, repeats: int, seed:
         return {}
     models = [configure_model(name, features) for name in names]
     patients = attach_features(labelled.patients, models, cache_dir)
-    with progress_task(f"referral rule, nested (1 + {INNER_FOLDS} fits per outer fold)",
-                       len(names) * folds * repeats, "outer folds") as advance:
-        done = nested_referral(list(zip(names, models)), patients, labelled.y, folds=folds,
-                               repeats=repeats, seed=seed, engine=engine, on_fit=advance)
+    try:
+        with progress_task(f"referral rule, nested (1 + {INNER_FOLDS} fits per outer fold)",
+                           len(names) * folds * repeats, "outer folds") as advance:
+            done = nested_referral(list(zip(names, models)), patients, labelled.y, folds=folds,
+                                   repeats=repeats, seed=seed, engine=engine, on_fit=advance)
+    except LymphomilError as exc:  # e.g. an inner grid search on too few patients of a class
+        err_console.print(f"the referral rule's nested figure is left out: {escape(exc.problem)} "
+                          "(the CV figures above stand; --no-referral skips this pass)",
+                          highlight=False, soft_wrap=True)
+        return {}
     return {item.model_name: item for item in done}
 
 
