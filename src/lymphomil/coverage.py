@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from lymphomil.crossval import CVResult, derive_seed
+from lymphomil.crossval import CVResult, bootstrap_summary, derive_seed
 from lymphomil.metrics import balanced_accuracy
 
 COVERAGES = (1.0, 0.95, 0.9, 0.85, 0.8, 0.7)
@@ -61,8 +61,6 @@ def aurc(proba: np.ndarray, y: np.ndarray) -> np.ndarray:
 def risk_coverage(result: CVResult, coverages: tuple[float, ...] = COVERAGES,
                   n_bootstrap: int = 1000) -> dict:
     """Per coverage, the auto-calls' balanced accuracy (margin ranking); the AURC; the curve."""
-    from lymphomil.referral import bootstrap_summary
-
     y = result.y
     n = len(y)
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
 
 import numpy as np
 
@@ -171,6 +171,18 @@ class FitStore(Protocol):
     def put(self, model_name: str, task: FoldTask, result: tuple[np.ndarray, float]) -> None: ...
 
 
+def fold_tasks(names: Sequence[str], y: np.ndarray, folds: int, repeats: int, seed: int
+               ) -> tuple[np.ndarray, list[FoldTask]]:
+    """The fold plan (repeats, n) and one :class:`FoldTask` per (model, repeat, fold), each
+    seeded from its names: every pass over the same plan (the CV, the nested referral pass)
+    fits the same clones on the same patients."""
+    plan = fold_plan(y, folds, repeats, seed)
+    tasks = [FoldTask(i, r, k, derive_seed(seed, name, r, k), np.flatnonzero(plan[r] != k),
+                      np.flatnonzero(plan[r] == k))
+             for i, name in enumerate(names) for r in range(repeats) for k in range(folds)]
+    return plan, tasks
+
+
 def cross_validate_many(models: Sequence[tuple[str, "PatientModel"]], patients: Sequence,
                         y: np.ndarray, *, folds: int = 5, repeats: int = 5, seed: int = 0,
                         on_fit: Callable[..., None] | None = None,
@@ -188,11 +200,8 @@ def cross_validate_many(models: Sequence[tuple[str, "PatientModel"]], patients: 
 
     patients = np.asarray(patients, dtype=object)
     y = np.asarray(y, dtype=int)
-    plan = fold_plan(y, folds, repeats, seed)
+    plan, tasks = fold_tasks([name for name, _ in models], y, folds, repeats, seed)
     counts = np.array([p.lymph_count for p in patients], dtype=float)
-    tasks = [FoldTask(i, r, k, derive_seed(seed, name, r, k), np.flatnonzero(plan[r] != k),
-                      np.flatnonzero(plan[r] == k))
-             for i, (name, _) in enumerate(models) for r in range(repeats) for k in range(folds)]
 
     outputs: list = [None] * len(tasks)
     if fit_store is not None:
@@ -258,6 +267,32 @@ def best_index(results: Sequence[CVResult]) -> int:
         return (round(overall_mean, SELECTION_DIGITS), round(hard_mean, SELECTION_DIGITS), -index)
 
     return max(range(len(results)), key=key)
+
+
+def bootstrap_summary(values: Any, repeats: int, n: int, n_bootstrap: int, seed: int) -> dict:
+    """mean, std over repeats and a 95 % patient-bootstrap interval (nan-mean over the repeats
+    of each draw) of every metric ``values(index, repeat)`` returns (``index`` None: all
+    patients): the intervals of the risk–coverage and nested referral figures.
+    :meth:`CVResult.summary` keeps its own loop (a draw's repeats summed, not nan-averaged), so
+    the published CV figures stay bit-identical."""
+    import warnings
+
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, n, size=(n_bootstrap, n))
+    per_repeat = [values(None, r) for r in range(repeats)]
+    boot = [values(idx, r) for r in range(repeats)]
+    out = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-nan slices give nan, as meant
+        for m in per_repeat[0]:
+            vals = np.array([float(v[m]) for v in per_repeat])
+            draws = np.nanmean(np.stack([np.asarray(b[m], dtype=float) for b in boot]), axis=0)
+            out[m] = {"mean": float(np.nanmean(vals)),
+                      "std": float(np.nanstd(vals, ddof=1)) if np.isfinite(vals).sum() > 1
+                      else 0.0,
+                      "ci_low": float(np.nanpercentile(draws, 2.5)),
+                      "ci_high": float(np.nanpercentile(draws, 97.5))}
+    return out
 
 
 def format_metric(stats: dict[str, float], digits: int = 3) -> str:

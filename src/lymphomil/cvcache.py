@@ -27,7 +27,7 @@ from lymphomil.outputs import atomic_write_bytes, atomic_write_json, sweep_stale
 CACHE_FORMAT = 1
 
 
-def _patient_fingerprint(patient, digests) -> list:
+def patient_fingerprint(patient, digests) -> list:
     files = [[str(path), next(digests)] for path in patient.image_paths]
     return [patient.id, patient.label, patient.gender, patient.age, patient.lymph_count, files]
 
@@ -38,7 +38,7 @@ def cv_key(model: PatientModel, name: str, patients: Sequence, folds: int, repea
     payload = {
         "format": CACHE_FORMAT, "name": name, "class": type(model).__name__,
         "params": encode_param(model.get_params(deep=False)),
-        "patients": [_patient_fingerprint(p, digests) for p in patients],
+        "patients": [patient_fingerprint(p, digests) for p in patients],
         "folds": folds, "repeats": repeats, "seed": seed, "versions": library_versions(),
     }
     text = json.dumps(payload, sort_keys=True, default=str)

@@ -30,7 +30,15 @@ from typing import Any, Literal, Sequence
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from lymphomil.crossval import CVResult, FoldTask, derive_seed, fold_plan, hard_mask, with_seed
+from lymphomil.crossval import (
+    CVResult,
+    FoldTask,
+    bootstrap_summary,
+    derive_seed,
+    fold_tasks,
+    hard_mask,
+    with_seed,
+)
 from lymphomil.errors import LymphomilError
 from lymphomil.metrics import balanced_accuracy
 
@@ -481,29 +489,6 @@ class NestedReferral:
         return out
 
 
-def bootstrap_summary(values: Any, repeats: int, n: int, n_bootstrap: int, seed: int) -> dict:
-    """mean, std over repeats and a 95 % patient-bootstrap interval (mean over repeats of each
-    draw) of every metric ``values(index, repeat)`` returns (``index`` None: all patients)."""
-    import warnings
-
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, n, size=(n_bootstrap, n))
-    per_repeat = [values(None, r) for r in range(repeats)]
-    boot = [values(idx, r) for r in range(repeats)]
-    out = {}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-nan slices give nan, as meant
-        for m in per_repeat[0]:
-            vals = np.array([float(v[m]) for v in per_repeat])
-            draws = np.nanmean(np.stack([np.asarray(b[m], dtype=float) for b in boot]), axis=0)
-            out[m] = {"mean": float(np.nanmean(vals)),
-                      "std": float(np.nanstd(vals, ddof=1)) if np.isfinite(vals).sum() > 1
-                      else 0.0,
-                      "ci_low": float(np.nanpercentile(draws, 2.5)),
-                      "ci_high": float(np.nanpercentile(draws, 97.5))}
-    return out
-
-
 def run_referral_task(shared: dict, task: FoldTask) -> dict:
     """The engine's unit: the outer fit of ``task`` (as the harness makes it: same clone, same
     seed) and an inner CV of its training part. Only ``task.train`` patients are fitted on."""
@@ -535,11 +520,8 @@ def nested_referral(models: Sequence[tuple[str, Any]], patients: Sequence, y: np
 
     patients = np.asarray(patients, dtype=object)
     y = np.asarray(y, dtype=int)
-    plan = fold_plan(y, folds, repeats, seed)
+    plan, tasks = fold_tasks([name for name, _ in models], y, folds, repeats, seed)
     counts = np.array([p.lymph_count for p in patients], dtype=float)
-    tasks = [FoldTask(i, r, k, derive_seed(seed, name, r, k), np.flatnonzero(plan[r] != k),
-                      np.flatnonzero(plan[r] == k))
-             for i, (name, _) in enumerate(models) for r in range(repeats) for k in range(folds)]
     engine = engine or LocalEngine()
     shared = {"models": [m for _, m in models], "names": [n for n, _ in models],
               "patients": patients, "y": y, "inner_folds": inner_folds}

@@ -22,7 +22,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from lymphomil.cvcache import _patient_fingerprint
+from lymphomil.cvcache import patient_fingerprint
 from lymphomil.data.digests import image_digests
 from lymphomil.errors import LymphomilError
 from lymphomil.models.base import PatientModel, encode_param, library_versions
@@ -36,7 +36,7 @@ SUMMARY_JSON = "summary.json"
 def _key(payload: dict, patients: Sequence) -> str:
     digests = iter(image_digests([path for p in patients for path in p.image_paths]))
     payload = {"format": CACHE_FORMAT, **payload, "versions": library_versions(),
-               "patients": [_patient_fingerprint(p, digests) for p in patients]}
+               "patients": [patient_fingerprint(p, digests) for p in patients]}
     text = json.dumps(payload, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
