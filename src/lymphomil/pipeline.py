@@ -184,22 +184,16 @@ def _run_stages(config: RunConfig, out: Path, engine: object, stage: Callable[[s
 
 
 def fit_run_rule(name: str, config: RunConfig, labelled):
-    """The referral rule of model ``name``, fitted by inner CV on the labelled patients to the
-    config's target (its inner out-of-fold probabilities cached for a warm run); None when
-    a class has fewer than 2 patients (the predictions are then forced calls, and say so)."""
-    from lymphomil.outputs import cache_root
-    from lymphomil.referral import can_fit, check_target, fit_referral
-    from lymphomil.steps import attach_features, configure_model
+    """The referral rule of model ``name`` (:func:`lymphomil.steps.fit_rule`) to the config's
+    target; None when a class has fewer than 2 patients."""
+    from lymphomil.referral import check_target
+    from lymphomil.steps import configure_model, fit_rule
 
     max_referral, target = check_target(config.max_referral, config.target_accuracy,
                                         ("max_referral", "target_accuracy"))
-    if not can_fit(labelled.y):
-        return None
-    model = configure_model(name, config.features)
-    patients = attach_features(labelled.patients, [model], config.cache_dir)
-    return fit_referral(model, patients, labelled.y, max_referral=max_referral,
-                        target_accuracy=target, seed=config.seed, name=name,
-                        cache=cache_root(config.cache_dir) / "cv")
+    return fit_rule(configure_model(name, config.features), labelled, name=name,
+                    seed=config.seed, max_referral=max_referral, target_accuracy=target,
+                    cache_dir=config.cache_dir)
 
 
 def referral_metrics(rule, decisions) -> dict:
@@ -212,13 +206,13 @@ def referral_metrics(rule, decisions) -> dict:
 
 def _refit_spread(name: str, config: RunConfig, labelled, pred, engine: object):
     """The spread of each predicted patient's probability over refits of the chosen model."""
-    from lymphomil.outputs import cache_root
+    from lymphomil.outputs import cv_cache
     from lymphomil.steps import attach_features, configure_model
     from lymphomil.uncertainty import cached_refit_probas, refit_spread
 
     model = configure_model(name, config.features)
     patients = attach_features(labelled.patients, [model], config.cache_dir)
-    probas = cached_refit_probas(cache_root(config.cache_dir) / "cv", model, patients,
+    probas = cached_refit_probas(cv_cache(config.cache_dir), model, patients,
                                  labelled.y, pred.patients, seed=config.seed, name=name,
                                  engine=engine)
     return refit_spread(probas)

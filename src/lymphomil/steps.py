@@ -22,8 +22,8 @@ from lymphomil.engines import get_engine  # noqa: F401 (re-exported)
 from lymphomil.errors import LymphomilError
 from lymphomil.models.base import PatientModel, create_model
 from lymphomil.ood import OOD_JSON, OODCheck, fit_ood_checks, load_ood_checks
-from lymphomil.outputs import atomic_write_json, atomic_write_text
-from lymphomil.referral import load_rule, model_decisions, save_rule
+from lymphomil.outputs import atomic_write_json, atomic_write_text, cv_cache
+from lymphomil.referral import can_fit, fit_referral, load_rule, model_decisions, save_rule
 
 
 def configure_model(name: str, features: str | None = None, **overrides: object) -> PatientModel:
@@ -102,11 +102,10 @@ def run_cv(model_names: Sequence[str], patients: np.ndarray, y: np.ndarray, *, f
     ``engine`` runs the features and the fits (:mod:`lymphomil.engine`; default: here)."""
     from lymphomil import cvcache
     from lymphomil.crossval import cross_validate_many
-    from lymphomil.outputs import cache_root
 
     models = [configure_model(name, features) for name in model_names]
     attached = attach_features(patients, models, cache_dir, engine=engine)
-    root = cache_root(cache_dir) / "cv"
+    root = cv_cache(cache_dir)
     results: dict[str, CVResult] = {}
     keys: dict[str, str] = {}
     for name, model in zip(model_names, models):
@@ -169,6 +168,20 @@ def cv_markdown(results: Sequence[CVResult]) -> str:
             format_metric(s["accuracy"]), format_metric(s["f1"]),
             f"{s['fit_seconds']['total'] / 60:.2f} |"]))
     return "\n".join(lines) + "\n"
+
+
+def fit_rule(model: PatientModel, labelled: LabelledSet, *, name: str, seed: int = 0,
+             max_referral: float | None = None, target_accuracy: float | None = None,
+             cache_dir: Path | None = None) -> Any:
+    """The referral rule of ``model`` (unfitted: only clones are fitted) by inner CV on the
+    labelled patients, to the target (its inner out-of-fold probabilities kept in the CV cache
+    for a rerun); None when a class has fewer than 2 patients (the calls are then forced)."""
+    if not can_fit(labelled.y):
+        return None
+    patients = attach_features(labelled.patients, [model], cache_dir)
+    return fit_referral(model, patients, labelled.y, max_referral=max_referral,
+                        target_accuracy=target_accuracy, seed=seed, name=name,
+                        cache=cv_cache(cache_dir))
 
 
 def train_model(model: PatientModel, labelled: LabelledSet, out: Path, *, name: str,
@@ -238,22 +251,18 @@ def select_targets(cohort: Cohort, rule: str = "new") -> tuple[list[Patient], li
 
 def label_metrics(pred: "Predictions") -> dict | None:
     """Balanced accuracy, accuracy and ROC AUC over the predicted patients that carry a label."""
-    from lymphomil.metrics import balanced_accuracy
+    from lymphomil.metrics import balanced_accuracy, roc_auc
 
     y = np.array([p.label for p in pred.patients], dtype=int)
     mask = np.isin(y, (0, 1))
     if not mask.any():
         return None
     y, proba, calls = y[mask], pred.proba[mask], pred.labels[mask]
-    auc = None
-    if len(np.unique(y)) == 2:
-        from sklearn.metrics import roc_auc_score
-
-        auc = float(roc_auc_score(y, proba))
+    auc = float(roc_auc(proba, y))  # nan where one class is absent
     bacc = float(balanced_accuracy(calls.astype(bool), y))
     return {"n_labelled": int(mask.sum()), "n_malignant": int(y.sum()),
             "balanced_accuracy": None if np.isnan(bacc) else bacc,
-            "accuracy": float((calls == y).mean()), "roc_auc": auc,
+            "accuracy": float((calls == y).mean()), "roc_auc": None if np.isnan(auc) else auc,
             "ids": [p.id for p, m in zip(pred.patients, mask) if m]}
 
 

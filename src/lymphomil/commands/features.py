@@ -232,9 +232,9 @@ def cache_info(
 
 
 def _cv_folder(cache_dir: Optional[Path]) -> Path:
-    from lymphomil.outputs import cache_root
+    from lymphomil.outputs import cv_cache
 
-    return cache_root(cache_dir) / "cv"
+    return cv_cache(cache_dir)
 
 
 def _cv_cache_size(cache_dir: Optional[Path]) -> tuple[int, int]:

@@ -289,13 +289,11 @@ def train(
     cohort = load_cohort(data, reference_date=ref, on_error=on_error, cache_dir=cache_dir)
     labelled = labelled_patients(cohort)
     estimator = configure_model(model, features)
-    from lymphomil.referral import TOO_FEW, can_fit, fit_referral, referral_card
-    from lymphomil.steps import attach_features
+    from lymphomil.referral import TOO_FEW, referral_card
+    from lymphomil.steps import fit_rule
 
-    rule = fit_referral(estimator, attach_features(labelled.patients, [estimator], cache_dir),
-                        labelled.y, max_referral=max_referral, target_accuracy=target_accuracy,
-                        seed=seed, name=model, cache=cache_root(cache_dir) / "cv") \
-        if can_fit(labelled.y) else None
+    rule = fit_rule(estimator, labelled, name=model, seed=seed, max_referral=max_referral,
+                    target_accuracy=target_accuracy, cache_dir=cache_dir)
     from lymphomil.model_card import build_model_card, write_model_card
     from lymphomil.models.base import describe_model
     from lymphomil.outputs import read_json

@@ -53,11 +53,11 @@ from lymphomil.outputs.ownership import (
                                      write_output_marker,
                                      write_owned_file,
 )
-from lymphomil.outputs.roots import CACHE_PARTS, cache_root, default_cache_root
+from lymphomil.outputs.roots import CACHE_PARTS, cache_root, cv_cache, default_cache_root
 
 __all__ = ["CACHE_PARTS", "CHECKSUMS", "DIR_MODE", "FILE_MODE", "KINDS", "OUTPUT_MARKER",
            "acquire_output_lock", "atomic_write_bytes", "atomic_write_json", "atomic_write_text",
-           "cache_root", "changed_files", "check_cache_location", "check_not_an_input",
+           "cache_root", "changed_files", "cv_cache", "check_cache_location", "check_not_an_input",
            "check_not_inside_output", "claim_output", "default_cache_root", "dumps_json",
            "ensure_file_replaceable", "ensure_replaceable", "file_record_path", "folder_kind",
            "foreign_files", "output_lock", "owned_file", "read_json", "read_output_marker",
