@@ -167,7 +167,7 @@ def test_fit_reads_only_the_training_patients(patients, monkeypatch):
         read.add(patient.id)
         return real_stats(patient, *args, **kwargs)
 
-    monkeypatch.setattr(ood, "patient_image_stats", spy_stats)
+    monkeypatch.setattr("lymphomil.ood.check.patient_image_stats", spy_stats)
     spied = [p.with_features(SpyStore(p.features)) for p in patients]
     train = spied[:N_TRAIN]
     OODCheck().fit(train)
@@ -191,7 +191,7 @@ def test_image_stats_are_memoised_by_content(patients, monkeypatch, tmp_path):
     first = patient_image_stats(patients[0], max_images=4, cache_dir=tmp_path)
     ood.save_stats_memo(tmp_path)
     assert (tmp_path / "ood" / f"image-stats-v{ood.STATS_VERSION}.json").is_file()
-    monkeypatch.setattr(ood, "_MEMO", {})  # a fresh process: only the file is left
+    monkeypatch.setattr("lymphomil.ood.stats._MEMO", {})  # a fresh process: only the file is left
 
     def no_decoding(path):
         raise AssertionError(f"decoded {path} again")

@@ -1,0 +1,40 @@
+"""The OOD checks in a model folder: fitted beside the model on its training patients, saved
+as ``ood.json``, loaded back by ``predict`` and ``run``."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from lymphomil.ood.check import OODCheck
+
+#: the fitted checks in a model folder (beside the referral rule)
+OOD_JSON = "ood.json"
+
+
+def pooled_features_of(model: Any) -> str | None:
+    """The first pooled image features ``model`` reads (the cells the checks compare), or None
+    for a model that reads no pooled image features (an attribute model: no checks)."""
+    for spec, kind in model.required_features():
+        if kind == "pooled":
+            return spec.label()
+    return None
+
+
+def fit_ood_checks(model: Any, patients: Sequence[Any],
+                   cache_dir: str | os.PathLike | None = None) -> OODCheck | None:
+    """The checks fitted on a model's training ``patients`` (its features attached), on the
+    cells that model reads; None when it reads no pooled image features or there are too few
+    patients to fit them (then no patient is referred for being unlike the cohort)."""
+    features = pooled_features_of(model)
+    if features is None or len(patients) < 5:
+        return None
+    return OODCheck(features=features, cache_dir=cache_dir).fit(patients)
+
+
+def load_ood_checks(folder: str | os.PathLike, cache_dir: str | os.PathLike | None = None
+                    ) -> OODCheck | None:
+    """The checks saved in a model folder, or None when it has none (trained without them)."""
+    path = os.path.join(folder, OOD_JSON)
+    return OODCheck.load(path, cache_dir=cache_dir) if os.path.isfile(path) else None
