@@ -1,0 +1,121 @@
+"""Reading the annotation CSVs of a cohort folder: which files, their columns, their rows
+(docs/design.md §1). The only place the file and column names live."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lymphomil.data.images import kind_problem
+from lymphomil.errors import LymphomilError
+
+ROOT_CSV = "clinical_annotation.csv"
+TRAIN_DIR, TRAIN_CSV = "trainset", "trainset/trainset_true.csv"
+TEST_DIR, TEST_CSV = "testset", "testset/testset_data.csv"
+
+COL_ID, COL_LABEL, COL_GENDER, COL_DOB, COL_COUNT = "ID", "LABEL", "GENDER", "DOB", "LYMPH_COUNT"
+REQUIRED_COLUMNS = (COL_ID, COL_LABEL, COL_GENDER, COL_DOB, COL_COUNT)
+
+
+@dataclass(frozen=True)
+class Row:
+    file: Path
+    line: int  # 1-based line number in the file (header is line 1)
+    values: dict[str, str]
+    n_fields: int = 0  # fields on this line
+    n_header: int = 0  # fields in the header: a row must have as many
+    columns: tuple[tuple[str, int], ...] = ()  # (required column, 0-based position)
+
+    def where(self, column: str) -> str:
+        """Where a spreadsheet or an editor shows ``column`` of this row: ``column E (DOB)``."""
+        position = dict(self.columns).get(column)
+        if position is None:
+            return ""
+        letters, n = "", position + 1
+        while n:
+            n, r = divmod(n - 1, 26)
+            letters = chr(65 + r) + letters
+        return f"column {letters} ({column}, field {position + 1})"
+
+
+def read_table(path: Path) -> list[Row]:
+    """Read one annotation CSV into rows keyed by the required column names."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise LymphomilError("file not found", file=path,
+                             fix="point lymphomil at the challenge folder (it holds "
+                                 f"{ROOT_CSV} or {TRAIN_CSV})") from None
+    except OSError as exc:
+        raise LymphomilError(f"cannot read the file ({exc.strerror})", file=path,
+                             fix="check the file's permissions") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise LymphomilError(f"the file is not UTF-8 text (byte {exc.start})", file=path,
+                             fix="save the file as UTF-8 CSV") from None
+    if not text.strip():
+        raise LymphomilError("the file is empty", file=path,
+                             fix=f"the first line must be the header {','.join(REQUIRED_COLUMNS)}")
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        return _read_records(path, reader)
+    except csv.Error as exc:  # e.g. a field over the csv module's 128 KiB limit
+        raise LymphomilError(f"the file is not a readable CSV ({exc})", file=path,
+                             row=reader.line_num or None,
+                             fix="save the file as comma-separated values, one patient per "
+                                 "line") from None
+
+
+def _read_records(path: Path, reader: Any) -> list[Row]:
+    header = [h.strip() for h in next(reader)]
+    if len(header) == 1 and any(sep in header[0] for sep in (";", "\t", "|")):
+        sep = next(s for s in (";", "\t", "|") if s in header[0])
+        raise LymphomilError(f"the header uses {sep!r} as separator, not ','", file=path, row=1,
+                             fix="save the file as comma-separated values")
+    upper = [h.upper() for h in header]
+    missing = [c for c in REQUIRED_COLUMNS if c not in upper]
+    if missing:
+        raise LymphomilError(
+            f"missing column(s) {', '.join(missing)}; found {', '.join(repr(h) for h in header)}",
+            file=path, row=1,
+            fix=f"the header must name {', '.join(REQUIRED_COLUMNS)} (an unnamed index column "
+                "and extra columns are allowed)")
+    dupes = sorted({c for c in REQUIRED_COLUMNS if upper.count(c) > 1})
+    if dupes:
+        raise LymphomilError(f"column(s) {', '.join(dupes)} appear twice", file=path, row=1,
+                             fix="keep one column of each name")
+    position = {c: upper.index(c) for c in REQUIRED_COLUMNS}
+    columns = tuple(position.items())
+    rows = []
+    line_no = reader.line_num + 1  # the line a record starts on (a quoted field may span lines)
+    for record in reader:
+        start, line_no = line_no, reader.line_num + 1
+        if not record or all(not cell.strip() for cell in record):
+            continue
+        values = {c: (record[i] if i < len(record) else "") for c, i in position.items()}
+        rows.append(Row(path, start, values, len(record), len(header), columns))
+    return rows
+
+
+def csv_files(root: Path) -> list[Path]:
+    for rel in (ROOT_CSV, TRAIN_CSV, TEST_CSV):  # a pipe or a device would block or never end
+        path = root / rel
+        if os.path.lexists(path):
+            problem = kind_problem(path)
+            if problem:
+                raise LymphomilError(f"the annotation file {problem}", file=path,
+                                     fix="replace it with the CSV file itself")
+    if (root / ROOT_CSV).is_file():
+        return [root / ROOT_CSV]
+    found = [root / rel for rel in (TRAIN_CSV, TEST_CSV) if (root / rel).is_file()]
+    if not found:
+        raise LymphomilError(
+            f"no annotation file: expected {ROOT_CSV}, {TRAIN_CSV} or {TEST_CSV}", file=root,
+            fix="point lymphomil at the challenge folder (dlmi-lymphocytosis/) or make one "
+                "with `lymphomil synth`")
+    return found
