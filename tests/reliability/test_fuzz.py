@@ -266,12 +266,12 @@ def test_feature_file_header_any_structure(tmp_path: Path, value, deep: bool,
     """A feature file (or spec.json) whose header holds anything is recomputed, not trusted."""
     import struct
 
-    from lymphomil.features.cache import SPEC_JSON, FeatureCache, _Plan
+    from lymphomil.features.cache import SPEC_JSON, FeatureCache, Plan
 
     cache = FeatureCache(tmp_path / "features")
     folder = tmp_path / "features" / "small-cnn-32px-fp32-0123456789abcdef"
     folder.mkdir(parents=True, exist_ok=True)
-    plan = _Plan("P1", "0" * 16, ("a.jpg",), ("d",), folder)
+    plan = Plan("P1", "0" * 16, ("a.jpg",), ("d",), folder)
     text = DEEP_JSON[0] if deep else _json_text(value)
     if inner:  # a well-formed safetensors header whose lymphomil metadata is the structure
         text = _json_text({"features": {"data_offsets": [0, 0]},
