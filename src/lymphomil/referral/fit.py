@@ -1,0 +1,151 @@
+"""Fitting the referral rule on the training patients only: an inner stratified K-fold CV gives
+each an out-of-fold probability (kept in the CV-result cache for a warm run), and the threshold
+is chosen on those to the user's target."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from lymphomil.crossval import CVResult, derive_seed, with_seed
+from lymphomil.errors import LymphomilError
+from lymphomil.referral.rule import (
+    DEFAULT_SIGNAL,
+    INNER_FOLDS,
+    SIGNALS,
+    Decision,
+    ReferralRule,
+    auto_accuracy,
+    check_target,
+    choose_threshold,
+    firmness,
+)
+
+#: what predictions say when no rule could be fitted (too few patients of a class)
+TOO_FEW = ("no referral rule: its inner CV needs at least 2 labelled patients of each class; "
+           "every call is a forced call")
+
+
+def can_fit(y: np.ndarray) -> bool:
+    """Enough patients of each class for the rule's inner CV (2 folds at least)."""
+    return int(np.bincount(np.asarray(y, dtype=int), minlength=2).min()) >= 2
+
+
+def part_probas_of(model: Any, patients: np.ndarray) -> dict[str, np.ndarray]:
+    if not hasattr(model, "part_probas"):
+        return {}
+    return {k: np.asarray(v, dtype=float) for k, v in model.part_probas(patients).items()}
+
+
+def inner_oof(model: Any, patients: Sequence, y: np.ndarray, *, folds: int = INNER_FOLDS,
+              seed: int = 0, name: str = "model"
+              ) -> tuple[np.ndarray, dict[str, np.ndarray], int]:
+    """Out-of-fold P(malignant) (and each expert's) of every patient of a stratified K-fold CV
+    of ``model`` on ``patients`` (clones seeded from (seed, name, fold)); and the folds used."""
+    from sklearn.base import clone
+    from sklearn.model_selection import StratifiedKFold
+
+    patients = np.asarray(patients, dtype=object)
+    y = np.asarray(y, dtype=int)
+    folds = min(folds, int(np.bincount(y, minlength=2).min()))
+    if folds < 2:
+        raise LymphomilError("too few patients of one class to fit the referral rule (its "
+                             "inner CV needs 2 of each)", fix="add labelled patients")
+    splitter = StratifiedKFold(folds, shuffle=True,
+                               random_state=derive_seed(seed, name, "referral-split"))
+    proba = np.full(len(y), np.nan)
+    parts: dict[str, np.ndarray] = {}
+    for k, (train, test) in enumerate(splitter.split(np.zeros(len(y)), y)):
+        fitted = with_seed(clone(model), derive_seed(seed, name, "referral", k))
+        fitted.fit(patients[train], y[train])
+        proba[test] = np.asarray(fitted.predict_proba(patients[test]))[:, 1]
+        for key, value in part_probas_of(fitted, patients[test]).items():
+            parts.setdefault(key, np.full(len(y), np.nan))[test] = value
+    return proba, parts, folds
+
+
+def cached_inner_oof(root: Path, model: Any, patients: Sequence, y: np.ndarray, *,
+                     folds: int = INNER_FOLDS, seed: int = 0, name: str = "model"
+                     ) -> tuple[np.ndarray, dict[str, np.ndarray], int]:
+    """:func:`inner_oof`, read back from the CV-result cache under ``root`` when the model, the
+    patients and the seed are unchanged (a warm run refits nothing)."""
+    # deferred for start-up: cvcache imports models.base (scikit-learn); importing the
+    # referral package (its rule, read by predict and the report) stays light
+    from lymphomil import cvcache
+
+    key = cvcache.cv_key(model, f"{name}#referral-inner", patients, folds=folds, repeats=0,
+                         seed=seed)
+    ids = [p.id for p in patients]
+    cached = cvcache.load_cached(root, key)
+    if cached is not None and list(cached.patient_ids) == ids \
+            and set(cached.params) == {"parts", "folds"} \
+            and cached.proba.shape == (1 + len(cached.params["parts"]), len(ids)):
+        rows = np.asarray(cached.proba, dtype=float)
+        return (rows[0], dict(zip(cached.params["parts"], rows[1:])),
+                int(cached.params["folds"]))
+    proba, parts, used = inner_oof(model, patients, y, folds=folds, seed=seed, name=name)
+    rows = np.stack([proba, *parts.values()])
+    cvcache.store(root, key, CVResult(f"{name}#referral-inner", ids, np.asarray(y, dtype=int),
+                                      np.zeros(rows.shape, dtype=int), rows,
+                                      np.zeros(rows.shape, dtype=bool), np.zeros((1, 1)),
+                                      {"parts": list(parts), "folds": used}, seed))
+    return proba, parts, used
+
+
+def rule_from_oof(proba: np.ndarray, y: np.ndarray, parts: dict[str, np.ndarray] | None = None,
+                  *, signal: str = DEFAULT_SIGNAL, max_referral: float | None = None,
+                  target_accuracy: float | None = None, folds: int = INNER_FOLDS
+                  ) -> ReferralRule:
+    """The rule whose threshold meets the target on these out-of-fold probabilities."""
+    max_referral, target_accuracy = check_target(max_referral, target_accuracy,
+                                                 ("max_referral", "target_accuracy"))
+    y = np.asarray(y, dtype=int)
+    proba = np.asarray(proba, dtype=float)
+    used = parts if signal == "agreement" and parts else None
+    score = firmness(proba, used, signal)
+    threshold, reached = choose_threshold(score, y, proba, max_referral=max_referral,
+                                          target_accuracy=target_accuracy)
+    auto = score >= threshold
+    auto_ba = auto_accuracy(y, proba, auto)
+    full_ba = auto_accuracy(y, proba, np.ones(len(y), dtype=bool))
+    return ReferralRule(
+        signal="agreement" if used else "margin", threshold=threshold,
+        max_referral=max_referral, target_accuracy=target_accuracy, reached=reached,
+        inner_folds=folds, n_patients=len(y), inner_referred=float(1 - auto.mean()),
+        inner_auto_balanced_accuracy=auto_ba if np.isfinite(auto_ba) else None,
+        inner_balanced_accuracy=full_ba if np.isfinite(full_ba) else None,
+        parts=sorted(used) if used else [])
+
+
+def fit_referral(model: Any, patients: Sequence, y: np.ndarray, *,
+                 max_referral: float | None = None, target_accuracy: float | None = None,
+                 signal: str = DEFAULT_SIGNAL, folds: int = INNER_FOLDS, seed: int = 0,
+                 name: str = "model", cache: Path | None = None) -> ReferralRule:
+    """Fit the referral rule of ``model`` (unfitted or fitted: only its clones are fitted) by an
+    inner CV on ``patients`` (the training patients, with features attached); ``cache``: a
+    CV-result cache folder that keeps the inner out-of-fold probabilities for a warm run."""
+    if signal not in SIGNALS:
+        raise LymphomilError(f"unknown referral signal {signal!r}",
+                             fix=f"use one of {', '.join(SIGNALS)}")
+    if cache is not None:
+        proba, parts, used_folds = cached_inner_oof(cache, model, patients, y, folds=folds,
+                                                    seed=seed, name=name)
+    else:
+        proba, parts, used_folds = inner_oof(model, patients, y, folds=folds, seed=seed,
+                                             name=name)
+    return rule_from_oof(proba, y, parts, signal=signal, max_referral=max_referral,
+                         target_accuracy=target_accuracy, folds=used_folds)
+
+
+def model_decisions(rule: ReferralRule, model: Any, patients: Sequence,
+                    proba: np.ndarray | None = None,
+                    extra_reasons: Sequence[Sequence[str]] | None = None) -> list[Decision]:
+    """The rule applied to a fitted ``model``'s calls of ``patients`` (features attached)."""
+    patients = np.asarray(patients, dtype=object)
+    if proba is None:
+        proba = np.asarray(model.predict_proba(patients))[:, 1]
+    parts = part_probas_of(model, patients) if rule.signal == "agreement" else None
+    return rule.decide(proba, parts, extra_reasons)
+
