@@ -9,9 +9,9 @@ from pathlib import Path
 
 from lymphomil import outputs
 from lymphomil.outputs import (
-    _host,
-    _owner,
     atomic_write_bytes,
+    host_name,
+    owner_tag,
     staged_dir,
     sweep_stale_staging,
     sweep_stale_temp_files,
@@ -39,10 +39,10 @@ def test_dead_staging_is_cleared_live_and_foreign_ones_are_kept(tmp_path: Path) 
     final = tmp_path / "run"
     dead, live = _dead_pid(), os.getpid()
     names = {
-        "dead": f".run.{_host()}-{dead}.abc123_x.tmp",
-        "live": f".run.{_host()}-{live}.def456yz.tmp",
+        "dead": f".run.{host_name()}-{dead}.abc123_x.tmp",
+        "live": f".run.{host_name()}-{live}.def456yz.tmp",
         "other_host": f".run.elsewhere-{dead}.ghi789ab.tmp",
-        "other_name": f".runs.{_host()}-{dead}.jkl012cd.tmp",
+        "other_name": f".runs.{host_name()}-{dead}.jkl012cd.tmp",
         "old_format": ".run.mno345ef.tmp",
     }
     _plant(tmp_path, names.values(), folders=True)
@@ -56,7 +56,7 @@ def test_a_replaced_folder_is_put_back_when_the_new_one_never_arrived(tmp_path: 
     final = tmp_path / "model"
     with staged_dir(final) as staging:
         (staging / "a.json").write_text("{}")
-    old = tmp_path / f".model.old.{_host()}-{_dead_pid()}"
+    old = tmp_path / f".model.old.{host_name()}-{_dead_pid()}"
     os.replace(final, old)  # a kill between the two renames of a replacement
     sweep_stale_staging(final)
     assert not old.exists()
@@ -66,7 +66,7 @@ def test_a_replaced_folder_is_put_back_when_the_new_one_never_arrived(tmp_path: 
 def test_a_stale_replaced_folder_beside_a_good_one_is_removed(tmp_path: Path) -> None:
     final = tmp_path / "model"
     final.mkdir()
-    old = tmp_path / f".model.old.{_host()}-{_dead_pid()}"
+    old = tmp_path / f".model.old.{host_name()}-{_dead_pid()}"
     old.mkdir()
     assert sweep_stale_staging(final) == [old]
     assert final.is_dir()
@@ -74,10 +74,10 @@ def test_a_stale_replaced_folder_beside_a_good_one_is_removed(tmp_path: Path) ->
 
 def test_staged_dir_names_its_owner_and_clears_a_dead_ones_leftover(tmp_path: Path) -> None:
     final = tmp_path / "out"
-    leftover = tmp_path / f".out.{_host()}-{_dead_pid()}.zzzzzzzz.tmp"
+    leftover = tmp_path / f".out.{host_name()}-{_dead_pid()}.zzzzzzzz.tmp"
     leftover.mkdir()
     with staged_dir(final) as staging:
-        assert staging.name.startswith(f".out.{_owner()}.") and staging.name.endswith(".tmp")
+        assert staging.name.startswith(f".out.{owner_tag()}.") and staging.name.endswith(".tmp")
         assert not leftover.exists()
         (staging / "x.txt").write_text("1")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
@@ -86,20 +86,21 @@ def test_staged_dir_names_its_owner_and_clears_a_dead_ones_leftover(tmp_path: Pa
 def test_dead_temp_files_are_removed_live_and_foreign_ones_are_kept(tmp_path: Path) -> None:
     dead, live = _dead_pid(), os.getpid()
     names = {
-        "dead": f".a.json.{_host()}-{dead}.abc123_x.tmp",
-        "dead_dotted": f".p-1.pooled.safetensors.{_host()}-{dead}.zz9yy8xx.tmp",
-        "live": f".a.json.{_host()}-{live}.def456yz.tmp",
+        "dead": f".a.json.{host_name()}-{dead}.abc123_x.tmp",
+        "dead_dotted": f".p-1.pooled.safetensors.{host_name()}-{dead}.zz9yy8xx.tmp",
+        "live": f".a.json.{host_name()}-{live}.def456yz.tmp",
         "other_host": f".a.json.elsewhere-{dead}.ghi789ab.tmp",
         "old_format": ".a.json.mno345ef.tmp",
-        "not_temp": f"a.json.{_host()}-{dead}.abc123_x",
+        "not_temp": f"a.json.{host_name()}-{dead}.abc123_x",
     }
     _plant(tmp_path, names.values(), folders=False)
-    (tmp_path / f".d.{_host()}-{dead}.qrs678tu.tmp").mkdir()  # a staging folder: not this sweep's
+    # a staging folder: not this sweep's
+    (tmp_path / f".d.{host_name()}-{dead}.qrs678tu.tmp").mkdir()
     removed = sweep_stale_temp_files(tmp_path)
     assert removed == sorted([tmp_path / names["dead"], tmp_path / names["dead_dotted"]])
     left = {p.name for p in tmp_path.iterdir()}
     assert left == (set(names.values()) - {names["dead"], names["dead_dotted"]}
-                    | {f".d.{_host()}-{dead}.qrs678tu.tmp"})
+                    | {f".d.{host_name()}-{dead}.qrs678tu.tmp"})
     assert sweep_stale_temp_files(tmp_path / "absent") == []
 
 
@@ -115,5 +116,5 @@ def test_atomic_writes_name_their_owner_so_a_kill_can_be_cleared(tmp_path: Path,
     monkeypatch.setattr(outputs.os, "replace", spy)
     atomic_write_bytes(tmp_path / "out.bin", b"data")
     assert (tmp_path / "out.bin").read_bytes() == b"data"
-    assert (len(seen) == 1 and seen[0].startswith(f".out.bin.{_owner()}.")
+    assert (len(seen) == 1 and seen[0].startswith(f".out.bin.{owner_tag()}.")
             and seen[0].endswith(".tmp"))

@@ -212,7 +212,7 @@ def test_resume_after_a_kill(tmp_path: Path) -> None:
 
 def test_the_next_extraction_clears_a_killed_writers_temp_files(cohort_root: Path,
                                                                 tmp_path: Path) -> None:
-    from lymphomil.outputs import _host
+    from lymphomil.outputs import host_name
 
     patients = _patients(cohort_root)
     cache = FeatureCache(tmp_path / "cache")
@@ -221,9 +221,9 @@ def test_the_next_extraction_clears_a_killed_writers_temp_files(cohort_root: Pat
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     # what a SIGKILL inside atomic_write_bytes leaves: a half-written temp file named for its owner
-    leftover = folder / f".{patients[1].id}-x.pooled{SUFFIX}.{_host()}-{dead.pid}.abc123de.tmp"
+    leftover = folder / f".{patients[1].id}-x.pooled{SUFFIX}.{host_name()}-{dead.pid}.abc123de.tmp"
     leftover.write_bytes(b"half")
-    live = folder / f".{patients[1].id}-x.pooled{SUFFIX}.{_host()}-{os.getpid()}.fgh456ij.tmp"
+    live = folder / f".{patients[1].id}-x.pooled{SUFFIX}.{host_name()}-{os.getpid()}.fgh456ij.tmp"
     live.write_bytes(b"being written")
     assert cache.info()["specs"][0]["temp_files"] == 2
 

@@ -42,7 +42,7 @@ if phase == "staging":
         written = write(folder)
         hold()
         return written
-    outputs.ownership.write_checksums = held
+    outputs.locks.write_checksums = held
 elif phase == "fit":
     def held_fit(self, patients, y):
         hold()

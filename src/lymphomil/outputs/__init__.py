@@ -1,8 +1,9 @@
-"""What lymphomil writes and how: one import for the three jobs, each in its own module.
+"""What lymphomil writes and how: one import for the four jobs, each in its own module.
 
 * :mod:`~lymphomil.outputs.files` — atomic writes, JSON, checksums (files a later run trusts);
 * :mod:`~lymphomil.outputs.ownership` — what may be replaced (markers, single-file records),
-  where an output or a cache may not go, output locks, staged folders;
+  where an output or a cache may not go;
+* :mod:`~lymphomil.outputs.locks` — one writer per output (locks, claims), staged folders;
 * :mod:`~lymphomil.outputs.roots` — where the caches live, and where they may not.
 """
 
@@ -15,43 +16,45 @@ from lymphomil.outputs.files import (
                                      CHECKSUMS,
                                      DIR_MODE,
                                      FILE_MODE,
-                                     _host,
-                                     _owner,
-                                     _pid_alive,
                                      atomic_write_bytes,
                                      atomic_write_json,
                                      atomic_write_text,
                                      dumps_json,
+                                     host_name,
+                                     owner_tag,
+                                     pid_alive,
                                      read_json,
                                      sha256_file,
                                      sweep_stale_temp_files,
                                      verify_dir,
                                      write_checksums,
 )
-from lymphomil.outputs.ownership import (
-                                     KINDS,
-                                     OUTPUT_MARKER,
+from lymphomil.outputs.locks import (
                                      acquire_output_lock,
-                                     changed_files,
-                                     check_cache_location,
-                                     check_not_an_input,
-                                     check_not_inside_output,
                                      claim_output,
-                                     ensure_file_replaceable,
-                                     ensure_replaceable,
-                                     file_record_path,
-                                     folder_kind,
-                                     foreign_files,
                                      output_lock,
-                                     owned_file,
-                                     read_output_marker,
                                      release_claims,
                                      release_output_lock,
-                                     remove_owned_file,
                                      staged_dir,
                                      sweep_stale_staging,
-                                     write_output_marker,
-                                     write_owned_file,
+)
+from lymphomil.outputs.ownership import (
+    KINDS,
+    OUTPUT_MARKER,
+    changed_files,
+    check_cache_location,
+    check_not_an_input,
+    check_not_inside_output,
+    ensure_file_replaceable,
+    ensure_replaceable,
+    file_record_path,
+    folder_kind,
+    foreign_files,
+    owned_file,
+    read_output_marker,
+    remove_owned_file,
+    write_output_marker,
+    write_owned_file,
 )
 from lymphomil.outputs.roots import CACHE_PARTS, cache_root, cv_cache, default_cache_root
 
@@ -63,5 +66,5 @@ __all__ = ["CACHE_PARTS", "CHECKSUMS", "DIR_MODE", "FILE_MODE", "KINDS", "OUTPUT
            "foreign_files", "output_lock", "owned_file", "read_json", "read_output_marker",
            "release_claims", "release_output_lock", "remove_owned_file", "sha256_file",
            "staged_dir", "sweep_stale_staging", "sweep_stale_temp_files", "verify_dir",
-           "write_checksums", "write_output_marker", "write_owned_file", "_host", "_owner",
-           "_pid_alive"]
+           "write_checksums", "write_output_marker", "write_owned_file", "host_name", "owner_tag",
+           "pid_alive"]

@@ -52,7 +52,8 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # the owner in the name lets a later run clear what a killed one left (sweep_stale_temp_files)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_owner()}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{owner_tag()}.", suffix=".tmp",
+                               dir=path.parent)
     try:
         os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, "wb") as handle:
@@ -140,18 +141,18 @@ def verify_dir(folder: str | Path, what: str = "model") -> None:
 #: lymphomil's own record in every output folder it writes: which files it wrote. Only a folder
 
 
-def _host() -> str:
+def host_name() -> str:
     """This machine's name, safe in a file name: which leftovers are ours to judge (another
     machine's PIDs on a shared filesystem mean nothing here)."""
     return "".join(c if c.isalnum() or c in "-_" else "_" for c in socket.gethostname()) or "host"
 
 
-def _owner() -> str:
+def owner_tag() -> str:
     """This process as ``host-pid``."""
-    return f"{_host()}-{os.getpid()}"
+    return f"{host_name()}-{os.getpid()}"
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -161,7 +162,7 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _left_by_dead_processes(folder: Path, patterns: Sequence[re.Pattern[str]]
+def left_by_dead_processes(folder: Path, patterns: Sequence[re.Pattern[str]]
                             ) -> Iterator[tuple[Path, re.Pattern[str]]]:
     """Entries of ``folder`` (no symlinks) whose name matches one of ``patterns`` with a PID
     (group 1) of this machine that no longer runs; with the pattern that matched."""
@@ -170,7 +171,7 @@ def _left_by_dead_processes(folder: Path, patterns: Sequence[re.Pattern[str]]
     for entry in sorted(folder.iterdir()):
         for pattern in patterns:
             match = pattern.fullmatch(entry.name)
-            if match and not entry.is_symlink() and not _pid_alive(int(match.group(1))):
+            if match and not entry.is_symlink() and not pid_alive(int(match.group(1))):
                 yield entry, pattern
                 break
 
@@ -180,9 +181,9 @@ def sweep_stale_temp_files(folder: str | Path) -> list[Path]:
     """Remove the temp files (``.NAME.HOST-PID.*.tmp``) that killed processes on this machine
     left in ``folder`` while writing with :func:`atomic_write_bytes`. A live process's, another
     machine's and any other name's are left alone; no file a reader trusts is touched."""
-    pattern = re.compile(rf"\..+\.{re.escape(_host())}-(\d+)\.[a-z0-9_]+\.tmp")  # mkstemp's
+    pattern = re.compile(rf"\..+\.{re.escape(host_name())}-(\d+)\.[a-z0-9_]+\.tmp")  # mkstemp's
     removed: list[Path] = []
-    for entry, _ in _left_by_dead_processes(Path(folder), (pattern,)):
+    for entry, _ in left_by_dead_processes(Path(folder), (pattern,)):
         if entry.is_file():
             with contextlib.suppress(FileNotFoundError):
                 entry.unlink()
