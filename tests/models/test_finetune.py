@@ -23,7 +23,8 @@ from lymphomil.features import FeatureCache, FeatureSpec
 from lymphomil.features.cache import SUFFIX
 from lymphomil.features.in_memory import InMemoryStore
 from lymphomil.models.base import create_model, load_model
-from lymphomil.models.finetune import MILTrunkModel, TopKTrunkModel
+from lymphomil.models.mil_trunk import MILTrunkModel
+from lymphomil.models.topk_trunk import TopKTrunkModel
 from lymphomil.models.training import module_arrays
 from tests.killing import kill_extraction_midway
 from tests.models.conftest import check_contract

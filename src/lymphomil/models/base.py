@@ -82,9 +82,9 @@ FAMILIES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "bag": (("BagModel",), ("bag",)),
     "mil": (("MILModel", "MILEndToEndModel"), ("mil", "mil-e2e")),
     "abmil": (("ABMILModel",), ("abmil", "abmil-attr")),
-    "finetune": (("MILTrunkModel", "TopKTrunkModel"), (
-        "mil-trunk", "topk-trunk", "topk-trunk-image", "fusion-mean-miltrunk",
-        "fusion-mean-topktrunk")),
+    "mil_trunk": (("MILTrunkModel",), ("mil-trunk", "fusion-mean-miltrunk")),
+    "topk_trunk": (("TopKTrunkModel",), ("topk-trunk", "topk-trunk-image",
+                                         "fusion-mean-topktrunk")),
 }
 _FAMILY_OF = {name: family for family, (classes, names) in FAMILIES.items()
               for name in (*classes, *names)}
