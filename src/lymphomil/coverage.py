@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from lymphomil.crossval import CVResult, bootstrap_summary, derive_seed
+from lymphomil.crossval import CVResult, bootstrap_summary, derive_seed, format_metric
 from lymphomil.metrics import balanced_accuracy
+from lymphomil.referral import DEFAULT_SIGNAL, check_target, same_as_cv
 
 COVERAGES = (1.0, 0.95, 0.9, 0.85, 0.8, 0.7)
 
@@ -85,8 +86,6 @@ def cv_trust(results: list[CVResult], nested: dict, *, signal: str | None = None
     """Per model: its risk–coverage and, where ``nested`` (name -> NestedReferral) has it, the
     nested figure of the referral rule and whether the outer probabilities stayed bit-identical
     to the harness's (the forced call unchanged)."""
-    from lymphomil.referral import DEFAULT_SIGNAL, check_target, same_as_cv
-
     max_referral, target_accuracy = check_target(max_referral, target_accuracy)
     out = {}
     for result in results:
@@ -102,8 +101,6 @@ def cv_trust(results: list[CVResult], nested: dict, *, signal: str | None = None
 
 
 def _cell(stats: dict | None, digits: int = 3) -> str:
-    from lymphomil.crossval import format_metric
-
     return "n/a" if not stats else format_metric(stats, digits)
 
 

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
 
 import numpy as np
 
+from lymphomil.engine import LocalEngine
 from lymphomil.errors import LymphomilError
 from lymphomil.metrics import metrics_of
 
@@ -195,7 +196,8 @@ def cross_validate_many(models: Sequence[tuple[str, "PatientModel"]], patients: 
     With ``fit_store``, a fit it holds is read back (the same numbers: fits are seeded by task)
     and each fit is stored as it ends.
     """
-    from lymphomil.engine import LocalEngine
+    # deferred for start-up: models.base imports scikit-learn, which reading CV results
+    # (the report, coverage) never needs
     from lymphomil.models.base import encode_param
 
     patients = np.asarray(patients, dtype=object)

@@ -24,6 +24,7 @@ def get_engine(name: str | None, **options: Any) -> Engine:
         except ImportError:
             raise LymphomilError("--engine ray needs Ray, which is not installed in this "
                                  "environment", fix=RAY_INSTALL_FIX) from None
+        # deferred for start-up: Ray is optional and heavy, imported for --engine ray only
         from lymphomil.ray_engine import RayEngine
 
         return RayEngine(**options)

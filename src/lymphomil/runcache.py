@@ -25,9 +25,11 @@ from typing import Any, Callable, Sequence
 from lymphomil.cvcache import patient_fingerprint
 from lymphomil.data.digests import image_digests
 from lymphomil.errors import LymphomilError
+from lymphomil.explore import explore
 from lymphomil.models.base import PatientModel, encode_param, library_versions
 from lymphomil.outputs import cache_root, read_json, staged_dir, verify_dir
 from lymphomil.runtime import package_versions
+from lymphomil.steps import train_model
 
 CACHE_FORMAT = 1
 SUMMARY_JSON = "summary.json"
@@ -65,8 +67,6 @@ def _store(entry: Path, fill: Callable[[Path], None]) -> None:
 def cached_explore(cohort: Any, out_dir: Path, cache_dir: str | Path | None = None) -> dict:
     """:func:`lymphomil.explore.explore` of ``cohort`` into ``out_dir``, from the cache when the
     same cohort was explored before (the figures are what a warm run spent most on)."""
-    from lymphomil.explore import explore
-
     key = _key({"kind": "explore", "root_name": Path(cohort.root).name,
                 "reference_date": str(cohort.reference_date),
                 "drawing": package_versions(("matplotlib", "pillow"))}, cohort.patients)
@@ -116,8 +116,6 @@ def train_cached(model: PatientModel, labelled: Any, out: Path, *, name: str, re
     """:func:`lymphomil.steps.train_model` into ``out``, or the folder an earlier run trained
     from the same inputs (the referral rule among them), copied as it was written (metadata,
     referral rule and OOD checks included)."""
-    from lymphomil.steps import train_model
-
     out = Path(out)
     key_extra = {"name": name, "reference_date": str(reference_date), "seed": seed,
                  "metadata": extra or {},

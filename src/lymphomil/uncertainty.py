@@ -24,6 +24,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from lymphomil.crossval import CVResult, FoldTask, derive_seed, run_fold_task
+from lymphomil.engine import LocalEngine
 
 N_REFITS = 20
 SUBSAMPLE = 0.8
@@ -75,8 +76,6 @@ def refit_probas(model: Any, labelled: Sequence, y: np.ndarray, targets: Sequenc
     """(n_refits, n_targets) P(malignant) of ``targets`` from refits of ``model`` (cloned and
     seeded per refit) on stratified subsamples of the labelled patients. Runs on ``engine``
     (default: here), so the refits spread over a Ray cluster like CV fits."""
-    from lymphomil.engine import LocalEngine
-
     labelled = np.asarray(labelled, dtype=object)
     targets = np.asarray(targets, dtype=object)
     if not len(targets):
@@ -99,6 +98,8 @@ def cached_refit_probas(root: Any, model: Any, labelled: Sequence, y: np.ndarray
                         engine: Any = None) -> np.ndarray:
     """:func:`refit_probas`, read back from the CV-result cache under ``root`` when the model,
     every patient (labelled and target), the plan and the seed are unchanged (a warm run)."""
+    # deferred for start-up: cvcache imports models.base (scikit-learn), which a caller that
+    # never caches (and the report, which imports this module) does not need
     from lymphomil import cvcache
 
     key = cvcache.cv_key(model, f"{name}#refits@{fraction}", [*labelled, *targets],

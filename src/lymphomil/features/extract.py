@@ -37,6 +37,7 @@ from lymphomil.features.preprocess import (
     flip_view,
     make_preprocess,
 )
+from lymphomil.features.trunk import split_trunk
 
 DISK_KINDS = ("pooled", "views", "map", "trunk")
 
@@ -95,7 +96,6 @@ class Extractor:
         self._trunk_shape: tuple[int, ...] | None = None
         self._split = None
         if "trunk" in self.kinds:  # the front's output is cached; tail(front(x)) is the map
-            from lymphomil.features.trunk import split_trunk
 
             self._split = split_trunk(backbone.name, self.model)
 

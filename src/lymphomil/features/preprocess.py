@@ -23,6 +23,15 @@ from typing import Callable
 
 import torch
 
+from lymphomil.data.images import (
+    JPEG_MAGIC,
+    MAX_IMAGE_SIDE,
+    ImageProblem,
+    decode_jpeg_strict,
+    geometry_problem,
+    jpeg_header,
+    read_image_file,
+)
 from lymphomil.errors import LymphomilError
 from lymphomil.features.env import DECODER  # noqa: F401  (the cache key names the decoder)
 
@@ -91,8 +100,6 @@ def _image_size(data: bytes | bytearray) -> tuple[int, int] | None:
         return size
     from PIL import Image
 
-    from lymphomil.data.images import MAX_IMAGE_SIDE
-
     try:
         with Image.open(io.BytesIO(data)) as header:
             return header.size
@@ -104,8 +111,6 @@ def _image_size(data: bytes | bytearray) -> tuple[int, int] | None:
 
 def _refuse_huge(data: bytes | bytearray, path: str | Path) -> None:
     """Read the header only: a tiny file may claim 30000x30000 pixels (a decompression bomb)."""
-
-    from lymphomil.data.images import geometry_problem
 
     size = _image_size(data)
     problem = geometry_problem(*size) if size is not None else None
@@ -121,13 +126,6 @@ def decode_bytes(data: bytes | bytearray, path: str | Path = "<bytes>") -> torch
 
     A JPEG is decoded once, strictly: a damaged one raises a :class:`LymphomilError` naming
     ``path`` (the message the cohort loader gives for the same file)."""
-    from lymphomil.data.images import (
-        ImageProblem,
-        decode_jpeg_strict,
-        geometry_problem,
-        jpeg_header,
-    )
-
     if not data:
         raise LymphomilError("image is an empty (zero-byte) file", file=path, fix=_IMAGE_FIX)
     if data[:3] == _JPEG_MAGIC:
@@ -180,8 +178,6 @@ def decode_image(path: str | Path) -> torch.Tensor:
     copying a crop of it into a channels-last batch is a row copy, not a gather. The path is
     used as given (no ``Path`` parsing per image: ~10 µs each, 2 % of a decode).
     """
-    from lymphomil.data.images import JPEG_MAGIC, ImageProblem, read_image_file
-
     try:  # non-blocking open, regular files only: a named pipe called x.jpg never hangs
         data = read_image_file(path)
     except ImageProblem as exc:

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from lymphomil.errors import LymphomilError
+from lymphomil.features.backbones import create_backbone
 
 
 class Tail(nn.Module):
@@ -90,8 +91,6 @@ def split_trunk(name: str, model: nn.Module) -> tuple[nn.Module, nn.Module]:
 def trunk_tail(name: str, weights: str) -> tuple[nn.Module, int, tuple, tuple, str]:
     """A fresh copy of backbone ``name``'s tail with ``weights``: (tail, map channels d,
     normalisation mean, std, weights digest). The front is dropped (it lives in the cache)."""
-    from lymphomil.features.backbones import create_backbone
-
     check_trunk_backbone(name)
     bb = create_backbone(name, weights)
     _, tail = split_trunk(name, bb.model)

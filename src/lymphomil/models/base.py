@@ -23,6 +23,7 @@ from typing import Any, Callable, ClassVar, Sequence
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 
+import lymphomil
 from lymphomil.data.cohort import DEFAULT_REFERENCE_DATE
 from lymphomil.errors import LymphomilError
 from lymphomil.features.spec import FeatureSpec
@@ -33,6 +34,7 @@ from lymphomil.outputs import (
     staged_dir,
     verify_dir,
 )
+from lymphomil.runtime import package_versions
 
 MODEL_JSON = "model.json"
 ARRAYS = "arrays.safetensors"
@@ -226,9 +228,6 @@ def model_class(name: str) -> type["PatientModel"]:
 def library_versions() -> dict[str, str]:
     """The versions a saved model and a CV cache key record (torch's and scikit-learn's read
     from their metadata, the same strings as their ``__version__``: nothing imported)."""
-    import lymphomil
-    from lymphomil.runtime import package_versions
-
     versions = package_versions(("scikit-learn", "torch"))
     return {"lymphomil": getattr(lymphomil, "__version__", "0"), "numpy": np.__version__,
             "scikit-learn": versions["scikit-learn"], "torch": versions["torch"],

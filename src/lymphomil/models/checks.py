@@ -18,11 +18,10 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 import numpy as np
 
 from lymphomil.errors import LymphomilError
+from lymphomil.features.spec import FeatureSpec
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
-
-    from lymphomil.features.spec import FeatureSpec
 
 BALANCE = ("none", "weighted", "sampler")
 
@@ -132,8 +131,6 @@ def numpy_rng(seed: int, stream: int = 0) -> np.random.Generator:
 
 def parse_spec(features: Any) -> "FeatureSpec":
     """``FeatureSpec.parse`` with a user-facing error for a malformed string."""
-    from lymphomil.features.spec import FeatureSpec
-
     try:
         return FeatureSpec.parse(features)
     except (ValueError, TypeError) as exc:

@@ -30,6 +30,8 @@ import torch
 from torch import nn
 
 from lymphomil.errors import LymphomilError
+from lymphomil.features.backbones import create_backbone
+from lymphomil.features.preprocess import centre_crop, decode_image, make_preprocess, random_flips
 from lymphomil.features.spec import DEFAULT_CROP, DEFAULT_FEATURES
 from lymphomil.models.base import register_class, register_model
 from lymphomil.models.blocks import freeze_batchnorm, two_group_adam
@@ -187,8 +189,6 @@ class _Images:
         return len(self.patients)
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        from lymphomil.features.preprocess import centre_crop, decode_image
-
         patient = self.patients[i]
         if patient.id in self._kept:
             return self._kept[patient.id]
@@ -242,14 +242,10 @@ class MILEndToEndModel(NeuralPatientModel):
 
     @property
     def _preprocess(self):
-        from lymphomil.features.preprocess import make_preprocess
-
         return make_preprocess(self.crop, self.norm_mean_, self.norm_std_)
 
     def _new_net(self) -> MILNet:
         """The backbone with its pretrained weights, every parameter trainable, and the head."""
-        from lymphomil.features.backbones import create_backbone
-
         bb = create_backbone(self.backbone, self.weights)
         self.feature_dim_ = int(bb.feature_dim)
         self.norm_mean_, self.norm_std_ = tuple(bb.mean), tuple(bb.std)
@@ -260,8 +256,6 @@ class MILEndToEndModel(NeuralPatientModel):
         return net
 
     def _restored_net(self) -> MILNet:
-        from lymphomil.features.backbones import create_backbone
-
         bb = create_backbone(self.backbone, "none")  # architecture only: the weights follow
         return MILNet(bb.model, self.feature_dim_, bool(self.channels_last)).requires_grad_(False)
 
@@ -278,8 +272,6 @@ class MILEndToEndModel(NeuralPatientModel):
         return super()._epoch_units(net, state, epoch)
 
     def _batch_logits(self, net: MILNet, state: FitState, units, batch):
-        from lymphomil.features.preprocess import random_flips
-
         raw = [state.inputs[i] for i in units[batch]]  # [(n_b, 3, c, c) uint8]
         x = state.extra["preprocess"](torch.cat(raw))  # (M, 3, c, c)
         if self.flips:

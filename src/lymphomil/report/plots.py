@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from lymphomil.outputs import atomic_write_bytes
+
 if TYPE_CHECKING:  # pragma: no cover
     from lymphomil.crossval import CVResult
 
@@ -126,8 +128,6 @@ def _draw(draw: Any, *args: Any, **kwargs: Any) -> bytes:
     with matplotlib.style.context("default"), matplotlib.rc_context(_STYLE):
         data = png_bytes(draw(*args, **kwargs))
     if path is not None:
-        from lymphomil.outputs import atomic_write_bytes
-
         with contextlib.suppress(OSError):  # a read-only cache still gives the figure
             path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_bytes(path, data)
