@@ -15,11 +15,11 @@ import pytest
 from PIL import Image
 
 from lymphomil.crossval import CVResult
+from lymphomil.report.patients import gallery_indices
 from lymphomil.report.render import (
     SECTIONS,
     PatientCall,
     ReportContext,
-    gallery_indices,
     infer_family,
     render_report,
 )
@@ -334,7 +334,7 @@ def test_synthetic_origin_tells_the_demo_from_the_shared_data(synthetic_root: Pa
 
 
 def test_borderline_is_a_spread_across_the_threshold() -> None:
-    from lymphomil.report.render import interval_view
+    from lymphomil.report.patients import interval_view
     from lymphomil.uncertainty import borderline
 
     low = np.array([0.40, 0.50, 0.30, 0.10, 0.55, 0.49])

@@ -34,22 +34,13 @@ from lymphomil.report.evaluation import (
     figures_view,
     risk_coverage_view,
 )
-from lymphomil.report.patients import (
-    cell_ranking,
-    columns_view,
-    gallery_indices,
-    interval_view,
-    oof_errors,
-    patients_view,
-    thumbnail,
-)
+from lymphomil.report.patients import cell_ranking, columns_view, oof_errors, patients_view
 from lymphomil.report.summary import appendix_view, card_view, summary_view, synthetic_banner
 
 #: what callers read from this module (the sections live in context, evaluation, data_view,
 #: patients and summary)
 __all__ = ["SECTIONS", "PatientCall", "ReportContext", "build_view", "calibration_stats",
-           "cell_ranking", "gallery_indices", "infer_family", "interval_view", "oof_errors",
-           "render_report", "thumbnail"]
+           "cell_ranking", "infer_family", "oof_errors", "render_report"]
 
 
 def _template() -> Any:
