@@ -77,6 +77,22 @@ def test_clean_patients_mostly_not_flagged(fitted, patients):
                                  "attributes", "images"}
 
 
+def test_held_out_flags_estimate_the_clean_referral_rate(fitted, patients):
+    # the thresholds of all training scores flag none of them (the largest); held out, each
+    # fold against the others' thresholds, the checks flag a few: what new patients meet
+    flags = fitted.held_out_flagged_
+    assert flags.shape == (N_TRAIN,) and flags.dtype == bool
+    # about (checks)/(fold size + 1) each: 5/15 on 18 patients, 5/105 on the 130 of the cohort
+    assert flags.mean() <= 0.5
+    assert not any(r.flagged for r in fitted.check(patients[:N_TRAIN]))
+    # a training patient whose cells are nothing like the others' is flagged held out
+    bag = patients[0].bag(fitted.required_features()[0][0])
+    odd = np.abs(np.random.default_rng(0).normal(3.0, 2.0, bag.shape)).astype(np.float32)
+    training = [_with_bag(patients[0], odd), *patients[1:N_TRAIN]]
+    again = OODCheck().fit(training).held_out_flagged_
+    assert again[0] and (again[1:] == flags[1:]).mean() >= 0.8
+
+
 def test_inverted_colours_are_flagged_for_stain(fitted, patients):
     patient = patients[N_TRAIN]
     inverted = np.stack([image_stats(255 - image) for image in _decoded(patient)])

@@ -84,6 +84,31 @@ def test_target_accuracy_takes_the_smallest_rate_that_reaches_it() -> None:
     assert not rule.reached and "not reached" in rule.describe()
 
 
+def test_referrals_for_other_reasons_come_out_of_the_budget() -> None:
+    proba = PROBA
+    y = np.array([0, 0, 1, 0, 1, 1, 1, 0, 1, 1])
+    score = firmness(proba)
+    # two firm patients (margins 0.4375, 0.375) referred by the OOD checks anyway
+    anyway = np.zeros(len(y), dtype=bool)
+    anyway[[0, 5]] = True
+    for fraction, band in ((0.1, 0), (0.2, 0), (0.35, 1), (0.45, 1), (0.55, 3)):
+        threshold, _ = choose_threshold(score, y, proba, max_referral=fraction,
+                                        referred_anyway=anyway)
+        referred = (score < threshold) | anyway
+        assert referred.sum() <= max(fraction * len(y), anyway.sum())
+        assert (score < threshold).sum() == band
+    # an anyway-referred patient inside the band is counted once
+    inside = np.zeros(len(y), dtype=bool)
+    inside[9] = True  # the least firm
+    threshold, _ = choose_threshold(score, y, proba, max_referral=0.1, referred_anyway=inside)
+    assert set(np.flatnonzero(score < threshold)) == {9}
+    rule = rule_from_oof(proba, y, max_referral=0.2, referred_anyway=anyway)
+    assert rule.inner_referred == pytest.approx(0.2) and rule.inner_referred_other == 0.2
+    assert "by the OOD checks" in rule.describe()
+    # without others the same target spends the budget on the band
+    assert rule_from_oof(proba, y, max_referral=0.2).inner_referred_other == 0.0
+
+
 def test_exactly_one_target() -> None:
     with pytest.raises(LymphomilError, match="exactly one"):
         choose_threshold(np.zeros(3), np.array([0, 1, 0]), np.zeros(3))

@@ -21,7 +21,7 @@ from lymphomil.engine import Engine
 from lymphomil.engines import get_engine  # noqa: F401 (re-exported)
 from lymphomil.errors import LymphomilError
 from lymphomil.models.base import PatientModel, create_model
-from lymphomil.ood import OOD_JSON, OODCheck, fit_ood_checks, load_ood_checks
+from lymphomil.ood import OOD_JSON, OODCheck, fit_ood_checks, held_out_flags, load_ood_checks
 from lymphomil.outputs import atomic_write_json, atomic_write_text, cv_cache
 from lymphomil.referral import can_fit, fit_referral, load_rule, model_decisions, save_rule
 
@@ -172,16 +172,19 @@ def cv_markdown(results: Sequence[CVResult]) -> str:
 
 def fit_rule(model: PatientModel, labelled: LabelledSet, *, name: str, seed: int = 0,
              max_referral: float | None = None, target_accuracy: float | None = None,
-             cache_dir: Path | None = None) -> Any:
+             cache_dir: Path | None = None, ood: bool = True) -> Any:
     """The referral rule of ``model`` (unfitted: only clones are fitted) by inner CV on the
     labelled patients, to the target (its inner out-of-fold probabilities kept in the CV cache
-    for a rerun); None when a class has fewer than 2 patients (the calls are then forced)."""
+    for a rerun); None when a class has fewer than 2 patients (the calls are then forced).
+    ``ood``: the model is saved with its OOD checks (whose referrals share the target)."""
     if not can_fit(labelled.y):
         return None
     patients = attach_features(labelled.patients, [model], cache_dir)
+    # the OOD checks' referrals among held-out training patients come out of the budget
+    anyway = held_out_flags(model, patients, cache_dir, name=name) if ood else None
     return fit_referral(model, patients, labelled.y, max_referral=max_referral,
                         target_accuracy=target_accuracy, seed=seed, name=name,
-                        cache=cv_cache(cache_dir))
+                        cache=cv_cache(cache_dir), referred_anyway=anyway)
 
 
 def train_model(model: PatientModel, labelled: LabelledSet, out: Path, *, name: str,

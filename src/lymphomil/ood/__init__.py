@@ -27,7 +27,13 @@ The fitted state is a small JSON document (:meth:`OODCheck.to_dict`, validated o
 """
 
 from lymphomil.ood.check import DEFAULT_FEATURES, OODCheck, conformal_threshold
-from lymphomil.ood.folder import OOD_JSON, fit_ood_checks, load_ood_checks, pooled_features_of
+from lymphomil.ood.folder import (
+    OOD_JSON,
+    fit_ood_checks,
+    held_out_flags,
+    load_ood_checks,
+    pooled_features_of,
+)
 from lymphomil.ood.state import CHECKS, SCHEMA_VERSION, OODResult
 from lymphomil.ood.stats import (
     IMAGE_STATS,
@@ -41,5 +47,5 @@ from lymphomil.ood.stats import (
 
 __all__ = ["CHECKS", "DEFAULT_FEATURES", "IMAGE_STATS", "OOD_JSON", "SCHEMA_VERSION",
            "STATS_VERSION", "OODCheck", "OODResult", "conformal_threshold", "fit_ood_checks",
-           "image_stats", "load_ood_checks", "patient_image_stats", "pooled_features_of",
-           "save_stats_memo", "spread_indices", "summarise"]
+           "held_out_flags", "image_stats", "load_ood_checks", "patient_image_stats",
+           "pooled_features_of", "save_stats_memo", "spread_indices", "summarise"]

@@ -178,8 +178,9 @@ class OODCheck:
         shares = np.zeros(n)
         colour = np.zeros(n)
         splitter = KFold(self.folds, shuffle=True, random_state=self.random_state)
+        splits = list(splitter.split(np.zeros(n)))
         filled = self._fill_colour(summary, np.nanmedian(summary[:, COLOUR], axis=0))
-        for k, (fit_idx, held) in enumerate(splitter.split(np.zeros(n))):
+        for k, (fit_idx, held) in enumerate(splits):
             state = self._fit_cells([bags[i] for i in fit_idx], self.random_state + 1 + k)
             shares[held] = [state.atypical_share(bags[i]) for i in held]
             mean, precision = _colour_fit(filled[fit_idx])
@@ -197,12 +198,21 @@ class OODCheck:
                "size": np.abs(np.log(np.maximum(summary[:, SIZE], 1.0)
                                      / max(typical[SIZE], 1.0)))}
         thresholds = {}
+        # which training patients the checks flag when held out: each fold's patients against
+        # thresholds from the other folds' scores. A threshold on all n scores flags none of
+        # them (it is their maximum); held out, about the share of new clean patients the
+        # checks refer, which the referral rule leaves out of its budget
+        # (referral.choose_threshold's ``referred_anyway``)
+        held_out = np.zeros(n, dtype=bool)
         for name, scores in raw.items():
             scores = np.nan_to_num(scores, nan=0.0)
             middle = float(np.median(scores))
             top = conformal_threshold(scores, self.level)
             thresholds[name] = {"typical": middle,
                                 "threshold": max(top, middle + 1e-6 * max(1.0, abs(middle)))}
+            for fit_idx, held in splits:
+                held_out[held] |= scores[held] > conformal_threshold(scores[fit_idx], self.level)
+        self.held_out_flagged_ = held_out
         ages = np.array([float(p.age) for p in patients])
         counts = np.array([float(p.lymph_count) for p in patients])
         n_images = np.array([int(p.n_images) for p in patients])

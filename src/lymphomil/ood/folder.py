@@ -7,7 +7,13 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
+from lymphomil import cvcache
+from lymphomil.crossval import CVResult
 from lymphomil.ood.check import OODCheck
+from lymphomil.ood.state import SCHEMA_VERSION
+from lymphomil.outputs import cv_cache
 
 #: the fitted checks in a model folder (beside the referral rule)
 OOD_JSON = "ood.json"
@@ -38,3 +44,26 @@ def load_ood_checks(folder: str | os.PathLike, cache_dir: str | os.PathLike | No
     """The checks saved in a model folder, or None when it has none (trained without them)."""
     path = os.path.join(folder, OOD_JSON)
     return OODCheck.load(path, cache_dir=cache_dir) if os.path.isfile(path) else None
+
+
+def held_out_flags(model: Any, patients: Sequence[Any], cache_dir: str | os.PathLike | None = None,
+                   *, name: str = "model") -> np.ndarray | None:
+    """Per training patient, whether the checks flag it when held out
+    (``OODCheck.held_out_flagged_``): the referrals the checks will make among clean new
+    patients, which the referral rule leaves out of its budget. Kept in the CV-result cache, so
+    a warm run does not refit the checks; None where :func:`fit_ood_checks` gives no checks."""
+    if pooled_features_of(model) is None or len(patients) < 5:
+        return None
+    root, ids = cv_cache(cache_dir), [str(p.id) for p in patients]
+    key = cvcache.cv_key(model, f"{name}#ood-held-out-v{SCHEMA_VERSION}", patients, folds=5,
+                         repeats=0, seed=0)
+    cached = cvcache.load_cached(root, key)
+    if cached is not None and list(cached.patient_ids) == ids \
+            and np.shape(cached.proba) == (1, len(ids)):
+        return np.asarray(cached.proba[0]) > 0.5
+    flags = fit_ood_checks(model, patients, cache_dir).held_out_flagged_
+    rows = flags[None, :].astype(float)
+    cvcache.store(root, key, CVResult(f"{name}#ood-held-out", ids, np.zeros(len(ids), dtype=int),
+                                      np.zeros(rows.shape, dtype=int), rows,
+                                      np.zeros(rows.shape, dtype=bool), np.zeros((1, 1)), {}, 0))
+    return flags

@@ -96,24 +96,29 @@ def cached_inner_oof(root: Path, model: Any, patients: Sequence, y: np.ndarray, 
 
 def rule_from_oof(proba: np.ndarray, y: np.ndarray, parts: dict[str, np.ndarray] | None = None,
                   *, signal: str = DEFAULT_SIGNAL, max_referral: float | None = None,
-                  target_accuracy: float | None = None, folds: int = INNER_FOLDS
-                  ) -> ReferralRule:
-    """The rule whose threshold meets the target on these out-of-fold probabilities."""
+                  target_accuracy: float | None = None, folds: int = INNER_FOLDS,
+                  referred_anyway: np.ndarray | None = None) -> ReferralRule:
+    """The rule whose threshold meets the target on these out-of-fold probabilities;
+    ``referred_anyway``: patients referred for other reasons (see :func:`choose_threshold`)."""
     max_referral, target_accuracy = check_target(max_referral, target_accuracy,
                                                  ("max_referral", "target_accuracy"))
     y = np.asarray(y, dtype=int)
     proba = np.asarray(proba, dtype=float)
     used = parts if signal == "agreement" and parts else None
     score = firmness(proba, used, signal)
+    anyway = (np.zeros(len(y), dtype=bool) if referred_anyway is None
+              else np.asarray(referred_anyway, dtype=bool))
     threshold, reached = choose_threshold(score, y, proba, max_referral=max_referral,
-                                          target_accuracy=target_accuracy)
-    auto = score >= threshold
+                                          target_accuracy=target_accuracy,
+                                          referred_anyway=anyway)
+    auto = (score >= threshold) & ~anyway
     auto_ba = auto_accuracy(y, proba, auto)
     full_ba = auto_accuracy(y, proba, np.ones(len(y), dtype=bool))
     return ReferralRule(
         signal="agreement" if used else "margin", threshold=threshold,
         max_referral=max_referral, target_accuracy=target_accuracy, reached=reached,
         inner_folds=folds, n_patients=len(y), inner_referred=float(1 - auto.mean()),
+        inner_referred_other=float(anyway.mean()),
         inner_auto_balanced_accuracy=auto_ba if np.isfinite(auto_ba) else None,
         inner_balanced_accuracy=full_ba if np.isfinite(full_ba) else None,
         parts=sorted(used) if used else [])
@@ -122,10 +127,13 @@ def rule_from_oof(proba: np.ndarray, y: np.ndarray, parts: dict[str, np.ndarray]
 def fit_referral(model: Any, patients: Sequence, y: np.ndarray, *,
                  max_referral: float | None = None, target_accuracy: float | None = None,
                  signal: str = DEFAULT_SIGNAL, folds: int = INNER_FOLDS, seed: int = 0,
-                 name: str = "model", cache: Path | None = None) -> ReferralRule:
+                 name: str = "model", cache: Path | None = None,
+                 referred_anyway: np.ndarray | None = None) -> ReferralRule:
     """Fit the referral rule of ``model`` (unfitted or fitted: only its clones are fitted) by an
     inner CV on ``patients`` (the training patients, with features attached); ``cache``: a
-    CV-result cache folder that keeps the inner out-of-fold probabilities for a warm run."""
+    CV-result cache folder that keeps the inner out-of-fold probabilities for a warm run;
+    ``referred_anyway``: the training patients the OOD checks flag when held out
+    (``OODCheck.held_out_flagged_``), whose referrals come out of the budget."""
     if signal not in SIGNALS:
         raise LymphomilError(f"unknown referral signal {signal!r}",
                              fix=f"use one of {', '.join(SIGNALS)}")
@@ -136,7 +144,8 @@ def fit_referral(model: Any, patients: Sequence, y: np.ndarray, *,
         proba, parts, used_folds = inner_oof(model, patients, y, folds=folds, seed=seed,
                                              name=name)
     return rule_from_oof(proba, y, parts, signal=signal, max_referral=max_referral,
-                         target_accuracy=target_accuracy, folds=used_folds)
+                         target_accuracy=target_accuracy, folds=used_folds,
+                         referred_anyway=referred_anyway)
 
 
 def model_decisions(rule: ReferralRule, model: Any, patients: Sequence,

@@ -35,7 +35,9 @@ class NestedReferral:
     hard: np.ndarray  # (R, n)
     proba: np.ndarray  # (R, n) outer out-of-fold P(malignant)
     parts: dict[str, np.ndarray]  # name -> (R, n)
-    inner: list[dict] = field(default_factory=list)  # per task: repeat, train, proba, parts
+    #: per task: repeat, train, test, proba, parts, folds (the inner CV), and optionally
+    #: ``referred_anyway`` (its training patients referred for other reasons, e.g. OOD)
+    inner: list[dict] = field(default_factory=list)
     seed: int = 0
 
     def referred(self, signal: str = DEFAULT_SIGNAL, max_referral: float | None = None,
@@ -47,7 +49,8 @@ class NestedReferral:
             r, test = item["repeat"], item["test"]
             rule = rule_from_oof(item["proba"], self.y[item["train"]], item["parts"],
                                  signal=signal, max_referral=max_referral,
-                                 target_accuracy=target_accuracy, folds=item["folds"])
+                                 target_accuracy=target_accuracy, folds=item["folds"],
+                                 referred_anyway=item.get("referred_anyway"))
             parts = {k: v[r, test] for k, v in self.parts.items()}
             decided = rule.decide(self.proba[r, test], parts if rule.parts else None)
             refer[r, test] = [d.decision == "refer" for d in decided]

@@ -54,32 +54,43 @@ def auto_accuracy(y: np.ndarray, proba: np.ndarray, auto: np.ndarray) -> float:
 
 def choose_threshold(score: np.ndarray, y: np.ndarray, proba: np.ndarray, *,
                      max_referral: float | None = None,
-                     target_accuracy: float | None = None) -> tuple[float, bool]:
+                     target_accuracy: float | None = None,
+                     referred_anyway: np.ndarray | None = None) -> tuple[float, bool]:
     """(threshold, reached) on fixed out-of-fold ``score``/``proba``: refer where score < threshold.
 
     Candidate thresholds lie midway between consecutive distinct scores (never on a patient), so
     each refers the patients below it. ``max_referral``: the largest threshold that refers at
     most that fraction. ``target_accuracy``: the smallest threshold whose auto-calls reach that
     balanced accuracy, referring at most :data:`MAX_ALLOWED_REFERRAL`; ``reached`` is False when
-    none does (then the threshold of the largest allowed rate).
+    none does (then the threshold of the largest allowed rate). ``referred_anyway``: patients
+    referred for other reasons (the OOD checks, held out): they count in the referred fraction
+    and are never auto-called, so the threshold spends only what they leave of the budget.
     """
     if (max_referral is None) == (target_accuracy is None):
         raise LymphomilError("give exactly one of max_referral and target_accuracy",
                              fix="e.g. max_referral=0.2 or target_accuracy=0.97")
     score = np.asarray(score, dtype=float)
     n = len(score)
+    anyway = (np.zeros(n, dtype=bool) if referred_anyway is None
+              else np.asarray(referred_anyway, dtype=bool))
     distinct = np.unique(score)
     # the first candidate refers nobody: 0 for a margin (never negative), else below the least
     nobody = min(0.0, float(distinct[0]) - 1e-6)
     candidates = np.concatenate([[nobody], (distinct[:-1] + distinct[1:]) / 2])
-    referred = np.searchsorted(np.sort(score), candidates, side="left")  # count below each
+    # count referred at each candidate: those below it, and those referred anyway above it
+    below = np.searchsorted(np.sort(score), candidates, side="left")
+    above_anyway = len(score[anyway]) - np.searchsorted(np.sort(score[anyway]), candidates,
+                                                        side="left")
+    referred = below + above_anyway
     cap = max_referral if max_referral is not None else MAX_ALLOWED_REFERRAL
     allowed = referred <= math.floor(cap * n + 1e-9)
+    allowed[0] = True  # refer nobody for the score: the budget may be spent by the others
     best = int(np.flatnonzero(allowed).max())
     if max_referral is not None:
         return float(candidates[best]), True
     for j in np.flatnonzero(allowed):
-        if auto_accuracy(y, proba, score >= candidates[j]) >= target_accuracy - 1e-12:
+        if auto_accuracy(y, proba, (score >= candidates[j]) & ~anyway) \
+                >= target_accuracy - 1e-12:
             return float(candidates[j]), True
     return float(candidates[best]), False
 
@@ -113,8 +124,10 @@ class ReferralRule(BaseModel):
     reached: bool
     inner_folds: int = Field(ge=2)
     n_patients: int = Field(ge=2)
-    #: fraction of the inner out-of-fold patients the threshold refers
+    #: fraction of the inner out-of-fold patients the rule refers (for either reason)
     inner_referred: float = Field(ge=0, le=1)
+    #: fraction of them referred for other reasons (the OOD checks, held out), out of the budget
+    inner_referred_other: float = Field(0.0, ge=0, le=1)
     #: balanced accuracy of the inner out-of-fold auto-calls (None: a class absent)
     inner_auto_balanced_accuracy: float | None = None
     #: balanced accuracy of every inner out-of-fold call (the forced call)
@@ -146,8 +159,10 @@ class ReferralRule(BaseModel):
         return (f"refers patients whose {what} is below {self.threshold:.3f} (P band "
                 f"{low:.2f}–{high:.2f}); target: {self.target_text()}; fitted by "
                 f"{self.inner_folds}-fold inner CV on {self.n_patients} training patients: "
-                f"{self.inner_referred:.0%} referred, auto-call balanced accuracy "
-                + ("n/a" if auto is None else f"{auto:.3f}"))
+                f"{self.inner_referred:.0%} referred"
+                + (f" ({self.inner_referred_other:.0%} by the OOD checks, held out)"
+                   if self.inner_referred_other else "")
+                + ", auto-call balanced accuracy " + ("n/a" if auto is None else f"{auto:.3f}"))
 
     def decide(self, proba: Sequence[float], parts: dict[str, Sequence[float]] | None = None,
                extra_reasons: Sequence[Sequence[str]] | None = None) -> list[Decision]:
@@ -213,6 +228,7 @@ def referral_card(rule: ReferralRule, nested: dict | None = None) -> dict[str, A
         "band": list(rule.band), "target": rule.target_text(), "target_reached": rule.reached,
         "inner_cv": {"folds": rule.inner_folds, "n_patients": rule.n_patients,
                      "referred_fraction": rule.inner_referred,
+                     "referred_by_ood_fraction": rule.inner_referred_other,
                      "auto_call_balanced_accuracy": rule.inner_auto_balanced_accuracy,
                      "forced_call_balanced_accuracy": rule.inner_balanced_accuracy,
                      "note": "the threshold was chosen on these inner out-of-fold probabilities; "
