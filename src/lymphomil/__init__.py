@@ -19,7 +19,7 @@ __all__ = ["__version__", "load_cohort", "create_model", "load_model", "list_mod
 
 def __getattr__(name: str) -> Any:
     if name in __all__:
-        from lymphomil import api
+        from lymphomil import api  # deferred for start-up time: `import lymphomil` stays cheap
 
         value = getattr(api, name)
         globals()[name] = value

@@ -152,6 +152,7 @@ def one_of(choices: Callable[[], Collection[str]], problem: str) -> Any:
 
 def check_model_names(names: Sequence[str], option: str = "--model") -> list[str]:
     """Registered model names, at least one, none twice."""
+    # deferred for start-up time (numpy, scikit-learn), as for _feature_modules
     from lymphomil.models.base import known_models, selection_candidates
 
     names = [str(n).strip() for n in names]
@@ -172,16 +173,24 @@ def check_model_names(names: Sequence[str], option: str = "--model") -> list[str
     return names
 
 
+def _feature_modules() -> tuple[Any, Any]:
+    """:mod:`lymphomil.features.spec` and :mod:`lymphomil.features.weights`, imported when a
+    check runs: deferred for start-up time, as `--help` reads this module (through cli_app)
+    and must import no numpy."""
+    from lymphomil.features import spec, weights
+
+    return spec, weights
+
+
 def check_features_option(text: str | None, option: str = "--features") -> str | None:
     """``BACKBONE[:WEIGHTS]@CROP[+tta][+bf16]`` (what ``lymphomil features`` can make, read by
     :meth:`FeatureSpec.parse`): a registered backbone, a crop in range, known flags."""
     if text is None:
         return None
-    from lymphomil.features.spec import FeatureSpec
-    from lymphomil.features.weights import known_backbones, require_extra
-
+    spec_module, weights = _feature_modules()
+    known_backbones, require_extra = weights.known_backbones, weights.require_extra
     try:
-        spec = FeatureSpec.parse(text)
+        spec = spec_module.FeatureSpec.parse(text)
     except ValueError as exc:
         raise LymphomilError(f"{option} {text!r}: {exc}",
                              fix="write BACKBONE[:WEIGHTS]@CROP[+tta][+bf16], e.g. "
@@ -203,8 +212,7 @@ def absolute_weights(text: str | None) -> str | None:
         return None
     import os
 
-    from lymphomil.features.spec import FeatureSpec
-
+    FeatureSpec = _feature_modules()[0].FeatureSpec
     spec = FeatureSpec.parse(text)
     if spec.weights in ("imagenet", "none"):
         return text
@@ -242,12 +250,11 @@ def check_output_folder_path(out: Path, option: str = "--out") -> Path:
 
 def check_backbone(name: str, option: str = "--backbone") -> str:
     """A known backbone (torch-free: names, not networks) whose extra, if any, is installed."""
-    from lymphomil.features.weights import known_backbones, require_extra
-
-    backbones = known_backbones()
+    weights = _feature_modules()[1]
+    backbones = weights.known_backbones()
     if name not in backbones:
         raise LymphomilError(f"{option}: unknown backbone {name!r}" + did_you_mean(name, backbones),
                              fix=f"choose one of: {', '.join(backbones)} "
                                  "(`lymphomil features --list`)")
-    require_extra(name)
+    weights.require_extra(name)
     return name
