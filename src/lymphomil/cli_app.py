@@ -12,7 +12,6 @@ import logging
 import os
 import signal
 import sys
-from datetime import date
 from typing import Any, Callable, Literal
 
 import typer
@@ -21,13 +20,12 @@ from rich.markup import escape
 from typer.core import TyperOption
 
 from lymphomil.errors import LymphomilError, from_os_error
-from lymphomil.options import check_reference_date
 from lymphomil.progress import ERR_CONSOLE, StageReporter, TerminalProgress, progress_task
 from lymphomil.progress_protocol import using
 
 __all__ = ["CACHE_DEFAULT", "EngineName", "OnError", "PatientRule", "RAY_EXTRA", "StageReporter",
            "app", "cache_app", "console", "err_console", "handle_errors", "is_debug",
-           "parse_date_option", "progress_task", "setup_logging"]
+           "progress_task", "setup_logging"]
 
 
 def _flag_display_type(self: TyperOption, ctx: Any) -> str | None:
@@ -229,13 +227,3 @@ def _release_claims() -> None:
     from lymphomil.outputs import release_claims  # deferred for start-up time (numpy)
 
     release_claims()
-
-
-def parse_date_option(text: str, option: str = "--reference-date") -> date:
-    """A YYYY-MM-DD option value, or a clear error naming the option."""
-    try:
-        value = date.fromisoformat(text.strip())
-    except ValueError:
-        raise LymphomilError(f"{option} {text!r} is not a date in YYYY-MM-DD",
-                             fix=f"write e.g. {option} 2024-01-01") from None
-    return check_reference_date(value, option)

@@ -127,6 +127,16 @@ def check_reference_date(value: date, option: str = "--reference-date") -> date:
     return value
 
 
+def parse_date(text: str, option: str = "--reference-date") -> date:
+    """A YYYY-MM-DD option value, or a clear error naming the option."""
+    try:
+        value = date.fromisoformat(text.strip())
+    except ValueError:
+        raise LymphomilError(f"{option} {text!r} is not a date in YYYY-MM-DD",
+                             fix=f"write e.g. {option} 2024-01-01") from None
+    return check_reference_date(value, option)
+
+
 def check_on_error(policy: str, option: str = "--on-error") -> str:
     if policy not in ("raise", "skip"):
         raise LymphomilError(f"{option} {policy!r} is not raise or skip",

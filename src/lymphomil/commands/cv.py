@@ -9,35 +9,15 @@ from typing import List, Optional
 import typer
 from rich.markup import escape
 
-from lymphomil.cli_app import (
-    EngineName,
-    OnError,
-    app,
-    console,
-    err_console,
-    handle_errors,
-    parse_date_option,
-)
-from lymphomil.commands.common import (
-    CACHE_OPT,
-    DATA_ARG,
-    ENGINE_HELP,
-    FEATURES_OPT,
-    MAX_REFERRAL_OPT,
-    ON_ERROR_OPT,
-    REFERENCE_OPT,
-    TARGET_ACCURACY_OPT,
-    THREADS_OPT,
-    print_skips,
-    results_table,
-)
+from lymphomil.cli_app import EngineName, OnError, app, console, err_console, handle_errors
+from lymphomil.commands import common
 from lymphomil.defaults import DEFAULT_MODEL
 
 
 @app.command()
 @handle_errors
 def cv(
-    data: Path = DATA_ARG,
+    data: Path = common.DATA_ARG,
     model: List[str] = typer.Option([DEFAULT_MODEL], "--model", "-m",
                                     help="model name (repeat for several; see `lymphomil models`)"),
     folds: int = typer.Option(5, "--folds", help="folds per repeat (patient-level, stratified)"),
@@ -47,12 +27,12 @@ def cv(
                                                            "oof_<model>.csv, results.md",
                                        show_default="none: print only"),
     as_json: bool = typer.Option(False, "--json", help="print machine-readable results"),
-    reference_date: str = REFERENCE_OPT,
-    on_error: OnError = ON_ERROR_OPT,
-    features: Optional[str] = FEATURES_OPT,
-    cache_dir: Optional[Path] = CACHE_OPT,
-    threads: int = THREADS_OPT,
-    engine: EngineName = typer.Option("local", "--engine", help=ENGINE_HELP),
+    reference_date: str = common.REFERENCE_OPT,
+    on_error: OnError = common.ON_ERROR_OPT,
+    features: Optional[str] = common.FEATURES_OPT,
+    cache_dir: Optional[Path] = common.CACHE_OPT,
+    threads: int = common.THREADS_OPT,
+    engine: EngineName = typer.Option("local", "--engine", help=common.ENGINE_HELP),
     select: Optional[str] = typer.Option(
         None, "--select", help="comma-separated candidates: adds the row 'select:A,B,C', the "
                                "choice among them made by inner CV inside each outer training "
@@ -61,8 +41,8 @@ def cv(
     referral: bool = typer.Option(True, "--referral/--no-referral",
                                   help="also measure the referral rule nested (an inner CV in "
                                        "each outer training part: about 6x the fits)"),
-    max_referral: Optional[float] = MAX_REFERRAL_OPT,
-    target_accuracy: Optional[float] = TARGET_ACCURACY_OPT,
+    max_referral: Optional[float] = common.MAX_REFERRAL_OPT,
+    target_accuracy: Optional[float] = common.TARGET_ACCURACY_OPT,
 ) -> None:
     """Repeated, stratified, patient-level cross-validation of one or more models.
 
@@ -80,7 +60,7 @@ def cv(
     options.check_repeats(repeats)
     options.check_threads(threads)
     features = options.absolute_weights(options.check_features_option(features))
-    ref = parse_date_option(reference_date)
+    ref = options.parse_date(reference_date)
     outputs.check_cache_location(cache_dir, data)
     if out is not None:
         outputs.claim_output(out, "cv", {"data folder": data,
@@ -100,11 +80,12 @@ def cv(
     if as_json:
         typer.echo(json.dumps(payload, indent=2, default=float))
     else:
-        console.print(results_table(flows.summary_rows(results)))
+        console.print(common.results_table(flows.summary_rows(results)))
         console.print(f"{len(labelled.y)} labelled patients, {folds} folds × {repeats} repeats, "
                       f"seed {seed}")
         console.print(coverage.trust_markdown(trust), markup=False, highlight=False,
                       soft_wrap=True)
-    print_skips(cohort.skipped_table(), out / "skipped.json" if out and cohort.issues else None)
+    common.print_skips(cohort.skipped_table(),
+                       out / "skipped.json" if out and cohort.issues else None)
     if out is not None:
         err_console.print(f"wrote {out}/metrics.json, results.md and oof_*.csv")

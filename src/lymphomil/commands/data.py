@@ -8,15 +8,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import typer
 from rich.table import Table
 
-from lymphomil.cli_app import (
-    OnError,
-    app,
-    console,
-    err_console,
-    handle_errors,
-    parse_date_option,
-    progress_task,
-)
+from lymphomil.cli_app import OnError, app, console, err_console, handle_errors, progress_task
 
 if TYPE_CHECKING:  # pragma: no cover
     from lymphomil.data.cohort import Cohort
@@ -85,10 +77,10 @@ def explore(
     """
     # deferred for start-up time (see lymphomil.commands.common)
     from lymphomil import explore as exploring
-    from lymphomil import outputs
+    from lymphomil import options, outputs
     from lymphomil.data.cohort import load_cohort
 
-    reference = parse_date_option(reference_date)
+    reference = options.parse_date(reference_date)
     # a folder: not a file, not the data's, empty or written by an earlier `explore`
     outputs.claim_output(out, "explore", {"data folder": data})
     cohort = load_cohort(data, reference_date=reference, on_error=on_error)

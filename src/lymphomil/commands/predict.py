@@ -7,21 +7,8 @@ from typing import Optional
 
 import typer
 
-from lymphomil.cli_app import (
-    OnError,
-    PatientRule,
-    app,
-    console,
-    err_console,
-    handle_errors,
-)
-from lymphomil.commands.common import (
-    CACHE_OPT,
-    DATA_ARG,
-    ON_ERROR_OPT,
-    THREADS_OPT,
-    print_skips,
-)
+from lymphomil.cli_app import OnError, PatientRule, app, console, err_console, handle_errors
+from lymphomil.commands import common
 
 
 @app.command()
@@ -29,7 +16,7 @@ from lymphomil.commands.common import (
 def predict(
     model_dir: Path = typer.Argument(...,
                                      help="folder written by `lymphomil train` or model.save()"),
-    data: Path = DATA_ARG,
+    data: Path = common.DATA_ARG,
     out: Path = typer.Option(..., "--out", help="CSV to write"),
     kaggle: bool = typer.Option(False, "--kaggle", help="write Id,Predicted (Kaggle) instead "
                                                         "of ID,LABEL,PROBA"),
@@ -41,9 +28,9 @@ def predict(
     report: Optional[Path] = typer.Option(None, "--report", help="also write an HTML report "
                                                                  "with each patient's cells",
                                           show_default="no report"),
-    on_error: OnError = ON_ERROR_OPT,
-    cache_dir: Optional[Path] = CACHE_OPT,
-    threads: int = THREADS_OPT,
+    on_error: OnError = common.ON_ERROR_OPT,
+    cache_dir: Optional[Path] = common.CACHE_OPT,
+    threads: int = common.THREADS_OPT,
 ) -> None:
     """Predict the patients of DATA with a trained model: by default every unlabelled (LABEL -1)
     patient and every patient under testset/; the labelled patients left out are listed.
@@ -84,7 +71,7 @@ def predict(
         err_console.print(f"not predicted: {len(pred.not_predicted)} labelled training "
                           f"patient(s) ({shown}); --patients all predicts them too",
                           soft_wrap=True, highlight=False)
-    print_skips(pred.skipped, done.skipped_path)
+    common.print_skips(pred.skipped, done.skipped_path)
     console.print(f"predicted {len(pred.ids)} patients ({int(pred.labels.sum())} malignant) "
                   f"→ {out}")
     if pred.decisions is not None:

@@ -7,25 +7,8 @@ from typing import Optional
 
 import typer
 
-from lymphomil.cli_app import (
-    EngineName,
-    OnError,
-    StageReporter,
-    app,
-    console,
-    handle_errors,
-    parse_date_option,
-)
-from lymphomil.commands.common import (
-    CACHE_OPT,
-    ENGINE_HELP,
-    FEATURES_OPT,
-    MAX_REFERRAL_OPT,
-    TARGET_ACCURACY_OPT,
-    print_skips,
-    results_table,
-    run_default,
-)
+from lymphomil.cli_app import EngineName, OnError, StageReporter, app, console, handle_errors
+from lymphomil.commands import common
 from lymphomil.defaults import DEFAULT_CANDIDATES
 
 
@@ -48,35 +31,35 @@ def run(
                                              show_default=",".join(DEFAULT_CANDIDATES)),
     folds: Optional[int] = typer.Option(None, "--folds",
                                         help="folds per repeat (patient-level, stratified)",
-                                        show_default=run_default("folds")),
+                                        show_default=common.run_default("folds")),
     repeats: Optional[int] = typer.Option(None, "--repeats",
                                           help="repeats, each with a new fold split",
-                                          show_default=run_default("repeats")),
+                                          show_default=common.run_default("repeats")),
     seed: Optional[int] = typer.Option(None, "--seed", help="seed of the splits and the fits",
-                                       show_default=run_default("seed")),
+                                       show_default=common.run_default("seed")),
     patients: Optional[int] = typer.Option(None, "--patients",
                                            help="size of the synthetic cohort (no DATA)",
-                                           show_default=run_default("synthetic_patients")),
+                                           show_default=common.run_default("synthetic_patients")),
     reference_date: Optional[str] = typer.Option(
         None, "--reference-date", help="date at which ages are computed (YYYY-MM-DD)",
-        show_default=run_default("reference_date")),
+        show_default=common.run_default("reference_date")),
     on_error: Optional[OnError] = typer.Option(
         None, "--on-error", help="raise: stop at the first bad input; skip: leave it out and "
-                                 "list it", show_default=run_default("on_error")),
-    features: Optional[str] = FEATURES_OPT,
-    cache_dir: Optional[Path] = CACHE_OPT,
+                                 "list it", show_default=common.run_default("on_error")),
+    features: Optional[str] = common.FEATURES_OPT,
+    cache_dir: Optional[Path] = common.CACHE_OPT,
     threads: Optional[int] = typer.Option(None, "--threads",
                                           help="threads for model fitting (torch, BLAS); fixed "
                                                "for reproducibility",
-                                          show_default=run_default("threads")),
-    engine: Optional[EngineName] = typer.Option(None, "--engine", help=ENGINE_HELP,
-                                                show_default=run_default("engine")),
+                                          show_default=common.run_default("threads")),
+    engine: Optional[EngineName] = typer.Option(None, "--engine", help=common.ENGINE_HELP,
+                                                show_default=common.run_default("engine")),
     nested_selection: Optional[bool] = typer.Option(
         None, "--nested-selection", help="also cross-validate the choice among the candidates "
         "made inside each outer training part: the honest figure of the chosen model (slow: "
-        "about 3x the candidates' CV)", show_default=run_default("nested_selection")),
-    max_referral: Optional[float] = MAX_REFERRAL_OPT,
-    target_accuracy: Optional[float] = TARGET_ACCURACY_OPT,
+        "about 3x the candidates' CV)", show_default=common.run_default("nested_selection")),
+    max_referral: Optional[float] = common.MAX_REFERRAL_OPT,
+    target_accuracy: Optional[float] = common.TARGET_ACCURACY_OPT,
 ) -> None:
     """The main job: validate → explore → CV the candidates → train the best → predict → report.
 
@@ -87,7 +70,7 @@ def run(
     """
     # deferred for start-up time (see lymphomil.commands.common)
     from lymphomil import config as configs
-    from lymphomil import flows, outputs, pipeline, referral
+    from lymphomil import flows, options, outputs, pipeline, referral
 
     referral.check_target(max_referral, target_accuracy)  # the CLI's names in the message
 
@@ -97,7 +80,7 @@ def run(
         "cache_dir": cache_dir, "threads": threads, "engine": engine,
         "nested_selection": nested_selection,
         "max_referral": max_referral, "target_accuracy": target_accuracy,
-        "reference_date": parse_date_option(reference_date) if reference_date else None,
+        "reference_date": options.parse_date(reference_date) if reference_date else None,
         "candidates": ([c.strip() for c in candidates.split(",") if c.strip()] if candidates
                        else None),
     })
@@ -111,12 +94,12 @@ def run(
             cv_total=lambda total: reporter.count("cross-validation fits", total, "fits"))
     finally:
         reporter.close()
-    console.print(results_table(flows.summary_rows(result.results)))
+    console.print(common.results_table(flows.summary_rows(result.results)))
     console.print(f"chosen model: [bold]{result.chosen}[/]; predicted {result.n_predicted} "
                   f"patients; skipped {result.n_skipped}")
     console.print("timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in result.timings.items()))
     skipped_file = out / "skipped.json"  # listed as predict and cv list them
     if skipped_file.is_file():
-        print_skips(outputs.read_json(skipped_file), skipped_file)
+        common.print_skips(outputs.read_json(skipped_file), skipped_file)
     console.print(f"wrote {out}/report.html, submission.csv, predictions.csv, metrics.json, "
                   "config.toml, model/")

@@ -8,35 +8,25 @@ from typing import Optional
 import typer
 from rich.markup import escape
 
-from lymphomil.cli_app import OnError, app, console, handle_errors, parse_date_option
-from lymphomil.commands.common import (
-    CACHE_OPT,
-    DATA_ARG,
-    FEATURES_OPT,
-    MAX_REFERRAL_OPT,
-    ON_ERROR_OPT,
-    REFERENCE_OPT,
-    TARGET_ACCURACY_OPT,
-    THREADS_OPT,
-    print_skips,
-)
+from lymphomil.cli_app import OnError, app, console, handle_errors
+from lymphomil.commands import common
 from lymphomil.defaults import DEFAULT_MODEL
 
 
 @app.command()
 @handle_errors
 def train(
-    data: Path = DATA_ARG,
+    data: Path = common.DATA_ARG,
     model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help="model name"),
     out: Path = typer.Option(..., "--out", help="model folder to write"),
     seed: int = typer.Option(0, "--seed", help="seed of the fit"),
-    reference_date: str = REFERENCE_OPT,
-    on_error: OnError = ON_ERROR_OPT,
-    features: Optional[str] = FEATURES_OPT,
-    cache_dir: Optional[Path] = CACHE_OPT,
-    threads: int = THREADS_OPT,
-    max_referral: Optional[float] = MAX_REFERRAL_OPT,
-    target_accuracy: Optional[float] = TARGET_ACCURACY_OPT,
+    reference_date: str = common.REFERENCE_OPT,
+    on_error: OnError = common.ON_ERROR_OPT,
+    features: Optional[str] = common.FEATURES_OPT,
+    cache_dir: Optional[Path] = common.CACHE_OPT,
+    threads: int = common.THREADS_OPT,
+    max_referral: Optional[float] = common.MAX_REFERRAL_OPT,
+    target_accuracy: Optional[float] = common.TARGET_ACCURACY_OPT,
 ) -> None:
     """Fit a model on every labelled patient and save it (JSON + safetensors, no pickle),
     with its referral rule (referral.json: which calls to auto-accept, which to refer).
@@ -50,7 +40,7 @@ def train(
     max_referral, target_accuracy = referral.check_target(max_referral, target_accuracy)
     options.check_threads(threads)
     features = options.absolute_weights(options.check_features_option(features))
-    ref = parse_date_option(reference_date)
+    ref = options.parse_date(reference_date)
     outputs.check_cache_location(cache_dir, data)
     outputs.claim_output(out, "model", {"data folder": data,
                                         "cache folder": outputs.cache_root(cache_dir)})
@@ -61,7 +51,7 @@ def train(
     rule = flows.train(model, labelled, out, reference_date=ref, features=features, seed=seed,
                        cache_dir=cache_dir, max_referral=max_referral,
                        target_accuracy=target_accuracy, extra={"skipped": skipped}).rule
-    print_skips(skipped)
+    common.print_skips(skipped)
     console.print(f"trained [bold]{model}[/] on {len(labelled.y)} patients → {out}")
     console.print(f"referral rule: {escape(rule.describe() if rule else referral.TOO_FEW)}",
                   soft_wrap=True)
