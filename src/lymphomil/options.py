@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterable, Sequence
 from datetime import date
-from pathlib import Path
 from typing import Any
 
 from lymphomil.errors import LymphomilError, did_you_mean
@@ -27,7 +26,6 @@ MAX_BATCH = 512  # images per forward pass
 MAX_IN_FLIGHT = 512
 MAX_PATIENTS = 100_000  # synthetic cohorts
 MAX_IMAGES_PER_PATIENT = 2_000
-MAX_GALLERY = 64
 MIN_YEAR, MAX_YEAR = 1900, 2200  # reference dates
 
 
@@ -85,10 +83,6 @@ def check_in_flight(workers: int | None, batch: int) -> None:
                                  "fewer, or use fewer --workers")
 
 
-def check_gallery(k: int, option: str = "gallery_k") -> int:
-    return _int_range(option, k, 1, MAX_GALLERY)
-
-
 def check_synthetic(patients: int, option: str = "--patients") -> int:
     return _int_range(option, patients, 8, MAX_PATIENTS,
                       f"use {option} between 8 and {MAX_PATIENTS}")
@@ -135,13 +129,6 @@ def parse_date(text: str, option: str = "--reference-date") -> date:
         raise LymphomilError(f"{option} {text!r} is not a date in YYYY-MM-DD",
                              fix=f"write e.g. {option} 2024-01-01") from None
     return check_reference_date(value, option)
-
-
-def check_on_error(policy: str, option: str = "--on-error") -> str:
-    if policy not in ("raise", "skip"):
-        raise LymphomilError(f"{option} {policy!r} is not raise or skip",
-                             fix=f"use {option} raise or {option} skip")
-    return policy
 
 
 def one_of(choices: Callable[[], Collection[str]], problem: str) -> Any:
@@ -247,15 +234,6 @@ def check_folds_against(folds: int, y: Iterable[int], option: str = "--folds") -
         raise LymphomilError(f"{option} {folds} is more than the {smallest} {which} patients, "
                              "the smallest class", fix=f"use {option} {max(2, smallest)} or "
                                                        "fewer, or add labelled patients")
-
-
-def check_output_folder_path(out: Path, option: str = "--out") -> Path:
-    """A folder path: not an existing file."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise LymphomilError(f"{option} is an existing file, not a folder", file=out,
-                             fix=f"give {option} a folder path (new, or one lymphomil wrote)")
-    return out
 
 
 def check_backbone(name: str, option: str = "--backbone") -> str:
