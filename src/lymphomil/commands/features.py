@@ -24,7 +24,7 @@ from lymphomil.cli_app import (
 from lymphomil.errors import LymphomilError
 
 #: ``--cache-dir`` of ``cache info`` and ``cache clear``
-#: (one option object, as commands/models.py does)
+#: (one option object, as commands/common.py has for the model commands)
 CACHE_DIR_OPT = typer.Option(None, "--cache-dir", help="Cache folder (as for `features`).",
                              show_default=CACHE_DEFAULT)
 
