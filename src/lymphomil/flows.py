@@ -139,10 +139,10 @@ def _fits(description: str, total: int,
     """``on_fit`` when the caller counts the fits, else a task of the installed progress."""
     if on_fit is not None:
         return nullcontext(on_fit)
-    return _progress(description, total, "fits")
+    return _Progress(description, total, "fits")
 
 
-class _progress:
+class _Progress:
     """A progress task whose advance takes ``rate=`` as :func:`lymphomil.steps.run_cv` gives it."""
 
     def __init__(self, description: str, total: int, unit: str):
@@ -167,7 +167,7 @@ def _nested_referral(models: Sequence[str | tuple[str, PatientModel]], labelled:
         return {}
     patients = attach_features(labelled.patients, [model for _, model in pairs], cache_dir)
     try:
-        with _progress(f"referral rule, nested (1 + {INNER_FOLDS} fits per outer fold)",
+        with _Progress(f"referral rule, nested (1 + {INNER_FOLDS} fits per outer fold)",
                        len(pairs) * folds * repeats, "outer folds") as advance:
             done = nested_referral(pairs, patients, labelled.y, folds=folds, repeats=repeats,
                                    seed=seed, engine=engine, on_fit=advance)
