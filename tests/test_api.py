@@ -50,3 +50,33 @@ def test_the_readme_example_runs(synthetic_root: Path, synthetic_features: Path,
     assert (tmp_path / "my-model" / "model.json").is_file()
     assert len(namespace["p_malignant"]) == len(namespace["cohort"].unlabelled)
     assert 0 <= namespace["cv"].summary()["balanced_accuracy"]["mean"] <= 1
+
+
+def test_train_and_predict_are_the_commands_flows(synthetic_root: Path, tmp_path: Path) -> None:
+    """``lymphomil.train`` writes the folder `lymphomil train` writes (its referral rule and
+    model card included), and ``lymphomil.predict`` gives the probabilities `lymphomil predict`
+    writes: one flow each (lymphomil.flows), whichever front end calls it."""
+    import csv
+
+    from typer.testing import CliRunner
+
+    from lymphomil.cli import app
+
+    cohort = lymphomil.load_cohort(synthetic_root)
+    model = lymphomil.train("logreg", cohort, tmp_path / "py-model", cache_dir=tmp_path / "c")
+    assert model.predict_proba(cohort.labelled).shape == (len(cohort.labelled), 2)
+    cli = CliRunner().invoke(app, ["train", str(synthetic_root), "-m", "logreg", "--out",
+                                   str(tmp_path / "cli-model"), "--cache-dir",
+                                   str(tmp_path / "c")])
+    assert cli.exit_code == 0, cli.output
+    for name in ("model.json", "referral.json", "model_card.json"):
+        assert (tmp_path / "py-model" / name).read_bytes() == \
+            (tmp_path / "cli-model" / name).read_bytes(), name
+    pred = lymphomil.predict(tmp_path / "py-model", synthetic_root, cache_dir=tmp_path / "c")
+    out = tmp_path / "pred.csv"
+    cli = CliRunner().invoke(app, ["predict", str(tmp_path / "cli-model"), str(synthetic_root),
+                                   "--out", str(out), "--cache-dir", str(tmp_path / "c")])
+    assert cli.exit_code == 0, cli.output
+    rows = list(csv.DictReader(out.open()))
+    assert [r["ID"] for r in rows] == pred.ids
+    assert [r["PROBA"] for r in rows] == [f"{p:.6f}" for p in pred.proba]

@@ -2,7 +2,7 @@
 
 The Python API (see :mod:`lymphomil.api`): ``load_cohort``, ``create_model``, ``load_model``,
 ``list_models``, ``with_features``, ``labels_of``, ``cross_validate``, ``fit_referral``,
-``decide``, ``run``. They load on first
+``decide``, ``train``, ``predict``, ``run``. They load on first
 use, so ``import lymphomil`` stays cheap.
 """
 
@@ -13,12 +13,13 @@ from typing import Any
 __version__ = "0.1.0"
 
 __all__ = ["__version__", "load_cohort", "create_model", "load_model", "list_models",
-           "with_features", "labels_of", "cross_validate", "fit_referral", "decide", "run"]
+           "with_features", "labels_of", "cross_validate", "fit_referral", "decide", "train",
+           "predict", "run"]
 
 
 def __getattr__(name: str) -> Any:
     if name in __all__:
-        from lymphomil import api
+        from lymphomil import api  # deferred for start-up time: `import lymphomil` stays cheap
 
         value = getattr(api, name)
         globals()[name] = value

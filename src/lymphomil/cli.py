@@ -21,17 +21,21 @@ if sys.argv and os.path.basename(sys.argv[0]) in ("lymphomil", "cli.py"):
     signal.signal(signal.SIGINT, _exit_at_start)
     signal.signal(signal.SIGTERM, _exit_at_start)
 
-from lymphomil.cli_app import app  # noqa: E402
+from lymphomil.cli_app import app, exit_interrupted, install_signal_handlers  # noqa: E402
 
-# each module registers its commands on ``app`` when imported
+# each module registers its commands on ``app`` when imported, in the order --help lists them
+# isort: off
 from lymphomil.commands import data as _data  # noqa: F401,E402  synth, explore
 from lymphomil.commands import features as _features  # noqa: F401,E402  features, cache
-from lymphomil.commands import models as _models  # noqa: F401,E402  cv, train, predict, run
+from lymphomil.commands import models as _models  # noqa: F401,E402  models
+from lymphomil.commands import cv as _cv  # noqa: F401,E402  cv
+from lymphomil.commands import train as _train  # noqa: F401,E402  train
+from lymphomil.commands import predict as _predict  # noqa: F401,E402  predict
+from lymphomil.commands import run as _run  # noqa: F401,E402  run
+# isort: on
 
 
 def main() -> None:
-    from lymphomil.cli_app import exit_interrupted, install_signal_handlers
-
     install_signal_handlers()
     try:
         app()

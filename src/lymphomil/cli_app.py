@@ -12,7 +12,6 @@ import logging
 import os
 import signal
 import sys
-from datetime import date
 from typing import Any, Callable, Literal
 
 import typer
@@ -20,13 +19,13 @@ from rich.console import Console
 from rich.markup import escape
 from typer.core import TyperOption
 
-from lymphomil.errors import LymphomilError
+from lymphomil.errors import LymphomilError, from_os_error
 from lymphomil.progress import ERR_CONSOLE, StageReporter, TerminalProgress, progress_task
 from lymphomil.progress_protocol import using
 
 __all__ = ["CACHE_DEFAULT", "EngineName", "OnError", "PatientRule", "RAY_EXTRA", "StageReporter",
            "app", "cache_app", "console", "err_console", "handle_errors", "is_debug",
-           "parse_date_option", "progress_task", "setup_logging"]
+           "progress_task", "setup_logging"]
 
 
 def _flag_display_type(self: TyperOption, ctx: Any) -> str | None:
@@ -140,9 +139,7 @@ def exit_interrupted(exc: BaseException) -> None:
         raise typer.Exit(code) from None
     for sig in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C must not cut the clean-up
         signal.signal(sig, signal.SIG_IGN)
-    from lymphomil.outputs import release_claims
-
-    release_claims()
+    _release_claims()
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
@@ -201,8 +198,6 @@ def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             if is_debug():
                 raise
             if isinstance(exc, OSError):  # a full or read-only disk, a permission: the user's fix
-                from lymphomil.errors import from_os_error
-
                 exc = from_os_error(exc)
             # escaped: a file name or a fix may hold [brackets] that Rich would eat as markup
             err_console.print(f"[bold red]error:[/] {escape(exc.render())}", highlight=False,
@@ -222,20 +217,13 @@ def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             raise typer.Exit(1) from None
         finally:  # the outputs this command locked (lymphomil.outputs.claim_output)
             _STATE["in_command"] -= 1
-            from lymphomil.outputs import release_claims
-
-            release_claims()
+            _release_claims()
 
     return wrapper
 
 
-def parse_date_option(text: str, option: str = "--reference-date") -> date:
-    """A YYYY-MM-DD option value, or a clear error naming the option."""
-    from lymphomil.options import check_reference_date
+def _release_claims() -> None:
+    """Release the outputs this command locked (:func:`lymphomil.outputs.claim_output`)."""
+    from lymphomil.outputs import release_claims  # deferred for start-up time (numpy)
 
-    try:
-        value = date.fromisoformat(text.strip())
-    except ValueError:
-        raise LymphomilError(f"{option} {text!r} is not a date in YYYY-MM-DD",
-                             fix=f"write e.g. {option} 2024-01-01") from None
-    return check_reference_date(value, option)
+    release_claims()

@@ -16,13 +16,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from lymphomil.defaults import DEFAULT_CANDIDATES, DEFAULT_MODEL  # noqa: F401 (re-exported)
 from lymphomil.engine import ENGINES
-from lymphomil.errors import LymphomilError
-from lymphomil.options import one_of
+from lymphomil.errors import LymphomilError, plain_problems
+from lymphomil.options import MAX_YEAR, MIN_YEAR, check_features_option, check_model_names, one_of
 
 
 def default_model_features() -> list:
     """``(FeatureSpec, kind)`` pairs the default model reads: what ``lymphomil features``
     computes when no backbone is named (so that a later ``run`` or ``train`` finds them)."""
+    # deferred for start-up time: `features` reads this module, and imports no model family
     from lymphomil.models.base import create_model
 
     return list(create_model(DEFAULT_MODEL).required_features())
@@ -85,8 +86,6 @@ class RunConfig(BaseModel):
     @field_validator("features")
     @classmethod
     def _features(cls, value: str | None) -> str | None:
-        from lymphomil.options import check_features_option
-
         try:
             return check_features_option(value, "features")
         except LymphomilError as exc:
@@ -100,16 +99,12 @@ class RunConfig(BaseModel):
     @field_validator("reference_date")
     @classmethod
     def _reference(cls, value: date) -> date:
-        from lymphomil.options import MAX_YEAR, MIN_YEAR
-
         if not MIN_YEAR <= value.year <= MAX_YEAR:
             raise ValueError(f"{value.isoformat()} is implausible (years {MIN_YEAR} to {MAX_YEAR})")
         return value
 
 
 def _model_names(names: list[str], field_name: str) -> list[str]:
-    from lymphomil.options import check_model_names
-
     try:
         return check_model_names(names, field_name)
     except LymphomilError as exc:
@@ -194,8 +189,6 @@ def load_config(path: Path | None, overrides: dict[str, Any]) -> RunConfig:
     try:
         return RunConfig(**data)
     except ValidationError as exc:
-        from lymphomil.errors import plain_problems
-
         problems = plain_problems(exc, RunConfig.model_fields)
         raise LymphomilError(f"invalid configuration: {problems}", file=path,
                              fix="see `lymphomil run --help` for the options") from None

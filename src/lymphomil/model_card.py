@@ -15,6 +15,18 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from lymphomil.errors import LymphomilError
+from lymphomil.features.weights import weights_digest
+from lymphomil.models.base import encode_param, library_versions
+from lymphomil.models.pooled import ImageLogRegModel  # balanced by construction
+from lymphomil.outputs import (
+    OUTPUT_MARKER,
+    atomic_write_json,
+    read_json,
+    write_checksums,
+    write_output_marker,
+)
+
 MODEL_CARD_JSON = "model_card.json"
 CARD_FORMAT = 1
 THRESHOLD = 0.5
@@ -62,8 +74,6 @@ BALANCED_WHY = (" The model's classifiers are fitted with balanced class weights
 
 def _balanced(model: Any) -> bool:
     """Every classifier inside ``model`` is fitted with balanced class weights."""
-    from lymphomil.models.pooled import ImageLogRegModel  # balanced by construction
-
     leaves = [part for part in _parts(model) if not part._fitted_submodels()] \
         if hasattr(model, "_fitted_submodels") else [model]
     return bool(leaves) and all(isinstance(part, ImageLogRegModel) or
@@ -82,15 +92,11 @@ def _package_version(name: str | None) -> str | None:
 
 def weights_provenance(backbone: str, weights: str = "imagenet") -> dict[str, Any]:
     """Where one backbone's weights come from, named honestly, with the file's sha256."""
-    from lymphomil.errors import LymphomilError
-
     if weights == "none":
         return {"weights": "none", "source": "random initialisation (seeded); no pretrained "
                                              "weights"}
     digest = None
     try:
-        from lymphomil.features.weights import weights_digest
-
         digest = weights_digest(backbone, weights)
     except (LymphomilError, OSError):
         pass
@@ -188,8 +194,6 @@ def build_model_card(model: Any, name: str, model_metadata: dict, *, chosen: Any
                      description: str = "", referral: dict | None = None) -> dict[str, Any]:
     """The card of a fitted ``model`` (its folder's ``metadata.json`` as ``model_metadata``);
     with ``chosen`` (its CV result) and ``results`` (every candidate's), the CV and selection."""
-    from lymphomil.models.base import encode_param, library_versions
-
     training = model_metadata.get("training") or {}  # null: saved from Python without it
     features = _image_features(model)
     versions = dict(library_versions())
@@ -226,15 +230,9 @@ def build_model_card(model: Any, name: str, model_metadata: dict, *, chosen: Any
 def write_model_card(model_dir: str | Path, card: dict) -> Path:
     """``model_card.json`` into a finished model folder; its checksums (and lymphomil's record
     of the folder's files, when there is one) are rewritten to cover it."""
-    from lymphomil.outputs import atomic_write_json, read_json, write_checksums
-
     model_dir = Path(model_dir)
     path = atomic_write_json(model_dir / MODEL_CARD_JSON, card)
     write_checksums(model_dir)
-    try:
-        from lymphomil.outputs import OUTPUT_MARKER, write_output_marker
-    except ImportError:  # pragma: no cover  (an older runs module without the record)
-        return path
     marker = model_dir / OUTPUT_MARKER
     if marker.is_file():
         write_output_marker(model_dir, str(read_json(marker).get("kind", "output")))

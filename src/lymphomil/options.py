@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterable, Sequence
 from datetime import date
-from pathlib import Path
 from typing import Any
 
 from lymphomil.errors import LymphomilError, did_you_mean
@@ -27,7 +26,6 @@ MAX_BATCH = 512  # images per forward pass
 MAX_IN_FLIGHT = 512
 MAX_PATIENTS = 100_000  # synthetic cohorts
 MAX_IMAGES_PER_PATIENT = 2_000
-MAX_GALLERY = 64
 MIN_YEAR, MAX_YEAR = 1900, 2200  # reference dates
 
 
@@ -85,10 +83,6 @@ def check_in_flight(workers: int | None, batch: int) -> None:
                                  "fewer, or use fewer --workers")
 
 
-def check_gallery(k: int, option: str = "gallery_k") -> int:
-    return _int_range(option, k, 1, MAX_GALLERY)
-
-
 def check_synthetic(patients: int, option: str = "--patients") -> int:
     return _int_range(option, patients, 8, MAX_PATIENTS,
                       f"use {option} between 8 and {MAX_PATIENTS}")
@@ -127,11 +121,14 @@ def check_reference_date(value: date, option: str = "--reference-date") -> date:
     return value
 
 
-def check_on_error(policy: str, option: str = "--on-error") -> str:
-    if policy not in ("raise", "skip"):
-        raise LymphomilError(f"{option} {policy!r} is not raise or skip",
-                             fix=f"use {option} raise or {option} skip")
-    return policy
+def parse_date(text: str, option: str = "--reference-date") -> date:
+    """A YYYY-MM-DD option value, or a clear error naming the option."""
+    try:
+        value = date.fromisoformat(text.strip())
+    except ValueError:
+        raise LymphomilError(f"{option} {text!r} is not a date in YYYY-MM-DD",
+                             fix=f"write e.g. {option} 2024-01-01") from None
+    return check_reference_date(value, option)
 
 
 def one_of(choices: Callable[[], Collection[str]], problem: str) -> Any:
@@ -152,6 +149,7 @@ def one_of(choices: Callable[[], Collection[str]], problem: str) -> Any:
 
 def check_model_names(names: Sequence[str], option: str = "--model") -> list[str]:
     """Registered model names, at least one, none twice."""
+    # deferred for start-up time (numpy, scikit-learn), as for _feature_modules
     from lymphomil.models.base import known_models, selection_candidates
 
     names = [str(n).strip() for n in names]
@@ -172,16 +170,24 @@ def check_model_names(names: Sequence[str], option: str = "--model") -> list[str
     return names
 
 
+def _feature_modules() -> tuple[Any, Any]:
+    """:mod:`lymphomil.features.spec` and :mod:`lymphomil.features.weights`, imported when a
+    check runs: deferred for start-up time, as `--help` reads this module (through cli_app)
+    and must import no numpy."""
+    from lymphomil.features import spec, weights
+
+    return spec, weights
+
+
 def check_features_option(text: str | None, option: str = "--features") -> str | None:
     """``BACKBONE[:WEIGHTS]@CROP[+tta][+bf16]`` (what ``lymphomil features`` can make, read by
     :meth:`FeatureSpec.parse`): a registered backbone, a crop in range, known flags."""
     if text is None:
         return None
-    from lymphomil.features.spec import FeatureSpec
-    from lymphomil.features.weights import known_backbones, require_extra
-
+    spec_module, weights = _feature_modules()
+    known_backbones, require_extra = weights.known_backbones, weights.require_extra
     try:
-        spec = FeatureSpec.parse(text)
+        spec = spec_module.FeatureSpec.parse(text)
     except ValueError as exc:
         raise LymphomilError(f"{option} {text!r}: {exc}",
                              fix="write BACKBONE[:WEIGHTS]@CROP[+tta][+bf16], e.g. "
@@ -203,8 +209,7 @@ def absolute_weights(text: str | None) -> str | None:
         return None
     import os
 
-    from lymphomil.features.spec import FeatureSpec
-
+    FeatureSpec = _feature_modules()[0].FeatureSpec
     spec = FeatureSpec.parse(text)
     if spec.weights in ("imagenet", "none"):
         return text
@@ -231,23 +236,13 @@ def check_folds_against(folds: int, y: Iterable[int], option: str = "--folds") -
                                                        "fewer, or add labelled patients")
 
 
-def check_output_folder_path(out: Path, option: str = "--out") -> Path:
-    """A folder path: not an existing file."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise LymphomilError(f"{option} is an existing file, not a folder", file=out,
-                             fix=f"give {option} a folder path (new, or one lymphomil wrote)")
-    return out
-
-
 def check_backbone(name: str, option: str = "--backbone") -> str:
     """A known backbone (torch-free: names, not networks) whose extra, if any, is installed."""
-    from lymphomil.features.weights import known_backbones, require_extra
-
-    backbones = known_backbones()
+    weights = _feature_modules()[1]
+    backbones = weights.known_backbones()
     if name not in backbones:
         raise LymphomilError(f"{option}: unknown backbone {name!r}" + did_you_mean(name, backbones),
                              fix=f"choose one of: {', '.join(backbones)} "
                                  "(`lymphomil features --list`)")
-    require_extra(name)
+    weights.require_extra(name)
     return name

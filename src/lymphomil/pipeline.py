@@ -12,22 +12,54 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
-import numpy as np
-
+from lymphomil import flows
 from lymphomil.config import RunConfig, to_toml
 from lymphomil.coverage import risk_coverage
 from lymphomil.crossval import CVResult, best_index
-from lymphomil.data.cohort import load_cohort
-from lymphomil.outputs import atomic_write_json, atomic_write_text, default_cache_root, staged_dir
-from lymphomil.uncertainty import N_REFITS
+from lymphomil.data.cohort import Cohort
+from lymphomil.data.synth import write_synthetic_cohort
+from lymphomil.engine import Engine
+from lymphomil.engines import get_engine
+from lymphomil.models.base import (
+    selection_name,
+)
+from lymphomil.ood import load_ood_checks
+from lymphomil.outputs import (
+    atomic_write_json,
+    atomic_write_text,
+    cv_cache,
+    default_cache_root,
+    staged_dir,
+)
+from lymphomil.run_report import (  # patient_calls, score_units, synthetic_origin: re-exported
+    gallery_scorer,
+    patient_calls,  # noqa: F401
+    referral_metrics,
+    run_files,
+    score_units,  # noqa: F401
+    synthetic_origin,  # noqa: F401
+    write_run_model_card,
+    write_run_report,
+)
+from lymphomil.runcache import cached_explore
+from lymphomil.runtime import set_threads
+from lymphomil.steps import (
+    LabelledSet,
+    Predictions,
+    attach_features,
+    configure_model,
+    decide_patients,
+    predict_patients,
+    write_cv_outputs,
+    write_predictions,
+)
+from lymphomil.uncertainty import N_REFITS, cached_refit_probas, refit_spread
 
 
 def synthetic_default(patients: int, seed: int) -> Path:
     """The built-in default cohort: generated once into the cache, then reused."""
-    from lymphomil.data.synth import write_synthetic_cohort
-
     folder = default_cache_root() / "synthetic" / f"n{patients}-seed{seed}"
     if not (folder / "clinical_annotation.csv").is_file():
         write_synthetic_cohort(folder, n_patients=patients, seed=seed)
@@ -49,387 +81,194 @@ def choose_model(results: list[CVResult]) -> CVResult:
     return results[best_index(results)]
 
 
-@contextmanager
-def _timed(timings: dict[str, float], name: str) -> Iterator[None]:
-    start = time.perf_counter()
-    yield
-    timings[name] = round(time.perf_counter() - start, 2)
-
-
 def run_pipeline(config: RunConfig, out: Path,
                  stage: Callable[[str], None] = lambda name: None,
                  on_fit: Callable[..., None] | None = None,
                  cv_total: Callable[[int], None] | None = None) -> RunResult:
     """Run every stage; ``stage(name)`` announces each one, ``on_fit`` ticks CV progress.
     Features and CV fits run on ``config.engine``; training and prediction are single fits."""
-    from lymphomil.runtime import set_threads
-    from lymphomil.steps import get_engine
-
     set_threads(config.threads)
     engine = get_engine(config.engine, fit_threads=config.threads)
     try:
-        return _run_stages(config, out, engine, stage, on_fit, cv_total)
+        return _run_stages(_Run(config, out, engine, stage), on_fit, cv_total)
     finally:
         engine.close()
 
 
-def _run_stages(config: RunConfig, out: Path, engine: object, stage: Callable[[str], None],
-                on_fit: Callable[..., None] | None,
+@dataclass
+class _Run:
+    """What the stages of one run hand on to the next, filled in as they go."""
+
+    config: RunConfig
+    out: Path
+    engine: Engine
+    announce: Callable[[str], None]
+    timings: dict[str, float] = field(default_factory=dict)
+    staging: Path = Path()
+    data: Path = Path()
+    cohort: Cohort | None = None
+    labelled: LabelledSet | None = None
+    summary: dict = field(default_factory=dict)  # the exploration's
+    selection: str | None = None  # the nested selection row, when asked for
+    results: list[CVResult] = field(default_factory=list)
+    chosen: CVResult | None = None
+    trained: flows.Trained | None = None
+    pred: Predictions | None = None
+    spread: Any = None  # lymphomil.uncertainty's refit spread of each prediction
+
+    @contextmanager
+    def stage(self, name: str, timing: str) -> Iterator[None]:
+        """Announce the stage ``name``, and time it as ``timing``."""
+        self.announce(name)
+        start = time.perf_counter()
+        yield
+        self.timings[timing] = round(time.perf_counter() - start, 2)
+
+
+def _run_stages(run: _Run, on_fit: Callable[..., None] | None,
                 cv_total: Callable[[int], None] | None) -> RunResult:
-    from lymphomil.models.base import selection_name
-    from lymphomil.ood import load_ood_checks
-    from lymphomil.runcache import cached_explore, train_cached
-    from lymphomil.steps import (
-        attach_features,
-        configure_model,
-        decide_patients,
-        labelled_patients,
-        predict_patients,
-        run_cv,
-        write_cv_outputs,
-        write_predictions,
-    )
-
-    timings: dict[str, float] = {}
-    data = config.data
-    if data is None:
-        stage("synthetic cohort")
-        with _timed(timings, "synthetic cohort"):
-            data = synthetic_default(config.synthetic_patients, config.synthetic_seed)
-    with staged_dir(out, "run") as staging:
-        stage("validate and explore")
-        with _timed(timings, "validate + explore"):
-            cohort = load_cohort(data, reference_date=config.reference_date,
-                                 on_error=config.on_error, cache_dir=config.cache_dir)
-            labelled = labelled_patients(cohort)
-            from lymphomil.options import check_folds_against
-
-            check_folds_against(config.folds, labelled.y, "folds")  # before any feature
-            summary = cached_explore(cohort, staging / "explore", config.cache_dir)
-        candidates = list(dict.fromkeys(config.candidates
-                                        + ([config.model] if config.model else [])))
-        selection = (selection_name(candidates)
-                     if config.nested_selection and len(candidates) > 1 else None)
-        evaluated = candidates + ([selection] if selection else [])
-        stage("features")
-        with _timed(timings, "features"):
-            models = [configure_model(name, config.features) for name in candidates]
-            attach_features(cohort.patients, models, config.cache_dir, engine=engine)
-        stage("cross-validation")
-        if cv_total is not None:
-            cv_total(len(evaluated) * config.folds * config.repeats)
-        with _timed(timings, "cross-validation"):
-            results = run_cv(evaluated, labelled.patients, labelled.y, folds=config.folds,
-                             repeats=config.repeats, seed=config.seed, features=config.features,
-                             cache_dir=config.cache_dir, on_fit=on_fit, use_cv_cache=True,
-                             engine=engine)
-            write_cv_outputs(results, staging / "cv")
-        chosen = (next(r for r in results if r.model_name == config.model) if config.model
-                  else choose_model([r for r in results if r.model_name != selection]))
-        stage("referral rule (inner CV)")
-        with _timed(timings, "referral rule"):
-            rule = fit_run_rule(chosen.model_name, config, labelled)
-        stage(f"train {chosen.model_name}")
-        with _timed(timings, "train"):
-            model = configure_model(chosen.model_name, config.features)
-            model = train_cached(model, labelled, staging / "model", name=chosen.model_name,
-                                 reference_date=config.reference_date, cache_dir=config.cache_dir,
-                                 seed=config.seed, extra={"cv": chosen.to_dict()["summary"]},
-                                 referral=rule)
-        stage("predict")
-        with _timed(timings, "predict"):
-            targets = cohort.unlabelled
-            pred = predict_patients(model, targets, cohort, cache_dir=config.cache_dir)
-            if targets:
-                checks = load_ood_checks(staging / "model", config.cache_dir)
-                pred.decisions = decide_patients(rule, checks, model, pred)
-                write_predictions(pred, staging / "predictions.csv")
-                write_predictions(pred, staging / "submission.csv", kaggle=True)
-            else:
-                atomic_write_text(staging / "submission.csv", "Id,Predicted\n")
-        spread = None
-        if len(pred.ids):
-            stage(f"uncertainty ({N_REFITS} refits)")
-            with _timed(timings, "uncertainty"):
-                spread = _refit_spread(chosen.model_name, config, labelled, pred, engine)
-        stage("report")
-        with _timed(timings, "report"):
-            card = write_run_model_card(staging / "model", model, config, chosen, results,
-                                        spread, rule)
-            scorer = gallery_scorer(model, config, labelled, config.cache_dir)
-            _write_report(staging / "report.html", config, data, chosen, results, summary,
-                          pred, cohort, labelled.patients, timings,
-                          files=run_files(staging, chosen.model_name), spread=spread, card=card,
-                          scorer=scorer)
-        skipped = cohort.skipped_table()
-        if skipped:
-            atomic_write_json(staging / "skipped.json", skipped)
-        atomic_write_text(staging / "config.toml",
-                          to_toml(config.model_copy(update={"data": data})))
-        atomic_write_json(staging / "metrics.json", {
-            "chosen_model": chosen.model_name,
-            "selection": "best mean balanced accuracy over the candidates' repeated CV "
-                         "(optimistic for the winner: chosen on the same folds)",
-            "candidates": {r.model_name: r.summary() for r in results if r.model_name != selection},
-            "nested_selection": next((r.summary() for r in results if r.model_name == selection),
-                                     None),
-            "n_labelled": int(len(labelled.y)), "n_predicted": len(pred.ids),
-            "n_skipped_patients": len(cohort.skipped_ids), "timings_seconds": timings,
-            "referral": referral_metrics(rule, pred.decisions) if rule is not None else None,
-            "risk_coverage": {r.model_name: risk_coverage(r) for r in results
-                              if r.model_name != selection},
-        })
-    return RunResult(out, chosen.model_name, results, len(pred.ids), len(cohort.skipped_ids),
-                     timings)
+    config = run.config
+    run.data = config.data
+    if run.data is None:
+        with run.stage("synthetic cohort", "synthetic cohort"):
+            run.data = synthetic_default(config.synthetic_patients, config.synthetic_seed)
+    with staged_dir(run.out, "run") as staging:
+        run.staging = staging
+        _explore(run)
+        candidates = _candidates(run)
+        _features(run, candidates)
+        _cross_validate(run, candidates, on_fit, cv_total)
+        _train(run)
+        _predict(run)
+        if len(run.pred.ids):
+            with run.stage(f"uncertainty ({N_REFITS} refits)", "uncertainty"):
+                run.spread = _refit_spread(run.chosen.model_name, config, run.labelled,
+                                           run.pred, run.engine)
+        with run.stage("report", "report"):
+            _report(run)
+        _write_summary(run)
+    return RunResult(run.out, run.chosen.model_name, run.results, len(run.pred.ids),
+                     len(run.cohort.skipped_ids), run.timings)
 
 
-def fit_run_rule(name: str, config: RunConfig, labelled):
-    """The referral rule of model ``name`` (:func:`lymphomil.steps.fit_rule`) to the config's
-    target; None when a class has fewer than 2 patients."""
-    from lymphomil.referral import check_target
-    from lymphomil.steps import configure_model, fit_rule
+def _explore(run: _Run) -> None:
+    """Read and check the folder (the folds against its classes, before any feature), and
+    explore it (Table 1 and figures, into explore/)."""
+    config = run.config
+    with run.stage("validate and explore", "validate + explore"):
+        run.labelled = flows.load_labelled(run.data, reference_date=config.reference_date,
+                                           on_error=config.on_error, cache_dir=config.cache_dir,
+                                           folds=config.folds, folds_option="folds")
+        run.cohort = run.labelled.cohort
+        run.summary = cached_explore(run.cohort, run.staging / "explore", config.cache_dir)
 
-    max_referral, target = check_target(config.max_referral, config.target_accuracy,
-                                        ("max_referral", "target_accuracy"))
-    return fit_rule(configure_model(name, config.features), labelled, name=name,
-                    seed=config.seed, max_referral=max_referral, target_accuracy=target,
-                    cache_dir=config.cache_dir)
+
+def _candidates(run: _Run) -> list[str]:
+    """The models compared by CV (the forced ``--model`` among them), and the nested selection
+    row among them when asked for."""
+    config = run.config
+    candidates = list(dict.fromkeys(config.candidates + ([config.model] if config.model else [])))
+    if config.nested_selection and len(candidates) > 1:
+        run.selection = selection_name(candidates)
+    return candidates
 
 
-def referral_metrics(rule, decisions) -> dict:
-    """The rule and what it decided, for metrics.json and the model card."""
-    from lymphomil.referral import decisions_table, referral_card
+def _features(run: _Run, candidates: list[str]) -> None:
+    """Every candidate's features of every patient (the unlabelled ones too), into the cache."""
+    with run.stage("features", "features"):
+        models = [configure_model(name, run.config.features) for name in candidates]
+        attach_features(run.cohort.patients, models, run.config.cache_dir, engine=run.engine)
 
-    return {**referral_card(rule),
-            "predicted": decisions_table(decisions) if decisions is not None else None}
+
+def _cross_validate(run: _Run, candidates: list[str], on_fit: Callable[..., None] | None,
+                    cv_total: Callable[[int], None] | None) -> None:
+    """The candidates' repeated CV (read back from the CV cache when unchanged), into cv/; the
+    chosen model: the forced one, else the best candidate (:func:`choose_model`)."""
+    config = run.config
+    evaluated = candidates + ([run.selection] if run.selection else [])
+    run.announce("cross-validation")
+    if cv_total is not None:
+        cv_total(len(evaluated) * config.folds * config.repeats)
+    start = time.perf_counter()
+    run.results = flows.cross_validate(
+        evaluated, run.labelled, folds=config.folds, repeats=config.repeats, seed=config.seed,
+        features=config.features, cache_dir=config.cache_dir, on_fit=on_fit,
+        use_cv_cache=True, engine=run.engine).results
+    write_cv_outputs(run.results, run.staging / "cv")
+    run.timings["cross-validation"] = round(time.perf_counter() - start, 2)
+    run.chosen = (next(r for r in run.results if r.model_name == config.model) if config.model
+                  else choose_model([r for r in run.results if r.model_name != run.selection]))
+
+
+def _train(run: _Run) -> None:
+    """The chosen model's referral rule, then the model fitted on every labelled patient, into
+    model/ (an earlier run's folder when nothing changed)."""
+    config = run.config
+    run.trained = flows.train(
+        run.chosen.model_name, run.labelled, run.staging / "model",
+        reference_date=config.reference_date, features=config.features, seed=config.seed,
+        cache_dir=config.cache_dir, max_referral=config.max_referral,
+        target_accuracy=config.target_accuracy, extra={"cv": run.chosen.to_dict()["summary"]},
+        card=False, reuse=True, stage=run.stage)
+
+
+def _predict(run: _Run) -> None:
+    """The unlabelled patients' calls and the rule's decisions: predictions.csv and the Kaggle
+    submission.csv (a header only when there are none)."""
+    config, staging, model = run.config, run.staging, run.trained.model
+    with run.stage("predict", "predict"):
+        targets = run.cohort.unlabelled
+        run.pred = predict_patients(model, targets, run.cohort, cache_dir=config.cache_dir)
+        if targets:
+            checks = load_ood_checks(staging / "model", config.cache_dir)
+            run.pred.decisions = decide_patients(run.trained.rule, checks, model, run.pred)
+            write_predictions(run.pred, staging / "predictions.csv")
+            write_predictions(run.pred, staging / "submission.csv", kaggle=True)
+        else:
+            atomic_write_text(staging / "submission.csv", "Id,Predicted\n")
+
+
+def _report(run: _Run) -> None:
+    """The model card (into model/) and report.html."""
+    config, model = run.config, run.trained.model
+    card = write_run_model_card(run.staging / "model", model, config, run.chosen, run.results,
+                                run.spread, run.trained.rule)
+    scorer = gallery_scorer(model, config, run.labelled, config.cache_dir)
+    write_run_report(run.staging / "report.html", config, run.data, run.chosen, run.results,
+                     run.summary, run.pred, run.cohort, run.labelled.patients, run.timings,
+                     files=run_files(run.staging, run.chosen.model_name),
+                     spread=run.spread, card=card, scorer=scorer)
+
+
+def _write_summary(run: _Run) -> None:
+    """skipped.json, config.toml (repeats the run) and metrics.json: written last."""
+    config, staging, selection, rule = run.config, run.staging, run.selection, run.trained.rule
+    skipped = run.cohort.skipped_table()
+    if skipped:
+        atomic_write_json(staging / "skipped.json", skipped)
+    atomic_write_text(staging / "config.toml",
+                      to_toml(config.model_copy(update={"data": run.data})))
+    atomic_write_json(staging / "metrics.json", {
+        "chosen_model": run.chosen.model_name,
+        "selection": "best mean balanced accuracy over the candidates' repeated CV "
+                     "(optimistic for the winner: chosen on the same folds)",
+        "candidates": {r.model_name: r.summary() for r in run.results
+                       if r.model_name != selection},
+        "nested_selection": next((r.summary() for r in run.results
+                                  if r.model_name == selection), None),
+        "n_labelled": int(len(run.labelled.y)), "n_predicted": len(run.pred.ids),
+        "n_skipped_patients": len(run.cohort.skipped_ids), "timings_seconds": run.timings,
+        "referral": referral_metrics(rule, run.pred.decisions) if rule is not None else None,
+        "risk_coverage": {r.model_name: risk_coverage(r) for r in run.results
+                          if r.model_name != selection},
+    })
 
 
 def _refit_spread(name: str, config: RunConfig, labelled, pred, engine: object):
     """The spread of each predicted patient's probability over refits of the chosen model."""
-    from lymphomil.outputs import cv_cache
-    from lymphomil.steps import attach_features, configure_model
-    from lymphomil.uncertainty import cached_refit_probas, refit_spread
-
     model = configure_model(name, config.features)
     patients = attach_features(labelled.patients, [model], config.cache_dir)
     probas = cached_refit_probas(cv_cache(config.cache_dir), model, patients,
                                  labelled.y, pred.patients, seed=config.seed, name=name,
                                  engine=engine)
     return refit_spread(probas)
-
-
-def score_units(model) -> str | None:
-    """What the model's cell scores are (see :func:`lymphomil.model_card.score_units`)."""
-    from lymphomil.model_card import score_units as units
-
-    return units(model)
-
-
-#: the model that scores cells for the galleries when the chosen model has no cell classifier
-GALLERY_SCORER = "cell-topk"
-
-
-def gallery_scorer(model, config: RunConfig, labelled, cache_dir: Path | None = None):
-    """The model whose cell scores rank the galleries: the chosen model when its cell scores come
-    from a cell classifier, else ``cell-topk`` fitted on the labelled patients (issue 15 item 2:
-    a mean-pooled linear model's per-cell "logit shares" are not evidence about single cells)."""
-    from lymphomil.models.base import create_model
-    from lymphomil.runcache import cached_fit
-    from lymphomil.steps import attach_features, configure_model
-
-    cell_units = create_model(GALLERY_SCORER).instance_score_units
-    if score_units(model) == cell_units:
-        return model
-    # the cells' log-odds come from the final cell classifier alone; k and the Platt map (what
-    # the inner CV of cell-topk tunes) change the patient's score, never the cells' order
-    scorer = configure_model(GALLERY_SCORER, config.features, ks=(0,), calibrate=False)
-    patients = attach_features(labelled.patients, [scorer], cache_dir)
-    return cached_fit(scorer, patients, labelled.y, tag="gallery-scorer", cache_dir=cache_dir,
-                      fit=lambda: scorer.fit(patients, labelled.y))[0]
-
-
-def _cell_scores(scorer, patients, cache_dir: Path | None = None):
-    from lymphomil.steps import attach_features
-
-    return scorer.instance_scores(attach_features(patients, [scorer], cache_dir))
-
-
-def patient_calls(pred, spread=None, scorer=None, cache_dir: Path | None = None) -> list:
-    """One report entry per predicted patient: call, probability, its spread (if measured), the
-    cells behind it (ranked by ``scorer``, default the model that made the calls), and the
-    referral rule's decision and reasons when ``pred`` carries them (``pred.decisions``: one
-    :class:`lymphomil.referral.Decision` per patient)."""
-    from lymphomil.report.render import PatientCall
-
-    if not len(pred.ids):
-        return []
-    scores = (pred.model.instance_scores(pred.patients) if scorer is None
-              else _cell_scores(scorer, pred.patients, cache_dir))
-    parts = pred.model.part_probas(pred.patients) if hasattr(pred.model, "part_probas") else None
-    decisions = getattr(pred, "decisions", None)
-    return [PatientCall(
-        id=patient.id, proba=float(pred.proba[i]), predicted=int(pred.labels[i]),
-        true_label=int(patient.label), age=float(patient.age), gender=patient.gender,
-        lymph_count=float(patient.lymph_count), n_images=patient.n_images,
-        image_paths=list(patient.image_paths),
-        instance_scores=None if scores is None else np.asarray(scores[i]),
-        part_probas=None if parts is None else {k: float(v[i]) for k, v in parts.items()},
-        interval=None if spread is None else (float(spread.low[i]), float(spread.high[i])),
-        decision=None if decisions is None else decisions[i].decision,
-        reasons=() if decisions is None else tuple(decisions[i].reasons))
-        for i, patient in enumerate(pred.patients)]
-
-
-def synthetic_origin(data: Path | None) -> dict | None:
-    """What generated the cohort at ``data`` (None: the built-in demo cohort), or None when it is
-    not a synthetic cohort. ``lymphomil synth`` leaves its marker file in every cohort it writes."""
-    from lymphomil.data.synth import MARKER
-    from lymphomil.errors import LymphomilError
-    from lymphomil.outputs import read_json
-
-    if data is None:
-        return {}
-    marker = Path(data) / MARKER
-    if not marker.is_file():
-        return None
-    try:
-        origin = read_json(marker)
-    except LymphomilError:  # a damaged marker still marks the folder as generated
-        return {}
-    return origin if isinstance(origin, dict) else {}
-
-
-#: what each file of a run folder holds, in the order the report lists them
-RUN_FILES = (("predictions.csv", "ID, LABEL and P(malignant) of every predicted patient"),
-             ("submission.csv", "the Kaggle submission: Id, Predicted"),
-             ("cv/oof_{model}.csv", "the chosen model's out-of-fold probability of every labelled "
-                                    "patient in every repeat"),
-             ("cv/results.md", "the cross-validation table of every candidate"),
-             ("metrics.json", "every candidate's CV metrics, the choice, the timings"),
-             ("model/model_card.json", "the model card (what the model is, how it was checked)"),
-             ("config.toml", "the resolved configuration: repeat the run with --config"))
-
-
-def run_files(folder: Path, model_name: str) -> list[tuple[str, str]]:
-    """(relative path, what it holds) of the files written so far into a run folder; the report
-    links to them. The config and metrics.json are always written, after the report."""
-    files = []
-    for name, what in RUN_FILES:
-        name = name.format(model=model_name)
-        if name in ("config.toml", "metrics.json") or (folder / name).is_file():
-            files.append((name, what))
-    return files
-
-
-def error_calls(chosen: CVResult, model, labelled, cache_dir: Path | None = None) -> list:
-    """Report entries of the labelled patients ``chosen`` gets wrong out of fold: their mean
-    out-of-fold probability and its range, and their cells ranked by the final ``model``."""
-    from lymphomil.report.render import PatientCall, oof_errors
-    from lymphomil.steps import attach_features
-
-    errors = oof_errors(chosen)
-    if not errors:
-        return []
-    by_id = {p.id: p for p in labelled}
-    patients = attach_features([by_id[e["id"]] for e in errors], [model], cache_dir)
-    scores = _cell_scores(model, patients, cache_dir)
-    return [PatientCall(
-        id=e["id"], proba=e["mean"], predicted=int(e["mean"] >= 0.5), true_label=e["label"],
-        age=float(p.age), gender=p.gender, lymph_count=float(p.lymph_count),
-        n_images=p.n_images, image_paths=list(p.image_paths),
-        instance_scores=None if scores is None else np.asarray(scores[i]),
-        interval=(e["low"], e["high"]), oof_wrong=(e["wrong"], e["repeats"]))
-        for i, (e, p) in enumerate(zip(errors, patients))]
-
-
-def write_run_model_card(model_dir: Path, model, config: RunConfig, chosen: CVResult,
-                         results: list[CVResult], spread=None, rule=None) -> dict:
-    """The trained model's card (lymphomil.model_card), written into its folder; returned for
-    the report."""
-    from lymphomil.model_card import build_model_card, write_model_card
-    from lymphomil.models.base import describe_model
-    from lymphomil.outputs import read_json
-    from lymphomil.report.render import calibration_stats
-
-    card = build_model_card(
-        model, chosen.model_name, read_json(Path(model_dir) / "metadata.json"), chosen=chosen,
-        results=results, forced=bool(config.model), brier=calibration_stats(chosen)["brier"],
-        uncertainty=None if spread is None else spread.method,
-        description=describe_model(chosen.model_name),
-        referral=None if rule is None else referral_metrics(rule, None))
-    write_model_card(model_dir, card)
-    return card
-
-
-def _write_report(path: Path, config: RunConfig, data: Path, chosen: CVResult,
-                  results: list[CVResult], summary: dict, pred, cohort, labelled,
-                  timings, files: list[tuple[str, str]] | None = None, spread=None,
-                  card: dict | None = None, scorer=None) -> None:
-    from lymphomil.models.base import describe_model, library_versions, selection_candidates
-    from lymphomil.report.render import ReportContext, render_report
-
-    scorer = pred.model if scorer is None else scorer
-    notes = ["The chosen model's CV figure is optimistic: it was picked as the best of "
-             f"{len(results)} candidates on the same folds."]
-    nested = [r for r in results if selection_candidates(r.model_name)]
-    if nested:
-        ba = nested[0].summary(n_bootstrap=10)["balanced_accuracy"]
-        notes.append(f"Honest figure of the choice itself (row {nested[0].model_name}): the "
-                     "choice among the candidates made inside each outer training part scores "
-                     f"{ba['mean']:.3f} ± {ba['std']:.3f} balanced accuracy.")
-    context = ReportContext(
-        title="lymphomil report", data_root=str(data), model_name=chosen.model_name,
-        model_description=describe_model(chosen.model_name), cv_results=results,
-        explore=summary, calls=patient_calls(pred, spread, scorer, config.cache_dir),
-        skipped=cohort.skipped_table(),
-        config=config.model_dump(mode="json"), versions=library_versions(), timings=timings,
-        notes=notes,
-        counts={p.id: float(p.lymph_count) for p in labelled},
-        synthetic=synthetic_origin(data),
-        reference_date=config.reference_date.isoformat(), files=files or [],
-        interval_method=spread.method if spread is not None else None,
-        score_units=score_units(scorer),
-        cell_scorer=chosen.model_name if scorer is pred.model else GALLERY_SCORER,
-        errors=error_calls(chosen, scorer, labelled, config.cache_dir), model_card=card)
-    from lymphomil.outputs import cache_root
-
-    render_report(context, path, gallery_k=config.gallery_k,
-                  figure_cache=cache_root(config.cache_dir) / "figures")
-
-
-def write_prediction_report(path: Path, pred, data: Path, model_dir: Path,
-                            gallery_k: int = 8, csv_path: Path | None = None,
-                            write: Callable[[Path, bytes, str], Path] | None = None) -> Path:
-    """The per-patient galleries for new patients (no CV: the model was trained elsewhere)."""
-    from lymphomil.model_card import MODEL_CARD_JSON
-    from lymphomil.models.base import library_versions
-    from lymphomil.outputs import read_json
-    from lymphomil.report.render import ReportContext, render_report
-
-    metadata = read_json(Path(model_dir) / "metadata.json")
-    card_path = Path(model_dir) / MODEL_CARD_JSON
-    cv = metadata.get("cv")
-    training = metadata.get("training") or {}  # null: a model saved from Python without it
-    notes = [f"Model {metadata.get('model_name') or 'unnamed'} from {model_dir}"
-             + (f", trained on {training['n_patients']} patients." if training else ".")]
-    if cv:
-        ba = cv["balanced_accuracy"]
-        notes.append(f"Its cross-validated balanced accuracy at training time: "
-                     f"{ba['mean']:.3f} ± {ba['std']:.3f}.")
-    context = ReportContext(
-        title="lymphomil predictions", data_root=str(data),
-        model_name=str(metadata.get("model_name")), model_description="", cv_results=[],
-        explore=None, calls=patient_calls(pred), skipped=pred.skipped, config={},
-        versions=library_versions(), timings={}, notes=notes,
-        synthetic=synthetic_origin(data), reference_date=metadata.get("reference_date"),
-        score_units=score_units(pred.model),
-        model_card=read_json(card_path) if card_path.is_file() else None,
-        files=[] if csv_path is None else [(_relative(csv_path, Path(path).parent),
-                                            "the predictions this page shows")])
-    return render_report(context, path, gallery_k=gallery_k, write=write)
-
-
-def _relative(target: Path, start: Path) -> str:
-    import os
-
-    return Path(os.path.relpath(Path(target).absolute(), Path(start).absolute())).as_posix()

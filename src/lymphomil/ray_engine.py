@@ -25,8 +25,12 @@ from typing import Any, Callable, Sequence
 
 import ray
 
-from lymphomil.errors import DataIssue
-from lymphomil.runtime import cpu_count
+from lymphomil import progress_protocol
+from lymphomil.errors import DataIssue, LymphomilError
+from lymphomil.features.cache import FeatureCache
+from lymphomil.features.env import NUMERIC_LIBRARIES
+from lymphomil.features.spec import FeatureSpec
+from lymphomil.runtime import cpu_count, package_versions, set_threads
 
 #: task retries after a worker dies (Ray's default for tasks, stated so it cannot drift)
 MAX_RETRIES = 3
@@ -46,9 +50,6 @@ def environment() -> dict[str, str]:
     package metadata: the driver of a feature run never needs to import torch)."""
     import platform
 
-    from lymphomil.features.env import NUMERIC_LIBRARIES
-    from lymphomil.runtime import package_versions
-
     names = ("lymphomil", "numpy", "scikit-learn", *NUMERIC_LIBRARIES)
     return {"python": platform.python_version(), **package_versions(names)}
 
@@ -59,8 +60,6 @@ def check_environment(expected: dict[str, str]) -> None:
     here = environment()
     differ = {k: (here.get(k), v) for k, v in expected.items() if here.get(k) != v}
     if differ:
-        from lymphomil.errors import LymphomilError
-
         what = ", ".join(f"{k} {mine} (driver {theirs})"
                          for k, (mine, theirs) in sorted(differ.items()))
         raise LymphomilError(f"Ray node {ray.util.get_node_ip_address()} runs other library "
@@ -74,8 +73,6 @@ _WORKER_CACHES: dict[tuple, Any] = {}
 
 def _worker_cache(root: str, batch_size: int, on_error: str) -> Any:
     """One single-stream FeatureCache per worker process (its model is built once)."""
-    from lymphomil.features.cache import FeatureCache
-
     key = (root, batch_size, on_error)
     if key not in _WORKER_CACHES:
         _WORKER_CACHES[key] = FeatureCache(root, workers=1, threads_per_stream=1,
@@ -88,8 +85,6 @@ def extract_chunk(root: str, spec: dict, disk_kinds: list[str], items: list[tupl
                   batch_size: int, on_error: str, expected: dict[str, str]) -> dict:
     """Extract one chunk of patients into the cache at ``root``; counts and problems back."""
     import torch
-
-    from lymphomil.features.spec import FeatureSpec
 
     check_environment(expected)
     torch.set_num_threads(1)
@@ -112,8 +107,6 @@ def extract_chunk(root: str, spec: dict, disk_kinds: list[str], items: list[tupl
 def run_fit(fit: Callable[[Any, Any], Any], shared: Any, task: Any, threads: int,
             expected: dict[str, str]) -> Any:
     """One cross-validation fit with the same thread limits as the local engine."""
-    from lymphomil.runtime import set_threads
-
     check_environment(expected)
     set_threads(threads)
     return fit(shared, task)
@@ -137,8 +130,6 @@ def image_chunks(sizes: Sequence[int], target: int) -> list[list[int]]:
 
 def fetch(ref: Any, retries: int = MAX_RETRIES) -> Any:
     """``ray.get`` with the task's own user-facing error re-raised as itself."""
-    from lymphomil.errors import LymphomilError
-
     try:
         return ray.get(ref)
     except ray.exceptions.RayTaskError as exc:
@@ -191,8 +182,6 @@ class RayEngine:
 
     def extract_features(self, cache: Any, patients: Sequence[Any], plans: Sequence[Any],
                          spec: Any, disk_kinds: Sequence[str]) -> int:
-        from lymphomil import progress_protocol
-
         cache.prepare_folder(spec)  # spec.json once, by the driver
         sizes = [len(p.image_paths) for p in patients]
         total = sum(sizes)

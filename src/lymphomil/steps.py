@@ -15,12 +15,24 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from lymphomil.crossval import CVResult
+from lymphomil import cvcache
+from lymphomil.coverage import trust_markdown
+from lymphomil.crossval import (
+    CVResult,
+    cross_validate_many,
+    derive_seed,
+    format_metric,
+    with_seed,
+)
 from lymphomil.data.cohort import Cohort, Patient, as_patient_array, labels_of, load_cohort
 from lymphomil.engine import Engine
 from lymphomil.engines import get_engine  # noqa: F401 (re-exported)
 from lymphomil.errors import LymphomilError
+from lymphomil.features import attach_store
+from lymphomil.features.cache import feature_root, shared_cache
+from lymphomil.metrics import balanced_accuracy, roc_auc
 from lymphomil.models.base import PatientModel, create_model
+from lymphomil.models.schema import FIX, check_weights_unchanged, read_model_folder
 from lymphomil.ood import OOD_JSON, OODCheck, fit_ood_checks, held_out_flags, load_ood_checks
 from lymphomil.outputs import atomic_write_json, atomic_write_text, cv_cache
 from lymphomil.referral import can_fit, fit_referral, load_rule, model_decisions, save_rule
@@ -47,8 +59,6 @@ def _override_features(model: PatientModel, features: str) -> None:
 def feature_store(cache_dir: Path | None = None):
     """One FeatureCache per cache folder in a process, so the stages of a run (features, CV,
     train, predict) share its in-memory arrays instead of re-reading every file."""
-    from lymphomil.features.cache import feature_root, shared_cache
-
     return shared_cache(feature_root(cache_dir))
 
 
@@ -63,8 +73,6 @@ def attach_features(patients: Sequence[Patient], models: Iterable[PatientModel],
                 needed.append(item)
     if not needed:
         return as_patient_array(patients)
-    from lymphomil.features import attach_store
-
     store = feature_store(cache_dir)
     by_spec: dict = {}
     for spec, kind in needed:
@@ -76,7 +84,7 @@ def attach_features(patients: Sequence[Patient], models: Iterable[PatientModel],
 
 @dataclass
 class LabelledSet:
-    cohort: Cohort
+    cohort: Cohort | None  # None: patients given without their folder (the Python API)
     patients: np.ndarray  # 1-D object array of labelled patients
     y: np.ndarray
 
@@ -93,39 +101,42 @@ def labelled_patients(cohort: Cohort) -> LabelledSet:
     return LabelledSet(cohort, as_patient_array(labelled), y)
 
 
-def run_cv(model_names: Sequence[str], patients: np.ndarray, y: np.ndarray, *, folds: int,
-           repeats: int, seed: int, features: str | None = None, cache_dir: Path | None = None,
-           on_fit: Callable[..., None] | None = None, use_cv_cache: bool = False,
+def run_cv(models: Sequence[str | tuple[str, PatientModel]], patients: np.ndarray,
+           y: np.ndarray, *, folds: int, repeats: int, seed: int, features: str | None = None,
+           cache_dir: Path | None = None, on_fit: Callable[..., None] | None = None,
+           use_cv_cache: bool = False, store_fits: bool = True,
            engine: Engine | None = None) -> list[CVResult]:
-    """Repeated CV of each named model; with ``use_cv_cache`` an unchanged model/data/plan is
-    read back from the CV-result cache instead of refitted (see :mod:`lymphomil.cvcache`).
-    ``engine`` runs the features and the fits (:mod:`lymphomil.engine`; default: here)."""
-    from lymphomil import cvcache
-    from lymphomil.crossval import cross_validate_many
-
-    models = [configure_model(name, features) for name in model_names]
-    attached = attach_features(patients, models, cache_dir, engine=engine)
+    """Repeated CV of each model (a registered name, or a ``(name, model)`` pair): the one CV
+    loop of ``cv``, ``run`` and :func:`lymphomil.cross_validate`. With ``use_cv_cache`` an
+    unchanged model/data/plan is read back from the CV-result cache instead of refitted (see
+    :mod:`lymphomil.cvcache`); with ``store_fits`` each fit is kept as it ends, so a re-run
+    after an interrupt does only the missing ones. ``engine`` runs the features and the fits
+    (:mod:`lymphomil.engine`; default: here)."""
+    pairs = [(m, configure_model(m, features)) if isinstance(m, str) else m for m in models]
+    model_names = [name for name, _ in pairs]
+    attached = attach_features(patients, [model for _, model in pairs], cache_dir, engine=engine)
     root = cv_cache(cache_dir)
     results: dict[str, CVResult] = {}
     keys: dict[str, str] = {}
-    for name, model in zip(model_names, models):
-        key = keys[name] = cvcache.cv_key(model, name, attached, folds, repeats, seed)
-        cached = cvcache.load_cached(root, key) if use_cv_cache else None
+    if use_cv_cache or store_fits:
+        for name, model in pairs:
+            keys[name] = cvcache.cv_key(model, name, attached, folds, repeats, seed)
+    for name, model in pairs:
+        cached = cvcache.load_cached(root, keys[name]) if use_cv_cache else None
         if cached is not None:
             if on_fit is not None:
                 on_fit(folds * repeats, rate="cached")
             results[name] = cached
-    todo = [(name, model) for name, model in zip(model_names, models) if name not in results]
+    todo = [(name, model) for name, model in pairs if name not in results]
     if todo:
-        # every fit is kept as it ends: a re-run after an interrupt does only the missing ones
-        store = cvcache.FitStore(root, keys)
+        store = cvcache.FitStore(root, keys) if store_fits else None
         for result in cross_validate_many(todo, attached, y, folds=folds, repeats=repeats,
                                           seed=seed, on_fit=on_fit, engine=engine,
                                           fit_store=store):
             if use_cv_cache:
                 cvcache.store(root, keys[result.model_name], result)
             results[result.model_name] = result
-        if store.reused:
+        if store is not None and store.reused:
             total = len(todo) * folds * repeats
             logging.getLogger("lymphomil").warning(
                 "cross-validation: reused %d of %d fits stored by an earlier run; computed %d",
@@ -147,8 +158,6 @@ def write_cv_outputs(results: Sequence[CVResult], out: Path, trust: dict | None 
         atomic_write_text(out / f"oof_{result.model_name}.csv", buffer.getvalue())
     markdown = cv_markdown(results)
     if trust:
-        from lymphomil.coverage import trust_markdown
-
         markdown += trust_markdown(trust)
     atomic_write_text(out / "results.md", markdown)
     atomic_write_json(out / "metrics.json", payload)
@@ -156,8 +165,6 @@ def write_cv_outputs(results: Sequence[CVResult], out: Path, trust: dict | None 
 
 
 def cv_markdown(results: Sequence[CVResult]) -> str:
-    from lymphomil.crossval import format_metric
-
     lines = ["| model | balanced accuracy | hard-subset bal. acc. | ROC AUC | accuracy | F1 | "
              "minutes |", "|---|---|---|---|---|---|---|"]
     for r in results:
@@ -195,8 +202,6 @@ def train_model(model: PatientModel, labelled: LabelledSet, out: Path, *, name: 
     referral rule ``referral`` (lymphomil.referral) and, with ``ood``, the out-of-distribution
     checks fitted on the same patients (lymphomil.ood; for a model that reads pooled image
     features) beside the model; ``finish(folder)`` adds files before it is renamed into place."""
-    from lymphomil.crossval import derive_seed, with_seed
-
     patients = attach_features(labelled.patients, [model], cache_dir)
     with_seed(model, derive_seed(seed, name, "final"))
     model.fit(patients, labelled.y)
@@ -254,8 +259,6 @@ def select_targets(cohort: Cohort, rule: str = "new") -> tuple[list[Patient], li
 
 def label_metrics(pred: "Predictions") -> dict | None:
     """Balanced accuracy, accuracy and ROC AUC over the predicted patients that carry a label."""
-    from lymphomil.metrics import balanced_accuracy, roc_auc
-
     y = np.array([p.label for p in pred.patients], dtype=int)
     mask = np.isin(y, (0, 1))
     if not mask.any():
@@ -284,8 +287,6 @@ def predict_folder(model_dir: Path, data: Path, *, on_error: str = "raise",
     """Predict the patients of ``data`` that the rule ``patients`` names (:data:`PATIENT_RULES`;
     ``include_labelled`` = ``"all"``); the others are in ``not_predicted``, and the labels of
     predicted patients that carry one give ``metrics``."""
-    from lymphomil.models.schema import FIX, check_weights_unchanged, read_model_folder
-
     model, metadata = read_model_folder(model_dir)  # checksums, then a strict schema
     check_weights_unchanged(model_dir, metadata)  # the same weights, hence the same features
     reference = date.fromisoformat(metadata["reference_date"])

@@ -248,11 +248,15 @@ def test_features_defaults_to_what_the_default_model_reads() -> None:
     twice): after it, `run` finds every feature it needs in the cache."""
     from lymphomil.commands.features import _defaults
     from lymphomil.config import default_model_features
+    from lymphomil.features.spec import DEFAULT_CROP
 
-    spec, kind = default_model_features()[0]
-    assert _defaults(None, None, None, None) == (spec.backbone, spec.crop, spec.weights, kind)
-    assert _defaults("small-cnn", None, None, None) == ("small-cnn", 112, "imagenet", "pooled")
-    assert _defaults(None, 64, "none", None)[1:3] == (64, "none")
+    pairs = default_model_features()  # what the command reads when no --backbone is given
+    spec, kind = pairs[0]
+    assert _defaults(None, None, None, None, DEFAULT_CROP, pairs) == (spec.backbone, spec.crop,
+                                                                     spec.weights, kind)
+    assert _defaults("small-cnn", None, None, None, DEFAULT_CROP, None) == ("small-cnn", 112,
+                                                                           "imagenet", "pooled")
+    assert _defaults(None, 64, "none", None, DEFAULT_CROP, pairs)[1:3] == (64, "none")
 
 
 def test_readme_says_how_the_command_gets_on_the_path() -> None:

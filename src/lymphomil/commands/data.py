@@ -3,28 +3,19 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import typer
 from rich.table import Table
 
-from lymphomil.cli_app import (
-    OnError,
-    app,
-    console,
-    err_console,
-    handle_errors,
-    parse_date_option,
-    progress_task,
-)
+from lymphomil.cli_app import OnError, app, console, err_console, handle_errors, progress_task
 
 if TYPE_CHECKING:  # pragma: no cover
     from lymphomil.data.cohort import Cohort
 
 
-def _rich_table(title: str, rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> Table:
-    from lymphomil.explore import format_value
-
+def _rich_table(title: str, rows: Sequence[dict[str, Any]], columns: Sequence[str],
+                format_value: Callable[[Any], str]) -> Table:
     table = Table(title=title, title_justify="left")
     for column in columns:
         table.add_column(column, justify="left" if column in ("attribute", "group") else "right")
@@ -51,18 +42,14 @@ def synth(
 
     Example: lymphomil synth out/synth --patients 60 --seed 0
     """
+    # deferred for start-up time (see lymphomil.commands.common)
+    from lymphomil import options
     from lymphomil.data.synth import write_synthetic_cohort
-    from lymphomil.options import (
-        check_fraction,
-        check_images_per_patient,
-        check_synthetic,
-        check_synthetic_seed,
-    )
 
-    check_synthetic(patients)  # the writer checks OUT (its own marker) and locks it
-    check_synthetic_seed(seed)
-    check_fraction(test_fraction, "--test-fraction")
-    check_images_per_patient(min_images, max_images)
+    options.check_synthetic(patients)  # the writer checks OUT (its own marker) and locks it
+    options.check_synthetic_seed(seed)
+    options.check_fraction(test_fraction, "--test-fraction")
+    options.check_images_per_patient(min_images, max_images)
     with progress_task("synth", patients, "patients") as advance:
         root = write_synthetic_cohort(out, n_patients=patients, seed=seed,
                                       test_fraction=test_fraction,
@@ -88,30 +75,31 @@ def explore(
 
     Example: lymphomil explore ../shared/data/dlmi-lymphocytosis --out out/explore
     """
+    # deferred for start-up time (see lymphomil.commands.common)
+    from lymphomil import explore as exploring
+    from lymphomil import options, outputs
     from lymphomil.data.cohort import load_cohort
-    from lymphomil.explore import GENDER_COLUMNS, STATISTICS
-    from lymphomil.explore import explore as explore_cohort
-    from lymphomil.outputs import atomic_write_json, claim_output, staged_dir
 
-    reference = parse_date_option(reference_date)
+    reference = options.parse_date(reference_date)
     # a folder: not a file, not the data's, empty or written by an earlier `explore`
-    claim_output(out, "explore", {"data folder": data})
+    outputs.claim_output(out, "explore", {"data folder": data})
     cohort = load_cohort(data, reference_date=reference, on_error=on_error)
     out = Path(out)
     # staged like every output: the folder appears whole, and nothing of an earlier explore
     # outlives this one
-    with staged_dir(out, "explore") as staging:
-        result = explore_cohort(cohort, staging)
+    with outputs.staged_dir(out, "explore") as staging:
+        result = exploring.explore(cohort, staging)
         skipped_path = None
         if on_error == "skip":
-            skipped_path = atomic_write_json(staging / "skipped.json", {
+            skipped_path = outputs.atomic_write_json(staging / "skipped.json", {
                 "skipped_patients": cohort.skipped_ids, "ignored_folders": cohort.ignored_folders,
                 "issues": cohort.skipped_table()})
     rows = result["attributes_by_label"]
     for attribute in dict.fromkeys(row["attribute"] for row in rows):
         console.print(_rich_table(attribute, [r for r in rows if r["attribute"] == attribute],
-                                  ("group",) + STATISTICS))
-    console.print(_rich_table("gender", result["gender_by_label"], GENDER_COLUMNS))
+                                  ("group",) + exploring.STATISTICS, exploring.format_value))
+    console.print(_rich_table("gender", result["gender_by_label"], exploring.GENDER_COLUMNS,
+                              exploring.format_value))
     files = [out / Path(path).name for path in result["files"].values()]
     if skipped_path is not None:
         files.append(out / skipped_path.name)

@@ -24,7 +24,7 @@ from lymphomil.cli_app import (
 from lymphomil.errors import LymphomilError
 
 #: ``--cache-dir`` of ``cache info`` and ``cache clear``
-#: (one option object, as commands/models.py does)
+#: (one option object, as commands/common.py has for the model commands)
 CACHE_DIR_OPT = typer.Option(None, "--cache-dir", help="Cache folder (as for `features`).",
                              show_default=CACHE_DEFAULT)
 
@@ -37,9 +37,7 @@ def _human_bytes(size: float) -> str:
     return f"{size:.1f} GiB"  # pragma: no cover
 
 
-def _parse_kinds(text: str) -> tuple[str, ...]:
-    from lymphomil.features.spec import KINDS
-
+def _parse_kinds(text: str, KINDS: tuple[str, ...]) -> tuple[str, ...]:
     kinds = tuple(k.strip() for k in text.split(",") if k.strip())
     unknown = [k for k in kinds if k not in KINDS]
     if not kinds or unknown:
@@ -53,13 +51,12 @@ DEFAULT_FEATURES = "without --backbone: the default model's features"
 
 
 def _defaults(backbone: str | None, crop: int | None, weights: str | None,
-              kinds: str | None) -> tuple[str, int, str, str]:
-    """No --backbone: the features the default model reads (what `run` and `train` then find in
-    the cache), each given option on top; a named backbone: crop 112, ImageNet weights, pooled."""
+              kinds: str | None, default_crop: int,
+              pairs: list | None) -> tuple[str, int, str, str]:
+    """No --backbone: the features the default model reads (``pairs``: what `run` and `train`
+    then find in the cache), each given option on top; a named backbone: crop 112, ImageNet
+    weights, pooled."""
     if backbone is None:
-        from lymphomil.config import default_model_features
-
-        pairs = default_model_features()
         if pairs:
             spec = pairs[0][0]
             same = [k for s, k in pairs if s == spec]
@@ -67,9 +64,7 @@ def _defaults(backbone: str | None, crop: int | None, weights: str | None,
                     spec.weights if weights is None else weights,
                     ",".join(same) if kinds is None else kinds)
         backbone = "efficientnet-lite0"  # an attributes-only default model reads no features
-    from lymphomil.features.spec import DEFAULT_CROP
-
-    return (backbone, DEFAULT_CROP if crop is None else crop,
+    return (backbone, default_crop if crop is None else crop,
             "imagenet" if weights is None else weights, "pooled" if kinds is None else kinds)
 
 
@@ -122,13 +117,15 @@ def features(
     Example: lymphomil features ../shared/data/dlmi-lymphocytosis   (the default model's features)
     Another backbone: lymphomil features DATA --backbone efficientnet-lite0 --crop 112
     """
+    # deferred for start-up time (see lymphomil.commands.common): no torch, no model family
+    from lymphomil import engines, options, outputs
     from lymphomil.data.cohort import load_cohort
-    from lymphomil.engines import get_engine
-    from lymphomil.features import FeatureCache, FeatureSpec, resolve_precision
+    from lymphomil.features import KINDS, FeatureCache, FeatureSpec, resolve_precision
     from lymphomil.features.cache import feature_root
+    from lymphomil.features.spec import DEFAULT_CROP
 
     if list_names:
-        from lymphomil.features.backbones import describe_backbones
+        from lymphomil.features.backbones import describe_backbones  # torch: --list only
 
         table = Table(title="backbones", title_justify="left")
         table.add_column("name")
@@ -140,25 +137,20 @@ def features(
     if data is None:
         raise LymphomilError("no data folder given",
                              fix="lymphomil features DATA (the challenge folder), or --list")
-    from lymphomil.options import (
-        check_backbone,
-        check_batch_size,
-        check_crop,
-        check_in_flight,
-        check_workers,
-    )
+    pairs = None
+    if backbone is None:  # deferred further: pydantic and the default model's family, only here
+        from lymphomil.config import default_model_features
 
-    backbone, crop, weights, kinds = _defaults(backbone, crop, weights, kinds)
+        pairs = default_model_features()
+    backbone, crop, weights, kinds = _defaults(backbone, crop, weights, kinds, DEFAULT_CROP, pairs)
     # every option before any work: a 5000 px crop once ran a 5000x5000 probe through the network
-    check_crop(crop)
-    check_batch_size(batch_size)
-    check_workers(workers)
-    check_in_flight(workers, batch_size)
-    check_backbone(backbone)
-    from lymphomil.outputs import check_cache_location
-
-    check_cache_location(cache_dir, data)
-    wanted = _parse_kinds(kinds)
+    options.check_crop(crop)
+    options.check_batch_size(batch_size)
+    options.check_workers(workers)
+    options.check_in_flight(workers, batch_size)
+    options.check_backbone(backbone)
+    outputs.check_cache_location(cache_dir, data)
+    wanted = _parse_kinds(kinds, KINDS)
     if tta and "views" not in wanted:
         wanted = wanted + ("views",)
     resolved = resolve_precision(precision)
@@ -178,7 +170,7 @@ def features(
         err_console.print("[yellow]note[/]: --workers is ignored under --engine ray: each Ray task "
                           "runs one extraction stream, and the cluster's CPUs set how many run at "
                           "once", highlight=False, soft_wrap=True)
-    runner = get_engine(engine)
+    runner = engines.get_engine(engine)
     try:
         cache.ensure(cohort.patients, spec, kinds=wanted, engine=runner)
     finally:
@@ -207,14 +199,14 @@ def cache_info(
 
     Example: lymphomil cache info
     """
-    from lymphomil.features import FeatureCache
-    from lymphomil.features.cache import feature_root
-    from lymphomil.outputs import dumps_json
+    # deferred for start-up time (see lymphomil.commands.common); ``features``: the package
+    from lymphomil import cvcache, features, outputs
 
-    info = FeatureCache(feature_root(cache_dir)).info()
-    info["cv_results"] = _cv_cache_size(cache_dir)
+    info = features.FeatureCache(features.cache.feature_root(cache_dir)).info()
+    files = cvcache.entry_files(outputs.cv_cache(cache_dir))  # only those are the cache's
+    info["cv_results"] = (len(files), sum(p.stat().st_size for p in files))
     if as_json:
-        console.print_json(dumps_json(info))
+        console.print_json(outputs.dumps_json(info))
         return
     table = Table(title=f"feature cache {info['root']} — {_human_bytes(info['bytes'])}, "
                         f"{info['files']} files", title_justify="left")
@@ -231,20 +223,6 @@ def cache_info(
     console.print(f"cross-validation results: {cv_files} files, {_human_bytes(cv_bytes)}")
 
 
-def _cv_folder(cache_dir: Optional[Path]) -> Path:
-    from lymphomil.outputs import cv_cache
-
-    return cv_cache(cache_dir)
-
-
-def _cv_cache_size(cache_dir: Optional[Path]) -> tuple[int, int]:
-    """The CV results the cache's manifest lists (only those are the cache's to clear)."""
-    from lymphomil.cvcache import entry_files
-
-    files = entry_files(_cv_folder(cache_dir))
-    return len(files), sum(p.stat().st_size for p in files)
-
-
 @cache_app.command("clear")
 @handle_errors
 def cache_clear(
@@ -256,22 +234,18 @@ def cache_clear(
 
     Example: lymphomil cache clear --yes
     """
-    from lymphomil.features import FeatureCache
-    from lymphomil.features.cache import feature_root
+    # deferred for start-up time (see lymphomil.commands.common); ``features``: the package
+    from lymphomil import cvcache, features, outputs, runcache
 
-    cache = FeatureCache(feature_root(cache_dir))
+    cache = features.FeatureCache(features.cache.feature_root(cache_dir))
     if not yes:
         info = cache.info()
         typer.confirm(f"delete {info['files']} feature files ({_human_bytes(info['bytes'])}) "
                       f"under {info['root']} and the cached CV results?", abort=True)
-    from lymphomil.cvcache import clear as clear_cv
-
     freed = cache.clear()
     # only the CV results the cache's own manifest lists: never whatever else is in cv/
-    cv_files, cv_bytes, kept = clear_cv(_cv_folder(cache_dir))
-    from lymphomil.runcache import clear as clear_runs
-
-    run_entries, run_bytes = clear_runs(cache_dir)  # a rerun's exploration and fitted models
+    cv_files, cv_bytes, kept = cvcache.clear(outputs.cv_cache(cache_dir))
+    run_entries, run_bytes = runcache.clear(cache_dir)  # a rerun's exploration and fitted models
     console.print(f"freed {_human_bytes(freed + cv_bytes + run_bytes)} under "
                   f"{cache.root.parent} (features, {cv_files} CV result files and {run_entries} "
                   "reusable run results)")

@@ -17,28 +17,31 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from lymphomil.errors import LymphomilError
+from lymphomil.errors import LymphomilError, plain_problems
+from lymphomil.features.weights import known_backbones, weights_digest
+from lymphomil.models.base import (
+    METADATA_JSON,
+    known_classes,
+    known_models,
+    load_model,
+    model_class,
+)
 from lymphomil.options import MAX_YEAR, MIN_YEAR, one_of
+from lymphomil.outputs import read_json, verify_dir
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
 FIX = "re-create the model folder with `lymphomil train` (never edit it by hand)"
 
 
 def _backbones() -> list[str]:
-    from lymphomil.features.weights import known_backbones
-
     return known_backbones()
 
 
 def _models() -> list[str]:
-    from lymphomil.models.base import known_models
-
     return known_models()
 
 
 def _classes() -> Collection[str]:
-    from lymphomil.models.base import known_classes
-
     return known_classes()
 
 
@@ -113,14 +116,10 @@ class ModelJsonSchema(_Strict):
 
 
 def _problems(exc: ValidationError) -> str:
-    from lymphomil.errors import plain_problems
-
     return plain_problems(exc)
 
 
 def _check(schema: type[BaseModel], path: Path) -> BaseModel:
-    from lymphomil.outputs import read_json
-
     data = read_json(path)
     try:
         return schema.model_validate(data)
@@ -131,8 +130,6 @@ def _check(schema: type[BaseModel], path: Path) -> BaseModel:
 
 def _param_types(path: Path, class_name: str, params: dict[str, Any]) -> None:
     """Each saved hyper-parameter has the type of the class's default (an int stays an int)."""
-    from lymphomil.models.base import model_class
-
     try:
         defaults = model_class(class_name)().get_params(deep=False)
     except Exception:  # a class without defaults for every parameter: the load checks it
@@ -174,9 +171,6 @@ def _check_tree(folder: Path, depth: int = 0) -> None:
 def read_model_folder(folder: str | Path):
     """(model, metadata dict) of a folder written by :meth:`PatientModel.save` (`lymphomil
     train` and `run` save through it), checked strictly."""
-    from lymphomil.models.base import METADATA_JSON, load_model
-    from lymphomil.outputs import verify_dir
-
     folder = Path(folder)
     verify_dir(folder, "model")
     if not (folder / METADATA_JSON).is_file():
@@ -227,8 +221,6 @@ def recorded_weights(folder: Path, metadata: dict) -> dict[tuple[str, str], str]
             recorded[(spec["backbone"], spec["weights"])] = use["weights_sha256"]
     card = folder / "model_card.json"
     if not recorded and card.is_file():
-        from lymphomil.outputs import read_json
-
         try:
             uses = read_json(card)["inputs"]["image_features"]
             for use in uses:
@@ -245,8 +237,6 @@ def recorded_weights(folder: Path, metadata: dict) -> dict[tuple[str, str], str]
 def check_weights_unchanged(folder: str | Path, metadata: dict) -> None:
     """Stop when a weights file the model was trained on has changed since (its sha256 differs
     from the recorded one): its features, hence the predictions, would change silently."""
-    from lymphomil.features.weights import weights_digest
-
     folder = Path(folder)
     for (backbone, weights), digest in recorded_weights(folder, metadata).items():
         if weights == "none":

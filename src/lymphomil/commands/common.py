@@ -1,0 +1,75 @@
+"""What the model commands share: their options, the skipped-input lines, the CV table.
+
+Deferred imports live at the CLI layer, per command: each command imports in its body, in one
+place, what it runs, so `--help` imports no numpy, pydantic or torch, and a command that reads
+cached features imports no model family it does not run. Library modules import at the top.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from lymphomil.cli_app import CACHE_DEFAULT, RAY_EXTRA, err_console
+from lymphomil.defaults import RUN_DEFAULTS
+
+DATA_ARG = typer.Argument(..., help="challenge-layout folder (clinical_annotation.csv or "
+                                    "trainset/ + testset/)", show_default=False)
+REFERENCE_OPT = typer.Option("2024-01-01", "--reference-date",
+                             help="date at which ages are computed (stored with the model)")
+ON_ERROR_OPT = typer.Option("raise", "--on-error",
+                            help="raise: stop at the first bad input; "
+                                 "skip: leave it out and list it")
+CACHE_OPT = typer.Option(None, "--cache-dir", help="feature cache folder",
+                         show_default=CACHE_DEFAULT)
+FEATURES_OPT = typer.Option(None, "--features",
+                            help="override image models' features, e.g. efficientnet-lite0@112",
+                            show_default="each model's own")
+MAX_REFERRAL_HELP = ("the referral rule refers at most this fraction of the patients "
+                     "(thresholds fitted by inner CV on the training patients; default 0.2 when "
+                     "no target is given)")
+TARGET_ACCURACY_HELP = ("instead: the rule refers the fewest patients whose inner-CV auto-calls "
+                        "reach this balanced accuracy (at most 50 % referred)")
+MAX_REFERRAL_OPT = typer.Option(None, "--max-referral", help=MAX_REFERRAL_HELP,
+                                show_default="0.2")
+TARGET_ACCURACY_OPT = typer.Option(None, "--target-accuracy", help=TARGET_ACCURACY_HELP,
+                                   show_default="none")
+ENGINE_HELP = ("where features and CV fits run: local, or ray (joins RAY_ADDRESS or starts a "
+               f"local Ray; {RAY_EXTRA})")
+
+
+def run_default(name: str) -> str:
+    """What `run` uses when an option is not given (the config's default) for --help."""
+    return RUN_DEFAULTS[name]
+
+
+THREADS_OPT = typer.Option(1, "--threads", help="threads for model fitting (torch, BLAS); "
+                                                 "fixed for reproducibility")
+
+
+def print_skips(issues: list[dict], out: Path | None = None) -> None:
+    if not issues:
+        return
+    err_console.print(f"[yellow]{len(issues)} input problem(s) skipped[/] (--on-error skip):",
+                      soft_wrap=True)
+    for issue in issues[:20]:
+        where = issue["file"] + (f", row {issue['row']}" if issue.get("row") else "")
+        err_console.print(f"  - {escape(where)}: {escape(issue['problem'])}", highlight=False,
+                          soft_wrap=True)
+    if len(issues) > 20:
+        err_console.print(f"  … and {len(issues) - 20} more")
+    if out is not None:
+        err_console.print(f"  the full list is in {out}", soft_wrap=True)
+
+
+def results_table(rows: Sequence[Sequence[str]]) -> Table:
+    """The CV table of :func:`lymphomil.flows.summary_rows`."""
+    table = Table("model", "balanced acc. (mean ± std [95% CI])", "hard subset", "ROC AUC",
+                  "minutes", title="repeated patient-level CV")
+    for row in rows:
+        table.add_row(*row)
+    return table
