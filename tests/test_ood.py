@@ -5,6 +5,7 @@ the training patients only."""
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import replace
 
 import numpy as np
@@ -213,6 +214,8 @@ def test_image_stats_are_memoised_by_content(patients, monkeypatch, tmp_path):
         raise AssertionError(f"decoded {path} again")
 
     monkeypatch.setattr("lymphomil.features.preprocess.decode_image", no_decoding)
+    # nor is the decoder (torch) imported: a warm run's checks never load torch
+    monkeypatch.setitem(sys.modules, "lymphomil.features.preprocess", None)
     again = patient_image_stats(patients[0], max_images=4, cache_dir=tmp_path)
     np.testing.assert_array_equal(np.isnan(first), np.isnan(again))
     np.testing.assert_allclose(np.nan_to_num(first), np.nan_to_num(again))

@@ -21,24 +21,28 @@ import numpy as np
 
 from lymphomil.crossval import CVResult
 from lymphomil.data.digests import image_digests
+from lymphomil.data.folders import path_strings
 from lymphomil.models.base import PatientModel, encode_param, library_versions
 from lymphomil.outputs import atomic_write_bytes, atomic_write_json, sweep_stale_temp_files
 
 CACHE_FORMAT = 1
 
 
-def patient_fingerprint(patient, digests) -> list:
-    files = [[str(path), next(digests)] for path in patient.image_paths]
-    return [patient.id, patient.label, patient.gender, patient.age, patient.lymph_count, files]
+def patients_fingerprint(patients: Sequence) -> list:
+    """What a cache key knows of the patients: attributes, label and each image's path and
+    sha256 (the digests in one pass, paths as strings: no ``Path`` built per image)."""
+    paths = [path_strings(p.image_paths) for p in patients]
+    digests = iter(image_digests([path for group in paths for path in group]))
+    return [[p.id, p.label, p.gender, p.age, p.lymph_count,
+             [[path, next(digests)] for path in group]] for p, group in zip(patients, paths)]
 
 
 def cv_key(model: PatientModel, name: str, patients: Sequence, folds: int, repeats: int,
            seed: int) -> str:
-    digests = iter(image_digests([path for p in patients for path in p.image_paths]))
     payload = {
         "format": CACHE_FORMAT, "name": name, "class": type(model).__name__,
         "params": encode_param(model.get_params(deep=False)),
-        "patients": [patient_fingerprint(p, digests) for p in patients],
+        "patients": patients_fingerprint(patients),
         "folds": folds, "repeats": repeats, "seed": seed, "versions": library_versions(),
     }
     text = json.dumps(payload, sort_keys=True, default=str)

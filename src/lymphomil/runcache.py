@@ -22,8 +22,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from lymphomil.cvcache import patient_fingerprint
-from lymphomil.data.digests import image_digests
+from lymphomil.cvcache import patients_fingerprint
 from lymphomil.errors import LymphomilError
 from lymphomil.explore import explore
 from lymphomil.models.base import PatientModel, encode_param, library_versions
@@ -36,9 +35,8 @@ SUMMARY_JSON = "summary.json"
 
 
 def _key(payload: dict, patients: Sequence) -> str:
-    digests = iter(image_digests([path for p in patients for path in p.image_paths]))
     payload = {"format": CACHE_FORMAT, **payload, "versions": library_versions(),
-               "patients": [patient_fingerprint(p, digests) for p in patients]}
+               "patients": patients_fingerprint(patients)}
     text = json.dumps(payload, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 

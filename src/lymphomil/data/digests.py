@@ -22,13 +22,23 @@ _DIGEST_LOCK = threading.Lock()
 _STAT = struct.Struct("<QqqQ")
 
 
+def _state(stat: os.stat_result) -> bytes:
+    return _STAT.pack(stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino)
+
+
 def _digest_one(path: str, tolerant: bool = False) -> str:
+    known = _DIGESTS.get(path)  # one dict read: atomic under the GIL
+    if known is not None:  # a file seen before: one stat (not open + fstat + close) when unchanged
+        try:
+            if known[:_STAT.size] == _state(os.stat(path)):
+                return known[_STAT.size:].hex()
+        except OSError:
+            pass  # gone or unreadable: the open below says so
     try:
         fd = os.open(path, os.O_RDONLY)  # open + fstat: one path lookup, not two
         try:
             stat = os.fstat(fd)
-            state = _STAT.pack(stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino)
-            known = _DIGESTS.get(path)  # one dict read: atomic under the GIL
+            state = _state(stat)
             if known is not None and known[:_STAT.size] == state:
                 return known[_STAT.size:].hex()
             data = os.read(fd, stat.st_size + 1)  # all of it in one call (+1: did it grow?)

@@ -98,6 +98,14 @@ class ImagePaths(SequenceABC):
         self.folder, self.names = state
 
 
+def path_strings(paths: Iterable[str | Path]) -> list[str]:
+    """A patient's image paths as strings (a loader's ``ImagePaths`` makes them without a
+    ``Path`` per image; a plain tuple or list works too)."""
+    if isinstance(paths, ImagePaths):
+        return paths.strings()
+    return [os.fspath(p) for p in paths]
+
+
 def is_utf8(name: str) -> bool:
     """False for a file name whose bytes are not UTF-8 (Python holds them as surrogates)."""
     try:

@@ -103,15 +103,15 @@ def save_stats_memo(cache_dir: str | os.PathLike | None = None) -> None:
 
 
 def _stats_of_files(paths: list[str], cache_dir: str | os.PathLike | None) -> np.ndarray:
-    # deferred for start-up: the decoder imports torch, which a warm run never needs
-    from lymphomil.features.preprocess import decode_image
-
     memo_path = _memo_path(cache_dir)
     memo = _memo(memo_path)
     rows = []
     for path, digest in zip(paths, image_digests(paths)):
         known = memo.get(digest)
         if known is None:
+            # deferred for start-up: the decoder imports torch, which a warm run never needs
+            from lymphomil.features.preprocess import decode_image
+
             known = memo[digest] = image_stats(decode_image(path).numpy()).tolist()
             _MEMO_NEW[memo_path] = _MEMO_NEW.get(memo_path, 0) + 1
         rows.append(known)

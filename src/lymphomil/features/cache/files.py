@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
-from lymphomil.data.folders import ImagePaths
+from lymphomil.data.folders import path_strings  # noqa: F401 (re-exported: extraction, store)
 from lymphomil.outputs import cache_root
 
 CACHE_FORMAT = 1
@@ -41,14 +40,6 @@ def default_root() -> Path:
 def feature_root(cache_dir: str | Path | None) -> Path:
     """Where features live for a ``--cache-dir`` (the lymphomil cache root: features/, cv/, …)."""
     return cache_root(cache_dir) / "features"
-
-
-def path_strings(paths: Iterable[str | Path]) -> list[str]:
-    """A patient's image paths as strings (a loader's ``ImagePaths`` makes them without a
-    ``Path`` per image; a plain tuple or list works too)."""
-    if isinstance(paths, ImagePaths):
-        return paths.strings()
-    return [os.fspath(p) for p in paths]
 
 
 # --------------------------------------------------------------------------- safetensors I/O
