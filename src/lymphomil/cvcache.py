@@ -15,7 +15,7 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -67,6 +67,27 @@ def load_cached(root: Path, key: str) -> CVResult | None:
     except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError,
             SafetensorError):
         return None  # damaged (or not a JSON object): recompute
+
+
+def cached_rows(root: Path, key: str, name: str, ids: list,
+                compute: Callable[[], tuple[np.ndarray, dict[str, Any]]],
+                valid: Callable[[np.ndarray, dict[str, Any]], bool], *, seed: int = 0
+                ) -> tuple[np.ndarray, dict[str, Any]]:
+    """(rows, params): (k, n) per-patient values (inner out-of-fold probabilities, refits, OOD
+    flags) kept in the CV-result cache under ``key``: read back when stored for the same
+    patient ids and ``valid(rows, params)``, else ``compute()`` and stored."""
+    cached = load_cached(root, key)
+    if cached is not None and list(cached.patient_ids) == list(ids):
+        rows, params = np.asarray(cached.proba, dtype=float), dict(cached.params)
+        if rows.ndim == 2 and rows.shape[1] == len(ids) and valid(rows, params):
+            return rows, params
+    rows, params = compute()
+    rows = np.asarray(rows, dtype=float)
+    store(root, key, CVResult(name, list(ids), np.full(len(ids), -1),
+                              np.zeros(rows.shape, dtype=int), rows,
+                              np.zeros(rows.shape, dtype=bool), np.zeros((rows.shape[0], 1)),
+                              params, seed))
+    return rows, params
 
 
 def store(root: Path, key: str, result: CVResult) -> None:

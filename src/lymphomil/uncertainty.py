@@ -104,19 +104,13 @@ def cached_refit_probas(root: Any, model: Any, labelled: Sequence, y: np.ndarray
 
     key = cvcache.cv_key(model, f"{name}#refits@{fraction}", [*labelled, *targets],
                          folds=n_refits, repeats=0, seed=seed)
-    ids = [p.id for p in targets]
-    cached = cvcache.load_cached(root, key)
-    if cached is not None and cached.proba.shape == (n_refits, len(ids)) \
-            and list(cached.patient_ids) == ids:
-        return np.asarray(cached.proba, dtype=float)
-    probas = refit_probas(model, labelled, y, targets, seed=seed, name=name, n_refits=n_refits,
-                          fraction=fraction, engine=engine)
-    shape = probas.shape
-    cvcache.store(root, key, CVResult(f"{name}#refits", ids, np.full(len(ids), -1),
-                                      np.zeros(shape, dtype=int), probas,
-                                      np.zeros(shape, dtype=bool), np.zeros((n_refits, 1)),
-                                      {}, seed))
-    return probas
+    def compute() -> tuple[np.ndarray, dict]:
+        return refit_probas(model, labelled, y, targets, seed=seed, name=name,
+                            n_refits=n_refits, fraction=fraction, engine=engine), {}
+
+    rows, _ = cvcache.cached_rows(root, key, f"{name}#refits", [p.id for p in targets], compute,
+                                  lambda rows, _params: len(rows) == n_refits, seed=seed)
+    return rows
 
 
 def refit_spread(probas: np.ndarray, percentiles: tuple[float, float] = PERCENTILES,

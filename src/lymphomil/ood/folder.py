@@ -10,7 +10,6 @@ from typing import Any
 import numpy as np
 
 from lymphomil import cvcache
-from lymphomil.crossval import CVResult
 from lymphomil.ood.check import OODCheck
 from lymphomil.ood.state import SCHEMA_VERSION
 from lymphomil.outputs import cv_cache
@@ -54,16 +53,10 @@ def held_out_flags(model: Any, patients: Sequence[Any], cache_dir: str | os.Path
     a warm run does not refit the checks; None where :func:`fit_ood_checks` gives no checks."""
     if pooled_features_of(model) is None or len(patients) < 5:
         return None
-    root, ids = cv_cache(cache_dir), [str(p.id) for p in patients]
     key = cvcache.cv_key(model, f"{name}#ood-held-out-v{SCHEMA_VERSION}", patients, folds=5,
                          repeats=0, seed=0)
-    cached = cvcache.load_cached(root, key)
-    if cached is not None and list(cached.patient_ids) == ids \
-            and np.shape(cached.proba) == (1, len(ids)):
-        return np.asarray(cached.proba[0]) > 0.5
-    flags = fit_ood_checks(model, patients, cache_dir).held_out_flagged_
-    rows = flags[None, :].astype(float)
-    cvcache.store(root, key, CVResult(f"{name}#ood-held-out", ids, np.zeros(len(ids), dtype=int),
-                                      np.zeros(rows.shape, dtype=int), rows,
-                                      np.zeros(rows.shape, dtype=bool), np.zeros((1, 1)), {}, 0))
-    return flags
+    rows, _ = cvcache.cached_rows(
+        cv_cache(cache_dir), key, f"{name}#ood-held-out", [str(p.id) for p in patients],
+        lambda: (fit_ood_checks(model, patients, cache_dir).held_out_flagged_[None, :], {}),
+        lambda rows, _params: len(rows) == 1)
+    return rows[0] > 0.5

@@ -9,7 +9,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from lymphomil.crossval import CVResult, derive_seed, with_seed
+from lymphomil.crossval import derive_seed, with_seed
 from lymphomil.errors import LymphomilError
 from lymphomil.referral.rule import (
     DEFAULT_SIGNAL,
@@ -77,21 +77,15 @@ def cached_inner_oof(root: Path, model: Any, patients: Sequence, y: np.ndarray, 
 
     key = cvcache.cv_key(model, f"{name}#referral-inner", patients, folds=folds, repeats=0,
                          seed=seed)
-    ids = [p.id for p in patients]
-    cached = cvcache.load_cached(root, key)
-    if cached is not None and list(cached.patient_ids) == ids \
-            and set(cached.params) == {"parts", "folds"} \
-            and cached.proba.shape == (1 + len(cached.params["parts"]), len(ids)):
-        rows = np.asarray(cached.proba, dtype=float)
-        return (rows[0], dict(zip(cached.params["parts"], rows[1:])),
-                int(cached.params["folds"]))
-    proba, parts, used = inner_oof(model, patients, y, folds=folds, seed=seed, name=name)
-    rows = np.stack([proba, *parts.values()])
-    cvcache.store(root, key, CVResult(f"{name}#referral-inner", ids, np.asarray(y, dtype=int),
-                                      np.zeros(rows.shape, dtype=int), rows,
-                                      np.zeros(rows.shape, dtype=bool), np.zeros((1, 1)),
-                                      {"parts": list(parts), "folds": used}, seed))
-    return proba, parts, used
+    def compute() -> tuple[np.ndarray, dict]:
+        proba, parts, used = inner_oof(model, patients, y, folds=folds, seed=seed, name=name)
+        return np.stack([proba, *parts.values()]), {"parts": list(parts), "folds": used}
+
+    rows, params = cvcache.cached_rows(
+        root, key, f"{name}#referral-inner", [p.id for p in patients], compute,
+        lambda rows, params: set(params) == {"parts", "folds"}
+        and len(rows) == 1 + len(params["parts"]), seed=seed)
+    return rows[0], dict(zip(params["parts"], rows[1:])), int(params["folds"])
 
 
 def rule_from_oof(proba: np.ndarray, y: np.ndarray, parts: dict[str, np.ndarray] | None = None,
