@@ -211,3 +211,27 @@ def check_contract(model, train, y, test, folder, *, name: str | None = None,
     assert_clone_and_params(fitted, name)
     assert_isolated(fitted, test, changed)
     return fitted
+
+
+def make_natural_log_folder(folder, names: list[str] | None) -> None:
+    """Rewrite a saved model folder as it was before the one log base (issue 23): the count's
+    standardiser statistics in natural-log units, the count column named ``log_lymph_count``
+    (``names``), or no names at all (``None``: ``topk-trunk`` saved none)."""
+    import math
+
+    from safetensors.numpy import load_file, save_file
+
+    from lymphomil.outputs import atomic_write_json, read_json, write_checksums
+
+    arrays = load_file(folder / "arrays.safetensors")
+    for key in ("attribute_mean", "attribute_scale"):
+        arrays[key] = arrays[key].copy()
+        arrays[key][1] = np.float32(np.float64(arrays[key][1]) * math.log(10))
+    save_file(arrays, str(folder / "arrays.safetensors"))
+    model = read_json(folder / "model.json")
+    if names is None:
+        del model["state"]["attributes"]
+    else:
+        model["state"]["attributes"] = names
+    atomic_write_json(folder / "model.json", model)
+    write_checksums(folder)

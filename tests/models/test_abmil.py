@@ -14,7 +14,13 @@ from lymphomil.models.abmil import ABMILModel
 from lymphomil.models.base import create_model
 from lymphomil.models.heads import GatedAttentionMIL
 from lymphomil.models.inputs import pad_bags
-from tests.models.conftest import SPEC, assert_learns, assert_outputs, balanced_accuracy
+from tests.models.conftest import (
+    SPEC,
+    assert_learns,
+    assert_outputs,
+    balanced_accuracy,
+    make_natural_log_folder,
+)
 
 
 @pytest.fixture(scope="module", params=["abmil", "abmil-attr"])
@@ -62,7 +68,22 @@ def test_attributes_reach_the_head() -> None:
     # standardised with the training patients' statistics
     assert with_attr.attribute_mean_.shape == (3,)
     assert with_attr.attribute_mean_[1] == pytest.approx(
-        np.mean([np.log(p.lymph_count) for p in train]), rel=1e-5)
+        np.mean([np.log10(p.lymph_count) for p in train]), rel=1e-5)
+
+
+def test_a_folder_saved_with_the_natural_log_count_predicts_the_same(feature_cohort,
+                                                                      tmp_path) -> None:
+    """Before the one log base (issue 23) abmil-attr saved natural-log statistics."""
+    from lymphomil.models.base import load_model
+
+    fitted = ABMILModel(features=SPEC, use_attributes=True, max_epochs=2).fit(
+        feature_cohort.train, feature_cohort.y_train)
+    fitted.save(tmp_path / "m")
+    make_natural_log_folder(tmp_path / "m", names=["age", "log_lymph_count", "gender_male"])
+    old = load_model(tmp_path / "m")
+    np.testing.assert_allclose(old.attribute_mean_, fitted.attribute_mean_, rtol=1e-6)
+    np.testing.assert_allclose(old.predict_proba(feature_cohort.test),
+                               fitted.predict_proba(feature_cohort.test), atol=1e-6)
 
 
 def test_gated_attention_masks_padding() -> None:

@@ -12,7 +12,14 @@ from sklearn.base import clone
 
 from lymphomil.data.cohort import Patient, as_patient_array
 from lymphomil.errors import LymphomilError
-from lymphomil.models.attributes import ALGORITHMS, AttributeModel, attribute_matrix
+from lymphomil.models.attributes import (
+    ALGORITHMS,
+    NATURAL_LOG_COUNT,
+    AttributeModel,
+    attribute_matrix,
+    attribute_names,
+    statistics_in_log10,
+)
 from lymphomil.models.base import load_model
 
 
@@ -59,6 +66,23 @@ def test_matrix_has_the_documented_columns() -> None:
     X = attribute_matrix(patients, use_n_images=True)
     assert X.shape == (3, 4)
     assert X[0, 1] == pytest.approx(np.log10(patients[0].lymph_count))
+    assert attribute_names(use_n_images=True) == ["age", "log10_lymph_count", "male", "n_images"]
+    assert attribute_matrix(patients, gender=False).shape == (3, 2)
+    assert attribute_names(gender=False) == ["age", "log10_lymph_count"]
+
+
+def test_natural_log_statistics_standardise_the_log10_column_alike() -> None:
+    """Folders saved before the one log base kept the count's statistics in natural-log units."""
+    counts = np.array([3.0, 8.0, 40.0])
+    ln_mean, ln_scale = np.log(counts).mean(), np.log(counts).std()
+    names = ["age", NATURAL_LOG_COUNT, "male"]
+    mean, scale = statistics_in_log10(names, [70.0, ln_mean, 0.5], [9.0, ln_scale, 0.5])
+    assert mean.dtype == scale.dtype == np.float32
+    assert mean[[0, 2]].tolist() == [70.0, 0.5] and scale[[0, 2]].tolist() == [9.0, 0.5]
+    np.testing.assert_allclose((np.log10(counts) - mean[1]) / scale[1],
+                               (np.log(counts) - ln_mean) / ln_scale, atol=1e-6)
+    same, _ = statistics_in_log10(attribute_names(), [70.0, 1.0, 0.5], [9.0, 0.3, 0.5])
+    assert same[1] == np.float32(1.0)  # already log10: unchanged
 
 
 def test_clone_and_params_round_trip() -> None:

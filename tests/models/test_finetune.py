@@ -27,7 +27,7 @@ from lymphomil.models.mil_trunk import MILTrunkModel
 from lymphomil.models.topk_trunk import TopKTrunkModel
 from lymphomil.models.training import module_arrays
 from tests.killing import kill_extraction_midway
-from tests.models.conftest import check_contract
+from tests.models.conftest import check_contract, make_natural_log_folder
 
 TOY = "small-cnn:none@32"
 T_DIM, T_HW = 128, 4
@@ -257,6 +257,18 @@ def test_topk_cell_classifier_starts_as_the_attribute_logistic_regression(toy) -
     with torch.no_grad():
         cells = net.cell_logits(x, extra, 64)
     assert torch.allclose(cells, cells[0].expand_as(cells))
+
+
+def test_a_topk_folder_saved_with_the_natural_log_count_predicts_the_same(toy, tmp_path) -> None:
+    """Before the one log base (issue 23) the folder held natural-log statistics and no names."""
+    train, y, test, _ = toy
+    fitted = TopKTrunkModel(features=TOY, max_epochs=1, k=3, random_state=5).fit(train, y)
+    fitted.save(tmp_path / "m")
+    assert load_model(tmp_path / "m").attribute_mean_[1] == fitted.attribute_mean_[1]
+    make_natural_log_folder(tmp_path / "m", names=None)
+    old = load_model(tmp_path / "m")
+    np.testing.assert_allclose(old.attribute_mean_, fitted.attribute_mean_, rtol=1e-6)
+    np.testing.assert_allclose(old.predict_proba(test), fitted.predict_proba(test), atol=1e-6)
 
 
 def test_topk_score_k_is_chosen_on_the_inner_validation_patients(toy, tmp_path: Path) -> None:

@@ -2,7 +2,7 @@
 
 Each patient is one bag of all its cells; batches of patients are padded and masked
 (:func:`~lymphomil.models.inputs.pad_bags`). With ``use_attributes=True`` the clinical attributes
-(age, log lymphocyte count, gender; standardised with the statistics of the patients passed to
+(age, log10 lymphocyte count, gender; standardised with the statistics of the patients passed to
 ``fit``) join the attention-pooled embedding in front of the linear classifier, so the images can
 add to what the count already says. Trained naively, a 128-d embedding memorises a hundred
 training patients long before three attribute weights (each moving ``lr`` per Adam step) have
@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from lymphomil.features.spec import DEFAULT_FEATURES
-from lymphomil.models.attributes import attribute_matrix
+from lymphomil.models.attributes import attribute_matrix, attribute_names, statistics_in_log10
 from lymphomil.models.base import register_class, register_model
 from lymphomil.models.blocks import attribute_start, start_linear_from_attributes
 from lymphomil.models.checks import check_bool, check_float, check_int
@@ -26,13 +26,13 @@ from lymphomil.models.heads import GatedAttentionMIL
 from lymphomil.models.inputs import fit_standardizer, pad_bags
 from lymphomil.models.neural import FitState, NeuralPatientModel
 
-#: the attributes the head sees (names saved with the model): natural log of the count
-ATTRIBUTE_NAMES = ("age", "log_lymph_count", "gender_male")
+#: the attributes the head sees (names saved with the model)
+ATTRIBUTE_NAMES = tuple(attribute_names())
 
 
 def _attributes(patients) -> np.ndarray:
-    """(n, 3) float32: age, natural log of the lymphocyte count, male."""
-    return attribute_matrix(patients, log_base="e").astype(np.float32)
+    """(n, 3) float32: age, log10 of the lymphocyte count, male."""
+    return attribute_matrix(patients).astype(np.float32)
 
 
 @register_class
@@ -110,8 +110,9 @@ class ABMILModel(NeuralPatientModel):
     def _load_state(self, meta, arrays):
         super()._load_state(meta, arrays)
         if self.use_attributes:
-            self.attribute_mean_ = np.asarray(arrays["attribute_mean"], dtype=np.float32)
-            self.attribute_scale_ = np.asarray(arrays["attribute_scale"], dtype=np.float32)
+            self.attribute_mean_, self.attribute_scale_ = statistics_in_log10(
+                meta.get("attributes", ATTRIBUTE_NAMES), arrays["attribute_mean"],
+                arrays["attribute_scale"])
 
 
 @register_model("abmil", "gated attention MIL (Ilse 2018) on cached cell features")

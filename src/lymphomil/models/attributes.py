@@ -32,27 +32,20 @@ from sklearn.utils.class_weight import compute_sample_weight
 from lymphomil.errors import LymphomilError
 from lymphomil.models.base import PatientModel, register_class, register_model
 
-ATTRIBUTE_NAMES = ("age", "log10_lymph_count", "male")
-
 
 def attribute_matrix(patients: Sequence, use_n_images: bool = False,
-                     log_count: bool = True, log_base: str = "10",
-                     gender: bool = True) -> np.ndarray:
+                     log_count: bool = True, gender: bool = True) -> np.ndarray:
     """(n, k) float64 matrix of the clinical attributes, the only place they become numbers for
-    every family: age, the lymphocyte count (its logarithm to ``log_base`` "10" or "e" when
-    ``log_count``), male (1/0) when ``gender``, and the number of images when ``use_n_images``.
-
-    The base is each family's saved unit (its stored statistics are in it): "10" for the
-    attribute models and ``cell-topk-attr``, "e" for ``abmil-attr`` and ``topk-trunk``. Any
-    standardised use gives the same model in either base."""
-    log = {"10": math.log10, "e": math.log}[log_base]
+    every family: age, the lymphocyte count (its log10 when ``log_count``), male (1/0) when
+    ``gender``, and the number of images when ``use_n_images`` (columns named by
+    :func:`attribute_names`)."""
     rows = []
     for p in patients:
         if not (np.isfinite(p.age) and p.lymph_count > 0):
             raise LymphomilError(f"patient {p.id} has no usable age or lymphocyte count "
                                  f"(age={p.age}, count={p.lymph_count})",
                                  fix="fill DOB and LYMPH_COUNT in the cohort's table")
-        row = [p.age, log(p.lymph_count) if log_count else p.lymph_count]
+        row = [p.age, math.log10(p.lymph_count) if log_count else p.lymph_count]
         if gender:
             row.append(1.0 if p.gender == "M" else 0.0)
         if use_n_images:
@@ -62,9 +55,30 @@ def attribute_matrix(patients: Sequence, use_n_images: bool = False,
     return np.asarray(rows, dtype=np.float64).reshape(len(rows), width)
 
 
-def attribute_names(use_n_images: bool = False, log_count: bool = True) -> list[str]:
-    names = ["age", "log10_lymph_count" if log_count else "lymph_count", "male"]
-    return names + (["n_images"] if use_n_images else [])
+def attribute_names(use_n_images: bool = False, log_count: bool = True,
+                    gender: bool = True) -> list[str]:
+    """The column names of :func:`attribute_matrix` with the same options (saved with a model)."""
+    names = ["age", "log10_lymph_count" if log_count else "lymph_count"]
+    return names + (["male"] if gender else []) + (["n_images"] if use_n_images else [])
+
+
+#: the count's column name in folders saved before the one log base (natural log, issue 23)
+NATURAL_LOG_COUNT = "log_lymph_count"
+
+
+def statistics_in_log10(names: Sequence[str], mean: np.ndarray, scale: np.ndarray
+                        ) -> tuple[np.ndarray, np.ndarray]:
+    """A saved standardiser's (mean, scale) with the count column in log10 units. Folders
+    written before the one log base (their count column named :data:`NATURAL_LOG_COUNT`) kept
+    them in natural-log units; ln x = log10 x · ln 10, so dividing that column's mean and scale
+    by ln 10 standardises the log10 column exactly as the folder did (float32 rounding apart)."""
+    mean = np.array(mean, dtype=np.float32)
+    scale = np.array(scale, dtype=np.float32)
+    if NATURAL_LOG_COUNT in names:
+        j = list(names).index(NATURAL_LOG_COUNT)
+        mean[j] = np.float32(np.float64(mean[j]) / math.log(10))
+        scale[j] = np.float32(np.float64(scale[j]) / math.log(10))
+    return mean, scale
 
 
 # --------------------------------------------------------------------------- the grids

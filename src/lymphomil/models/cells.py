@@ -42,9 +42,6 @@ from lymphomil.models.checks import (
 from lymphomil.models.inputs import read_bags
 from lymphomil.models.pooled import FUSION_FEATURES, linear_state, set_linear_state
 
-#: the two attributes a cell classifier may see beside its image features
-CELL_ATTRIBUTES = ("age", "log10_lymph_count")
-
 
 def _cell_weights(y: np.ndarray, sizes: np.ndarray) -> np.ndarray:
     """Per-cell weights: every patient weighs 1/n_cells, each class half of the total."""

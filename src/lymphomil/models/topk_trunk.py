@@ -1,5 +1,5 @@
 """``topk-trunk`` (:class:`TopKTrunkModel`): a cell classifier (the tail, global average pooling,
-then a linear layer on [pooled map, standardised age, standardised natural-log lymphocyte
+then a linear layer on [pooled map, standardised age, standardised log10 lymphocyte
 count], started as the attributes' logistic regression with image weights 0) and top-k
 pooling (Campanella et al. 2019; the rank-1 public solution): a patient's
 logit is the mean of its ``k`` highest cell logits. The backbone's last stage is fine-tuned on
@@ -23,7 +23,12 @@ from torch import nn
 
 from lymphomil.errors import LymphomilError
 from lymphomil.metrics import balanced_log_loss
-from lymphomil.models.attributes import attribute_matrix
+from lymphomil.models.attributes import (
+    NATURAL_LOG_COUNT,
+    attribute_matrix,
+    attribute_names,
+    statistics_in_log10,
+)
 from lymphomil.models.base import register_class, register_model
 from lymphomil.models.blocks import (
     attribute_start,
@@ -37,8 +42,8 @@ from lymphomil.models.inputs import fit_standardizer
 from lymphomil.models.neural import FitState
 from lymphomil.models.trunk_base import TRUNK_FEATURES, TrunkModel, chunked
 
-#: the attributes the top-k cell classifier sees beside the image
-TOPK_ATTRIBUTES = ("age", "log_lymph_count")
+#: the attributes the top-k cell classifier sees beside the image (names saved with the model)
+TOPK_ATTRIBUTES = tuple(attribute_names(gender=False))
 
 
 class TopKCellNet(nn.Module):
@@ -57,8 +62,8 @@ class TopKCellNet(nn.Module):
 
 
 def _topk_attributes(patients) -> np.ndarray:
-    """(n, 2) float32: age and the natural log of the lymphocyte count."""
-    return attribute_matrix(patients, log_base="e", gender=False).astype(np.float32)
+    """(n, 2) float32: age and log10 of the lymphocyte count."""
+    return attribute_matrix(patients, gender=False).astype(np.float32)
 
 
 @register_class
@@ -173,7 +178,8 @@ class TopKTrunkModel(TrunkModel):
 
     def _state(self):
         meta = {**self._common_state(), "k": int(self.k_),
-                "k_losses": [float(v) for v in self.k_losses_]}
+                "k_losses": [float(v) for v in self.k_losses_],
+                "attributes": list(TOPK_ATTRIBUTES) if self.use_attributes else []}
         return meta, {"attribute_mean": self.attribute_mean_,
                       "attribute_scale": self.attribute_scale_}
 
@@ -181,8 +187,11 @@ class TopKTrunkModel(TrunkModel):
         self._load_common(meta)
         self.k_ = int(meta.get("k", self.k))
         self.k_losses_ = [float(v) for v in meta.get("k_losses", [])]
-        self.attribute_mean_ = np.asarray(arrays["attribute_mean"], dtype=np.float32)
-        self.attribute_scale_ = np.asarray(arrays["attribute_scale"], dtype=np.float32)
+        # a folder saved before the names were saved has the natural-log count
+        legacy = ("age", NATURAL_LOG_COUNT) if self.use_attributes else ()
+        names = meta.get("attributes", legacy)
+        self.attribute_mean_, self.attribute_scale_ = statistics_in_log10(
+            names, arrays["attribute_mean"], arrays["attribute_scale"])
 
 
 @register_model("topk-trunk", "top-k MIL (trained at k=8, scored with k from 2/4/8/16 chosen on "
