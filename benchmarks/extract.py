@@ -220,8 +220,9 @@ def main() -> None:
     import torch
 
     from lymphomil.data.cohort import load_cohort
+    from lymphomil.data.folders import path_strings
     from lymphomil.features import FeatureCache, FeatureSpec, create_backbone, resolve_precision
-    from lymphomil.features.cache import forget_digests, path_strings
+    from lymphomil.features.cache import forget_digests
     from lymphomil.features.extract import Extractor, cpu_count, model_only_rate
     from lymphomil.features.preprocess import decode_image
 

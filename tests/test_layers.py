@@ -137,3 +137,22 @@ def test_the_command_line_starts_without_the_heavy_libraries() -> None:
             f"print(','.join(m for m in {heavy!r} if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+def test_no_import_inside_a_function_hides_one_of_its_parameters() -> None:
+    """A command defers its imports into its body (start-up time); a module imported under a
+    parameter's name replaces the user's value (``cv --no-referral`` once ran the nested pass:
+    ``from lymphomil import referral`` hid the ``referral`` flag)."""
+    hidden = []
+    for name, path in modules().items():
+        for fn in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            args = fn.args
+            params = {a.arg for a in args.posonlyargs + args.args + args.kwonlyargs}
+            for node in ast.walk(fn):
+                if isinstance(node, (ast.Import, ast.ImportFrom)):
+                    hidden += [f"{name}.{fn.name}: {alias.asname or alias.name}"
+                               for alias in node.names
+                               if (alias.asname or alias.name).split(".")[0] in params]
+    assert not hidden, hidden

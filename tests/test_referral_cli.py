@@ -88,6 +88,15 @@ def test_cv_reports_risk_coverage_and_the_nested_rule(synthetic_root: Path,
     assert "Referral rule, nested" in (tmp_path / "cv" / "results.md").read_text()
 
 
+def test_cv_no_referral_skips_the_nested_pass(synthetic_root: Path, tmp_path: Path) -> None:
+    result = invoke("cv", synthetic_root, "-m", "logreg", "--folds", "3", "--repeats", "2",
+                    "--json", "--no-referral", "--cache-dir", tmp_path / "cache")
+    assert result.exit_code == 0, result.output
+    entry = json.loads(result.stdout)["logreg"]
+    assert "risk_coverage" in entry and "referral" not in entry
+    assert "referral rule, nested" not in result.stderr
+
+
 def test_run_fits_saves_and_applies_the_rule(synthetic_root: Path, synthetic_features: Path,
                                              tmp_path: Path) -> None:
     from tests.conftest import seed_features

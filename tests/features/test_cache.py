@@ -258,7 +258,7 @@ def test_image_digests_are_the_files_sha256_and_follow_changes(tmp_path: Path) -
 
 
 def test_path_strings_keep_the_bag_order(cohort_root: Path) -> None:
-    from lymphomil.features.cache import path_strings
+    from lymphomil.data.folders import path_strings
 
     patient = _patients(cohort_root)[0]
     strings = path_strings(patient.image_paths)

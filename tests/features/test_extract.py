@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from lymphomil.data.cohort import load_cohort
+from lymphomil.data.folders import path_strings
 from lymphomil.data.synth import write_synthetic_cohort
 from lymphomil.features import create_backbone
-from lymphomil.features.cache import path_strings
 from lymphomil.features.extract import Extractor, Job, model_only_rate
 from lymphomil.features.preprocess import centre_crop, decode_image, make_preprocess
 

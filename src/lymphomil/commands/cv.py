@@ -51,11 +51,12 @@ def cv(
     Honest selection: lymphomil cv DATA -m fusion-mean -m cell-topk --select fusion-mean,cell-topk
     """
     # deferred for start-up time (see lymphomil.commands.common)
-    from lymphomil import coverage, flows, options, outputs, referral, runtime
+    from lymphomil import coverage, flows, options, outputs, runtime
+    from lymphomil.referral import check_target
 
     # every option before any work; the folds against the data once it is read
     model = flows.cv_models(model, select)
-    max_referral, target_accuracy = referral.check_target(max_referral, target_accuracy)
+    max_referral, target_accuracy = check_target(max_referral, target_accuracy)
     options.check_folds(folds)
     options.check_repeats(repeats)
     options.check_threads(threads)

@@ -39,7 +39,6 @@ from lymphomil.features.cache.files import (
     default_root,
     feature_root,
     file_kind,
-    path_strings,
 )
 from lymphomil.features.cache.store import (
     DEFAULT_BATCH_SIZE,
@@ -50,5 +49,5 @@ from lymphomil.features.cache.store import (
 
 __all__ = ["CACHE_FORMAT", "DEFAULT_BATCH_SIZE", "DEFAULT_MEMORY_BYTES", "ENV_CACHE_DIR",
            "FILE_KINDS", "SPEC_JSON", "SUFFIX", "FeatureCache", "Plan", "default_root",
-           "feature_root", "file_kind", "forget_digests", "image_digests", "path_strings",
+           "feature_root", "file_kind", "forget_digests", "image_digests",
            "shared_cache"]

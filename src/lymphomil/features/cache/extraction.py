@@ -11,13 +11,13 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from lymphomil import progress_protocol
+from lymphomil.data.folders import path_strings
 from lymphomil.features.cache.files import (
     FLOAT16_MAX,
     SPEC_JSON,
     Plan,
     encode_features,
     file_kind,
-    path_strings,
 )
 from lymphomil.features.claims import claim_path, share_work
 from lymphomil.features.spec import FeatureSpec

@@ -12,7 +12,6 @@ from typing import Any
 
 import numpy as np
 
-from lymphomil.data.folders import path_strings  # noqa: F401 (re-exported: extraction, store)
 from lymphomil.outputs import cache_root
 
 CACHE_FORMAT = 1

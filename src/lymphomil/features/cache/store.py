@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from lymphomil.data.digests import image_digests
+from lymphomil.data.folders import path_strings
 from lymphomil.errors import DataIssue, LymphomilError
 from lymphomil.features.cache.extraction import CacheExtraction
 from lymphomil.features.cache.files import (
@@ -26,7 +27,6 @@ from lymphomil.features.cache.files import (
     decode_features,
     default_root,
     file_kind,
-    path_strings,
 )
 from lymphomil.features.env import (
     DECODER,
