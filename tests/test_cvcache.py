@@ -83,6 +83,30 @@ def test_other_library_versions_miss(cohort, monkeypatch) -> None:
     assert key(patients) != base
 
 
+def test_edited_lymphomil_source_misses(cohort, monkeypatch, tmp_path: Path) -> None:
+    """The version stays put while a model's code is edited: the source digest does not."""
+    from lymphomil import runtime
+    from lymphomil.models import base as model_base
+
+    _, patients = cohort
+    before = key(patients)
+    monkeypatch.setattr(model_base, "source_digest", lambda: "0" * 16)
+    assert key(patients) != before
+    # the digest sees any file's bytes or name, not its compiled bytecode
+    tree = tmp_path / "pkg"
+    (tree / "models").mkdir(parents=True)
+    (tree / "models" / "a.py").write_text("x = 1\n")
+    digest = runtime.tree_digest(tree)
+    (tree / "models" / "__pycache__").mkdir()
+    (tree / "models" / "__pycache__" / "a.cpython-311.pyc").write_bytes(b"compiled")
+    assert runtime.tree_digest(tree) == digest
+    (tree / "models" / "a.py").write_text("x = 2\n")
+    assert runtime.tree_digest(tree) != digest
+    (tree / "models" / "a.py").rename(tree / "models" / "b.py")
+    assert runtime.tree_digest(tree) not in (digest, runtime.tree_digest(tree / "models"))
+    assert runtime.source_digest() == runtime.tree_digest(Path(runtime.__file__).parent)
+
+
 def test_a_rewritten_image_misses(private_cohort) -> None:
     """New bytes in a cell image: a miss, even when the size and the mtime stay the same."""
     root, patients = private_cohort

@@ -3,7 +3,8 @@
 The key covers everything the out-of-fold predictions depend on: the model's class and every
 hyper-parameter, each patient's ID, label, attributes and image files (path and sha256 of the
 bytes: a rewrite that keeps the size and puts the mtime back still misses), the
-fold plan (folds, repeats, seed) and the library versions. Models are deterministic for a fixed
+fold plan (folds, repeats, seed), the library versions and lymphomil's own source (a digest of
+its files: an edited model misses). Models are deterministic for a fixed
 seed, so a hit returns exactly what refitting would. Entries are JSON + safetensors written
 atomically; a damaged entry is ignored and recomputed.
 """

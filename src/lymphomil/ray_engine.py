@@ -30,7 +30,7 @@ from lymphomil.errors import DataIssue, LymphomilError
 from lymphomil.features.cache import FeatureCache
 from lymphomil.features.env import NUMERIC_LIBRARIES
 from lymphomil.features.spec import FeatureSpec
-from lymphomil.runtime import cpu_count, package_versions, set_threads
+from lymphomil.runtime import cpu_count, package_versions, set_threads, source_digest
 
 #: task retries after a worker dies (Ray's default for tasks, stated so it cannot drift)
 MAX_RETRIES = 3
@@ -51,7 +51,8 @@ def environment() -> dict[str, str]:
     import platform
 
     names = ("lymphomil", "numpy", "scikit-learn", *NUMERIC_LIBRARIES)
-    return {"python": platform.python_version(), **package_versions(names)}
+    return {"python": platform.python_version(), "lymphomil-source": source_digest(),
+            **package_versions(names)}
 
 
 def check_environment(expected: dict[str, str]) -> None:

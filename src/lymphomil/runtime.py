@@ -1,4 +1,5 @@
-"""The process's compute settings: how many cores it may use and how many threads it fits with.
+"""The process's compute settings (how many cores it may use, how many threads it fits with)
+and what identifies the code that computes (library versions, lymphomil's own source).
 
 A bottom-layer module (nothing of lymphomil imported): the CLI, the pipeline and the engines'
 workers all set threads through it, and the digests and extractor size their pools from it.
@@ -6,10 +7,13 @@ workers all set threads through it, and the digests and extractor size their poo
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import importlib.abc
 import importlib.util
 import os
 import sys
+from pathlib import Path
 from typing import Sequence
 
 _THREAD_LIMITS: list = []
@@ -36,6 +40,28 @@ def package_versions(names: Sequence[str]) -> dict[str, str]:
         except PackageNotFoundError:
             out[name] = "absent"
     return out
+
+
+def tree_digest(root: str | Path) -> str:
+    """First 16 hex digits of a sha256 over every file under ``root`` (its path below ``root``
+    and its bytes), compiled bytecode left out: two trees digest alike only when every source
+    file is the same."""
+    root = Path(root)
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()
+                       and p.suffix != ".pyc" and "__pycache__" not in p.parts):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0")
+        digest.update(path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=None)
+def source_digest() -> str:
+    """The digest of lymphomil's installed source (:func:`tree_digest`, once per process).
+    ``__version__`` stays put while a developer edits a model, so the caches of computed
+    results (CV, run) and the Ray nodes' check key on this too: a result is reused only by the
+    code that computed it."""
+    return tree_digest(Path(__file__).resolve().parent)
 
 
 def set_threads(threads: int) -> None:

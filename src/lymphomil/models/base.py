@@ -34,7 +34,7 @@ from lymphomil.outputs import (
     staged_dir,
     verify_dir,
 )
-from lymphomil.runtime import package_versions
+from lymphomil.runtime import package_versions, source_digest
 
 MODEL_JSON = "model.json"
 ARRAYS = "arrays.safetensors"
@@ -227,9 +227,11 @@ def model_class(name: str) -> type["PatientModel"]:
 
 def library_versions() -> dict[str, str]:
     """The versions a saved model and a CV cache key record (torch's and scikit-learn's read
-    from their metadata, the same strings as their ``__version__``: nothing imported)."""
+    from their metadata, the same strings as their ``__version__``: nothing imported), and the
+    digest of lymphomil's source (the version stays put while the code is edited)."""
     versions = package_versions(("scikit-learn", "torch"))
-    return {"lymphomil": getattr(lymphomil, "__version__", "0"), "numpy": np.__version__,
+    return {"lymphomil": getattr(lymphomil, "__version__", "0"),
+            "lymphomil-source": source_digest(), "numpy": np.__version__,
             "scikit-learn": versions["scikit-learn"], "torch": versions["torch"],
             "python": platform.python_version()}
 
