@@ -7,7 +7,7 @@ import signal
 import sys
 
 
-def _exit_at_start(signum: int, frame: object) -> None:
+def _exit_at_start(signum: int, _frame: object) -> None:
     """Ctrl-C or SIGTERM while the command line loads (about a second): nothing to clean up
     yet, so one line and out (:func:`main` installs the handlers that unwind a command)."""
     word = "terminated (SIGTERM)" if signum == signal.SIGTERM else "interrupted"

@@ -110,7 +110,7 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM, raised in the main thread like Ctrl-C, so the same clean-up runs (exit 143)."""
 
 
-def _on_signal(signum: int, frame: Any) -> None:
+def _on_signal(signum: int, _frame: Any) -> None:
     exc = Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
     if _STATE["in_command"]:
         raise exc  # unwinds the command: staging removed, locks and claims released

@@ -185,7 +185,7 @@ class Trained:
     rule: object | None
 
 
-def _no_stage(name: str, timing: str) -> AbstractContextManager[None]:
+def _no_stage(_name: str, _timing: str) -> AbstractContextManager[None]:
     return nullcontext()
 
 

@@ -63,8 +63,8 @@ def feature_store(cache_dir: Path | None = None):
 
 
 def attach_features(patients: Sequence[Patient], models: Iterable[PatientModel],
-                    cache_dir: Path | None = None, on_error: str = "raise",
-                    engine: Engine | None = None) -> np.ndarray:
+                    cache_dir: Path | None = None, engine: Engine | None = None
+                    ) -> np.ndarray:
     """Patients with the feature cache attached, everything the models need already computed."""
     needed = []
     for model in models:

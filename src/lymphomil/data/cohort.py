@@ -180,7 +180,7 @@ def load_cohort(root: str | Path, *, reference_date: date = DEFAULT_REFERENCE_DA
     """
     root = Path(root)
     if not root.is_dir():
-        link = link_problem(root, root) if root.is_symlink() else None
+        link = link_problem(root) if root.is_symlink() else None
         raise LymphomilError("data folder not found" + (f": the path {link}" if link else ""),
                              file=root,
                              fix="give the path of the challenge folder (dlmi-lymphocytosis/)")
@@ -241,7 +241,7 @@ def _load(root: Path, reference_date: date, log: IssueLog, check_images: bool,
                     f"add the folder {TRAIN_DIR}/{pid}/ (or {TEST_DIR}/{pid}/) with its cell "
                     "images, or remove the row", file=str(csv_path), row=row.line, patient_id=pid))
                 continue
-            images = list_images(folder, root, pid, log, check=check_images, pool=pool)
+            images = list_images(folder, pid, log, check=check_images, pool=pool)
             if not images:
                 log.report(DataIssue(f"no usable .jpg cell images in {folder}",
                                      "add the patient's cell images or remove the row",

@@ -16,7 +16,7 @@ from lymphomil.errors import DataIssue, IssueLog
 IMAGE_SUFFIXES = (".jpg", ".jpeg")
 
 
-def link_problem(path: Path, root: Path) -> str | None:
+def link_problem(path: Path) -> str | None:
     """Why a symbolic link cannot be read (a loop, a missing target), or ``None``: a link is read
     through wherever it leads (a Kaggle copy links trainset/, patient folders or images to
     where the download lies; the features are keyed by the target's bytes, not its path)."""
@@ -32,7 +32,7 @@ def link_problem(path: Path, root: Path) -> str | None:
     return None
 
 
-def check_image(path: Path, root: Path, full: bool = True) -> str | None:
+def check_image(path: Path, full: bool = True) -> str | None:
     """Return why ``path`` is not a usable cell image, or ``None`` when it is.
 
     The file's kind first (a named pipe, a device or a link loop is refused without being
@@ -40,7 +40,7 @@ def check_image(path: Path, root: Path, full: bool = True) -> str | None:
     corrupt-data warnings (a file cut short with its end marker put back, bytes overwritten
     mid-stream) make it damaged. See :mod:`lymphomil.data.images`.
     """
-    problem = link_problem(path, root)
+    problem = link_problem(path)
     if problem:
         return problem
     return image_problem(path, decode=full)
@@ -121,7 +121,7 @@ def printable(name: str | Path) -> str:
     return os.fsencode(name).decode("utf-8", "backslashreplace")
 
 
-def list_images(folder: Path, root: Path, patient_id: str, log: IssueLog,
+def list_images(folder: Path, patient_id: str, log: IssueLog,
                 check: bool = True, pool: Any = None) -> ImagePaths:
     """The patient's JPEGs sorted by name; hidden files ignored, anything else reported.
 
@@ -158,7 +158,7 @@ def list_images(folder: Path, root: Path, patient_id: str, log: IssueLog,
                                  "keep only the patient's cell images (.jpg) in the folder",
                                  file=str(path), patient_id=patient_id))
             continue
-        problem = link_problem(path, root) if entry.is_symlink() else None
+        problem = link_problem(path) if entry.is_symlink() else None
         if problem is None and not entry.is_file(follow_symlinks=False):
             problem = kind_problem(path)  # a pipe, a device, a link to one: never opened
         candidates.append((name, path) if problem is None else (name, problem))  # type: ignore
@@ -202,7 +202,7 @@ def no_folder_problem(root: Path, patient_id: str) -> str:
     for rel in (TRAIN_DIR, f"{TRAIN_DIR}/{patient_id}", TEST_DIR, f"{TEST_DIR}/{patient_id}"):
         path = root / rel
         if path.is_symlink():
-            problem = link_problem(path, root) or (
+            problem = link_problem(path) or (
                 "is a symbolic link to a file, not a folder" if not path.is_dir() else None)
             if problem:
                 return f"no image folder for patient {patient_id}: {rel} {problem}"

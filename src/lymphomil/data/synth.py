@@ -337,7 +337,7 @@ def _check_target(out: Path) -> None:
     """Only a new or empty folder or an earlier synthetic cohort, unchanged and holding nothing
     else, may be (re)placed at ``out`` (never inside another lymphomil output)."""
     check_not_inside_output(out, "OUT")
-    ensure_replaceable(out, None, "synthetic cohort", "cohort", "OUT")
+    ensure_replaceable(out, "synthetic cohort", "cohort", "OUT")
 
 
 def _write_patient_images(staging: Path, patient: SynthPatient,

@@ -376,7 +376,7 @@ def fold_batchnorm(model: torch.nn.Module, crop: int, tolerance: float = 1e-4) -
     last: dict[str, object] = {"conv": None, "out": None}
     pairs: list[tuple[torch.nn.Conv2d, torch.nn.BatchNorm2d]] = []
 
-    def after_conv(module, inputs, output):
+    def after_conv(module, _inputs, output):
         last["conv"], last["out"] = module, output
 
     def before_bn(module, inputs):

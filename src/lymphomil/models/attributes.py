@@ -141,8 +141,9 @@ def _forest(class_weight: str | None, seed: int) -> Any:
     return RandomForestClassifier(class_weight=class_weight, random_state=seed, n_jobs=1)
 
 
-def _mlp(class_weight: str | None, seed: int) -> Any:
+def _mlp(_class_weight: str | None, seed: int) -> Any:
     # the report's "small neural net": one hidden layer, Adam; balance by sample weights in fit
+    # (no class_weight in MLPClassifier)
     return MLPClassifier(hidden_layer_sizes=(16,), solver="adam", max_iter=1000,
                          random_state=seed)
 

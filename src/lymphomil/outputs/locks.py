@@ -135,7 +135,7 @@ def claim_output(out: str | Path, what: str, inputs: dict[str, str | Path | None
     check_not_an_input(out, inputs or {}, option)
     check_not_inside_output(out, option)
     if folder:
-        ensure_replaceable(out, None, what, what if what in KINDS else None, option)
+        ensure_replaceable(out, what, what if what in KINDS else None, option)
     else:
         ensure_file_replaceable(out, what, option)
     acquire_output_lock(out)
@@ -187,12 +187,12 @@ def staged_dir(final: str | Path, kind: str = "output") -> Iterator[Path]:
     check = kind if kind in KINDS else None
     with output_lock(final):
         sweep_stale_staging(final)
-        ensure_replaceable(final, None, kind, check)  # before any work, and before the rename
+        ensure_replaceable(final, kind, check)  # before any work, and before the rename
         with _staging(final) as staging:
             yield staging
             write_checksums(staging)
             write_output_marker(staging, kind)
-            ensure_replaceable(final, None, kind, check)
+            ensure_replaceable(final, kind, check)
             _put_in_place(staging, final)
 
 

@@ -153,12 +153,12 @@ def _refuse_link_or_special(out: Path, option: str, what: str) -> None:
                              fix=f"give {option} another path")
 
 
-def ensure_replaceable(out: str | Path, marker: str | None = None, what: str = "output",
-                       kind: str | None = None, option: str = "--out") -> None:
+def ensure_replaceable(out: str | Path, what: str = "output", kind: str | None = None,
+                       option: str = "--out") -> None:
     """Refuse to replace ``out`` unless it is new, empty, or a lymphomil folder of ``kind``
-    (when given) holding only the files lymphomil wrote there, unchanged. Nothing is touched
-    when it refuses. ``marker`` is ignored (kept for callers): a common file name proves
-    nothing."""
+    (when given) holding only the files lymphomil wrote there, unchanged (the ownership marker
+    lymphomil wrote says which: a common file name proves nothing). Nothing is touched when it
+    refuses."""
     out = Path(out)
     _refuse_link_or_special(out, option, what)
     if out.exists() and not out.is_dir():
