@@ -89,10 +89,10 @@ def test_cv_reports_risk_coverage_and_the_nested_rule(synthetic_root: Path,
 
 
 def test_cv_no_referral_skips_the_nested_pass(synthetic_root: Path, tmp_path: Path) -> None:
-    result = invoke("cv", synthetic_root, "-m", "logreg", "--folds", "3", "--repeats", "2",
+    result = invoke("cv", synthetic_root, "-m", "tree", "--folds", "3", "--repeats", "1",
                     "--json", "--no-referral", "--cache-dir", tmp_path / "cache")
     assert result.exit_code == 0, result.output
-    entry = json.loads(result.stdout)["logreg"]
+    entry = json.loads(result.stdout)["tree"]
     assert "risk_coverage" in entry and "referral" not in entry
     assert "referral rule, nested" not in result.stderr
 
