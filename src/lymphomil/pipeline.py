@@ -19,6 +19,7 @@ from lymphomil.config import RunConfig, to_toml
 from lymphomil.coverage import risk_coverage
 from lymphomil.crossval import CVResult, best_index
 from lymphomil.data.cohort import Cohort
+from lymphomil.data.plain import data_source
 from lymphomil.data.synth import write_synthetic_cohort
 from lymphomil.engine import Engine
 from lymphomil.engines import get_engine
@@ -156,7 +157,9 @@ def _explore(run: _Run) -> None:
     explore it (Table 1 and figures, into explore/)."""
     config = run.config
     with run.stage("validate and explore", "validate + explore"):
-        run.labelled = flows.load_labelled(run.data, reference_date=config.reference_date,
+        source = (data_source(run.data, config.images, config.columns)
+                  if config.data is not None else run.data)
+        run.labelled = flows.load_labelled(source, reference_date=config.reference_date,
                                            on_error=config.on_error, cache_dir=config.cache_dir,
                                            folds=config.folds, folds_option="folds")
         run.cohort = run.labelled.cohort
