@@ -30,6 +30,7 @@ from lymphomil.data.folders import (
     split_conflict,
 )
 from lymphomil.data.images import memo_in
+from lymphomil.data.reference_date import DEFAULT_REFERENCE_DATE
 from lymphomil.data.table import (
     COL_COUNT,
     COL_DOB,
@@ -63,12 +64,10 @@ from lymphomil.data.validate import (
     parse_label,
     patient_from_row,
 )
-from lymphomil.errors import DataIssue, IssueLog, LymphomilError
+from lymphomil.runtime.errors import DataIssue, IssueLog, LymphomilError
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
-
-DEFAULT_REFERENCE_DATE = date(2024, 1, 1)
 
 LABELS = {-1: "unknown", 0: "reactive", 1: "malignant"}
 

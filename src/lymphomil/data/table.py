@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from lymphomil.data.images import kind_problem
-from lymphomil.errors import LymphomilError
+from lymphomil.runtime.errors import LymphomilError
 
 ROOT_CSV = "clinical_annotation.csv"
 TRAIN_DIR, TRAIN_CSV = "trainset", "trainset/trainset_true.csv"
