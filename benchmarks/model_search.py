@@ -1,8 +1,8 @@
 """Search for the default model: candidate configurations under the same repeated 5×5 CV.
 
-Every figure comes from the harness (`lymphomil.crossval.cross_validate`), results are cached
-(`lymphomil.cvcache`), so re-running prints the table at once. The winner becomes the registered
-default (`lymphomil.config.DEFAULT_MODEL`); the table goes to docs/results.md.
+Every figure comes from the harness (`lymphomil.evaluation.crossval.cross_validate`), results are
+cached (`lymphomil.evaluation.cvcache`), so re-running prints the table at once. The winner becomes
+the registered default (`lymphomil.flows.config.DEFAULT_MODEL`); the table goes to docs/results.md.
 
     python benchmarks/model_search.py [--data ../shared/data/dlmi-lymphocytosis] [--only NAME ...]
 """
@@ -14,13 +14,13 @@ import sys
 import time
 from pathlib import Path
 
-from lymphomil.crossval import format_metric
 from lymphomil.data.cohort import load_cohort
+from lymphomil.evaluation.crossval import format_metric
+from lymphomil.flows.steps import labelled_patients, run_cv
 from lymphomil.models.attributes import AttributeModel
 from lymphomil.models.base import create_model
 from lymphomil.models.fusion import FusionModel
-from lymphomil.runtime import set_threads
-from lymphomil.steps import labelled_patients, run_cv
+from lymphomil.runtime.environment import set_threads
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -14,8 +14,8 @@ import time
 from datetime import date
 
 from lymphomil.data.cohort import load_cohort
+from lymphomil.flows.steps import attach_features, configure_model, labelled_patients, run_cv
 from lymphomil.referral import nested_referral, same_as_cv
-from lymphomil.steps import attach_features, configure_model, labelled_patients, run_cv
 
 MODEL = "fusion-mean"
 

@@ -19,9 +19,9 @@ from datetime import date
 import numpy as np
 
 from lymphomil.data.cohort import load_cohort
+from lymphomil.flows.steps import attach_features, configure_model, labelled_patients
 from lymphomil.ood import fit_ood_checks
 from lymphomil.referral import DEFAULT_MAX_REFERRAL, nested_referral
-from lymphomil.steps import attach_features, configure_model, labelled_patients
 
 MODEL = "fusion-mean"
 METRICS = ("referred", "auto_balanced_accuracy", "hard_referred", "hard_auto_balanced_accuracy")

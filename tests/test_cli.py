@@ -193,7 +193,7 @@ def test_progress_outside_a_terminal_is_periodic_lines(tmp_path: Path) -> None:
 def test_line_progress_every_tenth_or_every_interval() -> None:
     from rich.console import Console
 
-    from lymphomil.progress import LineProgress
+    from lymphomil.commands.progress import LineProgress
 
     now = [0.0]
     console = Console(file=io.StringIO(), width=200)
@@ -218,8 +218,8 @@ def test_line_progress_every_tenth_or_every_interval() -> None:
 def test_log_lines_carry_no_source_location(tmp_path: Path) -> None:
     import logging
 
-    from lymphomil.cli_app import setup_logging
-    from lymphomil.progress import ERR_CONSOLE, StageReporter
+    from lymphomil.commands.app import setup_logging
+    from lymphomil.commands.progress import ERR_CONSOLE, StageReporter
 
     setup_logging(logging.WARNING)  # through the CLI's own stderr console
     with ERR_CONSOLE.capture() as captured:  # captures without re-pointing the console

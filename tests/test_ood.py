@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 
 import lymphomil
-from lymphomil.errors import LymphomilError
 from lymphomil.features.in_memory import InMemoryStore
 from lymphomil.ood import (
     DEFAULT_FEATURES,
@@ -22,6 +21,7 @@ from lymphomil.ood import (
     image_stats,
     patient_image_stats,
 )
+from lymphomil.runtime.errors import LymphomilError
 
 N_TRAIN = 18
 

@@ -8,8 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lymphomil.crossval import cross_validate
-from lymphomil.errors import LymphomilError
+from lymphomil.evaluation.crossval import cross_validate
 from lymphomil.models.base import PatientModel, create_model, register_class
 from lymphomil.models.fusion import FusionModel
 from lymphomil.referral import (
@@ -24,7 +23,8 @@ from lymphomil.referral import (
     same_as_cv,
     save_rule,
 )
-from tests.test_crossval import make_patients
+from lymphomil.runtime.errors import LymphomilError
+from tests.evaluation.test_crossval import make_patients
 
 LOG: list[tuple[str, frozenset]] = []
 
@@ -223,7 +223,7 @@ def test_the_forced_call_is_unchanged_by_the_nested_pass() -> None:
 
 
 def test_risk_coverage_of_out_of_fold_probabilities() -> None:
-    from lymphomil.coverage import aurc, risk_coverage
+    from lymphomil.referral.coverage import aurc, risk_coverage
 
     patients, y = make_patients(40)
     result = cross_validate(ReferralSpy(), patients, y, folds=4, repeats=2, seed=0,

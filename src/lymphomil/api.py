@@ -24,23 +24,24 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import numpy as np
 
-from lymphomil import flows
-from lymphomil.config import RunConfig
-from lymphomil.crossval import CVResult
 from lymphomil.data.cohort import Cohort, as_patient_array, labels_of, load_cohort  # noqa: F401
-from lymphomil.models.base import PatientModel, create_model, list_models, load_model  # noqa: F401
-from lymphomil.referral import Decision, ReferralRule, check_target, model_decisions
-from lymphomil.referral import fit_referral as fit_rule
-from lymphomil.steps import (
+from lymphomil.evaluation.crossval import CVResult
+from lymphomil.flows.config import RunConfig
+from lymphomil.flows.cv import cross_validate as cross_validate_flow
+from lymphomil.flows.steps import (
     LabelledSet,
     Predictions,
     attach_features,
     labelled_patients,
     predict_folder,
 )
+from lymphomil.flows.train import train as train_flow
+from lymphomil.models.base import PatientModel, create_model, list_models, load_model  # noqa: F401
+from lymphomil.referral import Decision, ReferralRule, check_target, model_decisions
+from lymphomil.referral import fit_referral as fit_rule
 
 if TYPE_CHECKING:  # pragma: no cover
-    from lymphomil.pipeline import RunResult
+    from lymphomil.flows.run import RunResult
 
 
 def _model(model: "PatientModel | str") -> PatientModel:
@@ -68,7 +69,7 @@ def cross_validate(model: "PatientModel | str", cohort: "Cohort | Sequence[Any]"
         labelled = LabelledSet(None, as_patient_array(patients), labels_of(patients))
     name = model if isinstance(model, str) else type(model).__name__
     # no fit is stored in the cache: a model built in Python may change between two calls
-    run = flows.cross_validate([(name, _model(model))], labelled, folds=folds, repeats=repeats,
+    run = cross_validate_flow([(name, _model(model))], labelled, folds=folds, repeats=repeats,
                                seed=seed, cache_dir=_path(cache_dir), store_fits=False)
     return run.results[0]
 
@@ -80,7 +81,7 @@ def train(model: str, cohort: Cohort, out: str | Path, *, seed: int = 0,
     """What ``lymphomil train`` does: fit the registered ``model`` on every labelled patient of
     ``cohort`` and save its folder in ``out`` with its referral rule and model card (read back
     by :func:`load_model` and ``lymphomil predict``); returns the fitted model."""
-    return flows.train(model, labelled_patients(cohort), Path(out),
+    return train_flow(model, labelled_patients(cohort), Path(out),
                        reference_date=cohort.reference_date, features=features, seed=seed,
                        cache_dir=_path(cache_dir), max_referral=max_referral,
                        target_accuracy=target_accuracy).model
@@ -129,10 +130,10 @@ def run(data: str | Path | None = None, out: str | Path = "lymphomil-run",
         **options: Any) -> "RunResult":
     """What ``lymphomil run`` does: validate and explore, CV the candidates, train the best,
     predict the unlabelled patients, write the report, into ``out``. ``data=None``: a synthetic
-    cohort. ``options``: any field of :class:`lymphomil.config.RunConfig` (``candidates``,
+    cohort. ``options``: any field of :class:`lymphomil.flows.config.RunConfig` (``candidates``,
     ``folds``, ``repeats``, ``seed``, ``cache_dir``, ...)."""
     # deferred for start-up time: the run's report (plots) only when a run is asked for
-    from lymphomil.pipeline import run_pipeline
+    from lymphomil.flows.run import run_pipeline
 
     config = RunConfig(data=Path(data) if data is not None else None, **options)
     return run_pipeline(config, Path(out))

@@ -21,7 +21,7 @@ if sys.argv and os.path.basename(sys.argv[0]) in ("lymphomil", "cli.py"):
     signal.signal(signal.SIGINT, _exit_at_start)
     signal.signal(signal.SIGTERM, _exit_at_start)
 
-from lymphomil.cli_app import app, exit_interrupted, install_signal_handlers  # noqa: E402
+from lymphomil.commands.app import app, exit_interrupted, install_signal_handlers  # noqa: E402
 
 # each module registers its commands on ``app`` when imported, in the order --help lists them
 # isort: off

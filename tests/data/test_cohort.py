@@ -17,7 +17,7 @@ from lymphomil.data.cohort import (
     parse_gender,
     parse_label,
 )
-from lymphomil.errors import LymphomilError
+from lymphomil.runtime.errors import LymphomilError
 
 HEADER = ",ID,LABEL,GENDER,DOB,LYMPH_COUNT"
 

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from lymphomil.cli import app
 from lymphomil.data.cohort import load_cohort
-from lymphomil.errors import LymphomilError
+from lymphomil.runtime.errors import LymphomilError
 
 runner = CliRunner()
 COLUMNS = "id=Patient,gender=Sex,dob=Birth,count=Lymphocytes,label=Diagnosis"

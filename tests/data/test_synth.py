@@ -13,11 +13,11 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import lymphomil.commands.data  # noqa: F401  registers synth/explore on the app
-from lymphomil.cli_app import app
+from lymphomil.commands.app import app
 from lymphomil.data import synth
 from lymphomil.data.cohort import DEFAULT_REFERENCE_DATE, age_at, load_cohort, parse_dob
 from lymphomil.data.synth import MARKER, draw_patients, write_synthetic_cohort
-from lymphomil.errors import LymphomilError
+from lymphomil.runtime.errors import LymphomilError
 
 
 def tree_digest(root: Path) -> dict[str, str]:

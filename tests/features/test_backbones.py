@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-from lymphomil.errors import LymphomilError
 from lymphomil.features.backbones import (
     OFFLINE_BACKBONES,
     create_backbone,
@@ -19,6 +18,7 @@ from lymphomil.features.backbones import (
 )
 from lymphomil.features.preprocess import make_preprocess
 from lymphomil.features.weights import TORCHVISION_BACKBONES, lite0_file, mobilenet_file
+from lymphomil.runtime.errors import LymphomilError
 
 
 def torchvision_or_skip(name: str = "resnet18") -> None:

@@ -16,9 +16,9 @@ from PIL import Image
 
 from lymphomil.data.cohort import load_cohort
 from lymphomil.data.synth import write_synthetic_cohort
-from lymphomil.errors import LymphomilError
 from lymphomil.features import FeatureCache, FeatureSpec, attach_store
 from lymphomil.features.cache import SUFFIX
+from lymphomil.runtime.errors import LymphomilError
 from tests.killing import kill_extraction_midway
 
 SPEC = FeatureSpec(backbone="small-cnn", weights="none", crop=64, precision="fp32")

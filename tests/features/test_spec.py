@@ -6,10 +6,10 @@ import itertools
 
 import pytest
 
-from lymphomil.errors import LymphomilError
 from lymphomil.features.spec import DEFAULT_CROP, FeatureSpec
 from lymphomil.features.weights import BUILTIN_BACKBONES
 from lymphomil.models.base import create_model
+from lymphomil.runtime.errors import LymphomilError
 
 
 @pytest.mark.parametrize("backbone", BUILTIN_BACKBONES)

@@ -11,7 +11,6 @@ import pytest
 from sklearn.base import clone
 
 from lymphomil.data.cohort import Patient, as_patient_array
-from lymphomil.errors import LymphomilError
 from lymphomil.models.attributes import (
     ALGORITHMS,
     NATURAL_LOG_COUNT,
@@ -21,6 +20,7 @@ from lymphomil.models.attributes import (
     statistics_in_log10,
 )
 from lymphomil.models.base import load_model
+from lymphomil.runtime.errors import LymphomilError
 
 
 def attribute_patients(n: int = 80, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from lymphomil.errors import LymphomilError
 from lymphomil.models.bag import BagModel, inference_bags, training_bags
 from lymphomil.models.base import create_model
 from lymphomil.models.heads import BAG_POOLINGS, PoolingMIL
+from lymphomil.runtime.errors import LymphomilError
 from tests.models.conftest import SPEC, assert_learns, assert_outputs
 
 OPTIONS = dict(features=SPEC, bag_size=8, max_epochs=30)

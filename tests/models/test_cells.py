@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 from sklearn.base import clone
 
-from lymphomil.crossval import cross_validate, derive_seed, with_seed
-from lymphomil.errors import LymphomilError
+from lymphomil.evaluation.crossval import cross_validate, derive_seed, with_seed
 from lymphomil.models.base import create_model
 from lymphomil.models.blocks import top_k_mean
 from lymphomil.models.cells import CellTopKModel, _cell_weights
 from lymphomil.models.checks import resolve_seed
 from lymphomil.models.ensemble import EnsembleModel, SelectModel
 from lymphomil.models.prototypes import PrototypeModel, histogram
+from lymphomil.runtime.errors import LymphomilError
 from tests.models.conftest import (
     SPEC,
     assert_clone_and_params,
@@ -191,7 +191,7 @@ def test_bad_ensemble_and_selection_options(feature_cohort) -> None:
 
 
 def test_features_override_reaches_every_ensemble_member() -> None:
-    from lymphomil.steps import configure_model
+    from lymphomil.flows.steps import configure_model
 
     fusion = configure_model("fusion-mean-seeds", "toy@112")
     members = fusion.image_model.members

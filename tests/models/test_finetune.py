@@ -224,7 +224,7 @@ def test_contract_on_the_trunk_cohort(name, toy, tmp_path: Path) -> None:
 
 
 def test_registered_names_and_bad_options(toy) -> None:
-    from lymphomil.errors import LymphomilError
+    from lymphomil.runtime.errors import LymphomilError
 
     for name in ("mil-trunk", "topk-trunk", "topk-trunk-image", "fusion-mean-miltrunk",
                  "fusion-mean-topktrunk"):
@@ -272,7 +272,7 @@ def test_a_topk_folder_saved_with_the_natural_log_count_predicts_the_same(toy, t
 
 
 def test_topk_score_k_is_chosen_on_the_inner_validation_patients(toy, tmp_path: Path) -> None:
-    from lymphomil.metrics import balanced_log_loss
+    from lymphomil.evaluation.metrics import balanced_log_loss
     from lymphomil.models.checks import resolve_seed
     from lymphomil.models.training import inner_split
 
@@ -315,7 +315,7 @@ def test_topk_score_k_is_chosen_on_the_inner_validation_patients(toy, tmp_path: 
 
 @pytest.mark.parametrize("ks", [(), (0, 4), (2.5,), (True,), "8"])
 def test_topk_bad_ks_are_refused(toy, ks) -> None:
-    from lymphomil.errors import LymphomilError
+    from lymphomil.runtime.errors import LymphomilError
 
     train, y, _, _ = toy
     with pytest.raises(LymphomilError, match="ks="):

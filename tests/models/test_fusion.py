@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from lymphomil.data.cohort import Patient, as_patient_array
-from lymphomil.errors import LymphomilError
 from lymphomil.models.base import PatientModel
 from lymphomil.models.fusion import GATED_PROBA, FusionModel
+from lymphomil.runtime.errors import LymphomilError
 
 
 class FixedModel(PatientModel):

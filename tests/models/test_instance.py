@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lymphomil.errors import LymphomilError
 from lymphomil.models.base import create_model
 from lymphomil.models.instance import AGGREGATES, InstanceModel, aggregate_scores
+from lymphomil.runtime.errors import LymphomilError
 from tests.models.conftest import SPEC, assert_learns, assert_outputs
 
 OPTIONS = dict(features=SPEC, max_epochs=25)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lymphomil.errors import LymphomilError
 from lymphomil.models.base import create_model
 from lymphomil.models.pooled import ImageLogRegModel, pool_bag
+from lymphomil.runtime.errors import LymphomilError
 from tests.models.conftest import (
     SPEC,
     assert_clone_and_params,

@@ -7,8 +7,7 @@ import json
 import pytest
 from sklearn.base import clone
 
-from lymphomil.config import DEFAULT_CANDIDATES, DEFAULT_MODEL
-from lymphomil.errors import LymphomilError
+from lymphomil.flows.config import DEFAULT_CANDIDATES, DEFAULT_MODEL
 from lymphomil.models.base import (
     PatientModel,
     create_model,
@@ -17,6 +16,7 @@ from lymphomil.models.base import (
     encode_param,
     list_models,
 )
+from lymphomil.runtime.errors import LymphomilError
 
 
 @pytest.mark.parametrize("name", list_models())

@@ -10,9 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from lymphomil.errors import LymphomilError
+from lymphomil.evaluation.metrics import balanced_accuracy, balanced_log_loss
 from lymphomil.features.in_memory import InMemoryStore
-from lymphomil.metrics import balanced_accuracy, balanced_log_loss
 from lymphomil.models.checks import check_patients_y, make_generator, resolve_seed, seeded
 from lymphomil.models.inputs import pad_bags
 from lymphomil.models.training import (
@@ -21,6 +20,7 @@ from lymphomil.models.training import (
     fit_loop,
     inner_split,
 )
+from lymphomil.runtime.errors import LymphomilError
 
 
 def test_inner_split_is_stratified_disjoint_and_seeded() -> None:

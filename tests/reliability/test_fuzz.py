@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from lymphomil.data.cohort import REQUIRED_COLUMNS, parse_count, parse_dob, parse_label, read_table
-from lymphomil.errors import LymphomilError
+from lymphomil.runtime.errors import LymphomilError
 
 FAST = settings(max_examples=150, deadline=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -173,7 +173,7 @@ CONFIG_KEYS = st.sampled_from(["data", "cache_dir", "candidates", "model", "fold
 @FAST
 @given(items=st.dictionaries(CONFIG_KEYS, JSON_VALUES, max_size=5))
 def test_load_config_any_structure(tmp_path: Path, items: dict) -> None:
-    from lymphomil.config import load_config
+    from lymphomil.flows.config import load_config
 
     path = tmp_path / "run.toml"
     path.write_text("".join(f"{k} = {_toml_value(v)}\n" for k, v in items.items()))
@@ -187,7 +187,7 @@ def test_load_config_any_structure(tmp_path: Path, items: dict) -> None:
                                   "[a]\n" + "".join(f"[{'x.' * 200}y{i}]\n" for i in range(3))],
                          ids=["deep array", "deep inline table", "long dotted tables"])
 def test_load_config_any_depth(tmp_path: Path, text: str) -> None:
-    from lymphomil.config import load_config
+    from lymphomil.flows.config import load_config
 
     path = tmp_path / "run.toml"
     path.write_text(text)

@@ -166,7 +166,7 @@ def _config(tmp_path: Path, text: str) -> Path:
 
 def test_config_paths_expand_home_and_variables(tmp_path: Path,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    from lymphomil.config import load_config
+    from lymphomil.flows.config import load_config
 
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.setenv("COHORTS", str(tmp_path / "cohorts"))
@@ -185,8 +185,8 @@ def test_config_paths_expand_home_and_variables(tmp_path: Path,
     ('folds = "five"\n', "folds: should be a valid integer"),
 ])
 def test_config_mistakes_are_plain_words(tmp_path: Path, text: str, words: str) -> None:
-    from lymphomil.config import load_config
-    from lymphomil.errors import LymphomilError
+    from lymphomil.flows.config import load_config
+    from lymphomil.runtime.errors import LymphomilError
 
     with pytest.raises(LymphomilError) as caught:
         load_config(_config(tmp_path, text), {})
@@ -199,7 +199,7 @@ def test_config_mistakes_are_plain_words(tmp_path: Path, text: str, words: str) 
 def test_empty_path_in_the_api_is_refused() -> None:
     from pydantic import ValidationError
 
-    from lymphomil.config import RunConfig
+    from lymphomil.flows.config import RunConfig
 
     with pytest.raises(ValidationError, match="cache_dir is empty"):
         RunConfig(cache_dir="")
@@ -247,8 +247,8 @@ def test_features_defaults_to_what_the_default_model_reads() -> None:
     """`lymphomil features DATA` computes the default model's features (derived, not written
     twice): after it, `run` finds every feature it needs in the cache."""
     from lymphomil.commands.features import _defaults
-    from lymphomil.config import default_model_features
     from lymphomil.features.spec import DEFAULT_CROP
+    from lymphomil.flows.config import default_model_features
 
     pairs = default_model_features()  # what the command reads when no --backbone is given
     spec, kind = pairs[0]

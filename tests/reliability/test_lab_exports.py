@@ -259,7 +259,7 @@ def test_a_number_split_by_a_comma_is_never_read_as_another(model_dir: Path, tmp
 
 def test_an_age_split_by_a_comma_is_refused_in_a_lab_export(tmp_path: Path) -> None:
     from lymphomil.data.cohort import load_cohort
-    from lymphomil.errors import LymphomilError
+    from lymphomil.runtime.errors import LymphomilError
 
     lab = tmp_path / "lab"
     (lab / "P1").mkdir(parents=True)

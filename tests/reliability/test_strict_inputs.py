@@ -345,8 +345,8 @@ def test_the_decoder_matches_pillow_on_a_photograph_like_jpeg() -> None:
 
 def test_a_pipe_swapped_in_after_listing_is_not_read(tmp_path: Path) -> None:
     """The extractor's own open is non-blocking and checks the descriptor's type."""
-    from lymphomil.errors import LymphomilError
     from lymphomil.features.preprocess import decode_image
+    from lymphomil.runtime.errors import LymphomilError
 
     pipe = tmp_path / "x.jpg"
     os.mkfifo(pipe)

@@ -268,8 +268,8 @@ def test_explore_out_a_file_is_a_message(cohort: Path, tmp_path: Path) -> None:
 def _cv_entry(root: Path, key: str) -> None:
     import numpy as np
 
-    from lymphomil import cvcache
-    from lymphomil.crossval import CVResult
+    from lymphomil.evaluation import cvcache
+    from lymphomil.evaluation.crossval import CVResult
 
     result = CVResult("logreg", ["P1", "P2"], np.array([0, 1]), np.zeros((1, 2), int),
                       np.full((1, 2), 0.5), np.zeros((1, 2), bool), np.zeros((1, 2)))

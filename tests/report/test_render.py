@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lymphomil.crossval import CVResult
+from lymphomil.evaluation.crossval import CVResult
 from lymphomil.report.patients import gallery_indices
 from lymphomil.report.render import (
     SECTIONS,
@@ -321,7 +321,7 @@ def test_synthetic_banner_only_on_a_synthetic_cohort(tmp_path: Path) -> None:
 
 
 def test_synthetic_origin_tells_the_demo_from_the_shared_data(synthetic_root: Path) -> None:
-    from lymphomil.pipeline import synthetic_origin
+    from lymphomil.flows.run import synthetic_origin
 
     assert synthetic_origin(None) == {}  # `lymphomil run` without DATA: the built-in cohort
     origin = synthetic_origin(synthetic_root)
@@ -334,8 +334,8 @@ def test_synthetic_origin_tells_the_demo_from_the_shared_data(synthetic_root: Pa
 
 
 def test_borderline_is_a_spread_across_the_threshold() -> None:
+    from lymphomil.evaluation.uncertainty import borderline
     from lymphomil.report.patients import interval_view
-    from lymphomil.uncertainty import borderline
 
     low = np.array([0.40, 0.50, 0.30, 0.10, 0.55, 0.49])
     high = np.array([0.60, 0.70, 0.50, 0.40, 0.90, 0.49])
@@ -359,7 +359,7 @@ def _rows(text: str) -> list[dict[str, str]]:
 
 
 def test_patient_table_rows_carry_the_flags_and_sort_keys(tmp_path: Path) -> None:
-    from lymphomil.uncertainty import borderline
+    from lymphomil.evaluation.uncertainty import borderline
 
     ctx = make_context(tmp_path, n_patients=8, n_images=4)
     ctx.calls[0].interval = (0.45, 0.55)
@@ -405,8 +405,8 @@ def test_patient_table_sorts_in_a_browser(tmp_path: Path) -> None:
 def test_gallery_legend_states_the_units_of_the_model_that_scored(tmp_path: Path) -> None:
     from types import SimpleNamespace
 
+    from lymphomil.flows.run import score_units
     from lymphomil.models.pooled import ImageLogRegModel
-    from lymphomil.pipeline import score_units
 
     ctx = make_context(tmp_path, n_patients=1, n_images=4)
     ctx.score_units = "cell log-odds of malignancy (cell classifier)"
@@ -502,7 +502,7 @@ def test_errors_section_shows_each_error_with_its_cells(tmp_path: Path) -> None:
 
 
 def test_model_card_section_shows_the_card(tmp_path: Path) -> None:
-    from lymphomil.model_card import WEIGHTS_PROVENANCE
+    from lymphomil.report.model_card import WEIGHTS_PROVENANCE
 
     ctx = make_context(tmp_path, n_patients=1, n_images=2)
     ctx.model_card = {

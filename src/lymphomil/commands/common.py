@@ -14,8 +14,8 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from lymphomil.cli_app import CACHE_DEFAULT, RAY_EXTRA, err_console
-from lymphomil.defaults import RUN_DEFAULTS
+from lymphomil.commands.app import CACHE_DEFAULT, RAY_EXTRA, err_console
+from lymphomil.flows.defaults import RUN_DEFAULTS
 
 DATA_ARG = typer.Argument(..., help="challenge-layout folder (clinical_annotation.csv or "
                                     "trainset/ + testset/), or a lab's CSV of patients (one "

@@ -9,9 +9,9 @@ from typing import List, Optional
 import typer
 from rich.markup import escape
 
-from lymphomil.cli_app import EngineName, OnError, app, console, err_console, handle_errors
 from lymphomil.commands import common
-from lymphomil.defaults import DEFAULT_MODEL
+from lymphomil.commands.app import EngineName, OnError, app, console, err_console, handle_errors
+from lymphomil.flows.defaults import DEFAULT_MODEL
 
 
 @app.command()
@@ -51,11 +51,16 @@ def cv(
     Honest selection: lymphomil cv DATA -m fusion-mean -m cell-topk --select fusion-mean,cell-topk
     """
     # deferred for start-up time (see lymphomil.commands.common)
-    from lymphomil import coverage, flows, options, outputs, runtime
+    from lymphomil import outputs
+    from lymphomil.flows import options
+    from lymphomil.flows.cv import cross_validate, cv_models, summary_rows
+    from lymphomil.flows.steps import load_labelled
     from lymphomil.referral import check_target
+    from lymphomil.referral.coverage import trust_markdown
+    from lymphomil.runtime.environment import set_threads
 
     # every option before any work; the folds against the data once it is read
-    model = flows.cv_models(model, select)
+    model = cv_models(model, select)
     max_referral, target_accuracy = check_target(max_referral, target_accuracy)
     options.check_folds(folds)
     options.check_repeats(repeats)
@@ -66,10 +71,10 @@ def cv(
     if out is not None:
         outputs.claim_output(out, "cv", {"data folder": data,
                                          "cache folder": outputs.cache_root(cache_dir)})
-    runtime.set_threads(threads)
-    labelled = flows.load_labelled(data, reference_date=ref, on_error=on_error,
+    set_threads(threads)
+    labelled = load_labelled(data, reference_date=ref, on_error=on_error,
                                    cache_dir=cache_dir, folds=folds)
-    run = flows.cross_validate(model, labelled, folds=folds, repeats=repeats, seed=seed,
+    run = cross_validate(model, labelled, folds=folds, repeats=repeats, seed=seed,
                                features=features, cache_dir=cache_dir, engine=engine,
                                threads=threads, trust=True, referral=referral,
                                max_referral=max_referral, target_accuracy=target_accuracy,
@@ -81,10 +86,10 @@ def cv(
     if as_json:
         typer.echo(json.dumps(payload, indent=2, default=float))
     else:
-        console.print(common.results_table(flows.summary_rows(results)))
+        console.print(common.results_table(summary_rows(results)))
         console.print(f"{len(labelled.y)} labelled patients, {folds} folds × {repeats} repeats, "
                       f"seed {seed}")
-        console.print(coverage.trust_markdown(trust), markup=False, highlight=False,
+        console.print(trust_markdown(trust), markup=False, highlight=False,
                       soft_wrap=True)
     common.print_skips(cohort.skipped_table(),
                        out / "skipped.json" if out and cohort.issues else None)

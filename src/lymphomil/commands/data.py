@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import typer
 from rich.table import Table
 
-from lymphomil.cli_app import OnError, app, console, err_console, handle_errors, progress_task
+from lymphomil.commands.app import OnError, app, console, err_console, handle_errors, progress_task
 
 if TYPE_CHECKING:  # pragma: no cover
     from lymphomil.data.cohort import Cohort
@@ -43,8 +43,8 @@ def synth(
     Example: lymphomil synth out/synth --patients 60 --seed 0
     """
     # deferred for start-up time (see lymphomil.commands.common)
-    from lymphomil import options
     from lymphomil.data.synth import write_synthetic_cohort
+    from lymphomil.flows import options
 
     options.check_synthetic(patients)  # the writer checks OUT (its own marker) and locks it
     options.check_synthetic_seed(seed)
@@ -76,9 +76,10 @@ def explore(
     Example: lymphomil explore ../shared/data/dlmi-lymphocytosis --out out/explore
     """
     # deferred for start-up time (see lymphomil.commands.common)
-    from lymphomil import explore as exploring
-    from lymphomil import options, outputs
+    from lymphomil import outputs
     from lymphomil.data.cohort import load_cohort
+    from lymphomil.flows import options
+    from lymphomil.report import explore as exploring
 
     reference = options.parse_date(reference_date)
     # a folder: not a file, not the data's, empty or written by an earlier `explore`

@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from lymphomil.cli_app import (
+from lymphomil.commands.app import (
     CACHE_DEFAULT,
     RAY_EXTRA,
     EngineName,
@@ -21,7 +21,7 @@ from lymphomil.cli_app import (
     err_console,
     handle_errors,
 )
-from lymphomil.errors import LymphomilError
+from lymphomil.runtime.errors import LymphomilError
 
 #: ``--cache-dir`` of ``cache info`` and ``cache clear``
 #: (one option object, as commands/common.py has for the model commands)
@@ -118,11 +118,13 @@ def features(
     Another backbone: lymphomil features DATA --backbone efficientnet-lite0 --crop 112
     """
     # deferred for start-up time (see lymphomil.commands.common): no torch, no model family
-    from lymphomil import engines, options, outputs
+    from lymphomil import outputs
     from lymphomil.data.cohort import load_cohort
     from lymphomil.features import KINDS, FeatureCache, FeatureSpec, resolve_precision
     from lymphomil.features.cache import feature_root
     from lymphomil.features.spec import DEFAULT_CROP
+    from lymphomil.flows import options
+    from lymphomil.runtime import engines
 
     if list_names:
         from lymphomil.features.backbones import describe_backbones  # torch: --list only
@@ -139,7 +141,7 @@ def features(
                              fix="lymphomil features DATA (the challenge folder), or --list")
     pairs = None
     if backbone is None:  # deferred further: pydantic and the default model's family, only here
-        from lymphomil.config import default_model_features
+        from lymphomil.flows.config import default_model_features
 
         pairs = default_model_features()
     backbone, crop, weights, kinds = _defaults(backbone, crop, weights, kinds, DEFAULT_CROP, pairs)
@@ -200,7 +202,8 @@ def cache_info(
     Example: lymphomil cache info
     """
     # deferred for start-up time (see lymphomil.commands.common); ``features``: the package
-    from lymphomil import cvcache, features, outputs
+    from lymphomil import features, outputs
+    from lymphomil.evaluation import cvcache
 
     info = features.FeatureCache(features.cache.feature_root(cache_dir)).info()
     files = cvcache.entry_files(outputs.cv_cache(cache_dir))  # only those are the cache's
@@ -235,7 +238,9 @@ def cache_clear(
     Example: lymphomil cache clear --yes
     """
     # deferred for start-up time (see lymphomil.commands.common); ``features``: the package
-    from lymphomil import cvcache, features, outputs, runcache
+    from lymphomil import features, outputs
+    from lymphomil.evaluation import cvcache
+    from lymphomil.flows import runcache
 
     cache = features.FeatureCache(features.cache.feature_root(cache_dir))
     if not yes:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from rich.table import Table
 
-from lymphomil.cli_app import app, console, handle_errors
-from lymphomil.defaults import DEFAULT_MODEL
+from lymphomil.commands.app import app, console, handle_errors
+from lymphomil.flows.defaults import DEFAULT_MODEL
 
 
 @app.command("models")

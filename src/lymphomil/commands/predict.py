@@ -7,8 +7,8 @@ from typing import Optional
 
 import typer
 
-from lymphomil.cli_app import OnError, PatientRule, app, console, err_console, handle_errors
 from lymphomil.commands import common
+from lymphomil.commands.app import OnError, PatientRule, app, console, err_console, handle_errors
 
 
 @app.command()
@@ -46,8 +46,12 @@ def predict(
     --columns id=Patient,gender=Sex,dob=Birth,count=Lymphocytes --out lab.csv
     """
     # deferred for start-up time (see lymphomil.commands.common)
-    from lymphomil import flows, options, outputs, runtime
+    from lymphomil import outputs
     from lymphomil.data.plain import data_inputs, data_source
+    from lymphomil.flows import options
+    from lymphomil.flows.predict import predict as predict_flow
+    from lymphomil.flows.predict import prediction_files
+    from lymphomil.runtime.environment import set_threads
 
     options.check_threads(threads)
     source = data_source(data, images, columns)
@@ -55,15 +59,15 @@ def predict(
         outputs.check_cache_location(cache_dir, path)
     inputs = {"model folder": model_dir, **data_inputs(source),
               "cache folder": outputs.cache_root(cache_dir)}
-    metrics_path, skipped_path = flows.prediction_files(out)
+    metrics_path, skipped_path = prediction_files(out)
     outputs.claim_output(out, "predictions", inputs, folder=False)
     outputs.claim_output(skipped_path, "skipped list", inputs, folder=False)
     outputs.claim_output(metrics_path, "metrics", inputs, folder=False)
     if report is not None:
         outputs.claim_output(report, "report", dict(inputs, **{"--out file": out}),
                              folder=False, option="--report")
-    runtime.set_threads(threads)
-    done = flows.predict(model_dir, source, out, kaggle=kaggle, patients=patients,
+    set_threads(threads)
+    done = predict_flow(model_dir, source, out, kaggle=kaggle, patients=patients,
                          include_labelled=include_labelled, on_error=on_error,
                          cache_dir=cache_dir, report=report)
     pred = done.pred

@@ -1,4 +1,4 @@
-"""`lymphomil run`: the main job (lymphomil.pipeline), from a folder to a report."""
+"""`lymphomil run`: the main job (lymphomil.flows.run), from a folder to a report."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from typing import Optional
 
 import typer
 
-from lymphomil.cli_app import EngineName, OnError, StageReporter, app, console, handle_errors
 from lymphomil.commands import common
-from lymphomil.defaults import DEFAULT_CANDIDATES
+from lymphomil.commands.app import EngineName, OnError, StageReporter, app, console, handle_errors
+from lymphomil.flows.defaults import DEFAULT_CANDIDATES
 
 
 @app.command()
@@ -74,9 +74,12 @@ def run(
     id=Patient,gender=Sex,dob=Birth,count=Lymphocytes,label=Diagnosis --out runs/lab
     """
     # deferred for start-up time (see lymphomil.commands.common)
-    from lymphomil import config as configs
-    from lymphomil import flows, options, outputs, pipeline, referral
+    from lymphomil import outputs, referral
     from lymphomil.data.plain import data_inputs, data_source, read_columns
+    from lymphomil.flows import config as configs
+    from lymphomil.flows import options
+    from lymphomil.flows.cv import summary_rows
+    from lymphomil.flows.run import run_pipeline
 
     referral.check_target(max_referral, target_accuracy)  # the CLI's names in the message
     names, images_of_columns = read_columns(columns)
@@ -100,12 +103,12 @@ def run(
                                       "cache folder": outputs.cache_root(cfg.cache_dir)})
     reporter = StageReporter()
     try:
-        result = pipeline.run_pipeline(
+        result = run_pipeline(
             cfg, out, stage=reporter.stage, on_fit=reporter.advance,
             cv_total=lambda total: reporter.count("cross-validation fits", total, "fits"))
     finally:
         reporter.close()
-    console.print(common.results_table(flows.summary_rows(result.results)))
+    console.print(common.results_table(summary_rows(result.results)))
     console.print(f"chosen model: [bold]{result.chosen}[/]; predicted {result.n_predicted} "
                   f"patients; skipped {result.n_skipped}")
     console.print("timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in result.timings.items()))

@@ -8,9 +8,9 @@ from typing import Optional
 import typer
 from rich.markup import escape
 
-from lymphomil.cli_app import OnError, app, console, handle_errors
 from lymphomil.commands import common
-from lymphomil.defaults import DEFAULT_MODEL
+from lymphomil.commands.app import OnError, app, console, handle_errors
+from lymphomil.flows.defaults import DEFAULT_MODEL
 
 
 @app.command()
@@ -34,7 +34,11 @@ def train(
     Example: lymphomil train ../shared/data/dlmi-lymphocytosis --model logreg --out runs/model
     """
     # deferred for start-up time (see lymphomil.commands.common)
-    from lymphomil import flows, options, outputs, referral, runtime
+    from lymphomil import outputs, referral
+    from lymphomil.flows import options
+    from lymphomil.flows.steps import load_labelled
+    from lymphomil.flows.train import train as train_flow
+    from lymphomil.runtime.environment import set_threads
 
     options.check_model_names([model])
     max_referral, target_accuracy = referral.check_target(max_referral, target_accuracy)
@@ -44,11 +48,11 @@ def train(
     outputs.check_cache_location(cache_dir, data)
     outputs.claim_output(out, "model", {"data folder": data,
                                         "cache folder": outputs.cache_root(cache_dir)})
-    runtime.set_threads(threads)
-    labelled = flows.load_labelled(data, reference_date=ref, on_error=on_error,
+    set_threads(threads)
+    labelled = load_labelled(data, reference_date=ref, on_error=on_error,
                                    cache_dir=cache_dir)
     skipped = labelled.cohort.skipped_table()
-    rule = flows.train(model, labelled, out, reference_date=ref, features=features, seed=seed,
+    rule = train_flow(model, labelled, out, reference_date=ref, features=features, seed=seed,
                        cache_dir=cache_dir, max_referral=max_referral,
                        target_accuracy=target_accuracy, extra={"skipped": skipped}).rule
     common.print_skips(skipped)

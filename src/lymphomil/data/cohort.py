@@ -39,6 +39,7 @@ from lymphomil.data.plain import (
     match_folder,
     plain_layout,
 )
+from lymphomil.data.reference_date import DEFAULT_REFERENCE_DATE
 from lymphomil.data.table import (
     COL_AGE,
     COL_COUNT,
@@ -74,12 +75,10 @@ from lymphomil.data.validate import (
     parse_label,
     patient_from_row,
 )
-from lymphomil.errors import DataIssue, IssueLog, LymphomilError
+from lymphomil.runtime.errors import DataIssue, IssueLog, LymphomilError
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
-
-DEFAULT_REFERENCE_DATE = date(2024, 1, 1)
 
 LABELS = {-1: "unknown", 0: "reactive", 1: "malignant"}
 

@@ -12,8 +12,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Sequence
 
-from lymphomil.errors import LymphomilError
-from lymphomil.runtime import cpu_count
+from lymphomil.runtime.environment import cpu_count
+from lymphomil.runtime.errors import LymphomilError
 
 #: path -> packed (size, mtime_ns, ctime_ns, inode, sha256): ~260 bytes an image, not ~500 for
 #: tuples + hex. The ctime moves on any rewrite, even one that puts the mtime back.

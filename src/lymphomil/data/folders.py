@@ -11,7 +11,7 @@ from typing import Any, Iterable, Iterator
 
 from lymphomil.data.images import image_problem, kind_problem
 from lymphomil.data.table import TEST_CSV, TEST_DIR, TRAIN_CSV, TRAIN_DIR
-from lymphomil.errors import DataIssue, IssueLog
+from lymphomil.runtime.errors import DataIssue, IssueLog
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg")
 

@@ -32,7 +32,7 @@ from lymphomil.data.table import (
     FIELD_COLUMNS,
     Columns,
 )
-from lymphomil.errors import LymphomilError, did_you_mean
+from lymphomil.runtime.errors import LymphomilError, did_you_mean
 
 #: the image files of a plain layout (the challenge layout reads its own .jpg/.jpeg only)
 PLAIN_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff")

@@ -33,7 +33,6 @@ from lymphomil.data.cohort import (
     TRAIN_CSV,
     TRAIN_DIR,
 )
-from lymphomil.errors import LymphomilError
 from lymphomil.outputs import (
     atomic_write_json,
     atomic_write_text,
@@ -41,6 +40,7 @@ from lymphomil.outputs import (
     ensure_replaceable,
     staged_dir,
 )
+from lymphomil.runtime.errors import LymphomilError
 
 MARKER = ".lymphomil-synth.json"
 GENERATOR_VERSION = 1

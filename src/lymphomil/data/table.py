@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from lymphomil.data.images import kind_problem
-from lymphomil.errors import LymphomilError, did_you_mean
+from lymphomil.runtime.errors import LymphomilError, did_you_mean
 
 ROOT_CSV = "clinical_annotation.csv"
 TRAIN_DIR, TRAIN_CSV = "trainset", "trainset/trainset_true.csv"

@@ -24,7 +24,7 @@ from lymphomil.data.table import (
     Row,
     read_table,
 )
-from lymphomil.errors import LymphomilError
+from lymphomil.runtime.errors import LymphomilError
 
 MAX_COUNT = 1000.0  # 10^9 cells/L; the labelled set tops out at 295
 MIN_COUNT = 0.1  # 10^9 cells/L; below is not a measurable count (the labelled set's lowest: 2.28)

@@ -28,7 +28,6 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from lymphomil.errors import LymphomilError
 from lymphomil.features.dinov2 import DIM as DINOV2_DIM
 from lymphomil.features.dinov2 import DinoV2Small, dinov2_state_from_onnx
 from lymphomil.features.onnx_weights import read_onnx
@@ -42,6 +41,7 @@ from lymphomil.features.weights import (
     local_weights_path,
     weights_digest,
 )
+from lymphomil.runtime.errors import LymphomilError
 
 __all__ = ["Backbone", "OFFLINE_BACKBONES", "RANDOM_DIGEST", "create_backbone",
            "describe_backbones", "file_sha256", "list_backbones", "load_state_dict",

@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lymphomil.errors import LymphomilError
 from lymphomil.features.onnx_weights import OnnxGraph
+from lymphomil.runtime.errors import LymphomilError
 
 PATCH = 14
 DIM = 384

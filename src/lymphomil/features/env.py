@@ -9,9 +9,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from lymphomil.errors import LymphomilError
 from lymphomil.features.weights import BUILTIN_BACKBONES, TORCHVISION_BACKBONES
-from lymphomil.runtime import cpu_count, package_versions  # noqa: F401 (cpu_count re-exported)
+from lymphomil.runtime.environment import cpu_count, package_versions  # noqa: F401 (cpu_count re-exported)
+from lymphomil.runtime.errors import LymphomilError
 
 PRECISIONS = ("auto", "bf16", "fp32")
 #: the image decoder (part of the feature cache key): libjpeg-turbo through simplejpeg, strict

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Iterable, Mapping
 
 import numpy as np
 
-from lymphomil.errors import LymphomilError
 from lymphomil.features.spec import KINDS, FeatureSpec
+from lymphomil.runtime.errors import LymphomilError
 
 if TYPE_CHECKING:  # pragma: no cover
     from lymphomil.data.cohort import Patient

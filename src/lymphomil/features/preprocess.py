@@ -30,8 +30,8 @@ from lymphomil.data.images import (
     kind_problem_of,
     read_image_file,
 )
-from lymphomil.errors import LymphomilError
 from lymphomil.features.env import DECODER  # noqa: F401  (the cache key names the decoder)
+from lymphomil.runtime.errors import LymphomilError
 
 IMAGE_SIZE = 224  # every challenge image is 224 x 224; others are resized to it
 FLIP_VIEWS = ("none", "h", "v", "hv")  # the flips: identity, horizontal, vertical, both

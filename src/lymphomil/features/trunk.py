@@ -29,8 +29,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from lymphomil.errors import LymphomilError
 from lymphomil.features.backbones import create_backbone
+from lymphomil.runtime.errors import LymphomilError
 
 
 class Tail(nn.Module):

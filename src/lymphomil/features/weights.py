@@ -19,7 +19,7 @@ import urllib.error
 from pathlib import Path
 from typing import Callable
 
-from lymphomil.errors import LymphomilError
+from lymphomil.runtime.errors import LymphomilError
 
 RANDOM_DIGEST = "random-seed-0"
 OFFLINE_BACKBONES = ("dinov2-s", "efficientnet-lite0", "mobilenet-v2", "resnet50-thin")

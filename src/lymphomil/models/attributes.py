@@ -29,8 +29,8 @@ from sklearn.svm import SVC
 from sklearn.tree import DecisionTreeClassifier
 from sklearn.utils.class_weight import compute_sample_weight
 
-from lymphomil.errors import LymphomilError
 from lymphomil.models.base import PatientModel, register_class, register_model
+from lymphomil.runtime.errors import LymphomilError
 
 
 def attribute_matrix(patients: Sequence, use_n_images: bool = False,

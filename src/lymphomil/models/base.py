@@ -25,7 +25,6 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 
 import lymphomil
 from lymphomil.data.cohort import DEFAULT_REFERENCE_DATE
-from lymphomil.errors import LymphomilError
 from lymphomil.features.spec import FeatureSpec
 from lymphomil.outputs import (
     atomic_write_bytes,
@@ -34,7 +33,8 @@ from lymphomil.outputs import (
     staged_dir,
     verify_dir,
 )
-from lymphomil.runtime import package_versions, source_digest
+from lymphomil.runtime.environment import package_versions, source_digest
+from lymphomil.runtime.errors import LymphomilError
 
 MODEL_JSON = "model.json"
 ARRAYS = "arrays.safetensors"

@@ -25,9 +25,8 @@ import warnings
 import numpy as np
 from scipy.special import expit
 
-from lymphomil.crossval import derive_seed
-from lymphomil.errors import LymphomilError
-from lymphomil.metrics import roc_auc
+from lymphomil.evaluation.crossval import derive_seed
+from lymphomil.evaluation.metrics import roc_auc
 from lymphomil.models.attributes import attribute_matrix
 from lymphomil.models.base import PatientModel, register_class, register_model
 from lymphomil.models.blocks import apply_platt, fit_platt, top_k_mean
@@ -41,6 +40,7 @@ from lymphomil.models.checks import (
 )
 from lymphomil.models.inputs import read_bags
 from lymphomil.models.pooled import FUSION_FEATURES, linear_state, set_linear_state
+from lymphomil.runtime.errors import LymphomilError
 
 
 def _cell_weights(y: np.ndarray, sizes: np.ndarray) -> np.ndarray:

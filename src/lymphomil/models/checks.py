@@ -1,7 +1,7 @@
 """Checks of a model's inputs and parameters, and its seeds (every patient-level model uses them).
 
 * ``check_*``: a hyper-parameter or the patients/labels given to ``fit``, refused with a
-  :class:`~lymphomil.errors.LymphomilError` that names the option and the fix.
+  :class:`~lymphomil.runtime.errors.LymphomilError` that names the option and the fix.
 * **Seeds.** Everything random comes from the model's ``random_state``: explicit
   :class:`torch.Generator` objects for shuffling/sampling, and :func:`seeded` around a whole fit
   (``torch.random.fork_rng`` + ``manual_seed``) for what torch draws from its global generator
@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
 
-from lymphomil.errors import LymphomilError
 from lymphomil.features.spec import FeatureSpec
+from lymphomil.runtime.errors import LymphomilError
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch

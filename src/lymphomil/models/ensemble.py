@@ -17,8 +17,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.base import clone
 
-from lymphomil.crossval import best_index, cross_validate_many, derive_seed, with_seed
-from lymphomil.errors import LymphomilError
+from lymphomil.evaluation.crossval import best_index, cross_validate_many, derive_seed, with_seed
 from lymphomil.features.spec import FeatureSpec
 from lymphomil.models.base import (
     PatientModel,
@@ -28,6 +27,7 @@ from lymphomil.models.base import (
     register_model,
 )
 from lymphomil.models.checks import check_int, check_patients, check_patients_y, resolve_seed
+from lymphomil.runtime.errors import LymphomilError
 
 
 def _resolve(member: "PatientModel | str") -> PatientModel:

@@ -18,13 +18,13 @@ import numpy as np
 from sklearn.base import clone
 from sklearn.model_selection import StratifiedKFold
 
-from lymphomil.crossval import derive_seed, with_seed
-from lymphomil.errors import LymphomilError
+from lymphomil.evaluation.crossval import derive_seed, with_seed
+from lymphomil.evaluation.metrics import balanced_accuracy, logit
 from lymphomil.features.spec import FeatureSpec
-from lymphomil.metrics import balanced_accuracy, logit
 from lymphomil.models.attributes import AttributeModel
 from lymphomil.models.base import PatientModel, create_model, register_class, register_model
 from lymphomil.models.blocks import apply_platt, fit_platt
+from lymphomil.runtime.errors import LymphomilError
 
 RULES = ("alpha", "min", "max", "stack", "mean")
 #: P(malignant) given to a patient above the gate's count bound (a fact of the training data)

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from lymphomil.errors import LymphomilError
+from lymphomil.runtime.errors import LymphomilError
 
 if TYPE_CHECKING:  # pad_bags works on the tensors it is given: the readers need no torch
     import torch

@@ -21,8 +21,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from lymphomil.evaluation.metrics import logit
 from lymphomil.features.spec import DEFAULT_FEATURES
-from lymphomil.metrics import logit
 from lymphomil.models.base import register_class, register_model
 from lymphomil.models.blocks import apply_platt, fit_platt, top_k_mean
 from lymphomil.models.checks import check_bool, check_choice, check_float, check_int

@@ -29,7 +29,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from lymphomil.errors import LymphomilError
 from lymphomil.features.backbones import create_backbone
 from lymphomil.features.preprocess import centre_crop, decode_image, make_preprocess, random_flips
 from lymphomil.features.spec import DEFAULT_CROP, DEFAULT_FEATURES
@@ -39,6 +38,7 @@ from lymphomil.models.checks import check_choice, check_float, check_int, make_g
 from lymphomil.models.heads import BNSigmoidMIL
 from lymphomil.models.inputs import read_bags
 from lymphomil.models.neural import FitState, NeuralPatientModel
+from lymphomil.runtime.errors import LymphomilError
 
 CELL_SCORES = ("max", "mean")
 

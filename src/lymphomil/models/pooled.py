@@ -20,7 +20,6 @@ import warnings
 import numpy as np
 from scipy.special import expit
 
-from lymphomil.errors import LymphomilError
 from lymphomil.features.spec import DEFAULT_CROP, DEFAULT_FEATURES
 from lymphomil.models.base import PatientModel, register_class, register_model
 from lymphomil.models.checks import (
@@ -32,6 +31,7 @@ from lymphomil.models.checks import (
     resolve_seed,
 )
 from lymphomil.models.inputs import read_bags
+from lymphomil.runtime.errors import LymphomilError
 
 #: how a patient's cell features become its one feature vector (cf. heads.BAG_POOLINGS)
 FEATURE_POOLINGS = ("mean", "mean+std")

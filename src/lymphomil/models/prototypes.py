@@ -14,7 +14,6 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import expit
 
-from lymphomil.errors import LymphomilError
 from lymphomil.models.base import PatientModel, register_class, register_model
 from lymphomil.models.checks import (
     check_int,
@@ -25,6 +24,7 @@ from lymphomil.models.checks import (
 )
 from lymphomil.models.inputs import read_bags
 from lymphomil.models.pooled import FUSION_FEATURES, positive_Cs, search_logistic
+from lymphomil.runtime.errors import LymphomilError
 
 
 def _assign(bag: np.ndarray, centres: np.ndarray, mean: np.ndarray,

@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from lymphomil.errors import LymphomilError, plain_problems
+from lymphomil.data.reference_date import MAX_YEAR, MIN_YEAR
 from lymphomil.features.weights import known_backbones, weights_digest
 from lymphomil.models.base import (
     METADATA_JSON,
@@ -26,8 +26,8 @@ from lymphomil.models.base import (
     load_model,
     model_class,
 )
-from lymphomil.options import MAX_YEAR, MIN_YEAR, one_of
 from lymphomil.outputs import read_json, verify_dir
+from lymphomil.runtime.errors import LymphomilError, one_of, plain_problems
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
 FIX = "re-create the model folder with `lymphomil train` (never edit it by hand)"

@@ -21,8 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from lymphomil.errors import LymphomilError
-from lymphomil.metrics import balanced_log_loss
+from lymphomil.evaluation.metrics import balanced_log_loss
 from lymphomil.models.attributes import (
     NATURAL_LOG_COUNT,
     attribute_matrix,
@@ -41,6 +40,7 @@ from lymphomil.models.fusion import fusion_factory
 from lymphomil.models.inputs import fit_standardizer
 from lymphomil.models.neural import FitState
 from lymphomil.models.trunk_base import TRUNK_FEATURES, TrunkModel, chunked
+from lymphomil.runtime.errors import LymphomilError
 
 #: the attributes the top-k cell classifier sees beside the image (names saved with the model)
 TOPK_ATTRIBUTES = tuple(attribute_names(gender=False))

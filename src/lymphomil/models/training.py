@@ -9,7 +9,7 @@
 * **Bookkeeping**: one record per epoch (``epoch, train_loss, val_loss, val_bal_acc, seconds,
   cpu_seconds``) kept in the model's ``history_`` and logged (``logging``, DEBUG per epoch, INFO
   summary); each epoch advances a transient task of the installed progress
-  (:mod:`lymphomil.progress_protocol`; the command line shows a bar on a terminal).
+  (:mod:`lymphomil.runtime.progress_protocol`; the command line shows a bar on a terminal).
 * **Persistence**: a network's weights as named numpy arrays (safetensors; never pickle).
 
 Seeds and parameter checks live in :mod:`lymphomil.models.checks`; reading and padding bags in
@@ -27,10 +27,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from lymphomil import progress_protocol
-from lymphomil.errors import LymphomilError
-from lymphomil.metrics import balanced_accuracy, balanced_log_loss
+from lymphomil.evaluation.metrics import balanced_accuracy, balanced_log_loss
 from lymphomil.models.checks import numpy_rng
+from lymphomil.runtime import progress_protocol
+from lymphomil.runtime.errors import LymphomilError
 
 logger = logging.getLogger("lymphomil.models")
 

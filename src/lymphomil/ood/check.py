@@ -12,7 +12,6 @@ from typing import Any
 import numpy as np
 from pydantic import ValidationError
 
-from lymphomil.errors import LymphomilError
 from lymphomil.features.spec import FeatureSpec
 from lymphomil.ood.state import (
     FIX,
@@ -32,6 +31,7 @@ from lymphomil.ood.stats import (
     summarise,
 )
 from lymphomil.outputs import atomic_write_text, read_json
+from lymphomil.runtime.errors import LymphomilError
 
 DEFAULT_FEATURES = "resnet50-thin@112"  # what the default model (fusion-mean) reads
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from lymphomil import cvcache
+from lymphomil.evaluation import cvcache
 from lymphomil.ood.check import OODCheck
 from lymphomil.ood.state import SCHEMA_VERSION
 from lymphomil.outputs import cv_cache

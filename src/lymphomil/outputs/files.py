@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from lymphomil.errors import LymphomilError
+from lymphomil.runtime.errors import LymphomilError
 
 CHECKSUMS = "checksums.json"
 

@@ -14,7 +14,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from lymphomil.errors import LymphomilError
 from lymphomil.outputs.files import (
     DIR_MODE,
     host_name,
@@ -31,6 +30,7 @@ from lymphomil.outputs.ownership import (
     ensure_replaceable,
     write_output_marker,
 )
+from lymphomil.runtime.errors import LymphomilError
 
 _LOCKS_HELD: dict[str, int] = {}  # lock file -> depth (re-entrant within one process)
 _CLAIMS: list[Path] = []  # outputs claimed by the running command (released at its end)

@@ -22,13 +22,13 @@ import stat
 from pathlib import Path
 from typing import Any
 
-from lymphomil.errors import LymphomilError
 from lymphomil.outputs.files import (
     atomic_write_bytes,
     atomic_write_json,
     sha256_file,
 )
 from lymphomil.outputs.roots import CACHE_PARTS, cache_root
+from lymphomil.runtime.errors import LymphomilError
 
 #: lymphomil's own record in every output folder it writes: its kind and the files it wrote.
 #: Only a folder with this record, holding no other file, is ever replaced or cleared (never one

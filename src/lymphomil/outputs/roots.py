@@ -26,5 +26,6 @@ def cache_root(cache_dir: str | Path | None = None) -> Path:
 
 
 def cv_cache(cache_dir: str | Path | None = None) -> Path:
-    """The cache's folder of CV results (:mod:`lymphomil.cvcache`), refits and inner CVs."""
+    """The cache's folder of CV results (:mod:`lymphomil.evaluation.cvcache`), refits and inner
+    CVs."""
     return cache_root(cache_dir) / CV_CACHE

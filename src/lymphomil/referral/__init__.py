@@ -17,7 +17,8 @@ smallest referral rate whose auto-call balanced accuracy reaches it, capped at
 
 :func:`nested_referral` measures the rule as a user would meet it: in each outer CV fold the
 threshold comes from an inner CV of that fold's training part, and is applied to its test
-patients (:mod:`lymphomil.crossval`'s plan and seeds; the outer fits are the harness's own).
+patients (:mod:`lymphomil.evaluation.crossval`'s plan and seeds; the outer fits are the harness's
+own).
 """
 
 from lymphomil.referral.fit import (

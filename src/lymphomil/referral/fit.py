@@ -9,8 +9,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from lymphomil.crossval import derive_seed, with_seed
-from lymphomil.errors import LymphomilError
+from lymphomil.evaluation.crossval import derive_seed, with_seed
 from lymphomil.referral.rule import (
     DEFAULT_SIGNAL,
     INNER_FOLDS,
@@ -22,6 +21,7 @@ from lymphomil.referral.rule import (
     choose_threshold,
     firmness,
 )
+from lymphomil.runtime.errors import LymphomilError
 
 #: what predictions say when no rule could be fitted (too few patients of a class)
 TOO_FEW = ("no referral rule: its inner CV needs at least 2 labelled patients of each class; "
@@ -73,7 +73,7 @@ def cached_inner_oof(root: Path, model: Any, patients: Sequence, y: np.ndarray, 
     patients and the seed are unchanged (a warm run refits nothing)."""
     # deferred for start-up: cvcache imports models.base (scikit-learn); importing the
     # referral package (its rule, read by predict and the report) stays light
-    from lymphomil import cvcache
+    from lymphomil.evaluation import cvcache
 
     key = cvcache.cv_key(model, f"{name}#referral-inner", patients, folds=folds, repeats=0,
                          seed=seed)

@@ -9,7 +9,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from lymphomil.crossval import (
+from lymphomil.evaluation.crossval import (
     CVResult,
     FoldTask,
     bootstrap_summary,
@@ -18,10 +18,10 @@ from lymphomil.crossval import (
     hard_mask,
     with_seed,
 )
-from lymphomil.engine import LocalEngine
-from lymphomil.metrics import balanced_accuracy
+from lymphomil.evaluation.metrics import balanced_accuracy
 from lymphomil.referral.fit import inner_oof, part_probas_of, rule_from_oof
 from lymphomil.referral.rule import DEFAULT_SIGNAL, INNER_FOLDS, ReferralRule
+from lymphomil.runtime.engine import LocalEngine
 
 
 @dataclass
@@ -116,8 +116,8 @@ def nested_referral(models: Sequence[tuple[str, Any]], patients: Sequence, y: np
                     folds: int = 5, repeats: int = 5, seed: int = 0,
                     inner_folds: int = INNER_FOLDS, engine: Any = None,
                     on_fit: Any = None) -> list[NestedReferral]:
-    """For each model, the outer CV of :func:`lymphomil.crossval.cross_validate_many` (same
-    plan, same seeds: the same out-of-fold probabilities) plus an inner CV per outer training
+    """For each model, the outer CV of :func:`lymphomil.evaluation.crossval.cross_validate_many`
+    (same plan, same seeds: the same out-of-fold probabilities) plus an inner CV per outer training
     part. About ``1 + inner_folds`` times the fits of the plain CV."""
     patients = np.asarray(patients, dtype=object)
     y = np.asarray(y, dtype=int)

@@ -12,9 +12,9 @@ from typing import Any, Literal, Sequence
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from lymphomil.errors import LymphomilError
-from lymphomil.metrics import balanced_accuracy
+from lymphomil.evaluation.metrics import balanced_accuracy
 from lymphomil.outputs import atomic_write_json, read_json
+from lymphomil.runtime.errors import LymphomilError
 
 SIGNALS = ("margin", "agreement")
 #: the default signal: measured in the nested protocol against ``agreement`` (docs/results.md)

@@ -11,10 +11,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from lymphomil.crossval import format_metric
+from lymphomil.evaluation.crossval import format_metric
 
 if TYPE_CHECKING:  # pragma: no cover
-    from lymphomil.crossval import CVResult
+    from lymphomil.evaluation.crossval import CVResult
 
 #: (id, title) of every top-level section, in page order (tests check that each one exists)
 SECTIONS = (
@@ -59,7 +59,7 @@ class PatientCall:
     #: one score per image, higher = more suspicious; None for attribute-only models
     instance_scores: np.ndarray | None
     part_probas: dict[str, float] | None = None  # e.g. {"attributes": 0.8, "images": 0.3}
-    #: (low, high) spread of P(malignant) (lymphomil.uncertainty); None when not measured
+    #: (low, high) spread of P(malignant) (lymphomil.evaluation.uncertainty); None when not measured
     interval: tuple[float, float] | None = None
     #: out-of-fold cases: (repeats in which the call was wrong, repeats)
     oof_wrong: tuple[int, int] | None = None
@@ -79,7 +79,7 @@ class ReportContext:
     model_name: str  # the chosen model
     model_description: str
     cv_results: list[CVResult]  # every candidate
-    explore: dict | list | None  # from lymphomil.explore.explore(); None skips the table
+    explore: dict | list | None  # from lymphomil.report.explore.explore(); None skips the table
     calls: list[PatientCall]
     skipped: list[dict]  # {patient_id, file, row, problem, fix}
     config: dict
@@ -105,7 +105,7 @@ class ReportContext:
     #: ``proba`` is the mean out-of-fold probability, ``interval`` its range over the repeats,
     #: the cells are ranked by the final model (which was trained with these patients)
     errors: list[PatientCall] = field(default_factory=list)
-    #: the trained model's card (lymphomil.model_card), as written to model/model_card.json
+    #: the trained model's card (lymphomil.report.model_card), as written to model/model_card.json
     model_card: dict | None = None
     #: the model whose cell scores rank the galleries (None: the chosen model itself)
     cell_scorer: str | None = None

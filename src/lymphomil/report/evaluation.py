@@ -21,7 +21,7 @@ from lymphomil.report.context import (
 )
 
 if TYPE_CHECKING:  # pragma: no cover
-    from lymphomil.crossval import CVResult
+    from lymphomil.evaluation.crossval import CVResult
 
 
 def cv_rows(results: Sequence[CVResult], summaries: Mapping[str, dict], chosen: str,

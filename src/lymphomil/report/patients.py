@@ -13,6 +13,7 @@ from urllib.parse import quote
 
 import numpy as np
 
+from lymphomil.evaluation.uncertainty import borderline
 from lymphomil.report import plots
 from lymphomil.report.context import (
     LABEL_WORDS,
@@ -24,10 +25,9 @@ from lymphomil.report.context import (
     fmt,
 )
 from lymphomil.report.data_view import reactive_range
-from lymphomil.uncertainty import borderline
 
 if TYPE_CHECKING:  # pragma: no cover
-    from lymphomil.crossval import CVResult
+    from lymphomil.evaluation.crossval import CVResult
 
 
 def thumbnail(path: Path, crop: int = THUMB_CROP, quality: int = THUMB_QUALITY) -> str | None:

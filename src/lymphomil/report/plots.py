@@ -25,7 +25,7 @@ import numpy as np
 from lymphomil.outputs import atomic_write_bytes
 
 if TYPE_CHECKING:  # pragma: no cover
-    from lymphomil.crossval import CVResult
+    from lymphomil.evaluation.crossval import CVResult
 
 DPI = 110
 MALIGNANT, REACTIVE, UNKNOWN = "#c0392b", "#2166ac", "#7f7f7f"

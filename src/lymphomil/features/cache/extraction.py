@@ -10,7 +10,6 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from lymphomil import progress_protocol
 from lymphomil.data.folders import path_strings
 from lymphomil.features.cache.files import (
     FLOAT16_MAX,
@@ -22,6 +21,7 @@ from lymphomil.features.cache.files import (
 from lymphomil.features.claims import claim_path, share_work
 from lymphomil.features.spec import FeatureSpec
 from lymphomil.outputs import atomic_write_bytes, atomic_write_json, sweep_stale_temp_files
+from lymphomil.runtime import progress_protocol
 
 
 class CacheExtraction:
@@ -33,7 +33,7 @@ class CacheExtraction:
                kinds: Iterable[str] = ("pooled",), engine: Any = None) -> None:
         """Extract whatever is not cached yet (its images counted on the installed progress).
 
-        ``engine``: where the extraction runs (:mod:`lymphomil.engine`); ``None`` = here.
+        ``engine``: where the extraction runs (:mod:`lymphomil.runtime.engine`); ``None`` = here.
         """
         start = time.perf_counter()
         patients = list(patients)

@@ -17,7 +17,6 @@ import numpy as np
 
 from lymphomil.data.digests import image_digests
 from lymphomil.data.folders import path_strings
-from lymphomil.errors import DataIssue, LymphomilError
 from lymphomil.features.cache.extraction import CacheExtraction
 from lymphomil.features.cache.files import (
     CACHE_FORMAT,
@@ -35,6 +34,7 @@ from lymphomil.features.env import (
 )
 from lymphomil.features.spec import KINDS, FeatureSpec
 from lymphomil.features.weights import weights_digest
+from lymphomil.runtime.errors import DataIssue, LymphomilError
 
 DEFAULT_MEMORY_BYTES = 1 << 30  # in-memory LRU bound
 
@@ -63,7 +63,7 @@ class FeatureCache(CacheExtraction):
 
     ``workers`` parallel extraction streams (default: one per core), ``batch_size`` images per
     forward pass, ``on_progress(done, total, images_per_s)`` instead of the installed progress
-    (:mod:`lymphomil.progress_protocol`: silent unless the caller installed one),
+    (:mod:`lymphomil.runtime.progress_protocol`: silent unless the caller installed one),
     ``on_error`` what to do with an image that cannot be decoded at extraction time ("raise",
     or "skip": leave it out of its patient's bag and record it in :attr:`issues`, as the cohort
     loader does).

@@ -1,0 +1,143 @@
+"""User-facing errors: every message names the file, the row and the fix.
+
+The CLI prints these without a traceback (unless ``--debug``); anything else is a bug.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Collection, Iterable
+
+
+class LymphomilError(Exception):
+    """An error the user can fix; its text is the whole message they see."""
+
+    def __init__(self, problem: str, *, file: str | Path | None = None, row: int | None = None,
+                 fix: str | None = None):
+        self.problem = problem
+        self.file = str(file) if file is not None else None
+        self.row = row
+        self.fix = fix
+        super().__init__(self.render())
+
+    def render(self) -> str:
+        where = ""
+        if self.file is not None:
+            where = self.file + (f", row {self.row}" if self.row is not None else "") + ": "
+        text = where + self.problem
+        if self.fix:
+            text += f"\n  fix: {self.fix}"
+        return text
+
+
+@dataclass(frozen=True)
+class DataIssue:
+    """One problem found while reading a cohort; becomes an error or a recorded skip."""
+
+    problem: str
+    fix: str
+    file: str | None = None
+    row: int | None = None
+    patient_id: str | None = None
+
+    def to_error(self) -> LymphomilError:
+        return LymphomilError(self.problem, file=self.file, row=self.row, fix=self.fix)
+
+    def to_dict(self) -> dict:
+        return {"patient_id": self.patient_id, "file": self.file, "row": self.row,
+                "problem": self.problem, "fix": self.fix}
+
+
+@dataclass
+class IssueLog:
+    """Collects problems under ``on_error='skip'``; raises at once under ``'raise'``."""
+
+    on_error: str = "raise"
+    issues: list[DataIssue] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.on_error not in ("raise", "skip"):
+            raise LymphomilError(f"unknown on_error policy {self.on_error!r}",
+                                 fix="use --on-error raise or --on-error skip")
+
+    def report(self, issue: DataIssue) -> None:
+        if self.on_error == "raise":
+            raise issue.to_error()
+        self.issues.append(issue)
+
+
+def from_os_error(exc: OSError) -> LymphomilError:
+    """A disk or permission failure as a message naming the file and the fix (never a bug)."""
+    import errno
+
+    where = exc.filename if exc.filename is not None else None
+    reason = exc.strerror or str(exc)
+    fixes = {
+        errno.ENOSPC: "free some space on that disk, or point --cache-dir / --out at another one",
+        errno.EDQUOT: "free some space (the disk quota is reached), or use another folder",
+        errno.EROFS: "the disk is read-only: point --cache-dir / --out at a writable folder",
+        errno.EACCES: "check the permissions, or point --cache-dir / --out at a folder you own",
+        errno.EPERM: "check the permissions, or point --cache-dir / --out at a folder you own",
+        errno.ELOOP: "the path is a symbolic link loop: replace the link",
+        errno.ENAMETOOLONG: "use a shorter path",
+        errno.ENOENT: "check the path",
+        errno.ENOTDIR: "a part of the path is a file, not a folder: check the path",
+        errno.EISDIR: "the path is a folder where a file was expected: check the path",
+    }
+    return LymphomilError(f"cannot read or write ({reason})", file=where,
+                          fix=fixes.get(exc.errno or 0, "check the path, its permissions and the "
+                                                       "free space"))
+
+
+def did_you_mean(word: str, choices: Iterable[str], what: str = "") -> str:
+    """`` (did you mean 'x'?)`` for the closest of ``choices``, or "" (difflib: no name dump)."""
+    import difflib
+
+    close = difflib.get_close_matches(str(word), list(choices), n=3, cutoff=0.6)
+    if not close:
+        return ""
+    return f" (did you mean {' or '.join(repr(c) for c in close)}{what}?)"
+
+
+def plain_problems(exc: Exception, known: Iterable[str] = (), limit: int = 5) -> str:
+    """A pydantic ``ValidationError`` in plain words: ``key: problem`` per error, without the
+    library's ``Value error,`` / ``Input should be`` wording; an unknown key gets a did-you-mean
+    among ``known``."""
+    known = list(known)
+    errors = exc.errors()  # type: ignore[attr-defined]
+    parts = []
+    for error in errors[:limit]:
+        where = ".".join(map(str, error.get("loc", ()))) or "the file"
+        kind, message = error.get("type", ""), str(error.get("msg", ""))
+        if kind == "value_error":
+            text = message.removeprefix("Value error, ")
+        elif kind == "extra_forbidden":
+            text = "is not a known setting" + did_you_mean(where, known)
+        elif kind == "missing":
+            text = "is required"
+        else:
+            shown = repr(error.get("input"))
+            shown = shown if len(shown) <= 40 else shown[:37] + "..."
+            text = (message[:1].lower() + message[1:]).replace("input should", "should") + \
+                f" (got {shown})"
+        parts.append(text if text.startswith(where) else f"{where}: {text}")
+    if len(errors) > limit:
+        parts.append(f"and {len(errors) - limit} more")
+    return "; ".join(parts)
+
+
+def one_of(choices: Callable[[], Collection[str]], problem: str) -> Any:
+    """A pydantic field check (``Annotated[str, one_of(...)]``) for a config or model-file field
+    whose value must be one of ``choices()``, asked at validation time (registries fill on first
+    use); else a ``ValueError`` of ``problem`` with ``{value!r}`` and ``{choices}`` filled in."""
+    from pydantic import AfterValidator
+
+    def check(value: str) -> str:
+        allowed = choices()
+        if value not in allowed:
+            hint = did_you_mean(value, allowed) if "{choices}" not in problem else ""
+            raise ValueError(problem.format(value=value, choices=", ".join(allowed)) + hint)
+        return value
+
+    return AfterValidator(check)
