@@ -42,8 +42,8 @@ def predict(
 
     Example: lymphomil predict runs/model ../shared/data/dlmi-lymphocytosis --out sub.csv --kaggle
 
-    A lab's own export: lymphomil predict runs/model lab/patients.csv --images lab/cells
-    --columns id=Patient,gender=Sex,dob=Birth,count=Lymphocytes --out lab.csv
+    A lab's own export (a CSV, a folder of image folders; README): lymphomil predict
+    runs/model lab/patients.csv --images lab/cells --columns id=Patient,count=Lymph --out x.csv
     """
     # deferred for start-up time (see lymphomil.commands.common)
     from lymphomil import outputs

@@ -70,8 +70,8 @@ def run(
 
     Example: lymphomil run ../shared/data/dlmi-lymphocytosis --out runs/shared
 
-    A lab's own export: lymphomil run lab/patients.csv --images lab/cells --columns
-    id=Patient,gender=Sex,dob=Birth,count=Lymphocytes,label=Diagnosis --out runs/lab
+    A lab's own export (a CSV, a folder of image folders; README): lymphomil run
+    lab/patients.csv --images lab/cells --columns id=Patient,gender=Sex,dob=Birth,count=Lymph
     """
     # deferred for start-up time (see lymphomil.commands.common)
     from lymphomil import outputs, referral

@@ -262,7 +262,7 @@ def _memo() -> dict[str, tuple[int, ...]]:
             _MEMO = {str(k): tuple(int(x) for x in v[:4]) for k, v in entries.items()
                      if len(v) == 4}
         except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError,
-                RecursionError):
+                RecursionError, OverflowError):  # OverflowError: int(inf)
             _MEMO = {}  # none yet, or damaged: decode again
     return _MEMO
 
