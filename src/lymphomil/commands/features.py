@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Literal, Optional
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
 from lymphomil.commands.app import (
@@ -20,6 +19,7 @@ from lymphomil.commands.app import (
     console,
     err_console,
     handle_errors,
+    show,
 )
 from lymphomil.runtime.errors import LymphomilError
 
@@ -162,8 +162,8 @@ def features(
     # patient's images were decoded already, so a warm run need not open 14,000 files again
     cohort = load_cohort(data, on_error=on_error, check_images=False)
     for issue in cohort.issues:
-        err_console.print(f"[yellow]skipped[/]: {escape(issue.file or '')}: "
-                          f"{escape(issue.problem)}",
+        err_console.print(f"[yellow]skipped[/]: {show(issue.file or '')}: "
+                          f"{show(issue.problem)}",
                           highlight=False, soft_wrap=True)
     loaded = time.perf_counter()
     cache = FeatureCache(feature_root(cache_dir), workers=workers, batch_size=batch_size,
@@ -178,8 +178,8 @@ def features(
     finally:
         runner.close()
     for issue in cache.issues:
-        err_console.print(f"[yellow]left out of its bag[/]: {escape(issue.file or '')}: "
-                          f"{escape(issue.problem)}",
+        err_console.print(f"[yellow]left out of its bag[/]: {show(issue.file or '')}: "
+                          f"{show(issue.problem)}",
                           highlight=False, soft_wrap=True)
     run = cache.last_run
     total = time.perf_counter() - start
@@ -252,11 +252,11 @@ def cache_clear(
     cv_files, cv_bytes, kept = cvcache.clear(outputs.cv_cache(cache_dir))
     run_entries, run_bytes = runcache.clear(cache_dir)  # a rerun's exploration and fitted models
     console.print(f"freed {_human_bytes(freed + cv_bytes + run_bytes)} under "
-                  f"{cache.root.parent} (features, {cv_files} CV result files and {run_entries} "
-                  "reusable run results)")
+                  f"{show(cache.root.parent)} (features, {cv_files} CV result files and "
+                  f"{run_entries} reusable run results)", highlight=False)
     kept = list(getattr(cache, "kept", [])) + kept
     if kept:
-        err_console.print(f"[yellow]left alone[/]: {len(kept)} file(s) under {cache.root.parent} "
-                          "that the cache did not write: "
-                          + ", ".join(escape(p.name) for p in kept[:5]), highlight=False,
+        err_console.print(f"[yellow]left alone[/]: {len(kept)} file(s) under "
+                          f"{show(cache.root.parent)} that the cache did not write: "
+                          + ", ".join(show(p.name) for p in kept[:5]), highlight=False,
                           soft_wrap=True)

@@ -8,7 +8,15 @@ from typing import Optional
 import typer
 
 from lymphomil.commands import common
-from lymphomil.commands.app import EngineName, OnError, StageReporter, app, console, handle_errors
+from lymphomil.commands.app import (
+    EngineName,
+    OnError,
+    StageReporter,
+    app,
+    console,
+    handle_errors,
+    show,
+)
 from lymphomil.flows.defaults import DEFAULT_CANDIDATES
 
 
@@ -115,5 +123,5 @@ def run(
     skipped_file = out / "skipped.json"  # listed as predict and cv list them
     if skipped_file.is_file():
         common.print_skips(outputs.read_json(skipped_file), skipped_file)
-    console.print(f"wrote {out}/report.html, submission.csv, predictions.csv, metrics.json, "
+    console.print(f"wrote {show(out)}/report.html, submission.csv, predictions.csv, metrics.json, "
                   "config.toml, model/")

@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 
 from lymphomil.commands import common
-from lymphomil.commands.app import OnError, app, console, handle_errors
+from lymphomil.commands.app import OnError, app, console, handle_errors, show
 from lymphomil.flows.defaults import DEFAULT_MODEL
 
 
@@ -56,6 +56,7 @@ def train(
                        cache_dir=cache_dir, max_referral=max_referral,
                        target_accuracy=target_accuracy, extra={"skipped": skipped}).rule
     common.print_skips(skipped)
-    console.print(f"trained [bold]{model}[/] on {len(labelled.y)} patients → {out}")
+    console.print(f"trained [bold]{model}[/] on {len(labelled.y)} patients → {show(out)}",
+                  highlight=False)
     console.print(f"referral rule: {escape(rule.describe() if rule else referral.TOO_FEW)}",
                   soft_wrap=True)
