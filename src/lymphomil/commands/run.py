@@ -14,6 +14,7 @@ from lymphomil.commands.app import (
     StageReporter,
     app,
     console,
+    err_console,
     handle_errors,
     show,
 )
@@ -120,6 +121,8 @@ def run(
     console.print(f"chosen model: [bold]{result.chosen}[/]; predicted {result.n_predicted} "
                   f"patients; skipped {result.n_skipped}")
     console.print("timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in result.timings.items()))
+    for note in result.notes:
+        err_console.print(show(note), highlight=False, soft_wrap=True)
     skipped_file = out / "skipped.json"  # listed as predict and cv list them
     if skipped_file.is_file():
         common.print_skips(outputs.read_json(skipped_file), skipped_file)

@@ -52,11 +52,12 @@ def train(
     labelled = load_labelled(data, reference_date=ref, on_error=on_error,
                                    cache_dir=cache_dir)
     skipped = labelled.cohort.skipped_table()
-    rule = train_flow(model, labelled, out, reference_date=ref, features=features, seed=seed,
-                       cache_dir=cache_dir, max_referral=max_referral,
-                       target_accuracy=target_accuracy, extra={"skipped": skipped}).rule
+    trained = train_flow(model, labelled, out, reference_date=ref, features=features,
+                         seed=seed, cache_dir=cache_dir, max_referral=max_referral,
+                         target_accuracy=target_accuracy, extra={"skipped": skipped})
     common.print_skips(skipped)
     console.print(f"trained [bold]{model}[/] on {len(labelled.y)} patients → {show(out)}",
                   highlight=False)
-    console.print(f"referral rule: {escape(rule.describe() if rule else referral.TOO_FEW)}",
+    rule = trained.rule
+    console.print(f"referral rule: {escape(rule.describe() if rule else trained.note)}",
                   soft_wrap=True)

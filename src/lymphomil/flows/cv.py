@@ -11,18 +11,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
+import numpy as np
+
 from lymphomil.evaluation.crossval import CVResult, format_metric
 from lymphomil.flows.options import check_model_names
 from lymphomil.flows.steps import (
     LabelledSet,
     attach_features,
+    check_can_fit,
     configure_model,
     run_cv,
     write_cv_outputs,
 )
 from lymphomil.models.base import PatientModel, selection_candidates, selection_name
 from lymphomil.outputs import atomic_write_json, staged_dir
-from lymphomil.referral import INNER_FOLDS, nested_referral
+from lymphomil.referral import INNER_FOLDS, nested_referral, rule_minimum
 from lymphomil.referral.coverage import cv_trust
 from lymphomil.runtime import progress_protocol
 from lymphomil.runtime.engine import Engine
@@ -72,16 +75,19 @@ def cross_validate(models: Sequence[str | tuple[str, PatientModel]], labelled: L
     with ``referral`` its referral rule measured nested too; with ``out`` the folder of
     metrics.json, oof_<model>.csv and results.md, staged (a finished one has checksums.json).
     ``engine``: an engine, or its name (started here and closed at the end)."""
+    pairs = [(m, configure_model(m, features)) if isinstance(m, str) else m for m in models]
+    for name, model in pairs:  # too few patients: the minimum, before any feature or fit
+        check_can_fit(model, name, labelled.y, folds)
     runner = get_engine(engine, fit_threads=threads) if isinstance(engine, str) else engine
     try:
-        with _fits("cross-validation fits", len(models) * folds * repeats, on_fit) as advance:
-            results = run_cv(models, labelled.patients, labelled.y, folds=folds,
+        with _fits("cross-validation fits", len(pairs) * folds * repeats, on_fit) as advance:
+            results = run_cv(pairs, labelled.patients, labelled.y, folds=folds,
                              repeats=repeats, seed=seed, features=features,
                              cache_dir=cache_dir, on_fit=advance, use_cv_cache=use_cv_cache,
                              store_fits=store_fits, engine=runner)
         run = CVRun(results)
-        nested = (_nested_referral(models, labelled, run, folds, repeats, seed, features,
-                                   cache_dir, runner) if referral else {})
+        nested = (_nested_referral(pairs, labelled, run, folds, repeats, seed, cache_dir,
+                                   runner) if referral else {})
     finally:
         if isinstance(engine, str):
             runner.close()
@@ -120,13 +126,22 @@ class _Progress:
         self.task.__exit__(*exc)
 
 
-def _nested_referral(models: Sequence[str | tuple[str, PatientModel]], labelled: LabelledSet,
-                     run: CVRun, folds: int, repeats: int, seed: int, features: str | None,
-                     cache_dir: Path | None, engine: Engine | None) -> dict:
+def _nested_referral(pairs: Sequence[tuple[str, PatientModel]], labelled: LabelledSet,
+                     run: CVRun, folds: int, repeats: int, seed: int, cache_dir: Path | None,
+                     engine: Engine | None) -> dict:
     """Each model's nested referral pass (lymphomil.referral.nested_referral); the nested
-    selection rows are left out (an inner CV inside their inner CV: too slow)."""
-    pairs = [(m, configure_model(m, features)) if isinstance(m, str) else m for m in models]
-    pairs = [(name, model) for name, model in pairs if not selection_candidates(name)]
+    selection rows are left out (an inner CV inside their inner CV: too slow), and so is a
+    model whose rule the outer training parts are too small to fit (said in ``run.notes``)."""
+    counts = np.bincount(np.asarray(labelled.y, dtype=int), minlength=2)
+    part = int((counts - np.ceil(counts / folds)).min())  # the fewest of a class in a part
+    for name, model in pairs:
+        if not selection_candidates(name) and part < rule_minimum(model):
+            run.notes.append(f"the referral rule's nested figure of {name} is left out: an outer "
+                             f"training part holds {part} patients of a class, and the rule's "
+                             f"inner CV of this model needs {rule_minimum(model)} (the CV "
+                             "figures above stand)")
+    pairs = [(name, model) for name, model in pairs
+             if not selection_candidates(name) and part >= rule_minimum(model)]
     if not pairs:
         return {}
     patients = attach_features(labelled.patients, [model for _, model in pairs], cache_dir)

@@ -18,7 +18,13 @@ from lymphomil.data.cohort import Cohort
 from lymphomil.data.plain import data_source
 from lymphomil.data.synth import write_synthetic_cohort
 from lymphomil.evaluation.crossval import CVResult, best_index
-from lymphomil.evaluation.uncertainty import N_REFITS, cached_refit_probas, refit_spread
+from lymphomil.evaluation.uncertainty import (
+    N_REFITS,
+    SUBSAMPLE,
+    cached_refit_probas,
+    can_refit,
+    refit_spread,
+)
 from lymphomil.flows.config import RunConfig, to_toml
 from lymphomil.flows.cv import cross_validate
 from lymphomil.flows.runcache import cached_explore
@@ -77,6 +83,8 @@ class RunResult:
     n_predicted: int
     n_skipped: int
     timings: dict[str, float] = field(default_factory=dict)
+    #: what was left out (the referral rule, the refit spread of a cohort too small), a line each
+    notes: list[str] = field(default_factory=list)
 
 
 def choose_model(results: list[CVResult]) -> CVResult:
@@ -119,6 +127,7 @@ class _Run:
     trained: Trained | None = None
     pred: Predictions | None = None
     spread: Any = None  # lymphomil.evaluation.uncertainty's refit spread of each prediction
+    notes: list[str] = field(default_factory=list)  # what was left out, a line each
 
     @contextmanager
     def stage(self, name: str, timing: str) -> Iterator[None]:
@@ -144,7 +153,15 @@ def _run_stages(run: _Run, on_fit: Callable[..., None] | None,
         _cross_validate(run, candidates, on_fit, cv_total)
         _train(run)
         _predict(run)
-        if len(run.pred.ids):
+        if run.trained.note:
+            run.notes.append(run.trained.note)
+        need = run.trained.model.minimum_per_class()
+        if len(run.pred.ids) and not can_refit(run.labelled.y, need, seed=config.seed):
+            run.notes.append(f"no refit spread of the predictions: its {N_REFITS} refits, each on "
+                             f"a stratified {SUBSAMPLE:.0%} of the labelled patients, need "
+                             f"{need} of each class in every one, more than so few patients "
+                             "give")
+        elif len(run.pred.ids):
             with run.stage(f"uncertainty ({N_REFITS} refits)", "uncertainty"):
                 run.spread = _refit_spread(run.chosen.model_name, config, run.labelled,
                                            run.pred, run.engine)
@@ -152,7 +169,7 @@ def _run_stages(run: _Run, on_fit: Callable[..., None] | None,
             _report(run)
         _write_summary(run)
     return RunResult(run.out, run.chosen.model_name, run.results, len(run.pred.ids),
-                     len(run.cohort.skipped_ids), run.timings)
+                     len(run.cohort.skipped_ids), run.timings, run.notes)
 
 
 def _explore(run: _Run) -> None:

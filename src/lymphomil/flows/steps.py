@@ -29,6 +29,7 @@ from lymphomil.features import attach_store
 from lymphomil.features.cache import feature_root, shared_cache
 from lymphomil.flows.options import check_folds_against
 from lymphomil.models.base import PatientModel, create_model, load_model
+from lymphomil.models.checks import cv_minimum
 from lymphomil.models.schema import FIX
 from lymphomil.ood import OOD_JSON, OODCheck, fit_ood_checks, held_out_flags, load_ood_checks
 from lymphomil.outputs import atomic_write_json, atomic_write_text, cv_cache
@@ -192,14 +193,42 @@ def cv_markdown(results: Sequence[CVResult]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def check_can_fit(model: PatientModel, name: str, y: np.ndarray,
+                  folds: int | None = None) -> None:
+    """Stop, stating the minimum, when the classes of ``y`` are too small to fit ``model``
+    (``minimum_per_class``) — with ``folds``, in every training part of a CV of that many
+    folds: a cohort too small is a message, never a failure inside a fit."""
+    counts = np.bincount(np.asarray(y, dtype=int), minlength=2)
+    need = model.minimum_per_class()
+    have = (f"the labelled patients hold {counts[0]} reactive (0) and {counts[1]} malignant "
+            "(1)")
+    why = " (it tunes itself by inner CV)" if need > 1 else ""
+    other = "or choose a model that needs fewer (`lymphomil models`)"
+    if folds is None:
+        if counts.min() < need:
+            raise LymphomilError(f"{name} needs at least {need} labelled patients of each class "
+                                 f"to be fitted{why}; {have}",
+                                 fix=f"add labelled patients, {other}")
+        return
+    total = cv_minimum(need, folds, adaptive=False)
+    if counts.min() < total:
+        fewer = (f"use fewer folds (2 folds need {cv_minimum(need, 2, adaptive=False)} of "
+                 "each), " if folds > 2 else "")
+        raise LymphomilError(
+            f"cross-validating {name} with {folds} folds needs at least {total} labelled "
+            f"patients of each class: each training part must hold {need} of each to fit "
+            f"it{why}; {have}", fix=f"add labelled patients, {fewer}{other}")
+
+
 def fit_rule(model: PatientModel, labelled: LabelledSet, *, name: str, seed: int = 0,
              max_referral: float | None = None, target_accuracy: float | None = None,
              cache_dir: Path | None = None, ood: bool = True) -> Any:
     """The referral rule of ``model`` (unfitted: only clones are fitted) by inner CV on the
     labelled patients, to the target (its inner out-of-fold probabilities kept in the CV cache
-    for a rerun); None when a class has fewer than 2 patients (the calls are then forced).
+    for a rerun); None when a class has too few patients for its inner CV of this model
+    (:func:`lymphomil.referral.no_rule_note` says so; the calls are then forced).
     ``ood``: the model is saved with its OOD checks (whose referrals share the target)."""
-    if not can_fit(labelled.y):
+    if not can_fit(labelled.y, model):
         return None
     patients = attach_features(labelled.patients, [model], cache_dir)
     # the OOD checks' referrals among held-out training patients come out of the budget

@@ -11,10 +11,16 @@ from pathlib import Path
 from typing import Callable
 
 from lymphomil.flows.runcache import train_cached
-from lymphomil.flows.steps import LabelledSet, configure_model, fit_rule, train_model
+from lymphomil.flows.steps import (
+    LabelledSet,
+    check_can_fit,
+    configure_model,
+    fit_rule,
+    train_model,
+)
 from lymphomil.models.base import PatientModel, describe_model
 from lymphomil.outputs import read_json
-from lymphomil.referral import check_target, referral_card
+from lymphomil.referral import check_target, no_rule_note, referral_card
 from lymphomil.report.model_card import build_model_card, write_model_card
 
 
@@ -23,6 +29,8 @@ class Trained:
     model: PatientModel
     #: the referral rule saved with it (lymphomil.referral); None: too few patients of a class
     rule: object | None
+    #: why there is no rule (None when there is one), in the words the commands print
+    note: str | None = None
 
 
 def _no_stage(_name: str, _timing: str) -> AbstractContextManager[None]:
@@ -43,15 +51,17 @@ def train(name: str, labelled: LabelledSet, out: Path, *, reference_date: date,
     max_referral, target_accuracy = check_target(max_referral, target_accuracy,
                                                  ("max_referral", "target_accuracy"))
     model = configure_model(name, features)
+    check_can_fit(model, name, labelled.y)  # too few patients: the minimum, before any work
     with stage("referral rule (inner CV)", "referral rule"):
         rule = fit_rule(model, labelled, name=name, seed=seed, max_referral=max_referral,
                         target_accuracy=target_accuracy, cache_dir=cache_dir)
+    note = None if rule is not None else no_rule_note(labelled.y, model)
     with stage(f"train {name}", "train"):
         if reuse:
             model = configure_model(name, features)
             model = train_cached(model, labelled, out, name=name, reference_date=reference_date,
                                  cache_dir=cache_dir, seed=seed, extra=extra, referral=rule)
-            return Trained(model, rule)
+            return Trained(model, rule, note)
 
         def write_card(folder: Path) -> None:
             # no CV here: the card says what the model is and what it was trained on; written
@@ -64,4 +74,4 @@ def train(name: str, labelled: LabelledSet, out: Path, *, reference_date: date,
         train_model(model, labelled, out, name=name, reference_date=reference_date,
                     cache_dir=cache_dir, seed=seed, extra=extra, referral=rule,
                     finish=write_card if card else None)
-    return Trained(model, rule)
+    return Trained(model, rule, note)
