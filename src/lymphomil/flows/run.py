@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from lymphomil.data.cohort import Cohort
+from lymphomil.data.plain import data_source
 from lymphomil.data.synth import write_synthetic_cohort
 from lymphomil.evaluation.crossval import CVResult, best_index
 from lymphomil.evaluation.uncertainty import N_REFITS, cached_refit_probas, refit_spread
@@ -159,7 +160,9 @@ def _explore(run: _Run) -> None:
     explore it (Table 1 and figures, into explore/)."""
     config = run.config
     with run.stage("validate and explore", "validate + explore"):
-        run.labelled = load_labelled(run.data, reference_date=config.reference_date,
+        source = (data_source(run.data, config.images, config.columns)
+                  if config.data is not None else run.data)
+        run.labelled = load_labelled(source, reference_date=config.reference_date,
                                            on_error=config.on_error, cache_dir=config.cache_dir,
                                            folds=config.folds, folds_option="folds")
         run.cohort = run.labelled.cohort
