@@ -93,15 +93,16 @@ def small_image_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def image_model_dir(small_image_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An image model (image-logreg on small-cnn features with its seed-0 weights, 32 px: no
-    weights file, fast) trained once a session on :func:`small_image_root`, so a change of an
-    image's pixels changes its P; read-only (copy it to change it)."""
+    """An image model (fusion-mean, its image part on small-cnn features with the seed-0
+    weights at 32 px: no weights file, fast) trained once a session on
+    :func:`small_image_root`, so a change of an image's pixels changes its P; its folder holds
+    sub-models, the referral rule and the OOD checks; read-only (copy it to change it)."""
     from typer.testing import CliRunner
 
     from lymphomil.cli import app
 
     out = tmp_path_factory.mktemp("image-model") / "model"
-    result = CliRunner().invoke(app, ["train", str(small_image_root), "-m", "image-logreg",
+    result = CliRunner().invoke(app, ["train", str(small_image_root), "-m", "fusion-mean",
                                       "--features", IMAGE_MODEL_FEATURES, "--out", str(out)])
     assert result.exit_code == 0, result.output
     return out

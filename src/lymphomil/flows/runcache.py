@@ -26,7 +26,7 @@ from typing import Any, Callable, Sequence
 from lymphomil.evaluation.cvcache import patients_fingerprint
 from lymphomil.flows.steps import train_model
 from lymphomil.models.base import PatientModel, encode_param, library_versions
-from lymphomil.outputs import cache_root, read_json, staged_dir, verify_dir
+from lymphomil.outputs import cache_root, dumps_json, read_json, staged_dir, verify_dir
 from lymphomil.report.explore import explore
 from lymphomil.runtime.environment import package_versions
 from lymphomil.runtime.errors import LymphomilError
@@ -80,8 +80,8 @@ def cached_explore(cohort: Any, out_dir: Path, cache_dir: str | Path | None = No
 
     def fill(staging: Path) -> None:
         shutil.copytree(out_dir, staging / "files")
-        (staging / SUMMARY_JSON).write_text(json.dumps(
-            {**summary, "files": sorted(summary["files"])}, sort_keys=True))
+        (staging / SUMMARY_JSON).write_text(dumps_json(
+            {**summary, "files": sorted(summary["files"])}))
 
     _store(entry, fill)
     return summary
