@@ -67,7 +67,8 @@ def synthetic_features(synthetic_root: Path, tmp_path_factory: pytest.TempPathFa
     report's cells), extracted once a session. A test whose subject is not extraction copies them
     into its own cache with :func:`seed_features` (its CV cache stays empty)."""
     from lymphomil.data.cohort import load_cohort
-    from lymphomil.flows.steps import attach_features, configure_model
+    from lymphomil.flows.caches import attach_features
+    from lymphomil.flows.patients import configure_model
 
     folder = tmp_path_factory.mktemp("synthetic-features")
     models = [configure_model(name) for name in ("fusion-mean", "image-logreg-thin", "cell-topk")]

@@ -80,3 +80,44 @@ def test_train_and_predict_are_the_commands_flows(synthetic_root: Path, tmp_path
     rows = list(csv.DictReader(out.open()))
     assert [r["ID"] for r in rows] == pred.ids
     assert [r["PROBA"] for r in rows] == [f"{p:.6f}" for p in pred.proba]
+
+
+def test_fit_referral_and_decide_are_what_train_and_predict_save_and_decide(
+        synthetic_root: Path, synthetic_features: Path, tmp_path: Path) -> None:
+    """The rule that ``lymphomil.fit_referral`` fits is the one `train` saves (its budget net of
+    the patients the OOD checks flag when held out), and ``lymphomil.decide`` refers whom
+    `predict` refers, for the same reasons (an OOD check's among them), for every patient."""
+    import shutil
+
+    import numpy as np
+    from PIL import Image
+
+    from lymphomil.referral import load_rule
+
+    cache = seed_features(synthetic_features, tmp_path / "cache")
+    folder = tmp_path / "model"
+    lymphomil.train("fusion-mean", lymphomil.load_cohort(synthetic_root), folder,
+                    cache_dir=cache, max_referral=0.3)
+    data = tmp_path / "data"  # a copy with one new patient's images in another stain
+    shutil.copytree(synthetic_root, data)
+    cohort = lymphomil.load_cohort(data)
+    shifted = cohort.unlabelled[0]
+    for path in shifted.image_paths:
+        rgb = np.asarray(Image.open(path).convert("RGB"))
+        Image.fromarray(np.ascontiguousarray(rgb[:, :, ::-1])).save(path, quality=95)
+    cohort = lymphomil.load_cohort(data)
+    pred = lymphomil.predict(folder, data, patients="all", cache_dir=cache)
+
+    model = lymphomil.load_model(folder)
+    train = lymphomil.with_features(cohort.labelled, model, cache_dir=cache)
+    referral = lymphomil.fit_referral("fusion-mean", train, max_referral=0.3, cache_dir=cache)
+    saved = load_rule(folder)
+    assert referral.rule == saved and referral.threshold == saved.threshold
+    assert saved.inner_referred_other > 0  # the OOD checks took part of the budget
+    by_id = {p.id: p for p in cohort.patients}
+    patients = lymphomil.with_features([by_id[i] for i in pred.ids], model, cache_dir=cache)
+    decided = lymphomil.decide(model, referral, patients)
+    assert [(d.decision, d.reasons) for d in decided] == \
+        [(d.decision, d.reasons) for d in pred.decisions]
+    reasons = dict(zip(pred.ids, decided))[shifted.id].reasons
+    assert any("stain colour unlike the training cohort" in r for r in reasons), reasons

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lymphomil.data.cohort import load_cohort
+from lymphomil.data.cohort import labelled_patients, load_cohort
 from lymphomil.evaluation.crossval import CVResult
 from lymphomil.evaluation.uncertainty import (
     borderline,
@@ -15,7 +15,6 @@ from lymphomil.evaluation.uncertainty import (
     refit_spread,
     subsample_plan,
 )
-from lymphomil.flows.steps import labelled_patients
 from lymphomil.models.base import create_model
 
 

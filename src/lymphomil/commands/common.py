@@ -15,13 +15,13 @@ from rich.markup import escape
 from rich.table import Table
 
 from lymphomil.commands.app import CACHE_DEFAULT, RAY_EXTRA, err_console
-from lymphomil.flows.defaults import RUN_DEFAULTS
+from lymphomil.flows.defaults import RUN_DEFAULTS, shown
 
 DATA_ARG = typer.Argument(..., help="challenge-layout folder (clinical_annotation.csv or "
                                     "trainset/ + testset/)", show_default=False)
-REFERENCE_OPT = typer.Option("2024-01-01", "--reference-date",
+REFERENCE_OPT = typer.Option(shown("reference_date"), "--reference-date",
                              help="date at which ages are computed (stored with the model)")
-ON_ERROR_OPT = typer.Option("raise", "--on-error",
+ON_ERROR_OPT = typer.Option(RUN_DEFAULTS["on_error"], "--on-error",
                             help="raise: stop at the first bad input; "
                                  "skip: leave it out and list it")
 CACHE_OPT = typer.Option(None, "--cache-dir", help="feature cache folder",
@@ -44,11 +44,12 @@ ENGINE_HELP = ("where features and CV fits run: local, or ray (joins RAY_ADDRESS
 
 def run_default(name: str) -> str:
     """What `run` uses when an option is not given (the config's default) for --help."""
-    return RUN_DEFAULTS[name]
+    return shown(name)
 
 
-THREADS_OPT = typer.Option(1, "--threads", help="threads for model fitting (torch, BLAS); "
-                                                 "fixed for reproducibility")
+THREADS_OPT = typer.Option(RUN_DEFAULTS["threads"], "--threads",
+                           help="threads for model fitting (torch, BLAS); fixed for "
+                                "reproducibility")
 
 
 def print_skips(issues: list[dict], out: Path | None = None) -> None:

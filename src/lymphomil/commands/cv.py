@@ -11,7 +11,7 @@ from rich.markup import escape
 
 from lymphomil.commands import common
 from lymphomil.commands.app import EngineName, OnError, app, console, err_console, handle_errors
-from lymphomil.flows.defaults import DEFAULT_MODEL
+from lymphomil.flows.defaults import DEFAULT_MODEL, RUN_DEFAULTS
 
 
 @app.command()
@@ -20,9 +20,12 @@ def cv(
     data: Path = common.DATA_ARG,
     model: List[str] = typer.Option([DEFAULT_MODEL], "--model", "-m",
                                     help="model name (repeat for several; see `lymphomil models`)"),
-    folds: int = typer.Option(5, "--folds", help="folds per repeat (patient-level, stratified)"),
-    repeats: int = typer.Option(5, "--repeats", help="repeats, each with a new fold split"),
-    seed: int = typer.Option(0, "--seed", help="seed of the fold splits and the fits"),
+    folds: int = typer.Option(RUN_DEFAULTS["folds"], "--folds",
+                              help="folds per repeat (patient-level, stratified)"),
+    repeats: int = typer.Option(RUN_DEFAULTS["repeats"], "--repeats",
+                                help="repeats, each with a new fold split"),
+    seed: int = typer.Option(RUN_DEFAULTS["seed"], "--seed",
+                             help="seed of the fold splits and the fits"),
     out: Optional[Path] = typer.Option(None, "--out", help="folder for metrics.json, "
                                                            "oof_<model>.csv, results.md",
                                        show_default="none: print only"),
@@ -52,33 +55,22 @@ def cv(
     """
     # deferred for start-up time (see lymphomil.commands.common)
     from lymphomil import outputs
-    from lymphomil.flows import options
-    from lymphomil.flows.cv import cross_validate, cv_models, summary_rows
-    from lymphomil.flows.steps import load_labelled
-    from lymphomil.referral import check_target
+    from lymphomil.flows.cv import cross_validate, summary_rows
+    from lymphomil.flows.options import parse_date
     from lymphomil.referral.coverage import trust_markdown
-    from lymphomil.runtime.environment import set_threads
 
-    # every option before any work; the folds against the data once it is read
-    model = cv_models(model, select)
-    max_referral, target_accuracy = check_target(max_referral, target_accuracy)
-    options.check_folds(folds)
-    options.check_repeats(repeats)
-    options.check_threads(threads)
-    features = options.absolute_weights(options.check_features_option(features))
-    ref = options.parse_date(reference_date)
+    ref = parse_date(reference_date)
     outputs.check_cache_location(cache_dir, data)
     if out is not None:
         outputs.claim_output(out, "cv", {"data folder": data,
                                          "cache folder": outputs.cache_root(cache_dir)})
-    set_threads(threads)
-    labelled = load_labelled(data, reference_date=ref, on_error=on_error,
-                                   cache_dir=cache_dir, folds=folds)
-    run = cross_validate(model, labelled, folds=folds, repeats=repeats, seed=seed,
-                               features=features, cache_dir=cache_dir, engine=engine,
-                               threads=threads, trust=True, referral=referral,
-                               max_referral=max_referral, target_accuracy=target_accuracy,
-                               out=out)
+    # the flow checks every other option before any work, the folds against the data once read
+    run = cross_validate(model, data, select=select, folds=folds, repeats=repeats, seed=seed,
+                         reference_date=ref, on_error=on_error, features=features,
+                         cache_dir=cache_dir, engine=engine, threads=threads, trust=True,
+                         referral=referral, max_referral=max_referral,
+                         target_accuracy=target_accuracy, out=out)
+    labelled = run.labelled
     for note in run.notes:
         err_console.print(escape(note), highlight=False, soft_wrap=True)
     results, trust, cohort = run.results, run.trust, labelled.cohort

@@ -201,13 +201,11 @@ def cache_info(
 
     Example: lymphomil cache info
     """
-    # deferred for start-up time (see lymphomil.commands.common); ``features``: the package
-    from lymphomil import features, outputs
-    from lymphomil.evaluation import cvcache
+    # deferred for start-up time (see lymphomil.commands.common)
+    from lymphomil import outputs
+    from lymphomil.flows import caches
 
-    info = features.FeatureCache(features.cache.feature_root(cache_dir)).info()
-    files = cvcache.entry_files(outputs.cv_cache(cache_dir))  # only those are the cache's
-    info["cv_results"] = (len(files), sum(p.stat().st_size for p in files))
+    info = caches.info(cache_dir)
     if as_json:
         console.print_json(outputs.dumps_json(info))
         return
@@ -232,31 +230,25 @@ def cache_clear(
     cache_dir: Optional[Path] = CACHE_DIR_OPT,
     yes: bool = typer.Option(False, "--yes", help="Do not ask for confirmation."),
 ) -> None:
-    """Delete every cached feature file, CV result and reusable run result (recomputed when
-    needed).
+    """Delete every cached feature file, CV result and reusable run result, the image memo and
+    the report's drawn figures (each recomputed when needed).
 
     Example: lymphomil cache clear --yes
     """
-    # deferred for start-up time (see lymphomil.commands.common); ``features``: the package
-    from lymphomil import features, outputs
-    from lymphomil.evaluation import cvcache
-    from lymphomil.flows import runcache
+    # deferred for start-up time (see lymphomil.commands.common)
+    from lymphomil.flows import caches
 
-    cache = features.FeatureCache(features.cache.feature_root(cache_dir))
     if not yes:
-        info = cache.info()
+        info = caches.info(cache_dir)
         typer.confirm(f"delete {info['files']} feature files ({_human_bytes(info['bytes'])}) "
-                      f"under {info['root']} and the cached CV results?", abort=True)
-    freed = cache.clear()
-    # only the CV results the cache's own manifest lists: never whatever else is in cv/
-    cv_files, cv_bytes, kept = cvcache.clear(outputs.cv_cache(cache_dir))
-    run_entries, run_bytes = runcache.clear(cache_dir)  # a rerun's exploration and fitted models
-    console.print(f"freed {_human_bytes(freed + cv_bytes + run_bytes)} under "
-                  f"{cache.root.parent} (features, {cv_files} CV result files and {run_entries} "
-                  "reusable run results)")
-    kept = list(getattr(cache, "kept", [])) + kept
-    if kept:
-        err_console.print(f"[yellow]left alone[/]: {len(kept)} file(s) under {cache.root.parent} "
+                      f"under {info['root']}, the cached CV and run results, the image memo "
+                      "and the report's figures?", abort=True)
+    cleared = caches.clear_all(cache_dir)
+    root = cleared.root
+    counts = ", ".join(f"{n} {what}" for what, n in cleared.counts.items())
+    console.print(f"freed {_human_bytes(cleared.bytes)} under {root} (features; {counts})")
+    if cleared.kept:
+        err_console.print(f"[yellow]left alone[/]: {len(cleared.kept)} file(s) under {root} "
                           "that the cache did not write: "
-                          + ", ".join(escape(p.name) for p in kept[:5]), highlight=False,
+                          + ", ".join(escape(p.name) for p in cleared.kept[:5]), highlight=False,
                           soft_wrap=True)

@@ -42,12 +42,9 @@ def predict(
     """
     # deferred for start-up time (see lymphomil.commands.common)
     from lymphomil import outputs
-    from lymphomil.flows import options
     from lymphomil.flows.predict import predict as predict_flow
     from lymphomil.flows.predict import prediction_files
-    from lymphomil.runtime.environment import set_threads
 
-    options.check_threads(threads)
     outputs.check_cache_location(cache_dir, data)
     inputs = {"model folder": model_dir, "data folder": data,
               "cache folder": outputs.cache_root(cache_dir)}
@@ -58,10 +55,9 @@ def predict(
     if report is not None:
         outputs.claim_output(report, "report", dict(inputs, **{"--out file": out}),
                              folder=False, option="--report")
-    set_threads(threads)
     done = predict_flow(model_dir, data, out, kaggle=kaggle, patients=patients,
-                         include_labelled=include_labelled, on_error=on_error,
-                         cache_dir=cache_dir, report=report)
+                        include_labelled=include_labelled, on_error=on_error,
+                        cache_dir=cache_dir, threads=threads, report=report)
     pred = done.pred
     if pred.metrics is not None:
         m = pred.metrics

@@ -44,8 +44,8 @@ from lymphomil.data.table import (
     TRAIN_CSV,
     TRAIN_DIR,
     Row,
-    csv_files,
     read_table,
+    read_tables,
 )
 from lymphomil.data.validate import (
     COLUMN_OF,
@@ -74,12 +74,13 @@ LABELS = {-1: "unknown", 0: "reactive", 1: "malignant"}
 #: what callers read from this module: the parts live in table (the CSVs), validate (each
 #: row's values) and folders (the image folders)
 __all__ = ["COL_COUNT", "COL_DOB", "COL_GENDER", "COL_ID", "COL_LABEL",
-           "DEFAULT_REFERENCE_DATE", "IMAGE_SUFFIXES", "LABELS", "MAX_AGE", "MAX_COUNT",
+           "DEFAULT_REFERENCE_DATE", "IMAGE_SUFFIXES", "LABELS", "LabelledSet", "MAX_AGE",
+           "MAX_COUNT",
            "MIN_BIRTH_YEAR", "MIN_COUNT", "REQUIRED_COLUMNS", "ROOT_CSV", "TEST_CSV", "TEST_DIR",
            "TRAIN_CSV", "TRAIN_DIR", "Cohort", "FieldError", "ImagePaths", "Patient", "Row",
            "age_at", "as_patient_array", "check_csvs_agree", "check_id", "check_image",
-           "is_utf8", "labels_of", "list_images", "load_cohort", "parse_count", "parse_dob",
-           "parse_gender", "parse_label", "printable", "read_table"]
+           "is_utf8", "labelled_patients", "labels_of", "list_images", "load_cohort",
+           "parse_count", "parse_dob", "parse_gender", "parse_label", "printable", "read_table"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -210,9 +211,13 @@ def _load(root: Path, reference_date: date, log: IssueLog, check_images: bool,
           pool: Any) -> Cohort:
     patients: list[Patient] = []
     seen: dict[str, Row] = {}
-    check_csvs_agree(root, reference_date)
-    for csv_path in csv_files(root):
-        for row in read_table(csv_path):
+    tables = read_tables(root)
+    check_csvs_agree(root, tables, reference_date)
+    # the patients' rows: clinical_annotation.csv's alone when it is there (the others were
+    # only compared with it), else trainset/'s and testset/'s
+    patient_files = [root / ROOT_CSV] if root / ROOT_CSV in tables else list(tables)
+    for csv_path in patient_files:
+        for row in tables[csv_path]:
             raw_id = row.values[COL_ID].strip() or None
             try:
                 pid, label, gender, dob, age, count = patient_from_row(row, reference_date)
@@ -263,6 +268,28 @@ def _load(root: Path, reference_date: date, log: IssueLog, check_images: bool,
                                                                          "name)"),
                                      file=printable(folder), patient_id=name))
     return Cohort(root, patients, log.issues, reference_date, ignored)
+
+
+@dataclass
+class LabelledSet:
+    """A cohort's labelled patients as a model fits them: a 1-D object array and the labels."""
+
+    cohort: Cohort | None  # None: patients given without their folder (the Python API)
+    patients: np.ndarray  # 1-D object array of labelled patients
+    y: np.ndarray
+
+
+def labelled_patients(cohort: Cohort) -> LabelledSet:
+    """The cohort's labelled patients; a cohort with none, or with one class only, stops here."""
+    labelled = cohort.labelled
+    if not labelled:
+        raise LymphomilError("no labelled patients (LABEL 0 or 1) in the data", file=cohort.root,
+                             fix="cross-validation and training need labelled patients")
+    y = labels_of(labelled)
+    if len(np.unique(y)) < 2:
+        raise LymphomilError("the labelled patients are all of one class", file=cohort.root,
+                             fix="training needs reactive (0) and malignant (1) patients")
+    return LabelledSet(cohort, as_patient_array(labelled), y)
 
 
 def as_patient_array(patients: Iterable[Patient]) -> np.ndarray:

@@ -19,7 +19,6 @@ from lymphomil.data.table import (
     TEST_CSV,
     TRAIN_CSV,
     Row,
-    read_table,
 )
 from lymphomil.runtime.errors import LymphomilError
 
@@ -183,20 +182,21 @@ def _parsed(row: Row, reference: date) -> tuple | None:
 _COMPARED = ((1, COL_LABEL), (2, COL_GENDER), (3, COL_DOB), (5, COL_COUNT))
 
 
-def check_csvs_agree(root: Path, reference: date) -> None:
+def check_csvs_agree(root: Path, tables: dict[Path, list[Row]], reference: date) -> None:
     """Stop when ``clinical_annotation.csv`` and ``trainset/``/``testset/`` CSVs (all present: the
-    Kaggle download) give one patient different values: never a silent choice of one file."""
-    if not (root / ROOT_CSV).is_file():
+    Kaggle download; ``tables``: their rows, :func:`lymphomil.data.table.read_tables`) give one
+    patient different values: never a silent choice of one file."""
+    if root / ROOT_CSV not in tables:
         return
     main: dict[str, tuple[Row, tuple]] = {}
-    for row in read_table(root / ROOT_CSV):
+    for row in tables[root / ROOT_CSV]:
         parsed = _parsed(row, reference)
         if parsed is not None:
             main.setdefault(parsed[0], (row, parsed))
     for rel in (TRAIN_CSV, TEST_CSV):
-        if not (root / rel).is_file():
+        if root / rel not in tables:
             continue
-        for row in read_table(root / rel):
+        for row in tables[root / rel]:
             parsed = _parsed(row, reference)
             if parsed is None or parsed[0] not in main:
                 continue

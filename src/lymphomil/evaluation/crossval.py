@@ -204,6 +204,8 @@ def cross_validate_many(models: Sequence[tuple[str, "PatientModel"]], patients: 
     y = np.asarray(y, dtype=int)
     plan, tasks = fold_tasks([name for name, _ in models], y, folds, repeats, seed)
     counts = np.array([p.lymph_count for p in patients], dtype=float)
+    hard_masks = [hard_mask(counts, y, task.train, task.test) for task in tasks]
+    params = [encode_param(model.get_params(deep=False)) for _, model in models]
 
     outputs: list = [None] * len(tasks)
     if fit_store is not None:
@@ -227,18 +229,18 @@ def cross_validate_many(models: Sequence[tuple[str, "PatientModel"]], patients: 
         for i, result in zip(todo, done):
             outputs[i] = result
     results = []
-    for i, (name, model) in enumerate(models):
+    for i, (name, _) in enumerate(models):
         proba = np.full((repeats, len(y)), np.nan)
         hard = np.zeros((repeats, len(y)), dtype=bool)
         seconds = np.zeros((repeats, folds))
-        for task, (task_proba, task_seconds) in zip(tasks, outputs):
+        for task, (task_proba, task_seconds), task_hard in zip(tasks, outputs, hard_masks):
             if task.model_index != i:
                 continue
             proba[task.repeat, task.test] = task_proba
             seconds[task.repeat, task.fold] = task_seconds
-            hard[task.repeat, task.test] = hard_mask(counts, y, task.train, task.test)
+            hard[task.repeat, task.test] = task_hard
         results.append(CVResult(name, [p.id for p in patients], y, plan, proba, hard, seconds,
-                                encode_param(model.get_params(deep=False)), seed))
+                                params[i], seed))
     return results
 
 
@@ -269,6 +271,17 @@ def best_index(results: Sequence[CVResult]) -> int:
         return (round(overall_mean, SELECTION_DIGITS), round(hard_mean, SELECTION_DIGITS), -index)
 
     return max(range(len(results)), key=key)
+
+
+def choose_model(results: list[CVResult], forced: str | None = None,
+                 selection: str | None = None) -> CVResult:
+    """The forced model's result, else the candidate :func:`best_index` picks (the rule
+    ``select:`` uses) among the candidates (the nested selection row is a figure, not a
+    candidate)."""
+    if forced:
+        return next(r for r in results if r.model_name == forced)
+    candidates = [r for r in results if r.model_name != selection]
+    return candidates[best_index(candidates)]
 
 
 def bootstrap_summary(values: Any, repeats: int, n: int, n_bootstrap: int, seed: int) -> dict:

@@ -83,8 +83,9 @@ def refit_probas(model: Any, labelled: Sequence, y: np.ndarray, targets: Sequenc
     patients = np.concatenate([labelled, targets])
     y_all = np.concatenate([np.asarray(y, dtype=int), np.full(len(targets), -1)])
     test = np.arange(len(labelled), len(patients))
+    plan = subsample_plan(y, n_refits, fraction, seed)
     tasks = [FoldTask(0, r, 0, derive_seed(seed, name, "refit", r), train, test)
-             for r, train in enumerate(subsample_plan(y, n_refits, fraction, seed))]
+             for r, train in enumerate(plan)]
     engine = engine or LocalEngine()
     outputs = engine.run_fits(run_fold_task, tasks,
                               on_done=(lambda i, _r: on_fit(1)) if on_fit else None,
@@ -102,12 +103,12 @@ def cached_refit_probas(root: Any, model: Any, labelled: Sequence, y: np.ndarray
     # never caches (and the report, which imports this module) does not need
     from lymphomil.evaluation import cvcache
 
-    key = cvcache.cv_key(model, f"{name}#refits@{fraction}", [*labelled, *targets],
-                         folds=n_refits, repeats=0, seed=seed)
     def compute() -> tuple[np.ndarray, dict]:
         return refit_probas(model, labelled, y, targets, seed=seed, name=name,
                             n_refits=n_refits, fraction=fraction, engine=engine), {}
 
+    key = cvcache.cv_key(model, f"{name}#refits@{fraction}", [*labelled, *targets],
+                         folds=n_refits, repeats=0, seed=seed)
     rows, _ = cvcache.cached_rows(root, key, f"{name}#refits", [p.id for p in targets], compute,
                                   lambda rows, _params: len(rows) == n_refits, seed=seed)
     return rows
