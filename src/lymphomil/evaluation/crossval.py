@@ -61,6 +61,32 @@ def fold_plan(y: np.ndarray, folds: int, repeats: int, seed: int) -> np.ndarray:
     return plan
 
 
+def inner_folds(y: np.ndarray, folds: int) -> int:
+    """The folds an inner CV of the training patients ``y`` can have: at most ``folds``, and no
+    more than the smallest class has patients (fewer than 2: no inner CV is possible)."""
+    return min(int(folds), int(np.bincount(np.asarray(y, dtype=int), minlength=2).min()))
+
+
+def out_of_fold(y: np.ndarray, folds: int, seed: int,
+                fit_predict: Callable[[np.ndarray, np.ndarray, int], Any]) -> np.ndarray:
+    """The inner out-of-fold loop that tunes a model inside its own training patients (a
+    fusion's α or stacker, cell-topk's k, the referral rule's threshold): a stratified
+    ``folds``-fold split of ``y`` shuffled with ``seed``; ``fit_predict(train, test, k)`` fits
+    on the indices ``train`` and returns the values of the patients ``test`` (one row each).
+    Returns every patient's out-of-fold row, in patient order."""
+    from sklearn.model_selection import StratifiedKFold
+
+    y = np.asarray(y, dtype=int)
+    oof: np.ndarray | None = None
+    splitter = StratifiedKFold(folds, shuffle=True, random_state=seed)
+    for k, (train, test) in enumerate(splitter.split(np.zeros(len(y)), y)):
+        values = np.asarray(fit_predict(train, test, k), dtype=float)
+        if oof is None:
+            oof = np.full((len(y), *values.shape[1:]), np.nan)
+        oof[test] = values
+    return oof
+
+
 def hard_mask(counts: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray) -> np.ndarray:
     """Test patients whose count lies in [min, max] of the training part's reactive counts."""
     reactive = counts[train][y[train] == 0]
