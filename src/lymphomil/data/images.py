@@ -221,8 +221,8 @@ def _memo() -> dict[str, tuple[int, ...]]:
             _MEMO = {str(k): tuple(int(x) for x in v[:4]) for k, v in entries.items()
                      if len(v) == 4}
         except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError,
-                RecursionError):
-            _MEMO = {}  # none yet, or damaged: decode again
+                OverflowError, RecursionError):
+            _MEMO = {}  # none yet, or damaged (an infinite size, say): decode again
     return _MEMO
 
 
