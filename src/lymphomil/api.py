@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 import numpy as np
 
-from lymphomil.data.cohort import (  # noqa: F401
+from lymphomil.data.cohort import (  # noqa: F401 (labels_of, load_cohort: the API)
     Cohort,
     as_patient_array,
     labelled_patients,

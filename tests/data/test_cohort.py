@@ -9,14 +9,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from lymphomil.data.cohort import (
-    age_at,
-    load_cohort,
-    parse_count,
-    parse_dob,
-    parse_gender,
-    parse_label,
-)
+from lymphomil.data.cohort import load_cohort
+from lymphomil.data.validate import age_at, parse_count, parse_dob, parse_gender, parse_label
 from lymphomil.runtime.errors import LymphomilError
 
 HEADER = ",ID,LABEL,GENDER,DOB,LYMPH_COUNT"
@@ -280,7 +274,7 @@ def test_shared_data_loads_cleanly(shared_data: Path) -> None:
 def test_image_paths_behave_like_a_tuple_of_paths(tmp_path: Path) -> None:
     import copy
 
-    from lymphomil.data.cohort import ImagePaths
+    from lymphomil.data.folders import ImagePaths
 
     paths = ImagePaths(tmp_path, ["000001.jpg", "000002.jpg", "000003.jpg"])
     plain = tuple(tmp_path / n for n in ("000001.jpg", "000002.jpg", "000003.jpg"))

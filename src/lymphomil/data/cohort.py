@@ -18,9 +18,6 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 import numpy as np
 
 from lymphomil.data.folders import (
-    IMAGE_SUFFIXES,
-    ImagePaths,
-    check_image,
     find_folder,
     is_utf8,
     link_problem,
@@ -32,36 +29,17 @@ from lymphomil.data.folders import (
 from lymphomil.data.images import memo_in
 from lymphomil.data.reference_date import DEFAULT_REFERENCE_DATE
 from lymphomil.data.table import (
-    COL_COUNT,
-    COL_DOB,
-    COL_GENDER,
     COL_ID,
-    COL_LABEL,
-    REQUIRED_COLUMNS,
     ROOT_CSV,
-    TEST_CSV,
     TEST_DIR,
-    TRAIN_CSV,
     TRAIN_DIR,
     Row,
-    read_table,
     read_tables,
 )
 from lymphomil.data.validate import (
     COLUMN_OF,
-    MAX_AGE,
-    MAX_COUNT,
-    MIN_BIRTH_YEAR,
-    MIN_COUNT,
-    FieldError,
-    age_at,
     check_csvs_agree,
-    check_id,
     fix_for,
-    parse_count,
-    parse_dob,
-    parse_gender,
-    parse_label,
     patient_from_row,
 )
 from lymphomil.runtime.errors import DataIssue, IssueLog, LymphomilError
@@ -71,16 +49,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 LABELS = {-1: "unknown", 0: "reactive", 1: "malignant"}
 
-#: what callers read from this module: the parts live in table (the CSVs), validate (each
-#: row's values) and folders (the image folders)
-__all__ = ["COL_COUNT", "COL_DOB", "COL_GENDER", "COL_ID", "COL_LABEL",
-           "DEFAULT_REFERENCE_DATE", "IMAGE_SUFFIXES", "LABELS", "LabelledSet", "MAX_AGE",
-           "MAX_COUNT",
-           "MIN_BIRTH_YEAR", "MIN_COUNT", "REQUIRED_COLUMNS", "ROOT_CSV", "TEST_CSV", "TEST_DIR",
-           "TRAIN_CSV", "TRAIN_DIR", "Cohort", "FieldError", "ImagePaths", "Patient", "Row",
-           "age_at", "as_patient_array", "check_csvs_agree", "check_id", "check_image",
-           "is_utf8", "labelled_patients", "labels_of", "list_images", "load_cohort",
-           "parse_count", "parse_dob", "parse_gender", "parse_label", "printable", "read_table"]
 
 
 @dataclass(frozen=True, eq=False)

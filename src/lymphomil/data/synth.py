@@ -25,14 +25,8 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
-from lymphomil.data.cohort import (
-    DEFAULT_REFERENCE_DATE,
-    ROOT_CSV,
-    TEST_CSV,
-    TEST_DIR,
-    TRAIN_CSV,
-    TRAIN_DIR,
-)
+from lymphomil.data.cohort import DEFAULT_REFERENCE_DATE
+from lymphomil.data.table import ROOT_CSV, TEST_CSV, TEST_DIR, TRAIN_CSV, TRAIN_DIR
 from lymphomil.outputs import (
     atomic_write_json,
     atomic_write_text,

@@ -25,7 +25,6 @@ from lymphomil.runtime.errors import LymphomilError
 MAX_COUNT = 1000.0  # 10^9 cells/L; the labelled set tops out at 295
 MIN_COUNT = 0.1  # 10^9 cells/L; below is not a measurable count (the labelled set's lowest: 2.28)
 MAX_AGE = 120  # years at the reference date
-MIN_BIRTH_YEAR = 1880  # kept for callers; the age bound (MAX_AGE) is what is checked
 
 _ID_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
 #: a number as a person writes it in a CSV: ASCII digits, one '.', an optional exponent; no '_',

@@ -9,9 +9,6 @@
 
 from __future__ import annotations
 
-import os  # noqa: F401  (tests patch os.replace / tempfile.mkstemp through this module)
-import tempfile  # noqa: F401
-
 from lymphomil.outputs.files import (
                                      CHECKSUMS,
                                      DIR_MODE,
