@@ -11,6 +11,7 @@ from rich.markup import escape
 
 from lymphomil.commands import common
 from lymphomil.commands.app import EngineName, OnError, app, console, err_console, handle_errors
+from lymphomil.flows import options  # light: checks import what they need when they run
 from lymphomil.flows.defaults import DEFAULT_MODEL, RUN_DEFAULTS
 
 
@@ -55,21 +56,20 @@ def cv(
     """
     # deferred for start-up time (see lymphomil.commands.common)
     from lymphomil import outputs
-    from lymphomil.flows.cv import cross_validate, summary_rows
-    from lymphomil.flows.options import parse_date
-    from lymphomil.referral.coverage import trust_markdown
+    from lymphomil.flows import cv as cv_flow
 
-    ref = parse_date(reference_date)
+    ref = options.parse_date(reference_date)
     outputs.check_cache_location(cache_dir, data)
     if out is not None:
         outputs.claim_output(out, "cv", {"data folder": data,
                                          "cache folder": outputs.cache_root(cache_dir)})
     # the flow checks every other option before any work, the folds against the data once read
-    run = cross_validate(model, data, select=select, folds=folds, repeats=repeats, seed=seed,
-                         reference_date=ref, on_error=on_error, features=features,
-                         cache_dir=cache_dir, engine=engine, threads=threads, trust=True,
-                         referral=referral, max_referral=max_referral,
-                         target_accuracy=target_accuracy, out=out)
+    run = cv_flow.cross_validate(model, data, select=select, folds=folds, repeats=repeats,
+                                 seed=seed, reference_date=ref, on_error=on_error,
+                                 features=features, cache_dir=cache_dir, engine=engine,
+                                 threads=threads, trust=True, referral=referral,
+                                 max_referral=max_referral, target_accuracy=target_accuracy,
+                                 out=out)
     labelled = run.labelled
     for note in run.notes:
         err_console.print(escape(note), highlight=False, soft_wrap=True)
@@ -78,11 +78,10 @@ def cv(
     if as_json:
         typer.echo(json.dumps(payload, indent=2, default=float))
     else:
-        console.print(common.results_table(summary_rows(results)))
+        console.print(common.results_table(cv_flow.summary_rows(results)))
         console.print(f"{len(labelled.y)} labelled patients, {folds} folds × {repeats} repeats, "
                       f"seed {seed}")
-        console.print(trust_markdown(trust), markup=False, highlight=False,
-                      soft_wrap=True)
+        console.print(run.trust_markdown(), markup=False, highlight=False, soft_wrap=True)
     common.print_skips(cohort.skipped_table(),
                        out / "skipped.json" if out and cohort.issues else None)
     if out is not None:

@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from lymphomil.commands.app import OnError, app, console, err_console, handle_errors, progress_task
+from lymphomil.flows import options  # light: checks import what they need when they run
 from lymphomil.flows.defaults import RUN_DEFAULTS, shown
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -47,7 +48,6 @@ def synth(
     """
     # deferred for start-up time (see lymphomil.commands.common)
     from lymphomil.data.synth import write_synthetic_cohort
-    from lymphomil.flows import options
 
     options.check_synthetic(patients)  # the writer checks OUT (its own marker) and locks it
     options.check_synthetic_seed(seed)
@@ -81,7 +81,6 @@ def explore(
     # deferred for start-up time (see lymphomil.commands.common)
     from lymphomil import outputs
     from lymphomil.data.cohort import load_cohort
-    from lymphomil.flows import options
     from lymphomil.report import explore as exploring
 
     reference = options.parse_date(reference_date)

@@ -10,6 +10,7 @@ from rich.markup import escape
 
 from lymphomil.commands import common
 from lymphomil.commands.app import OnError, app, console, handle_errors
+from lymphomil.flows import options  # light: checks import what they need when they run
 from lymphomil.flows.defaults import DEFAULT_MODEL, RUN_DEFAULTS
 
 
@@ -35,10 +36,9 @@ def train(
     """
     # deferred for start-up time (see lymphomil.commands.common)
     from lymphomil import outputs
-    from lymphomil.flows.options import parse_date
     from lymphomil.flows.train import train as train_flow
 
-    ref = parse_date(reference_date)
+    ref = options.parse_date(reference_date)
     outputs.check_cache_location(cache_dir, data)
     outputs.claim_output(out, "model", {"data folder": data,
                                         "cache folder": outputs.cache_root(cache_dir)})

@@ -52,6 +52,10 @@ class CVRun:
     #: what was left out, in a line each, for the caller to show
     notes: list[str] = field(default_factory=list)
 
+    def trust_markdown(self) -> str:
+        """Each model's risk–coverage and nested referral figure, as a markdown table."""
+        return trust_markdown(self.trust) if self.trust else ""
+
 
 def cross_validate(models: Sequence[Candidate], labelled: LabelledSet | Path, *, folds: int,
                    repeats: int, seed: int, select: str | None = None,

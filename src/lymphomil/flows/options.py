@@ -158,7 +158,7 @@ def _feature_modules() -> tuple[Any, Any]:
     """:mod:`lymphomil.features.spec` and :mod:`lymphomil.features.weights`, imported when a
     check runs: deferred for start-up time, as `--help` reads this module (through cli_app)
     and must import no numpy."""
-    from lymphomil.features import spec, weights
+    from lymphomil.features import spec, weights  # numpy: only when a check runs
 
     return spec, weights
 
