@@ -85,6 +85,34 @@ def seed_features(synthetic_features: Path, cache_dir: Path) -> Path:
     return Path(cache_dir)
 
 
+@pytest.fixture(scope="session")
+def small_image_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """12 synthetic patients of 4-6 cells (seed 3): a cohort an image model reads in seconds;
+    read-only."""
+    folder = tmp_path_factory.mktemp("small-image") / "cohort"
+    return write_synthetic_cohort(folder, n_patients=12, seed=3, images_per_patient=(4, 6))
+
+
+@pytest.fixture(scope="session")
+def image_model_dir(small_image_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An image model (fusion-mean, its image part on small-cnn features with the seed-0
+    weights at 32 px: no weights file, fast) trained once a session on
+    :func:`small_image_root`, so a change of an image's pixels changes its P; its folder holds
+    sub-models, the referral rule and the OOD checks; read-only (copy it to change it)."""
+    from typer.testing import CliRunner
+
+    from lymphomil.cli import app
+
+    out = tmp_path_factory.mktemp("image-model") / "model"
+    result = CliRunner().invoke(app, ["train", str(small_image_root), "-m", "fusion-mean",
+                                      "--features", IMAGE_MODEL_FEATURES, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+IMAGE_MODEL_FEATURES = "small-cnn:none@32"
+
+
 @pytest.fixture
 def shared_data() -> Path:
     """The shared challenge folder; the test is skipped where it is absent, and fails there

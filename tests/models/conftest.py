@@ -57,6 +57,16 @@ def make_patients(n: int, seed: int, store: InMemoryStore, prefix: str, *, dim: 
     return as_patient_array(patients), y
 
 
+@pytest.fixture(autouse=True)
+def toy_backbone_is_known(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The toy features' backbone (an in-memory store) is known to the model-folder schema, as
+    a backbone registered at run time would be: a toy model's folder loads."""
+    from lymphomil.features.weights import known_backbones
+    from lymphomil.models import schema
+
+    monkeypatch.setattr(schema, "known_backbones", lambda: [*known_backbones(), "toy"])
+
+
 @pytest.fixture(scope="package", autouse=True)
 def one_torch_thread():
     """The toy tensors are tiny: one thread is faster and immune to a busy machine."""

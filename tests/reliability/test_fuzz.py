@@ -110,8 +110,8 @@ def test_parse_dob_round_trips_each_format(day: date, pad: bool) -> None:
 # of any type and depth: each either reads it or raises LymphomilError (naming the file), never
 # anything else. Caches lymphomil writes for itself (the clean-image memo, a feature file's
 # header) treat such a file as absent. Readers: outputs.read_json (model folders, model cards),
-# config.load_config (TOML), models.schema.read_model_folder (metadata.json, model.json),
-# models.schema.check_weights_unchanged (metadata.json, model_card.json), data.images' memo,
+# config.load_config (TOML), models.base.load_model (every file of a model folder: also
+# tests/reliability/test_artefacts.py), data.images' memo,
 # features.cache (feature file headers, spec.json). CSV: the tests above (read_table).
 
 import json as _json  # noqa: E402
@@ -233,7 +233,7 @@ def test_model_folder_any_structure(model_copy_source: Path, name: str, where: l
                                     deep: bool) -> None:
     """A model folder whose JSON files hold anything (checksums made to match, as a person
     who edits by hand and re-signs would): predict's readers raise only LymphomilError."""
-    from lymphomil.models.schema import check_weights_unchanged, read_model_folder
+    from lymphomil.models.base import load_model
     from lymphomil.outputs import write_checksums
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -246,8 +246,7 @@ def test_model_folder_any_structure(model_copy_source: Path, name: str, where: l
             path.write_text(_json_text(_mutated(document, where, value)))
         write_checksums(folder)
         try:
-            _, metadata = read_model_folder(folder)
-            check_weights_unchanged(folder, metadata)
+            load_model(folder)
         except LymphomilError as exc:
             assert exc.file and exc.fix
 

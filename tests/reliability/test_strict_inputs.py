@@ -396,9 +396,9 @@ def test_clean_verdicts_are_kept_across_processes(tmp_path: Path, monkeypatch) -
     decoded: list[str] = []
     real = images.bytes_problem
 
-    def counting(data, decode=True):
+    def counting(data, decode=True, kind="JPEG"):
         decoded.append("x")
-        return real(data, decode)
+        return real(data, decode, kind)
 
     monkeypatch.setattr(images, "bytes_problem", counting)
 

@@ -18,7 +18,17 @@ from lymphomil.commands.app import CACHE_DEFAULT, RAY_EXTRA, err_console
 from lymphomil.flows.defaults import RUN_DEFAULTS, shown
 
 DATA_ARG = typer.Argument(..., help="challenge-layout folder (clinical_annotation.csv or "
-                                    "trainset/ + testset/)", show_default=False)
+                                    "trainset/ + testset/), or a lab's CSV of patients (one "
+                                    "folder of cell images per patient beside it)",
+                          show_default=False)
+IMAGES_HELP = ("with a CSV as DATA (a lab's own export): the folder holding one folder of cell "
+               "images (.jpg, .png, .tif) per patient")
+COLUMNS_HELP = ("with a CSV as DATA: its column names, e.g. id=Patient,gender=Sex,"
+                "count=Lymphocytes,dob=Birth (or age=NAME; label=NAME and folder=NAME optional),"
+                " or a TOML file with a [columns] table")
+COLUMNS_DEFAULT = "ID, LABEL, GENDER, DOB or AGE, LYMPH_COUNT, FOLDER"
+IMAGES_OPT = typer.Option(None, "--images", help=IMAGES_HELP, show_default="the CSV's folder")
+COLUMNS_OPT = typer.Option(None, "--columns", help=COLUMNS_HELP, show_default=COLUMNS_DEFAULT)
 REFERENCE_OPT = typer.Option(shown("reference_date"), "--reference-date",
                              help="date at which ages are computed (stored with the model)")
 ON_ERROR_OPT = typer.Option(RUN_DEFAULTS["on_error"], "--on-error",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import List, Optional
 
@@ -76,7 +75,7 @@ def cv(
     results, trust, cohort = run.results, run.trust, labelled.cohort
     payload = {r.model_name: {**r.to_dict(), **trust[r.model_name]} for r in results}
     if as_json:
-        typer.echo(json.dumps(payload, indent=2, default=float))
+        typer.echo(outputs.dumps_json(payload), nl=False)  # strict JSON: null, never NaN
     else:
         console.print(common.results_table(cv_flow.summary_rows(results)))
         console.print(f"{len(labelled.y)} labelled patients, {folds} folds × {repeats} repeats, "

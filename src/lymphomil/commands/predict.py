@@ -31,6 +31,8 @@ def predict(
     on_error: OnError = common.ON_ERROR_OPT,
     cache_dir: Optional[Path] = common.CACHE_OPT,
     threads: int = common.THREADS_OPT,
+    images: Optional[Path] = common.IMAGES_OPT,
+    columns: Optional[str] = common.COLUMNS_OPT,
 ) -> None:
     """Predict the patients of DATA with a trained model: by default every unlabelled (LABEL -1)
     patient and every patient under testset/; the labelled patients left out are listed.
@@ -39,25 +41,31 @@ def predict(
     a label, the metrics are printed and written to OUT's name + .metrics.json.
 
     Example: lymphomil predict runs/model ../shared/data/dlmi-lymphocytosis --out sub.csv --kaggle
+
+    A lab's own export (a CSV, a folder of image folders; README): lymphomil predict
+    runs/model lab/patients.csv --images lab/cells --columns id=Patient,count=Lymph --out x.csv
     """
     # deferred for start-up time (see lymphomil.commands.common)
     from lymphomil import outputs
-    from lymphomil.flows.predict import predict as predict_flow
-    from lymphomil.flows.predict import prediction_files
+    from lymphomil.data.plain import data_inputs, data_source
+    from lymphomil.flows import predict as predict_flow
 
-    outputs.check_cache_location(cache_dir, data)
-    inputs = {"model folder": model_dir, "data folder": data,
+    source = data_source(data, images, columns)
+    for path in data_inputs(source).values():
+        outputs.check_cache_location(cache_dir, path)
+    inputs = {"model folder": model_dir, **data_inputs(source),
               "cache folder": outputs.cache_root(cache_dir)}
-    metrics_path, skipped_path = prediction_files(out)
+    metrics_path, skipped_path = predict_flow.prediction_files(out)
     outputs.claim_output(out, "predictions", inputs, folder=False)
     outputs.claim_output(skipped_path, "skipped list", inputs, folder=False)
     outputs.claim_output(metrics_path, "metrics", inputs, folder=False)
     if report is not None:
         outputs.claim_output(report, "report", dict(inputs, **{"--out file": out}),
                              folder=False, option="--report")
-    done = predict_flow(model_dir, data, out, kaggle=kaggle, patients=patients,
-                        include_labelled=include_labelled, on_error=on_error,
-                        cache_dir=cache_dir, threads=threads, report=report)
+    # the flow checks --threads (and sets them) before any work
+    done = predict_flow.predict(model_dir, source, out, kaggle=kaggle, patients=patients,
+                                include_labelled=include_labelled, on_error=on_error,
+                                cache_dir=cache_dir, threads=threads, report=report)
     pred = done.pred
     if pred.metrics is not None:
         m = pred.metrics

@@ -61,6 +61,8 @@ def run(
         "about 3x the candidates' CV)", show_default=common.run_default("nested_selection")),
     max_referral: Optional[float] = common.MAX_REFERRAL_OPT,
     target_accuracy: Optional[float] = common.TARGET_ACCURACY_OPT,
+    images: Optional[Path] = common.IMAGES_OPT,
+    columns: Optional[str] = common.COLUMNS_OPT,
 ) -> None:
     """The main job: validate → explore → CV the candidates → train the best → predict → report.
 
@@ -68,14 +70,19 @@ def run(
     config.toml and model/ into --out.
 
     Example: lymphomil run ../shared/data/dlmi-lymphocytosis --out runs/shared
+
+    A lab's own export (a CSV, a folder of image folders; README): lymphomil run
+    lab/patients.csv --images lab/cells --columns id=Patient,gender=Sex,dob=Birth,count=Lymph
     """
     # deferred for start-up time (see lymphomil.commands.common)
     from lymphomil import outputs, referral
+    from lymphomil.data.plain import data_inputs, data_source, read_columns
     from lymphomil.flows import config as configs
     from lymphomil.flows import cv as cv_flow
     from lymphomil.flows import run as run_flow
 
     referral.check_target(max_referral, target_accuracy)  # the CLI's names in the message
+    names, images_of_columns = read_columns(columns)
 
     cfg = configs.load_config(config, {
         "data": data, "model": model, "folds": folds, "repeats": repeats, "seed": seed,
@@ -86,9 +93,13 @@ def run(
         "reference_date": options.parse_date(reference_date) if reference_date else None,
         "candidates": ([c.strip() for c in candidates.split(",") if c.strip()] if candidates
                        else None),
+        "images": images or images_of_columns, "columns": names or None,
     })
-    outputs.check_cache_location(cfg.cache_dir, cfg.data)
-    outputs.claim_output(out, "run", {"data folder": cfg.data, "config file": config,
+    data_paths = ({} if cfg.data is None else
+                  data_inputs(data_source(cfg.data, cfg.images, cfg.columns)))
+    for path in data_paths.values():
+        outputs.check_cache_location(cfg.cache_dir, path)
+    outputs.claim_output(out, "run", {**data_paths, "config file": config,
                                       "cache folder": outputs.cache_root(cfg.cache_dir)})
     reporter = StageReporter()
     try:

@@ -1,9 +1,10 @@
-"""Read and validate a cohort in the challenge's folder layout (docs/design.md §1).
+"""Read and validate a cohort: the challenge's folder layout (docs/design.md §1) or a lab's
+own export, one CSV and a folder of image folders (:mod:`lymphomil.data.plain`).
 
-This is the only module that knows the CSV column names. It turns a folder into a list of
-validated :class:`Patient` records, each with its cell images in a stable order, and it never
-drops a patient silently: every problem is either raised (``on_error='raise'``) with the file,
-the row and the fix, or recorded (``on_error='skip'``) in :attr:`Cohort.issues`.
+It turns either into a list of validated :class:`Patient` records, each with its cell images in
+a stable order, and it never drops a patient silently: every problem is either raised
+(``on_error='raise'``) with the file, the row and the fix, or recorded (``on_error='skip'``) in
+:attr:`Cohort.issues`. The file and column names live in :mod:`lymphomil.data.table`.
 """
 
 from __future__ import annotations
@@ -27,13 +28,23 @@ from lymphomil.data.folders import (
     split_conflict,
 )
 from lymphomil.data.images import memo_in
+from lymphomil.data.plain import (
+    FOLDER_FIX,
+    PLAIN_SUFFIXES,
+    PlainLayout,
+    image_folders,
+    match_folder,
+    plain_layout,
+)
 from lymphomil.data.reference_date import DEFAULT_REFERENCE_DATE
 from lymphomil.data.table import (
+    COL_FOLDER,
     COL_ID,
     ROOT_CSV,
     TEST_DIR,
     TRAIN_DIR,
     Row,
+    read_table,
     read_tables,
 )
 from lymphomil.data.validate import (
@@ -62,8 +73,8 @@ class Patient:
     id: str
     label: int  # 1 malignant, 0 reactive, -1 unknown
     gender: str  # "M" or "F"
-    dob: date
-    age: float  # years at the cohort's reference date
+    dob: date | None  # None where a lab's export gave the age instead
+    age: float  # years at the cohort's reference date (or as the lab's export gave it)
     lymph_count: float  # 10^9 cells/L
     split: str  # "train" (labelled folder) or "test"
     image_paths: Sequence[Path]  # an ImagePaths from the loader (a tuple works too)
@@ -124,7 +135,7 @@ class Cohort:
                 "ID": [p.id for p in self.patients],
                 "label": [p.label for p in self.patients],
                 "gender": [p.gender for p in self.patients],
-                "dob": [p.dob.isoformat() for p in self.patients],
+                "dob": [p.dob.isoformat() if p.dob else "" for p in self.patients],
                 "age": [p.age for p in self.patients],
                 "lymph_count": [p.lymph_count for p in self.patients],
                 "n_images": [p.n_images for p in self.patients],
@@ -136,16 +147,23 @@ class Cohort:
         return [i.to_dict() for i in self.issues]
 
 
-def load_cohort(root: str | Path, *, reference_date: date = DEFAULT_REFERENCE_DATE,
-                on_error: str = "raise", check_images: bool = True,
-                cache_dir: str | Path | None = None) -> Cohort:
-    """Read a challenge-layout folder into a validated :class:`Cohort`.
+def load_cohort(root: str | Path | PlainLayout, *,
+                reference_date: date = DEFAULT_REFERENCE_DATE, on_error: str = "raise",
+                check_images: bool = True, cache_dir: str | Path | None = None) -> Cohort:
+    """Read a challenge-layout folder, or a lab's export (a :class:`PlainLayout`, or the path
+    of its CSV: images beside it, default column names), into a validated :class:`Cohort`.
 
     Rows are validated one by one; under ``on_error='skip'`` a bad row or a patient without
     usable images is left out and recorded, a bad image file is left out of its bag and recorded.
     Clean image verdicts are remembered in ``cache_dir`` (``--cache-dir``; default: the user's
     cache), so a later read decodes only new or changed images.
     """
+    if not isinstance(root, PlainLayout) and Path(root).is_file():
+        root = plain_layout(root)
+    if isinstance(root, PlainLayout):
+        log = IssueLog(on_error)
+        with memo_in(cache_dir), _decode_pool(check_images) as pool:
+            return _load_plain(root, reference_date, log, check_images, pool)
     root = Path(root)
     if not root.is_dir():
         link = link_problem(root) if root.is_symlink() else None
@@ -186,21 +204,10 @@ def _load(root: Path, reference_date: date, log: IssueLog, check_images: bool,
     patient_files = [root / ROOT_CSV] if root / ROOT_CSV in tables else list(tables)
     for csv_path in patient_files:
         for row in tables[csv_path]:
-            raw_id = row.values[COL_ID].strip() or None
-            try:
-                pid, label, gender, dob, age, count = patient_from_row(row, reference_date)
-            except ValueError as exc:
-                where = row.where(COLUMN_OF.get(getattr(exc, "field", ""), ""))
-                log.report(DataIssue(str(exc) + (f" ({where})" if where else ""), fix_for(exc),
-                                     file=str(csv_path), row=row.line, patient_id=raw_id))
+            parsed = _parse_row(row, reference_date, seen, log)
+            if parsed is None:
                 continue
-            if pid in seen:
-                first = seen[pid]
-                log.report(DataIssue(f"duplicate ID {pid!r} (first on line {first.line})",
-                                     "keep one row per patient", file=str(csv_path),
-                                     row=row.line, patient_id=pid))
-                continue
-            seen[pid] = row
+            pid, label, gender, dob, age, count = parsed
             split_problem = split_conflict(root, csv_path, pid, label)
             if split_problem:
                 log.report(DataIssue(split_problem[0], split_problem[1], file=str(csv_path),
@@ -236,6 +243,70 @@ def _load(root: Path, reference_date: date, log: IssueLog, check_images: bool,
                                                                          "name)"),
                                      file=printable(folder), patient_id=name))
     return Cohort(root, patients, log.issues, reference_date, ignored)
+
+
+def _parse_row(row: Row, reference_date: date, seen: dict[str, Row], log: IssueLog,
+               plain: bool = False) -> tuple | None:
+    """A row's validated values, or None when it is bad or repeats an ID (reported to ``log``)."""
+    raw_id = row.values[COL_ID].strip() or None
+    try:
+        parsed = patient_from_row(row, reference_date, plain=plain)
+    except ValueError as exc:
+        where = row.where(COLUMN_OF.get(getattr(exc, "field", ""), ""))
+        log.report(DataIssue(str(exc) + (f" ({where})" if where else ""), fix_for(exc),
+                             file=str(row.file), row=row.line, patient_id=raw_id))
+        return None
+    pid = parsed[0]
+    if pid in seen:
+        log.report(DataIssue(f"duplicate ID {pid!r} (first on line {seen[pid].line})",
+                             "keep one row per patient", file=str(row.file), row=row.line,
+                             patient_id=pid))
+        return None
+    seen[pid] = row
+    return parsed
+
+
+def _load_plain(layout: PlainLayout, reference_date: date, log: IssueLog, check_images: bool,
+                pool: Any) -> Cohort:
+    """A lab's export (:mod:`lymphomil.data.plain`): the same checks and messages as
+    :func:`_load`, its image folders found by name or by the FOLDER column."""
+    if not layout.csv.is_file():
+        raise LymphomilError("data file not found", file=layout.csv,
+                             fix="give the CSV of the lab's patients")
+    patients: list[Patient] = []
+    seen: dict[str, Row] = {}
+    folders = image_folders(layout.images)
+    used: set[str] = set()
+    for row in read_table(layout.csv, layout.columns()):
+        parsed = _parse_row(row, reference_date, seen, log, plain=True)
+        if parsed is None:
+            continue
+        pid, label, gender, dob, age, count = parsed
+        named = row.values[COL_FOLDER].strip() if COL_FOLDER in row.values else None
+        folder, problem = match_folder(folders, layout.images, pid, named)
+        if folder is None:
+            log.report(DataIssue(problem, FOLDER_FIX, file=str(layout.csv), row=row.line,
+                                 patient_id=pid))
+            continue
+        used.add(folder.name)
+        images = list_images(folder, pid, log, check=check_images, pool=pool,
+                             suffixes=PLAIN_SUFFIXES)
+        if not images:
+            log.report(DataIssue(f"no usable cell images ({', '.join(PLAIN_SUFFIXES)}) in "
+                                 f"{printable(folder)}", "add the patient's cell images or "
+                                 "remove the row", file=str(layout.csv), row=row.line,
+                                 patient_id=pid))
+            continue
+        split = "train" if label in (0, 1) else "test"
+        patients.append(Patient(pid, label, gender, dob, age, count, split, images))
+    ignored = []
+    for name in sorted(set(folders) - used):
+        shown = printable(name)
+        ignored.append(shown)
+        log.report(DataIssue(f"image folder {shown} has no row in the CSV",
+                             "add the patient's row to the CSV or move the folder away",
+                             file=printable(folders[name]), patient_id=shown))
+    return Cohort(layout.csv, patients, log.issues, reference_date, ignored)
 
 
 @dataclass

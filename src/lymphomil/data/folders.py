@@ -121,9 +121,10 @@ def printable(name: str | Path) -> str:
     return os.fsencode(name).decode("utf-8", "backslashreplace")
 
 
-def list_images(folder: Path, patient_id: str, log: IssueLog,
-                check: bool = True, pool: Any = None) -> ImagePaths:
-    """The patient's JPEGs sorted by name; hidden files ignored, anything else reported.
+def list_images(folder: Path, patient_id: str, log: IssueLog, check: bool = True,
+                pool: Any = None, suffixes: tuple[str, ...] = IMAGE_SUFFIXES) -> ImagePaths:
+    """The patient's images (``suffixes``: the challenge's JPEGs, or a lab's export's kinds)
+    sorted by name; hidden files ignored, anything else reported.
 
     Every entry's kind is checked from the directory listing (no open, no extra system call
     for a plain file): a named pipe, a device or a link loop named ``x.jpg`` is refused even
@@ -153,9 +154,10 @@ def list_images(folder: Path, patient_id: str, log: IssueLog,
                                  "move it out of the patient's folder", file=str(path),
                                  patient_id=patient_id))
             continue
-        if os.path.splitext(name)[1].lower() not in IMAGE_SUFFIXES:
-            log.report(DataIssue(f"not a .jpg file ({name!r})",
-                                 "keep only the patient's cell images (.jpg) in the folder",
+        if os.path.splitext(name)[1].lower() not in suffixes:
+            kinds = ", ".join(suffixes[::2] if suffixes == IMAGE_SUFFIXES else suffixes)
+            log.report(DataIssue(f"not a {kinds} file ({name!r})",
+                                 f"keep only the patient's cell images ({kinds}) in the folder",
                                  file=str(path), patient_id=patient_id))
             continue
         problem = link_problem(path) if entry.is_symlink() else None

@@ -16,6 +16,10 @@ whichever command meets it first.
   a file cut short with its end marker put back ("premature end of data segment"), bytes
   overwritten mid-stream — as warnings and would otherwise fill the rest with grey; here a
   warning is an error. Data after the end-of-image marker is fine (libjpeg stops there).
+* **As a viewer shows it**: the EXIF orientation and a colour profile are applied, and what
+  viewers would show differently (transparency, 16 bits, several frames) is refused
+  (:mod:`lymphomil.data.display`). A lab's export may hold PNG and TIFF files too
+  (:data:`KIND_OF_SUFFIX`); a file's bytes must be the kind its name says.
 """
 
 from __future__ import annotations
@@ -30,6 +34,12 @@ from typing import Iterator
 
 import numpy as np
 
+from lymphomil.data.display import (
+    ImageProblem,
+    displayed_jpeg,
+    displayed_pillow,
+    jpeg_display_markers,
+)
 from lymphomil.outputs import atomic_write_text, cache_root
 
 MAX_IMAGE_SIDE = 4096  # larger images are refused (decompression bombs)
@@ -38,6 +48,9 @@ MAX_ASPECT = 4.0  # longer side / shorter side; the challenge's images are squar
 MAX_FILE_BYTES = 64 << 20  # a cell image is ~10 KiB; a file this large is not one
 JPEG_MAGIC = b"\xff\xd8\xff"
 PNG_MAGIC = b"\x89PNG"
+#: an image file's kind by its name (the challenge layout lists .jpg/.jpeg only)
+KIND_OF_SUFFIX = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".tif": "TIFF",
+                  ".tiff": "TIFF"}
 
 _NOT_REGULAR = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISCHR, "a character device"),
                 (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"),
@@ -45,10 +58,6 @@ _NOT_REGULAR = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISCHR, "a charac
 
 #: libjpeg's messages for a colour space TurboJPEG cannot convert (Pillow decodes those)
 _CMYK = ("CMYK", "YCCK")
-
-
-class ImageProblem(ValueError):
-    """Why bytes or a file are not a usable cell image (the text follows 'image ...')."""
 
 
 def _kind_of(mode: int) -> str | None:
@@ -114,15 +123,36 @@ def geometry_problem(width: int, height: int) -> str | None:
     return None
 
 
+def kind_of_bytes(data: bytes | bytearray) -> str | None:
+    """"JPEG", "PNG" or "TIFF" by the first bytes, or None."""
+    if data[:3] == JPEG_MAGIC:
+        return "JPEG"
+    if data[:4] == PNG_MAGIC:
+        return "PNG"
+    if data[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        return "TIFF"
+    return None
+
+
+def kind_problem_of(data: bytes | bytearray, expected: str) -> str | None:
+    """Why ``data`` is not an image of the ``expected`` kind (its name's), or None."""
+    if not data:
+        return "is an empty (zero-byte) file"
+    found = kind_of_bytes(data)
+    if found == expected:
+        return None
+    article = {"JPEG": "a JPEG", "PNG": "a PNG", "TIFF": "a TIFF"}
+    shown = article.get(found or "", f"not {article[expected]}")
+    return f"is {shown} file despite its name"
+
+
 def jpeg_header(data: bytes | bytearray) -> tuple[int, int, str]:
     """(width, height, colour space) of JPEG bytes; :class:`ImageProblem` when unreadable."""
     import simplejpeg
 
-    if not data:
-        raise ImageProblem("is an empty (zero-byte) file")
-    if data[:3] != JPEG_MAGIC:
-        kind = "a PNG" if data[:4] == PNG_MAGIC else "not a JPEG"
-        raise ImageProblem(f"is {kind} file despite its name")
+    problem = kind_problem_of(data, "JPEG")
+    if problem:
+        raise ImageProblem(problem)
     try:
         height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data)
     except ValueError as exc:
@@ -141,43 +171,64 @@ def needs_pillow(colorspace: str) -> bool:
 
 
 def decode_jpeg_strict(data: bytes | bytearray, colorspace: str) -> np.ndarray:
-    """JPEG bytes -> (H, W, 3) uint8 RGB; libjpeg's corrupt-data warnings raise
-    :class:`ImageProblem`. ``colorspace`` from :func:`jpeg_header` (CMYK goes to Pillow)."""
+    """JPEG bytes -> (H, W, 3) uint8 RGB as a viewer shows them; libjpeg's corrupt-data
+    warnings raise :class:`ImageProblem`. ``colorspace`` from :func:`jpeg_header` (CMYK goes
+    to Pillow). A header with EXIF or a colour profile: :mod:`lymphomil.data.display`."""
     if needs_pillow(colorspace):
-        return _decode_pillow(data)
+        return displayed_pillow(data)
     import simplejpeg
 
     try:
-        return simplejpeg.decode_jpeg(data, "RGB", strict=True)
+        samples = simplejpeg.decode_jpeg(data, "RGB", strict=True)
     except ValueError as exc:
         raise ImageProblem(f"is a damaged JPEG ({_libjpeg(exc)})") from None
+    return displayed_jpeg(samples, data) if jpeg_display_markers(data) else samples
 
 
-def _decode_pillow(data: bytes | bytearray) -> np.ndarray:
+def decode_displayed(data: bytes | bytearray, kind: str | None = "JPEG") -> np.ndarray:
+    """An image file's bytes (of the ``kind`` its name says; None: any kind Pillow reads) ->
+    (H, W, 3) uint8 RGB as a viewer shows them, after the checks of :func:`bytes_problem`;
+    :class:`ImageProblem` otherwise."""
+    if kind == "JPEG":
+        width, height, colorspace = jpeg_header(data)
+        problem = geometry_problem(width, height)
+        if problem:
+            raise ImageProblem(problem)
+        return decode_jpeg_strict(data, colorspace)
+    problem = (kind_problem_of(data, kind) if kind else None) or _pillow_geometry_problem(data)
+    if problem:
+        raise ImageProblem(problem)
+    return displayed_pillow(data)
+
+
+def _pillow_geometry_problem(data: bytes | bytearray) -> str | None:
+    """The geometry check from a PNG's or TIFF's header (Pillow parses only the header)."""
     import io
 
     from PIL import Image
 
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            image.load()
-            return np.array(image.convert("RGB"))  # writable: torch shares it
+        with Image.open(io.BytesIO(data)) as header:
+            return geometry_problem(*header.size)
     except Image.DecompressionBombError:
-        raise ImageProblem("is too large to decode safely (decompression bomb)") from None
+        return "is too large to decode safely (decompression bomb)"
     except Exception as exc:  # Pillow raises many types for broken files
-        raise ImageProblem(f"is not a readable JPEG ({type(exc).__name__}: {exc})") from None
+        return f"is not a readable image ({type(exc).__name__}: {exc})"
 
 
-def bytes_problem(data: bytes | bytearray, decode: bool = True) -> str | None:
-    """Why encoded bytes are not a usable cell image (header, geometry, and a strict decode
-    when ``decode``), or ``None``."""
+def bytes_problem(data: bytes | bytearray, decode: bool = True, kind: str = "JPEG"
+                  ) -> str | None:
+    """Why encoded bytes are not a usable cell image of ``kind`` (header, geometry, and with
+    ``decode`` a strict decode as a viewer shows it), or ``None``."""
     try:
-        width, height, colorspace = jpeg_header(data)
-        problem = geometry_problem(width, height)
-        if problem:
-            return problem
         if decode:
-            decode_jpeg_strict(data, colorspace)
+            decode_displayed(data, kind)
+        elif kind == "JPEG":
+            problem = geometry_problem(*jpeg_header(data)[:2])
+            if problem:
+                return problem
+        else:
+            return kind_problem_of(data, kind) or _pillow_geometry_problem(data)
     except ImageProblem as exc:
         return str(exc)
     return None
@@ -221,13 +272,15 @@ def _memo() -> dict[str, tuple[int, ...]]:
             _MEMO = {str(k): tuple(int(x) for x in v[:4]) for k, v in entries.items()
                      if len(v) == 4}
         except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError,
-                OverflowError, RecursionError):
-            _MEMO = {}  # none yet, or damaged (an infinite size, say): decode again
+                RecursionError, OverflowError):  # OverflowError: int(inf)
+            _MEMO = {}  # none yet, or damaged: decode again
     return _MEMO
 
 
-#: what a verdict depends on: the bounds and the decoder
-_CHECKS = f"sides {MIN_IMAGE_SIDE}-{MAX_IMAGE_SIDE}, aspect {MAX_ASPECT:g}, simplejpeg strict"
+#: what a verdict depends on: the bounds and the decoder (and since issue 32: the image as a
+#: viewer shows it, PNG and TIFF)
+_CHECKS = (f"sides {MIN_IMAGE_SIDE}-{MAX_IMAGE_SIDE}, aspect {MAX_ASPECT:g}, simplejpeg strict, "
+           "displayed v1")
 
 
 def save_memo() -> None:
@@ -298,7 +351,8 @@ def image_problem(path: str | Path, decode: bool = True) -> str | None:
         data = read_image_file(key)
     except ImageProblem as exc:
         return str(exc)
-    problem = bytes_problem(data, decode)
+    kind = KIND_OF_SUFFIX.get(os.path.splitext(key)[1].lower(), "JPEG")
+    problem = bytes_problem(data, decode, kind)
     if decode or problem is not None:
         _CHECKED[key] = (*state, problem)
         if decode and problem is None:

@@ -10,11 +10,14 @@ from pathlib import Path
 from typing import Any
 
 from lymphomil.data.table import (
+    COL_AGE,
     COL_COUNT,
     COL_DOB,
+    COL_FOLDER,
     COL_GENDER,
     COL_ID,
     COL_LABEL,
+    NUMERIC_COLUMNS,
     ROOT_CSV,
     TEST_CSV,
     TRAIN_CSV,
@@ -75,29 +78,46 @@ def parse_label(text: str) -> int:
     return int(float(value))
 
 
-def parse_count(text: str) -> float:
+def _number(text: str, noun: str) -> float:
+    """A number as a person writes it in a CSV (:data:`_NUMBER`), finite and positive."""
     value = text.strip()
     if not value:
-        raise ValueError("the lymphocyte count is empty")
+        raise ValueError(f"the {noun} is empty")
     if value.lower().lstrip("+-") in ("inf", "infinity", "nan"):
-        raise ValueError(f"lymphocyte count {text!r} must be a positive number")
+        raise ValueError(f"{noun} {text!r} must be a positive number")
     if value.startswith("-") and _NUMBER.match(value[1:]):
-        raise ValueError(f"lymphocyte count {text!r} must be a positive number")
+        raise ValueError(f"{noun} {text!r} must be a positive number")
     if not _NUMBER.match(value):
         hint = ""
         if "," in value:
             hint = " (a decimal comma or a thousands separator: write 4.74, not 4,74)"
         elif "_" in value:
             hint = " ('_' is not allowed in a number)"
-        raise ValueError(f"lymphocyte count {text!r} is not a number{hint}")
+        raise ValueError(f"{noun} {text!r} is not a number{hint}")
     number = float(value)
     if not math.isfinite(number) or number <= 0:
-        raise ValueError(f"lymphocyte count {text!r} must be a positive number")
+        raise ValueError(f"{noun} {text!r} must be a positive number")
+    return number
+
+
+def parse_count(text: str) -> float:
+    number = _number(text, "lymphocyte count")
     if number > MAX_COUNT:
-        raise ValueError(f"lymphocyte count {text!r} is implausible (above {MAX_COUNT:g} x10^9/L)")
+        per_microlitre = ("; a count in cells per microlitre? 10^9/L is that divided by 1000"
+                          if number <= 1e6 else "")
+        raise ValueError(f"lymphocyte count {text!r} is implausible (above {MAX_COUNT:g} "
+                         f"x10^9/L){per_microlitre}")
     if number < MIN_COUNT:
         raise ValueError(f"lymphocyte count {text!r} is implausible (below {MIN_COUNT:g} x10^9/L)")
     return number
+
+
+def parse_age(text: str) -> float:
+    """An age in years (a plain layout's AGE column, in place of the date of birth)."""
+    number = _number(text, "age")
+    if number > MAX_AGE:
+        raise ValueError(f"age {text!r} is implausible (above {MAX_AGE} years)")
+    return round(number, 2)
 
 
 def check_id(text: str) -> str:
@@ -126,28 +146,129 @@ def _field(name: str, parse: Any, text: str) -> Any:
         raise FieldError(name, str(exc)) from None
 
 
-def patient_from_row(row: Row, reference: date) -> tuple[str, int, str, date, float, float]:
-    """Validate one CSV row; raise :class:`FieldError` (a ValueError) naming the bad field."""
+def patient_from_row(row: Row, reference: date, *, plain: bool = False
+                     ) -> tuple[str, int, str, date | None, float, float]:
+    """Validate one CSV row; raise :class:`FieldError` (a ValueError) naming the bad field.
+
+    ``plain``: a lab's own export (:mod:`lymphomil.data.plain`): the label may be absent or
+    empty (unknown), and an AGE column may stand in for the date of birth (``dob`` is then
+    None)."""
     if row.n_header and row.n_fields != row.n_header:
         more = row.n_fields > row.n_header
         raise FieldError("fields", f"the row has {row.n_fields} fields, the header "
                                    f"{row.n_header}" + (" (a decimal comma such as 4,74, or a "
                                                         "comma inside an unquoted value?)"
                                                         if more else " (a value is missing)"))
+    split = split_number(row)
+    if split is not None:
+        raise split
     patient_id = _field("ID", check_id, row.values[COL_ID])
-    label = _field("label", parse_label, row.values[COL_LABEL])
+    label_text = row.values.get(COL_LABEL, "")
+    if plain and not label_text.strip():
+        label = -1  # a lab's patient to predict
+    else:
+        label = _field("label", parse_label, label_text)
     gender = _field("gender", parse_gender, row.values[COL_GENDER])
-    dob = _field("date", parse_dob, row.values[COL_DOB])
-    if dob > reference:
-        raise FieldError("date", f"date of birth {row.values[COL_DOB]!r} is after the reference "
-                                 f"date {reference.isoformat()}")
-    age = age_at(dob, reference)
-    if age > MAX_AGE:
-        raise FieldError("date", f"date of birth {row.values[COL_DOB]!r} is implausibly early "
-                                 f"(age {age:.0f} at the reference date {reference.isoformat()}; "
-                                 f"the limit is {MAX_AGE} years)")
+    dob: date | None = None
+    if COL_DOB in row.values:
+        dob = _field("date", parse_dob, row.values[COL_DOB])
+        if dob > reference:
+            raise FieldError("date", f"date of birth {row.values[COL_DOB]!r} is after the "
+                                     f"reference date {reference.isoformat()}")
+        age = age_at(dob, reference)
+        if age > MAX_AGE:
+            raise FieldError("date", f"date of birth {row.values[COL_DOB]!r} is implausibly "
+                                     f"early (age {age:.0f} at the reference date "
+                                     f"{reference.isoformat()}; the limit is {MAX_AGE} years)")
+    else:
+        age = _field("age", parse_age, row.values[COL_AGE])
     count = _field("count", parse_count, row.values[COL_COUNT])
     return patient_id, label, gender, dob, age, count
+
+
+#: two fields that an unquoted decimal comma or thousands separator may have made of one
+#: number: ``5,35``, ``1,200`` / ``1,200.5``, ``1.200,5``
+_SPLIT_NUMBER = re.compile(r"^(?:\d+,\d+|\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d{1,3}(?:\.\d{3})+,\d+)$",
+                           re.ASCII)
+
+
+def _readings(text: str) -> list[str]:
+    """The numbers ``text`` may mean: ``5,35`` -> 5.35; ``1,200`` -> 1.200 or 1200;
+    ``1,200.5`` -> 1200.5; ``1.200,5`` -> 1200.5."""
+    if "." in text:
+        if text.rindex(",") > text.rindex("."):
+            return [text.replace(".", "").replace(",", ".")]
+        return [text.replace(",", "")]
+    decimal = text.replace(",", ".")
+    if re.fullmatch(r"\d{1,3}(?:,\d{3})+", text):
+        return [decimal, text.replace(",", "")] if text.count(",") == 1 else [text.replace(",", "")]
+    return [decimal]
+
+
+def _folder_name(text: str) -> str:
+    if not text.strip():
+        raise ValueError("the image folder is empty")
+    return text.strip()
+
+
+#: how each column read is checked when the row is read the other way (shifted by a field)
+_PARSERS = {COL_ID: check_id, COL_LABEL: parse_label, COL_GENDER: parse_gender,
+            COL_DOB: parse_dob, COL_COUNT: parse_count, COL_AGE: parse_age,
+            COL_FOLDER: _folder_name}
+
+
+def _valid(parse: Any, texts: list[str]) -> bool:
+    for text in texts:
+        try:
+            parse(text)
+            return True
+        except ValueError:
+            continue
+    return False
+
+
+def split_number(row: Row) -> FieldError | None:
+    """The row read two ways when its field count cannot tell: a number split in two by an
+    unquoted decimal comma or thousands separator (``5,35``) adds a field, and a trailing
+    column left empty (a comment column a spreadsheet writes only when filled) takes one away.
+    When the other reading — the two fields one number, every later value one column to the
+    left, the last column empty — is also a valid row, the row is refused naming both fields:
+    a number must never be read as a different one."""
+    if not row.fields or row.n_fields != row.n_header:
+        return None
+    placed = dict(row.columns)
+    at = {position: column for column, position in placed.items()}
+    last = row.n_header - 1
+    if last in at:  # the other reading would leave a column read empty: the row is short
+        return None
+    fields = [f.strip() for f in row.fields]
+    for i in range(last):
+        merged = f"{fields[i]},{fields[i + 1]}"
+        if not _SPLIT_NUMBER.match(merged):
+            continue
+        column = at.get(i)
+        later = sorted((p, c) for c, p in placed.items() if p > i)
+        if column is None and not later:
+            continue  # only columns lymphomil does not read would move
+        if column is not None and column not in NUMERIC_COLUMNS:
+            continue  # a label or an ID is no number with decimals
+        if column is not None and not _valid(_PARSERS[column], _readings(merged)):
+            continue  # the other reading is not a valid row: this one stands
+        if not all(_valid(_PARSERS[c], [fields[p + 1]]) for p, c in later):
+            continue
+        if column is not None:
+            noun = "lymphocyte count" if column == COL_COUNT else "age"
+            return FieldError("split", f"{noun} {fields[i]!r} is followed by {fields[i + 1]!r} "
+                                       f"in {row.where(i + 1)}: an unquoted decimal comma or "
+                                       f"thousands separator ({merged}) would be read as "
+                                       f"{fields[i]}, not {' or '.join(_readings(merged))}")
+        p, c = later[0]
+        return FieldError("split", f"{row.where(i)} holds {fields[i]!r} followed by "
+                                   f"{fields[i + 1]!r}: an unquoted decimal comma or thousands "
+                                   f"separator ({merged}) would move every later value one "
+                                   f"column right, and {row.where(p)} would be read as "
+                                   f"{fields[p]!r}, not {fields[p + 1]!r}")
+    return None
 
 
 _FIXES = {
@@ -158,12 +279,16 @@ _FIXES = {
     "count": "give the lymphocyte count in 10^9 cells/L as a positive number (e.g. 12.4)",
     "fields": "give every row as many comma-separated fields as the header (write decimals "
               "with a point: 4.74; quote a value that holds a comma)",
+    "split": "write numbers with a decimal point and no thousands separator (5.35, 1200), or "
+             "quote a value that holds a comma; a whole number next to a separate number: "
+             "write it with a point (5.0)",
+    "age": "give the age in years as a number (e.g. 72 or 72.5)",
 }
 
 
 #: FieldError.field -> the CSV column it comes from
 COLUMN_OF = {"ID": COL_ID, "label": COL_LABEL, "gender": COL_GENDER, "date": COL_DOB,
-              "count": COL_COUNT}
+             "count": COL_COUNT, "age": COL_AGE}
 
 
 def fix_for(exc: ValueError) -> str:

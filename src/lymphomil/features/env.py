@@ -16,8 +16,9 @@ from lymphomil.runtime.errors import LymphomilError
 PRECISIONS = ("auto", "bf16", "fp32")
 #: the image decoder (part of the feature cache key): libjpeg-turbo through simplejpeg, strict
 #: (corrupt data is an error), Pillow for CMYK and non-JPEGs (pixel-identical on the challenge's
-#: JPEGs to the former torchvision op)
-DECODER = "simplejpeg-strict+pil-fallback"
+#: JPEGs to the former torchvision op); "+displayed" (issue 32): the EXIF orientation and a
+#: colour profile applied as a viewer shows them (lymphomil.data.display)
+DECODER = "simplejpeg-strict+pil-fallback+displayed"
 #: libraries whose versions can change the numbers (the feature cache key names each; the Ray
 #: nodes must match the driver's). timm builds no backbone any more; it stays in the list, read
 #: "absent", so the keys of the core backbones' caches are the ones they were

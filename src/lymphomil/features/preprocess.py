@@ -16,7 +16,6 @@ images that are not JPEGs.
 
 from __future__ import annotations
 
-import io
 import os
 from pathlib import Path
 from typing import Callable
@@ -24,12 +23,11 @@ from typing import Callable
 import torch
 
 from lymphomil.data.images import (
-    JPEG_MAGIC,
-    MAX_IMAGE_SIDE,
+    KIND_OF_SUFFIX,
     ImageProblem,
-    decode_jpeg_strict,
-    geometry_problem,
-    jpeg_header,
+    decode_displayed,
+    kind_of_bytes,
+    kind_problem_of,
     read_image_file,
 )
 from lymphomil.features.env import DECODER  # noqa: F401  (the cache key names the decoder)
@@ -42,21 +40,6 @@ FLIP_VIEWS = ("none", "h", "v", "hv")  # the flips: identity, horizontal, vertic
 #: "th"/"tv" are the two 90-degree rotations, "t"/"thv" the two diagonal reflections
 TTA_VIEWS = FLIP_VIEWS + ("t", "th", "tv", "thv")
 _FLIP_DIMS = {"none": (), "h": (-1,), "v": (-2,), "hv": (-2, -1)}
-_JPEG_MAGIC = b"\xff\xd8\xff"
-
-
-def _decode_pil(data: bytes, path: str | Path) -> torch.Tensor:
-    from PIL import Image
-
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            image = image.convert("RGB")  # grayscale, RGBA, CMYK, palette -> RGB
-            array = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8)
-            return array.view(image.height, image.width, 3).permute(2, 0, 1).contiguous()
-    except Exception as exc:  # Pillow raises many types for broken files
-        raise LymphomilError(f"cannot decode the image ({type(exc).__name__}: {exc})", file=path,
-                             fix="replace or remove the broken file, or run with --on-error skip"
-                             ) from None
 
 
 _SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # frame headers (not DHT/JPG/DAC)
@@ -93,54 +76,22 @@ def jpeg_size(data: bytes | bytearray) -> tuple[int, int] | None:
     return None
 
 
-def _image_size(data: bytes | bytearray) -> tuple[int, int] | None:
-    """(width, height) from the header only: the JPEG markers, else Pillow's parser."""
-    size = jpeg_size(data) if data[:3] == _JPEG_MAGIC else None
-    if size is not None:
-        return size
-    from PIL import Image
-
-    try:
-        with Image.open(io.BytesIO(data)) as header:
-            return header.size
-    except Image.DecompressionBombError:
-        return (MAX_IMAGE_SIDE + 1, MAX_IMAGE_SIDE + 1)
-    except Exception:  # not an image PIL knows: the decoders below give the clear error
-        return None
-
-
-def _refuse_huge(data: bytes | bytearray, path: str | Path) -> None:
-    """Read the header only: a tiny file may claim 30000x30000 pixels (a decompression bomb)."""
-
-    size = _image_size(data)
-    problem = geometry_problem(*size) if size is not None else None
-    if problem:
-        raise LymphomilError(f"image {problem}", file=path, fix=_IMAGE_FIX)
-
-
 _IMAGE_FIX = "replace or remove this image (or run with --on-error skip to leave it out)"
 
 
 def decode_bytes(data: bytes | bytearray, path: str | Path = "<bytes>") -> torch.Tensor:
-    """Encoded image bytes -> (3, 224, 224) uint8 RGB (see :func:`decode_image`).
+    """Encoded image bytes -> (3, 224, 224) uint8 RGB as a viewer shows them (see
+    :func:`decode_image`; :func:`lymphomil.data.images.decode_displayed`).
 
     A JPEG is decoded once, strictly: a damaged one raises a :class:`LymphomilError` naming
     ``path`` (the message the cohort loader gives for the same file)."""
     if not data:
         raise LymphomilError("image is an empty (zero-byte) file", file=path, fix=_IMAGE_FIX)
-    if data[:3] == _JPEG_MAGIC:
-        try:
-            width, height, colorspace = jpeg_header(data)
-            problem = geometry_problem(width, height)
-            if problem:
-                raise ImageProblem(problem)
-            array = decode_jpeg_strict(data, colorspace)  # (H, W, 3) uint8
-        except ImageProblem as exc:
-            raise LymphomilError(f"image {exc}", file=path, fix=_IMAGE_FIX) from None
-        image = torch.from_numpy(array).permute(2, 0, 1)  # (3, H, W) view of HWC memory
-    else:
-        _refuse_huge(data, path)
-        image = _decode_pil(data, path)
+    try:
+        array = decode_displayed(data, kind_of_bytes(data))  # (H, W, 3) uint8
+    except ImageProblem as exc:
+        raise LymphomilError(f"image {exc}", file=path, fix=_IMAGE_FIX) from None
+    image = torch.from_numpy(array).permute(2, 0, 1)  # (3, H, W) view of HWC memory
     if image.shape[-2:] != (IMAGE_SIZE, IMAGE_SIZE):
         image = resize_uint8(image, IMAGE_SIZE)  # (3, 224, 224)
     return image
@@ -182,9 +133,10 @@ def decode_image(path: str | Path) -> torch.Tensor:
         data = read_image_file(path)
     except ImageProblem as exc:
         raise LymphomilError(f"image {exc}", file=path, fix=_IMAGE_FIX) from None
-    if data and data[:3] != JPEG_MAGIC and os.path.splitext(path)[1].lower() in (".jpg", ".jpeg"):
-        kind = "a PNG" if data[:4] == b"\x89PNG" else "not a JPEG"
-        raise LymphomilError(f"image is {kind} file despite its name", file=path, fix=_IMAGE_FIX)
+    named = KIND_OF_SUFFIX.get(os.path.splitext(path)[1].lower())
+    problem = kind_problem_of(data, named) if named and data else None
+    if problem:
+        raise LymphomilError(f"image {problem}", file=path, fix=_IMAGE_FIX)
     return decode_bytes(data, path)
 
 

@@ -38,7 +38,7 @@ from lymphomil.evaluation import cvcache
 from lymphomil.features import attach_store
 from lymphomil.features.cache import FeatureCache, feature_root, shared_cache
 from lymphomil.models.base import PatientModel, encode_param, library_versions
-from lymphomil.outputs import cache_root, cv_cache, read_json, staged_dir, verify_dir
+from lymphomil.outputs import cache_root, cv_cache, dumps_json, read_json, staged_dir, verify_dir
 from lymphomil.report.explore import explore
 from lymphomil.runtime.engine import Engine
 from lymphomil.runtime.environment import package_versions
@@ -142,8 +142,8 @@ def cached_explore(cohort: Any, out_dir: Path, cache_dir: str | Path | None = No
 
     def fill(staging: Path) -> None:
         shutil.copytree(out_dir, staging / "files")
-        (staging / SUMMARY_JSON).write_text(json.dumps(
-            {**summary, "files": sorted(summary["files"])}, sort_keys=True))
+        (staging / SUMMARY_JSON).write_text(dumps_json(
+            {**summary, "files": sorted(summary["files"])}))
 
     _store(entry, fill)
     return summary

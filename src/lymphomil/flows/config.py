@@ -6,6 +6,7 @@ is in that file, and nothing in it depends on the calendar or the machine.
 
 from __future__ import annotations
 
+import json
 import os
 import tomllib
 from datetime import date
@@ -41,7 +42,12 @@ class RunConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    data: Path | None = Field(None, description="challenge-layout folder; none = synthetic cohort")
+    data: Path | None = Field(None, description="challenge-layout folder, or a lab's CSV of "
+                                                "patients; none = synthetic cohort")
+    images: Path | None = Field(None, description="with a CSV as data: the folder of one image "
+                                                  "folder per patient (default: the CSV's)")
+    columns: dict[str, str] | None = Field(None, description="with a CSV as data: its column "
+                                                             "names, e.g. {id = 'Patient'}")
     synthetic_patients: int = Field(RUN_DEFAULTS["synthetic_patients"], ge=8, le=100_000)
     synthetic_seed: int = Field(RUN_DEFAULTS["synthetic_seed"], ge=0)
     candidates: list[str] = Field(default_factory=lambda: list(DEFAULT_CANDIDATES))
@@ -94,7 +100,19 @@ class RunConfig(BaseModel):
         except LymphomilError as exc:
             raise ValueError(f"{exc.problem} ({exc.fix})") from None
 
-    @field_validator("data", "cache_dir", mode="before")
+    @field_validator("columns")
+    @classmethod
+    def _columns(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        from lymphomil.data.plain import read_columns  # deferred: the data layer (numpy)
+
+        if value is None:
+            return None
+        try:
+            return read_columns(value)[0]
+        except LymphomilError as exc:
+            raise ValueError(f"{exc.problem} ({exc.fix})") from None
+
+    @field_validator("data", "images", "cache_dir", mode="before")
     @classmethod
     def _paths(cls, value: Any, info: Any) -> Any:
         return expand_path(value, info.field_name) if isinstance(value, (str, Path)) else value
@@ -115,7 +133,7 @@ def _model_names(names: list[str], field_name: str) -> list[str]:
 
 
 #: the fields holding paths: relative ones in a config file are relative to that file's folder
-PATH_FIELDS = ("data", "cache_dir")
+PATH_FIELDS = ("data", "images", "cache_dir")
 
 
 def expand_path(value: str | Path, name: str) -> str:
@@ -206,8 +224,12 @@ def _toml_value(value: Any) -> str:
         return value.isoformat()
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    text = str(value).replace("\\", "\\\\").replace('"', '\\"')
-    return f'"{text}"'
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_toml_value(str(k))} = {_toml_value(v)}"
+                               for k, v in value.items()) + "}"
+    # a TOML basic string: JSON's escapes are TOML's (a newline or an escape in a path stays
+    # text, never a broken file)
+    return json.dumps(str(value), ensure_ascii=False)
 
 
 def to_toml(config: RunConfig) -> str:

@@ -23,8 +23,8 @@ from lymphomil.evaluation.metrics import balanced_accuracy, roc_auc
 from lymphomil.flows import options
 from lymphomil.flows.caches import attach_features
 from lymphomil.flows.train import Referral
-from lymphomil.models.base import PatientModel
-from lymphomil.models.schema import FIX, check_weights_unchanged, read_model_folder
+from lymphomil.models.base import PatientModel, load_model
+from lymphomil.models.schema import FIX
 from lymphomil.ood import load_ood_checks
 from lymphomil.outputs import atomic_write_text, dumps_json, remove_owned_file, write_owned_file
 from lymphomil.referral import Decision, load_rule, model_decisions
@@ -108,8 +108,8 @@ def predict_folder(model_dir: Path, data: Path, *, on_error: str = "raise",
     """Predict the patients of ``data`` that the rule ``patients`` names (:data:`PATIENT_RULES`;
     ``include_labelled`` = ``"all"``); the others are in ``not_predicted``, and the labels of
     predicted patients that carry one give ``metrics``."""
-    model, metadata = read_model_folder(model_dir)  # checksums, then a strict schema
-    check_weights_unchanged(model_dir, metadata)  # the same weights, hence the same features
+    model = load_model(model_dir)  # every file checked: models.base.load_model
+    metadata = model.metadata_
     reference = date.fromisoformat(metadata["reference_date"])
     cohort = load_cohort(data, reference_date=reference, on_error=on_error, cache_dir=cache_dir)
     targets, left = select_targets(cohort, "all" if include_labelled else patients)

@@ -22,6 +22,7 @@ import numpy as np
 from sklearn.base import clone
 
 from lymphomil.data.cohort import LabelledSet
+from lymphomil.data.plain import data_source
 from lymphomil.data.synth import synthetic_default
 from lymphomil.evaluation.crossval import CVResult, choose_model
 from lymphomil.evaluation.uncertainty import N_REFITS, cached_refit_probas, refit_spread
@@ -86,8 +87,11 @@ def run_pipeline(config: RunConfig, out: Path,
     try:
         with staged_dir(out, "run") as staging:
             with clock("validate and explore", "validate + explore"):
-                # the folds checked against the classes before any feature is computed
-                labelled = load_labelled(data, reference_date=config.reference_date,
+                # a lab's own export (plain layout) read as its columns and images say; the
+                # folds checked against the classes before any feature is computed
+                source = (data_source(data, config.images, config.columns)
+                          if config.data is not None else data)
+                labelled = load_labelled(source, reference_date=config.reference_date,
                                          on_error=config.on_error, cache_dir=cache_dir,
                                          folds=config.folds, folds_option="folds")
                 cohort = labelled.cohort

@@ -26,21 +26,23 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 import lymphomil
 from lymphomil.data.cohort import DEFAULT_REFERENCE_DATE
 from lymphomil.features.spec import FeatureSpec
-from lymphomil.outputs import (
-    atomic_write_bytes,
-    atomic_write_json,
-    read_json,
-    staged_dir,
-    verify_dir,
+from lymphomil.features.weights import weights_digest
+from lymphomil.models.schema import (
+    ARRAYS,
+    FIX,
+    FORMAT_VERSION,
+    METADATA_JSON,
+    MODEL_JSON,
+    Registry,
+    check_features,
+    check_model_folder,
+    check_weights_unchanged,
 )
+from lymphomil.outputs import atomic_write_bytes, atomic_write_json, read_json, staged_dir
 from lymphomil.runtime.environment import package_versions, source_digest
 from lymphomil.runtime.errors import LymphomilError
 
-MODEL_JSON = "model.json"
-ARRAYS = "arrays.safetensors"
 #: what the folder's model was trained on and for (read by `lymphomil predict` and `run`)
-METADATA_JSON = "metadata.json"
-FORMAT_VERSION = 1
 
 _CLASSES: dict[str, type["PatientModel"]] = {}
 _MODELS: dict[str, tuple[Callable[..., "PatientModel"], str]] = {}
@@ -361,10 +363,8 @@ class PatientModel(ClassifierMixin, BaseEstimator):
 
     @classmethod
     def load(cls, folder: str | Path) -> "PatientModel":
-        """Load a folder written by :meth:`save`; refuses tampered or incomplete folders."""
-        folder = Path(folder)
-        verify_dir(folder, "model")
-        model = _load_from(folder)
+        """Load a folder written by :meth:`save` through :func:`load_model` (every check)."""
+        model = load_model(folder)
         if not isinstance(model, cls):
             raise LymphomilError(f"the folder holds a {type(model).__name__}, not a {cls.__name__}",
                                  file=folder)
@@ -373,10 +373,6 @@ class PatientModel(ClassifierMixin, BaseEstimator):
 
 def _weights_sha256(spec: FeatureSpec) -> str | None:
     """The sha256 `predict` checks the backbone's weights against (None: random weights)."""
-    # deferred: features.weights reads the weight packages, which a model without features
-    # never needs (start-up of the commands that only load a model)
-    from lymphomil.features.weights import weights_digest
-
     if spec.weights == "none":
         return None
     try:
@@ -386,27 +382,56 @@ def _weights_sha256(spec: FeatureSpec) -> str | None:
 
 
 def _load_from(folder: Path) -> PatientModel:
+    """The model of a folder whose files :func:`check_model_folder` has checked."""
     from safetensors import SafetensorError
     from safetensors.numpy import load_file
 
     spec = read_json(folder / MODEL_JSON)
-    if spec.get("format") != FORMAT_VERSION:
-        raise LymphomilError(f"model format {spec.get('format')!r} is not {FORMAT_VERSION}",
-                             file=folder / MODEL_JSON, fix="re-train the model with this version")
     cls = model_class(spec["class"])
     model = cls(**decode_param(spec["params"]))
     try:
         arrays = load_file(str(folder / ARRAYS))
     except (SafetensorError, OSError, ValueError) as exc:
         raise LymphomilError(f"cannot read the model arrays ({exc})", file=folder / ARRAYS,
-                             fix="re-create the model with `lymphomil train`") from None
+                             fix=FIX) from None
     model._set_submodels({name: _load_from(folder / "sub" / name) for name in spec["submodels"]})
     model._set_state(spec["state"], arrays)
     return model._mark_fitted()
 
 
+def _defaults(class_name: str) -> dict[str, Any]:
+    return model_class(class_name)().get_params(deep=False)
+
+
+#: what a model folder may name, for its schema (models/schema.py imports nothing above it)
+_REGISTRY = Registry(known_classes, known_models, _defaults)
+
+
 def load_model(folder: str | Path) -> PatientModel:
-    return PatientModel.load(folder)
+    """The one reader of a model folder (``predict``, the Python API, ``run`` and its cache):
+    every file checked before any is used (checksums, the files a model folder holds, the
+    schema of metadata.json and of every model.json: :mod:`lymphomil.models.schema`), the
+    model built, its features compared with the metadata's and the backbone weights they were
+    trained on checked unchanged. ``model.metadata_`` holds metadata.json; anything wrong is a
+    :class:`LymphomilError` naming the file."""
+    folder = Path(folder)
+    metadata = check_model_folder(folder, _REGISTRY)
+    try:
+        model = _load_from(folder)
+    except LymphomilError as exc:
+        if exc.file is None:  # a model's own check (e.g. saved predictions not reproduced)
+            raise LymphomilError(exc.problem, file=folder / MODEL_JSON,
+                                 fix=exc.fix or FIX) from None
+        raise
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError, RuntimeError,
+            OverflowError, RecursionError) as exc:
+        raise LymphomilError(f"model.json does not describe a model lymphomil can load "
+                             f"({type(exc).__name__}: {exc})", file=folder / MODEL_JSON,
+                             fix=FIX) from None
+    check_features(folder, model, metadata)
+    check_weights_unchanged(folder, metadata)  # the same weights, hence the same features
+    model.metadata_ = metadata
+    return model
 
 
 def positive_proba(model: PatientModel, patients: np.ndarray) -> np.ndarray:

@@ -1,48 +1,75 @@
-"""A model folder read through a strict schema (pydantic): every field's type and range.
+"""A model folder checked before anything in it is used: every file, every field's type and range.
 
 ``checksums.json`` proves the files are the ones written, not that they make sense: a hand-edited
 model.json with its checksum recomputed must still be a clear error, never a crash deep inside
-a fit's state. :func:`read_model_folder` checks the checksums, then ``metadata.json`` and every
-``model.json`` (sub-models too) against the schema, then loads the model and checks that its
-feature specs are the ones the metadata names.
+a fit's state, and a folder's own files must never lead lymphomil outside it.
+:func:`check_model_folder` checks the checksums (every file listed, inside the folder, no link),
+that the folder holds the files a model folder has and no others, ``metadata.json`` and every
+``model.json`` (sub-models too) against the schema, and that the other JSON files are JSON
+objects; :func:`check_features` then compares the built model's features with the metadata's.
+:func:`lymphomil.models.base.load_model`, the one reader of a model folder, runs both; the
+registry of model names and classes is handed in (this module imports nothing above it).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Collection
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from lymphomil.data.reference_date import MAX_YEAR, MIN_YEAR
 from lymphomil.features.weights import known_backbones, weights_digest
-from lymphomil.models.base import (
-    METADATA_JSON,
-    known_classes,
-    known_models,
-    load_model,
-    model_class,
+from lymphomil.outputs import CHECKSUMS, read_json, verify_dir
+from lymphomil.runtime.errors import (
+    LymphomilError,
+    did_you_mean,
+    format_problem,
+    one_of,
+    plain_problems,
 )
-from lymphomil.outputs import read_json, verify_dir
-from lymphomil.runtime.errors import LymphomilError, one_of, plain_problems
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
 FIX = "re-create the model folder with `lymphomil train` (never edit it by hand)"
+MODEL_JSON, ARRAYS, METADATA_JSON = "model.json", "arrays.safetensors", "metadata.json"
+#: the model.json format this lymphomil reads and writes
+FORMAT_VERSION = 1
+#: the files `train` and `run` add beside a model, each read (and checked) by its own module:
+#: report/model_card.py, referral/rule.py, ood/folder.py
+COMPANIONS = ("model_card.json", "referral.json", "ood.json")
+
+
+@dataclass(frozen=True)
+class Registry:
+    """What a model folder may name: the model classes, the registered model names and a
+    class's default parameters (handed in by :mod:`lymphomil.models.base`)."""
+
+    classes: Callable[[], Collection[str]]
+    models: Callable[[], Collection[str]]
+    defaults: Callable[[str], dict[str, Any]]
 
 
 def _backbones() -> list[str]:
     return known_backbones()
 
 
-def _models() -> list[str]:
-    return known_models()
-
-
-def _classes() -> Collection[str]:
-    return known_classes()
+def _known(info: ValidationInfo, key: str, value: str, problem: str) -> str:
+    """``value`` checked against the registry in the validation context."""
+    choices = (info.context or {}).get(key)
+    if choices is not None and value not in choices:
+        raise ValueError(problem.format(value=value) + did_you_mean(value, choices))
+    return value
 
 
 class _Strict(BaseModel):
@@ -77,12 +104,18 @@ class MetadataSchema(BaseModel):
 
     #: the registered name and the training seed, when the model was trained under a name
     #: (`lymphomil train`, `run`); a model saved from Python without them has null
-    model_name: Annotated[str, one_of(_models, "{value!r} is not a registered model")] | None
+    model_name: str | None
     reference_date: str
     seed: int | None
     features: list[FeatureUse]
     training: TrainingSchema | None
     versions: dict[str, str]
+
+    @field_validator("model_name")
+    @classmethod
+    def _model(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return None if value is None else _known(info, "models", value,
+                                                 "{value!r} is not a registered model")
 
     @field_validator("reference_date")
     @classmethod
@@ -98,13 +131,17 @@ class MetadataSchema(BaseModel):
 
 class ModelJsonSchema(_Strict):
     format: Literal[1]
-    class_: Annotated[str, one_of(_classes, "{value!r} is not a lymphomil model class")] = Field(
-        alias="class")
+    class_: str = Field(alias="class")
     family: str
     params: dict[str, Any]
     state: dict[str, Any]
     submodels: list[str]
     versions: dict[str, str]
+
+    @field_validator("class_")
+    @classmethod
+    def _class(cls, value: str, info: ValidationInfo) -> str:
+        return _known(info, "classes", value, "{value!r} is not a lymphomil model class")
 
     @field_validator("submodels")
     @classmethod
@@ -115,23 +152,25 @@ class ModelJsonSchema(_Strict):
         return value
 
 
-def _problems(exc: ValidationError) -> str:
-    return plain_problems(exc)
-
-
-def _check(schema: type[BaseModel], path: Path) -> BaseModel:
+def _check(schema: type[BaseModel], path: Path, registry: Registry) -> BaseModel:
     data = read_json(path)
+    if schema is ModelJsonSchema and isinstance(data, dict):
+        problem = format_problem(data.get("format"), FORMAT_VERSION, "model folder")
+        if problem:
+            raise LymphomilError(f"model.json {problem[0]}", file=path, fix=problem[1])
+    context = {"classes": registry.classes(), "models": registry.models()}
     try:
-        return schema.model_validate(data)
+        return schema.model_validate(data, context=context)
     except ValidationError as exc:
-        raise LymphomilError(f"the file does not describe a valid model ({_problems(exc)})",
+        raise LymphomilError(f"the file does not describe a valid model ({plain_problems(exc)})",
                              file=path, fix=FIX) from None
 
 
-def _param_types(path: Path, class_name: str, params: dict[str, Any]) -> None:
+def _param_types(path: Path, class_name: str, params: dict[str, Any],
+                 registry: Registry) -> None:
     """Each saved hyper-parameter has the type of the class's default (an int stays an int)."""
     try:
-        defaults = model_class(class_name)().get_params(deep=False)
+        defaults = registry.defaults(class_name)
     except Exception:  # a class without defaults for every parameter: the load checks it
         return
     for name, value in params.items():
@@ -156,45 +195,52 @@ def _param_types(path: Path, class_name: str, params: dict[str, Any]) -> None:
                                  fix=FIX)
 
 
-def _check_tree(folder: Path, depth: int = 0) -> None:
+def _check_tree(folder: Path, registry: Registry, prefix: str = "", depth: int = 0) -> set[str]:
+    """Every model.json of the tree checked; the files the tree holds (relative paths)."""
     if depth > 8:
         raise LymphomilError("sub-models nest too deep", file=folder, fix=FIX)
-    parsed = _check(ModelJsonSchema, folder / "model.json")
-    _param_types(folder / "model.json", parsed.class_, parsed.params)  # type: ignore
+    parsed = _check(ModelJsonSchema, folder / MODEL_JSON, registry)
+    _param_types(folder / MODEL_JSON, parsed.class_, parsed.params, registry)  # type: ignore
+    files = {prefix + MODEL_JSON, prefix + ARRAYS}
     for name in parsed.submodels:  # type: ignore[attr-defined]
         sub = folder / "sub" / name
-        if not (sub / "model.json").is_file():
+        if not (sub / MODEL_JSON).is_file():
             raise LymphomilError(f"sub-model {name!r} is missing", file=sub, fix=FIX)
-        _check_tree(sub, depth + 1)
+        files |= _check_tree(sub, registry, f"{prefix}sub/{name}/", depth + 1)
+    return files
 
 
-def read_model_folder(folder: str | Path):
-    """(model, metadata dict) of a folder written by :meth:`PatientModel.save` (`lymphomil
-    train` and `run` save through it), checked strictly."""
+def check_model_folder(folder: str | Path, registry: Registry) -> dict:
+    """Everything in a model folder checked before any of it is used (see the module doc);
+    returns ``metadata.json``'s content."""
     folder = Path(folder)
-    verify_dir(folder, "model")
+    listed = verify_dir(folder, "model")  # every file listed, inside the folder, unchanged
     if not (folder / METADATA_JSON).is_file():
         raise LymphomilError("not a model folder (no metadata.json)", file=folder,
                              fix="give a folder written by `lymphomil train` or model.save()")
-    metadata = _check(MetadataSchema, folder / METADATA_JSON)
-    _check_tree(folder)
-    try:
-        model = load_model(folder)
-    except LymphomilError as exc:
-        if exc.file is None:  # a model's own check (e.g. saved predictions not reproduced)
-            raise LymphomilError(exc.problem, file=folder / "model.json",
-                                 fix=exc.fix or FIX) from None
-        raise
-    except (TypeError, ValueError, KeyError, IndexError, AttributeError, RuntimeError) as exc:
-        raise LymphomilError(f"model.json does not describe a model lymphomil can load "
-                             f"({type(exc).__name__}: {exc})", file=folder / "model.json",
-                             fix=FIX) from None
+    metadata = _check(MetadataSchema, folder / METADATA_JSON, registry)
+    expected = _check_tree(folder, registry) | {METADATA_JSON, *COMPANIONS}
+    unknown = sorted(set(listed) - expected)
+    if unknown:
+        raise LymphomilError(f"the model folder holds file(s) a model folder does not have: "
+                             f"{', '.join(unknown[:5])}", file=folder / unknown[0], fix=FIX)
+    missing = sorted(f for f in expected - set(COMPANIONS) if f not in listed)
+    if missing:
+        raise LymphomilError(f"model file {missing[0]} is not listed in {CHECKSUMS}",
+                             file=folder, fix=FIX)
+    for name in COMPANIONS:  # each read by its own module: a JSON object, at least
+        if name in listed and not isinstance(read_json(folder / name), dict):
+            raise LymphomilError("the file is not a JSON object", file=folder / name, fix=FIX)
+    return metadata.model_dump()
+
+
+def check_features(folder: str | Path, model: Any, metadata: dict) -> None:
+    """The features the built model reads are the ones ``metadata.json`` names."""
     wanted = sorted(_key((s.to_dict(), k)) for s, k in _required(model))
-    stated = sorted(_key((f.spec.model_dump(), f.kind)) for f in metadata.features)  # type: ignore
+    stated = sorted(_key((f["spec"], f["kind"])) for f in metadata["features"])
     if wanted != stated:
         raise LymphomilError("metadata.json names other features than the model's parameters "
-                             "(edited by hand?)", file=folder / "metadata.json", fix=FIX)
-    return model, metadata.model_dump()
+                             "(edited by hand?)", file=Path(folder) / METADATA_JSON, fix=FIX)
 
 
 def _required(model: Any) -> list:

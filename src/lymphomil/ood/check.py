@@ -3,7 +3,6 @@ thresholds), it scores each patient against them and says why in words a person 
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
@@ -30,8 +29,8 @@ from lymphomil.ood.stats import (
     save_stats_memo,
     summarise,
 )
-from lymphomil.outputs import atomic_write_text, read_json
-from lymphomil.runtime.errors import LymphomilError
+from lymphomil.outputs import atomic_write_text, dumps_json, read_json
+from lymphomil.runtime.errors import LymphomilError, format_problem
 
 DEFAULT_FEATURES = "resnet50-thin@112"  # what the default model (fusion-mean) reads
 
@@ -362,7 +361,7 @@ class OODCheck:
         """An :class:`OODCheck` from :meth:`to_dict`'s data; a clear error when it is invalid."""
         try:
             state = OODState.model_validate(dict(data))
-        except (ValidationError, TypeError) as exc:
+        except (ValidationError, TypeError, ValueError) as exc:  # dict(data) of a list
             first = exc.errors()[0] if isinstance(exc, ValidationError) else {"msg": str(exc)}
             where = ".".join(str(p) for p in first.get("loc", ())) or "top level"
             raise LymphomilError(f"{source} is invalid at {where}: {first['msg']}",
@@ -378,12 +377,21 @@ class OODCheck:
 
     def save(self, path: Any) -> None:
         """Write :meth:`to_dict` as compact JSON (~0.2 MB), atomically."""
-        atomic_write_text(path, json.dumps(self.to_dict(), separators=(",", ":")))
+        atomic_write_text(path, dumps_json(self.to_dict(), compact=True))  # strict JSON
 
     @classmethod
     def load(cls, path: Any, cache_dir: str | os.PathLike | None = None) -> OODCheck:
-        """The check :meth:`save` wrote; a clear error naming the file when it is invalid."""
-        return cls.from_dict(read_json(path), source=os.fspath(path), cache_dir=cache_dir)
+        """The check :meth:`save` wrote; a clear error naming the file when it is invalid (a
+        version other than this lymphomil's says which side is newer)."""
+        data = read_json(path)
+        problem = format_problem(data.get("version"), SCHEMA_VERSION, "model folder") if (
+            isinstance(data, dict)) else None
+        if problem:
+            raise LymphomilError(f"the OOD checks' file {problem[0]}", file=path, fix=problem[1])
+        try:
+            return cls.from_dict(data, source="the file", cache_dir=cache_dir)
+        except LymphomilError as exc:
+            raise LymphomilError(exc.problem, file=path, fix=exc.fix) from None
 
 
 # --------------------------------------------------------------------------- model folders

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from lymphomil.data.digests import image_digests
-from lymphomil.outputs import atomic_write_text, cache_root
+from lymphomil.outputs import atomic_write_text, cache_root, dumps_json
 
 #: the per-image statistics :func:`image_stats` returns, in order
 IMAGE_STATS = ("mean_r", "mean_g", "mean_b", "nucleus_r", "nucleus_g", "nucleus_b",
@@ -96,8 +96,8 @@ def save_stats_memo(cache_dir: str | os.PathLike | None = None) -> None:
     if not _MEMO_NEW.pop(path, 0):
         return
     try:
-        atomic_write_text(path, json.dumps({"stats": list(IMAGE_STATS),
-                                            "entries": _memo(path)}, separators=(",", ":")))
+        atomic_write_text(path, dumps_json({"stats": list(IMAGE_STATS),
+                                            "entries": _memo(path)}, compact=True))
     except OSError:
         pass
 

@@ -22,6 +22,7 @@ from lymphomil.outputs.files import (
                                      pid_alive,
                                      read_json,
                                      sha256_file,
+                                     strict,
                                      sweep_stale_temp_files,
                                      verify_dir,
                                      write_checksums,
@@ -62,6 +63,6 @@ __all__ = ["CACHE_PARTS", "CHECKSUMS", "DIR_MODE", "FILE_MODE", "KINDS", "OUTPUT
            "ensure_file_replaceable", "ensure_replaceable", "file_record_path", "folder_kind",
            "foreign_files", "output_lock", "owned_file", "read_json", "read_output_marker",
            "release_claims", "release_output_lock", "remove_owned_file", "sha256_file",
-           "staged_dir", "sweep_stale_staging", "sweep_stale_temp_files", "verify_dir",
+           "staged_dir", "strict", "sweep_stale_staging", "sweep_stale_temp_files", "verify_dir",
            "write_checksums", "write_output_marker", "write_owned_file", "host_name", "owner_tag",
            "pid_alive"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import re
 import socket
@@ -86,8 +87,28 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"cannot write {type(value).__name__} as JSON")
 
 
-def dumps_json(data: Any) -> str:
-    return json.dumps(data, indent=2, sort_keys=True, default=_json_default, allow_nan=True) + "\n"
+def strict(value: Any) -> Any:
+    """``value`` with every non-finite number (NaN, ±inf; numpy's too) as None: strict JSON
+    (RFC 8259) has no NaN, and other programs' readers refuse Python's bare ``NaN``."""
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: strict(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict(item) for item in value]
+    if isinstance(value, np.ndarray):
+        return strict(value.tolist())
+    return value
+
+
+def dumps_json(data: Any, compact: bool = False) -> str:
+    """Strict JSON text of ``data`` (a missing figure is ``null``, never ``NaN``): every JSON
+    file lymphomil writes goes through here; ``compact``: no indentation."""
+    if compact:
+        return json.dumps(strict(data), separators=(",", ":"), sort_keys=True,
+                          default=_json_default, allow_nan=False)
+    return json.dumps(strict(data), indent=2, sort_keys=True, default=_json_default,
+                      allow_nan=False) + "\n"
 
 
 def atomic_write_json(path: str | Path, data: Any) -> Path:
@@ -111,16 +132,45 @@ def read_json(path: str | Path) -> Any:
 def write_checksums(folder: str | Path) -> Path:
     """Record the sha256 of every file under ``folder`` (written last: its presence = complete)."""
     folder = Path(folder)
-    sums = {
-        str(p.relative_to(folder)): sha256_file(p)
-        for p in sorted(folder.rglob("*"))
-        if p.is_file() and p.name != CHECKSUMS and not p.name.startswith(".")
-    }
+    sums = {rel: sha256_file(folder / rel) for rel in sorted(listed_files(folder))}
     return atomic_write_json(folder / CHECKSUMS, sums)
 
 
-def verify_dir(folder: str | Path, what: str = "model") -> None:
-    """Refuse a folder that is incomplete or whose files changed since they were written."""
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def _listed_problem(folder: Path, name: str) -> str | None:
+    """Why a name in ``checksums.json`` is not a plain file inside ``folder`` (a relative path,
+    no '..', no symbolic link on the way), or None: a folder's own files must never lead
+    lymphomil outside it."""
+    parts = name.split("/")
+    if not name or name.startswith("/") or "\\" in name or "\0" in name or any(
+            part in ("", ".", "..") for part in parts):
+        return "is not a plain relative path inside the folder"
+    path = folder
+    for part in parts:
+        path = path / part
+        if path.is_symlink():
+            return "is (or lies below) a symbolic link"
+    if not path.is_file():
+        return None  # reported as missing
+    if not os.path.realpath(path).startswith(os.path.realpath(folder) + os.sep):
+        return "lies outside the folder"
+    return None
+
+
+def listed_files(folder: Path, links: bool = False) -> set[str]:
+    """The files :func:`write_checksums` lists in ``folder`` (relative, '/'-separated); with
+    ``links``, every symbolic link too (which a verified folder must not hold)."""
+    return {p.relative_to(folder).as_posix() for p in folder.rglob("*")
+            if (p.is_file() or (links and p.is_symlink())) and p.name != CHECKSUMS
+            and not p.name.startswith(".")}
+
+
+def verify_dir(folder: str | Path, what: str = "model") -> dict[str, str]:
+    """Refuse a folder that is incomplete, whose files changed since they were written, whose
+    ``checksums.json`` is not a JSON object of names and sha256 digests, names a path outside
+    the folder or a link, or leaves out a file the folder holds. Returns the listed files."""
     folder = Path(folder)
     if not folder.is_dir():
         raise LymphomilError(f"{what} folder not found", file=folder,
@@ -129,13 +179,29 @@ def verify_dir(folder: str | Path, what: str = "model") -> None:
         raise LymphomilError(f"{what} folder is incomplete (no {CHECKSUMS}: the run that wrote it "
                              "did not finish)", file=folder, fix="re-create it")
     sums = read_json(folder / CHECKSUMS)
+    if not isinstance(sums, dict) or not all(
+            isinstance(v, str) and _SHA256.fullmatch(v) for v in sums.values()):
+        raise LymphomilError("the file is not a list of the folder's files and their sha256 (a "
+                             "JSON object of names and 64 hex digits)", file=folder / CHECKSUMS,
+                             fix=f"re-create the {what} folder; never edit it by hand")
     for rel, expected in sums.items():
+        problem = _listed_problem(folder, rel)
+        if problem:
+            raise LymphomilError(f"{CHECKSUMS} names {rel!r}, which {problem}",
+                                 file=folder / CHECKSUMS,
+                                 fix=f"re-create the {what} folder; never edit it by hand")
         target = folder / rel
         if not target.is_file():
             raise LymphomilError(f"{what} file {rel} is missing", file=folder, fix="re-create it")
         if sha256_file(target) != expected:
             raise LymphomilError(f"{what} file {rel} does not match its checksum (changed or "
                                  "damaged)", file=target, fix="re-create it; never edit it by hand")
+    unlisted = sorted(listed_files(folder, links=True) - set(sums))
+    if unlisted:
+        raise LymphomilError(f"the {what} folder holds file(s) its {CHECKSUMS} does not list: "
+                             f"{', '.join(unlisted[:5])}", file=folder / unlisted[0],
+                             fix=f"move them out, or re-create the {what} folder")
+    return sums
 
 
 #: lymphomil's own record in every output folder it writes: which files it wrote. Only a folder

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from lymphomil.evaluation.metrics import balanced_accuracy
 from lymphomil.outputs import atomic_write_json, read_json
-from lymphomil.runtime.errors import LymphomilError
+from lymphomil.runtime.errors import LymphomilError, format_problem
 
 SIGNALS = ("margin", "agreement")
 #: the default signal: measured in the nested protocol against ``agreement`` (docs/results.md)
@@ -267,6 +267,11 @@ def load_rule(folder: str | Path) -> ReferralRule | None:
     if not path.is_file():
         return None
     data = read_json(path)
+    supported = ReferralRule.model_fields["format"].default
+    problem = (format_problem(data.get("format"), supported, "model folder")
+               if isinstance(data, dict) else None)
+    if problem:
+        raise LymphomilError(f"the referral rule {problem[0]}", file=path, fix=problem[1])
     try:
         return ReferralRule.model_validate(data)
     except ValidationError as exc:

@@ -79,7 +79,7 @@ def synthetic_origin(data: Path | None) -> dict | None:
     not a synthetic cohort. ``lymphomil synth`` leaves its marker file in every cohort it writes."""
     if data is None:
         return {}
-    marker = Path(data) / MARKER
+    marker = Path(str(data)) / MARKER  # a lab's export (a PlainLayout) names its CSV
     if not marker.is_file():
         return None
     try:

@@ -7,6 +7,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from lymphomil.outputs import strict
 from lymphomil.report.context import TABLE_METRICS, ReportContext, finite, fmt, metric_cell
 from lymphomil.report.data_view import reactive_range
 
@@ -123,7 +124,8 @@ def _referral_view(referral: Any) -> dict[str, Any] | None:
 
 
 def _pretty(value: Any) -> str:
-    return json.dumps(value, indent=2, sort_keys=True, default=str, ensure_ascii=False)
+    return json.dumps(strict(value), indent=2, sort_keys=True, default=str, ensure_ascii=False,
+                      allow_nan=False)
 
 
 def appendix_view(ctx: ReportContext) -> dict[str, Any]:

@@ -141,3 +141,21 @@ def one_of(choices: Callable[[], Collection[str]], problem: str) -> Any:
         return value
 
     return AfterValidator(check)
+
+
+def format_problem(found: Any, supported: int, what: str) -> tuple[str, str] | None:
+    """(problem, fix) when a file's format number is not the one this lymphomil reads, saying
+    which side is newer and what to do; None when it is. ``what``: what to re-create ("model
+    folder", "referral rule")."""
+    if isinstance(found, int) and not isinstance(found, bool) and found == supported:
+        return None
+    if isinstance(found, bool) or not isinstance(found, int):
+        return (f"has no valid format number ({found!r}; this lymphomil reads format "
+                f"{supported})", f"re-create the {what} with this lymphomil")
+    if found > supported:
+        return (f"is format {found}, newer than this lymphomil reads (format {supported}): a "
+                "newer lymphomil wrote it", f"upgrade lymphomil (pip install -U lymphomil) to "
+                                           f"read it, or re-create the {what} with this version")
+    return (f"is format {found}, older than this lymphomil reads (format {supported}): an older "
+            "lymphomil wrote it", f"re-create the {what} with this version, or read it with the "
+                                  "lymphomil version that wrote it")
