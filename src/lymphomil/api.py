@@ -22,7 +22,7 @@ the same option checks, the same referral budget, the same OOD checks.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import Any, Iterable
 
 import numpy as np
 
@@ -40,28 +40,27 @@ from lymphomil.flows import train as training
 from lymphomil.flows.caches import attach_features
 from lymphomil.flows.caches import with_features as with_labelled_features
 from lymphomil.flows.config import RunConfig
-from lymphomil.flows.patients import as_labelled
+from lymphomil.flows.patients import as_labelled, configure_model
 from lymphomil.flows.predict import Predictions
+from lymphomil.flows.run import RunResult, run_pipeline
 from lymphomil.flows.train import Referral
 from lymphomil.models.base import PatientModel, create_model, list_models, load_model  # noqa: F401
 from lymphomil.referral import Decision, check_target
 
-if TYPE_CHECKING:  # pragma: no cover
-    from lymphomil.flows.run import RunResult
+
+def _path(path: str | Path | None) -> Path | None:
+    return Path(path) if path is not None else None
 
 
 def _model(model: "PatientModel | str") -> PatientModel:
-    return create_model(model) if isinstance(model, str) else model
+    """The model given, or a registered name's (as the commands configure it)."""
+    return configure_model(model) if isinstance(model, str) else model
 
 
 def _name(model: "PatientModel | str") -> str:
     """A registered name, or the class's name for a model built in Python (seeds derive from
     it: :func:`lymphomil.evaluation.crossval.derive_seed`)."""
     return model if isinstance(model, str) else type(model).__name__
-
-
-def _path(path: str | Path | None) -> Path | None:
-    return Path(path) if path is not None else None
 
 
 def with_features(patients: Iterable[Any], *models: "PatientModel | str",
@@ -140,8 +139,5 @@ def run(data: str | Path | None = None, out: str | Path = "lymphomil-run",
     predict the unlabelled patients, write the report, into ``out``. ``data=None``: a synthetic
     cohort. ``options``: any field of :class:`lymphomil.flows.config.RunConfig` (``candidates``,
     ``folds``, ``repeats``, ``seed``, ``cache_dir``, ...)."""
-    # deferred for start-up time: the run's report (plots) only when a run is asked for
-    from lymphomil.flows.run import run_pipeline
-
     config = RunConfig(data=Path(data) if data is not None else None, **options)
     return run_pipeline(config, Path(out))

@@ -77,10 +77,14 @@ def print_skips(issues: list[dict], out: Path | None = None) -> None:
         err_console.print(f"  the full list is in {out}", soft_wrap=True)
 
 
-def results_table(rows: Sequence[Sequence[str]]) -> Table:
-    """The CV table of :func:`lymphomil.flows.summary_rows`."""
+def results_table(results: Sequence) -> Table:
+    """The CV table of CV results (their figures as
+    :func:`lymphomil.evaluation.crossval.summary_rows` writes them)."""
+    # deferred for start-up time: numpy, only when a table is printed
+    from lymphomil.evaluation.crossval import summary_rows
+
     table = Table("model", "balanced acc. (mean ± std [95% CI])", "hard subset", "ROC AUC",
                   "minutes", title="repeated patient-level CV")
-    for row in rows:
+    for row in summary_rows(results):
         table.add_row(*row)
     return table

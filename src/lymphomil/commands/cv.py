@@ -77,7 +77,7 @@ def cv(
     if as_json:
         typer.echo(outputs.dumps_json(payload), nl=False)  # strict JSON: null, never NaN
     else:
-        console.print(common.results_table(cv_flow.summary_rows(results)))
+        console.print(common.results_table(results))
         console.print(f"{len(labelled.y)} labelled patients, {folds} folds × {repeats} repeats, "
                       f"seed {seed}")
         console.print(run.trust_markdown(), markup=False, highlight=False, soft_wrap=True)

@@ -78,7 +78,6 @@ def run(
     from lymphomil import outputs, referral
     from lymphomil.data.plain import data_inputs, data_source, read_columns
     from lymphomil.flows import config as configs
-    from lymphomil.flows import cv as cv_flow
     from lymphomil.flows import run as run_flow
 
     referral.check_target(max_referral, target_accuracy)  # the CLI's names in the message
@@ -108,7 +107,7 @@ def run(
             cv_total=lambda total: reporter.count("cross-validation fits", total, "fits"))
     finally:
         reporter.close()
-    console.print(common.results_table(cv_flow.summary_rows(result.results)))
+    console.print(common.results_table(result.results))
     console.print(f"chosen model: [bold]{result.chosen}[/]; predicted {result.n_predicted} "
                   f"patients; skipped {result.n_skipped}")
     console.print("timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in result.timings.items()))

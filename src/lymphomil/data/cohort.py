@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import date
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -28,6 +28,7 @@ from lymphomil.data.folders import (
     split_conflict,
 )
 from lymphomil.data.images import memo_in
+from lymphomil.data.issues import DataIssue, IssueLog
 from lymphomil.data.plain import (
     FOLDER_FIX,
     PLAIN_SUFFIXES,
@@ -39,7 +40,6 @@ from lymphomil.data.plain import (
 from lymphomil.data.reference_date import DEFAULT_REFERENCE_DATE
 from lymphomil.data.table import (
     COL_FOLDER,
-    COL_ID,
     ROOT_CSV,
     TEST_DIR,
     TRAIN_DIR,
@@ -47,19 +47,10 @@ from lymphomil.data.table import (
     read_table,
     read_tables,
 )
-from lymphomil.data.validate import (
-    COLUMN_OF,
-    check_csvs_agree,
-    fix_for,
-    patient_from_row,
-)
-from lymphomil.runtime.errors import DataIssue, IssueLog, LymphomilError
-
-if TYPE_CHECKING:  # pragma: no cover
-    import pandas as pd
+from lymphomil.data.validate import check_csvs_agree, parse_row
+from lymphomil.runtime.errors import LymphomilError
 
 LABELS = {-1: "unknown", 0: "reactive", 1: "malignant"}
-
 
 
 @dataclass(frozen=True, eq=False)
@@ -127,22 +118,6 @@ class Cohort:
                 seen.setdefault(issue.patient_id)
         return list(seen)
 
-    def table(self) -> "pd.DataFrame":
-        import pandas as pd
-
-        return pd.DataFrame(
-            {
-                "ID": [p.id for p in self.patients],
-                "label": [p.label for p in self.patients],
-                "gender": [p.gender for p in self.patients],
-                "dob": [p.dob.isoformat() if p.dob else "" for p in self.patients],
-                "age": [p.age for p in self.patients],
-                "lymph_count": [p.lymph_count for p in self.patients],
-                "n_images": [p.n_images for p in self.patients],
-                "split": [p.split for p in self.patients],
-            }
-        )
-
     def skipped_table(self) -> list[dict]:
         return [i.to_dict() for i in self.issues]
 
@@ -158,9 +133,7 @@ def load_cohort(root: str | Path | PlainLayout, *,
     Clean image verdicts are remembered in ``cache_dir`` (``--cache-dir``; default: the user's
     cache), so a later read decodes only new or changed images.
     """
-    if not isinstance(root, PlainLayout) and Path(root).is_file():
-        root = plain_layout(root)
-    if isinstance(root, PlainLayout):
+    if isinstance(root, PlainLayout) or Path(root).is_file():
         log = IssueLog(on_error)
         with memo_in(cache_dir), _decode_pool(check_images) as pool:
             return _load_plain(root, reference_date, log, check_images, pool)
@@ -204,7 +177,7 @@ def _load(root: Path, reference_date: date, log: IssueLog, check_images: bool,
     patient_files = [root / ROOT_CSV] if root / ROOT_CSV in tables else list(tables)
     for csv_path in patient_files:
         for row in tables[csv_path]:
-            parsed = _parse_row(row, reference_date, seen, log)
+            parsed = parse_row(row, reference_date, seen, log)
             if parsed is None:
                 continue
             pid, label, gender, dob, age, count = parsed
@@ -245,40 +218,21 @@ def _load(root: Path, reference_date: date, log: IssueLog, check_images: bool,
     return Cohort(root, patients, log.issues, reference_date, ignored)
 
 
-def _parse_row(row: Row, reference_date: date, seen: dict[str, Row], log: IssueLog,
-               plain: bool = False) -> tuple | None:
-    """A row's validated values, or None when it is bad or repeats an ID (reported to ``log``)."""
-    raw_id = row.values[COL_ID].strip() or None
-    try:
-        parsed = patient_from_row(row, reference_date, plain=plain)
-    except ValueError as exc:
-        where = row.where(COLUMN_OF.get(getattr(exc, "field", ""), ""))
-        log.report(DataIssue(str(exc) + (f" ({where})" if where else ""), fix_for(exc),
-                             file=str(row.file), row=row.line, patient_id=raw_id))
-        return None
-    pid = parsed[0]
-    if pid in seen:
-        log.report(DataIssue(f"duplicate ID {pid!r} (first on line {seen[pid].line})",
-                             "keep one row per patient", file=str(row.file), row=row.line,
-                             patient_id=pid))
-        return None
-    seen[pid] = row
-    return parsed
-
-
-def _load_plain(layout: PlainLayout, reference_date: date, log: IssueLog, check_images: bool,
-                pool: Any) -> Cohort:
-    """A lab's export (:mod:`lymphomil.data.plain`): the same checks and messages as
-    :func:`_load`, its image folders found by name or by the FOLDER column."""
+def _load_plain(root: str | Path | PlainLayout, reference_date: date, log: IssueLog,
+                check_images: bool, pool: Any) -> Cohort:
+    """A lab's export (:mod:`lymphomil.data.plain`; the path of its CSV: images beside it,
+    default column names): the same checks and messages as :func:`_load`, its image folders
+    found by name or by the FOLDER column."""
+    layout = root if isinstance(root, PlainLayout) else plain_layout(root)
     if not layout.csv.is_file():
         raise LymphomilError("data file not found", file=layout.csv,
                              fix="give the CSV of the lab's patients")
     patients: list[Patient] = []
     seen: dict[str, Row] = {}
-    folders = image_folders(layout.images)
+    folders, columns = image_folders(layout.images), layout.columns()
     used: set[str] = set()
-    for row in read_table(layout.csv, layout.columns()):
-        parsed = _parse_row(row, reference_date, seen, log, plain=True)
+    for row in read_table(layout.csv, columns):
+        parsed = parse_row(row, reference_date, seen, log, plain=True)
         if parsed is None:
             continue
         pid, label, gender, dob, age, count = parsed

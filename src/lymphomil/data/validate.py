@@ -9,6 +9,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+from lymphomil.data.issues import DataIssue, IssueLog
 from lymphomil.data.table import (
     COL_AGE,
     COL_COUNT,
@@ -333,3 +334,25 @@ def check_csvs_agree(root: Path, tables: dict[Path, list[Row]], reference: date)
                         "the two annotation files disagree", file=first.file, row=first.line,
                         fix=f"correct the wrong one of the two rows ({ROOT_CSV} is the one "
                             "lymphomil reads; the other is checked against it)")
+
+
+def parse_row(row: Row, reference_date: date, seen: dict[str, Row], log: IssueLog,
+               plain: bool = False) -> tuple | None:
+    """A row's validated values (:func:`patient_from_row`), or None when it is bad or repeats an
+    ID of ``seen`` (the problem reported to ``log``, the row's fix with it)."""
+    raw_id = row.values[COL_ID].strip() or None
+    try:
+        parsed = patient_from_row(row, reference_date, plain=plain)
+    except ValueError as exc:
+        where = row.where(COLUMN_OF.get(getattr(exc, "field", ""), ""))
+        log.report(DataIssue(str(exc) + (f" ({where})" if where else ""), fix_for(exc),
+                             file=str(row.file), row=row.line, patient_id=raw_id))
+        return None
+    pid = parsed[0]
+    if pid in seen:
+        log.report(DataIssue(f"duplicate ID {pid!r} (first on line {seen[pid].line})",
+                             "keep one row per patient", file=str(row.file), row=row.line,
+                             patient_id=pid))
+        return None
+    seen[pid] = row
+    return parsed

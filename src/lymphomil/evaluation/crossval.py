@@ -341,3 +341,15 @@ def format_metric(stats: dict[str, float], digits: int = 3) -> str:
         return "n/a"
     return (f"{stats['mean']:.{digits}f} ± {stats['std']:.{digits}f} "
             f"[{stats['ci_low']:.{digits}f}, {stats['ci_high']:.{digits}f}]")
+
+
+def summary_rows(results: Sequence[CVResult]) -> list[tuple[str, ...]]:
+    """Each model's name, balanced accuracy, hard-subset balanced accuracy, ROC AUC (mean ± std
+    [95% CI]) and minutes of fitting, as the command line's table shows them."""
+    rows = []
+    for r in results:
+        s = r.summary()
+        rows.append((r.model_name, format_metric(s["balanced_accuracy"]),
+                     format_metric(s["hard_balanced_accuracy"]), format_metric(s["roc_auc"]),
+                     f"{s['fit_seconds']['total'] / 60:.2f}"))
+    return rows

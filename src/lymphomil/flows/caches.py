@@ -38,11 +38,17 @@ from lymphomil.evaluation import cvcache
 from lymphomil.features import attach_store
 from lymphomil.features.cache import FeatureCache, feature_root, shared_cache
 from lymphomil.models.base import PatientModel, encode_param, library_versions
-from lymphomil.outputs import cache_root, cv_cache, dumps_json, read_json, staged_dir, verify_dir
+from lymphomil.outputs import (
+    cache_root,
+    cv_cache,
+    dumps_json,
+    is_intact,
+    read_json,
+    write_cache_entry,
+)
 from lymphomil.report.explore import explore
 from lymphomil.runtime.engine import Engine
 from lymphomil.runtime.environment import package_versions
-from lymphomil.runtime.errors import LymphomilError
 
 RUN_FORMAT = 1
 SUMMARY_JSON = "summary.json"
@@ -108,23 +114,6 @@ def _entry(cache_dir: str | Path | None, kind: str, key: str) -> Path:
     return cache_root(cache_dir) / "run" / f"{kind}-{key}"
 
 
-def _valid(folder: Path) -> bool:
-    try:
-        verify_dir(folder, "cache entry")
-    except (LymphomilError, OSError):
-        return False
-    return True
-
-
-def _store(entry: Path, fill: Callable[[Path], None]) -> None:
-    """Write a cache entry whole; a cache that cannot be written only costs the next run time."""
-    try:
-        with staged_dir(entry, "cache entry") as staging:
-            fill(staging)
-    except (LymphomilError, OSError):
-        pass
-
-
 def cached_explore(cohort: Any, out_dir: Path, cache_dir: str | Path | None = None) -> dict:
     """:func:`lymphomil.report.explore.explore` of ``cohort`` into ``out_dir``, from the cache
     when the same cohort was explored before (the figures are what a warm run spent most on)."""
@@ -133,7 +122,7 @@ def cached_explore(cohort: Any, out_dir: Path, cache_dir: str | Path | None = No
                 "drawing": package_versions(("matplotlib", "pillow"))}, cohort.patients)
     entry = _entry(cache_dir, "explore", key)
     out_dir = Path(out_dir)
-    if _valid(entry):
+    if is_intact(entry):
         summary = read_json(entry / SUMMARY_JSON)
         shutil.copytree(entry / "files", out_dir, dirs_exist_ok=True)
         summary["files"] = {name: out_dir / name for name in summary["files"]}
@@ -145,7 +134,7 @@ def cached_explore(cohort: Any, out_dir: Path, cache_dir: str | Path | None = No
         (staging / SUMMARY_JSON).write_text(dumps_json(
             {**summary, "files": sorted(summary["files"])}))
 
-    _store(entry, fill)
+    write_cache_entry(entry, fill)
     return summary
 
 
@@ -163,11 +152,11 @@ def cached_fit(model: PatientModel, patients: Sequence, y: Any, *, tag: str,
                 "params": encode_param(model.get_params(deep=False)),
                 "labels": [int(v) for v in y], "extra": extra or {}}, patients)
     entry = _entry(cache_dir, "fit", key)
-    if _valid(entry) and _valid(entry / "model"):
+    if is_intact(entry) and is_intact(entry / "model"):
         return PatientModel.load(entry / "model"), entry / "model"
     fitted = fit()
     save = save or (lambda m, folder: m.save(folder))
-    _store(entry, lambda staging: save(fitted, staging / "model"))
+    write_cache_entry(entry, lambda staging: save(fitted, staging / "model"))
     return fitted, None
 
 

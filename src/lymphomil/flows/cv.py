@@ -219,15 +219,3 @@ def cv_markdown(results: Sequence[CVResult]) -> str:
             format_metric(s["accuracy"]), format_metric(s["f1"]),
             f"{s['fit_seconds']['total'] / 60:.2f} |"]))
     return "\n".join(lines) + "\n"
-
-
-def summary_rows(results: Sequence[CVResult]) -> list[tuple[str, ...]]:
-    """Each model's name, balanced accuracy, hard-subset balanced accuracy, ROC AUC (mean ± std
-    [95% CI]) and minutes of fitting, as the command line's table shows them."""
-    rows = []
-    for r in results:
-        s = r.summary()
-        rows.append((r.model_name, format_metric(s["balanced_accuracy"]),
-                     format_metric(s["hard_balanced_accuracy"]), format_metric(s["roc_auc"]),
-                     f"{s['fit_seconds']['total'] / 60:.2f}"))
-    return rows

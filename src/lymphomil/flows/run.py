@@ -32,7 +32,6 @@ from lymphomil.flows.caches import (
     cached_fit,
     cv_results,
     figures,
-    with_features,
 )
 from lymphomil.flows.config import RunConfig, to_toml
 from lymphomil.flows.cv import run_cv, write_cv_outputs
@@ -82,15 +81,14 @@ def run_pipeline(config: RunConfig, out: Path,
     if data is None:
         with clock("synthetic cohort", "synthetic cohort"):
             data = synthetic_default(config.synthetic_patients, config.synthetic_seed)
+    # a lab's own export (plain layout) is read as its columns and images say
+    source = data_source(data, config.images, config.columns) if config.data is not None else data
     set_threads(config.threads)
     engine = get_engine(config.engine, fit_threads=config.threads)
     try:
         with staged_dir(out, "run") as staging:
             with clock("validate and explore", "validate + explore"):
-                # a lab's own export (plain layout) read as its columns and images say; the
-                # folds checked against the classes before any feature is computed
-                source = (data_source(data, config.images, config.columns)
-                          if config.data is not None else data)
+                # the folds checked against the classes before any feature is computed
                 labelled = load_labelled(source, reference_date=config.reference_date,
                                          on_error=config.on_error, cache_dir=cache_dir,
                                          folds=config.folds, folds_option="folds")
@@ -103,11 +101,16 @@ def run_pipeline(config: RunConfig, out: Path,
             models = {name: configure_model(name, config.features) for name in candidates}
             with clock("features", "features"):  # every patient's, the unlabelled ones too
                 everyone = attach_features(cohort.patients, models.values(), cache_dir, engine)
+                # the labelled patients (in load_labelled's order) and the new ones, carrying
+                # the candidates' features from here on
+                is_labelled = np.array([p.is_labelled for p in everyone], dtype=bool)
+                training = LabelledSet(cohort, everyone[is_labelled], labelled.y)
+                new = everyone[~is_labelled]
             with clock("cross-validation", "cross-validation"):
                 evaluated = candidates + ([selection] if selection else [])
                 if cv_total is not None:
                     cv_total(len(evaluated) * config.folds * config.repeats)
-                results = run_cv(evaluated, labelled.patients, labelled.y, folds=config.folds,
+                results = run_cv(evaluated, training.patients, training.y, folds=config.folds,
                                  repeats=config.repeats, seed=config.seed,
                                  features=config.features, cache_dir=cache_dir, on_fit=on_fit,
                                  use_cv_cache=True, engine=engine)
@@ -115,7 +118,6 @@ def run_pipeline(config: RunConfig, out: Path,
             chosen = choose_model(results, config.model, selection)
             name = chosen.model_name
             model = models[name]  # unfitted: the rule fits clones, the training a clone
-            training = with_features(labelled, [model], cache_dir)
             with clock("referral rule (inner CV)", "referral rule"):  # fits clones only
                 rule = fit_rule(model, training, name=name, seed=config.seed,
                                 max_referral=config.max_referral,
@@ -126,7 +128,6 @@ def run_pipeline(config: RunConfig, out: Path,
                                        cache_dir=cache_dir, seed=config.seed,
                                        extra={"cv": chosen.to_dict()["summary"]}, rule=rule)
             with clock("predict", "predict"):
-                new = everyone[np.array([not p.is_labelled for p in everyone], dtype=bool)]
                 pred = predict_patients(trained.model, trained.referral, new, cohort)
                 write_prediction_files(pred, staging)
             with clock("cell galleries", "cell galleries"):  # what ranks the report's cells

@@ -22,7 +22,7 @@ from lymphomil.runtime.errors import LymphomilError
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
-#: (column of Cohort.table(), name in the tables and figures)
+#: (column of cohort_table(), name in the tables and figures)
 ATTRIBUTES = (("age", "age"), ("lymph_count", "lymphocyte count"),
               ("n_images", "images per patient"))
 STATISTICS = ("count", "mean", "std", "min", "25%", "50%", "75%", "max")
@@ -31,13 +31,32 @@ LABEL_COLOURS = {0: "tab:blue", 1: "tab:red", -1: "tab:gray"}
 GALLERY_ROWS, GALLERY_COLUMNS = 2, 8
 
 
+def cohort_table(cohort: Cohort) -> "pd.DataFrame":
+    """The cohort as one row per patient (ID, label, gender, date of birth, age, count, images,
+    split): what the statistics and the histograms are computed on."""
+    import pandas as pd
+
+    return pd.DataFrame(
+        {
+            "ID": [p.id for p in cohort.patients],
+            "label": [p.label for p in cohort.patients],
+            "gender": [p.gender for p in cohort.patients],
+            "dob": [p.dob.isoformat() for p in cohort.patients],
+            "age": [p.age for p in cohort.patients],
+            "lymph_count": [p.lymph_count for p in cohort.patients],
+            "n_images": [p.n_images for p in cohort.patients],
+            "split": [p.split for p in cohort.patients],
+        }
+    )
+
+
 def _labels_present(labels: Sequence[int]) -> list[int]:
     present = set(int(label) for label in labels)
     return [label for label in LABEL_ORDER if label in present]
 
 
 def attributes_by_label(table: "pd.DataFrame") -> list[dict[str, Any]]:
-    """One row per (attribute, label) of a cohort's table (:meth:`Cohort.table`): count, mean,
+    """One row per (attribute, label) of a cohort's table (:func:`cohort_table`): count, mean,
     std, min, quartiles, max."""
     rows = []
     for column, name in ATTRIBUTES:
@@ -168,7 +187,7 @@ def explore(cohort: Cohort, out_dir: str | Path) -> dict[str, Any]:
         raise LymphomilError("the cohort has no usable patients to explore", file=cohort.root,
                              fix="check the data folder (run with --on-error raise to see why)")
     out_dir = Path(out_dir)
-    table = cohort.table()
+    table = cohort_table(cohort)
     attributes = attributes_by_label(table)
     genders = gender_by_label(table)
     markdown = (f"# Cohort {cohort.root.name}: {len(cohort.patients)} patients, "
