@@ -94,7 +94,7 @@ app.add_typer(cache_app, name="cache")
 #: choices shown in --help (Literal: Typer lists them and refuses anything else)
 OnError = Literal["raise", "skip"]
 EngineName = Literal["local", "ray"]
-PatientRule = Literal["new", "all"]  # lymphomil.flows.steps.PATIENT_RULES
+PatientRule = Literal["new", "all"]  # lymphomil.flows.predict.PATIENT_RULES
 #: "[ray]" escaped: --help is Rich markup, where a bare [ray] would vanish as a tag
 RAY_EXTRA = 'needs the ray extra: pip install "lymphomil\\[ray]"'
 CACHE_DEFAULT = "$LYMPHOMIL_CACHE_DIR, else the user cache folder"
