@@ -2,7 +2,8 @@
 
 Every figure comes from the harness (`lymphomil.evaluation.crossval.cross_validate`), results are
 cached (`lymphomil.evaluation.cvcache`), so re-running prints the table at once. The winner becomes
-the registered default (`lymphomil.flows.config.DEFAULT_MODEL`); the table goes to docs/results.md.
+the registered default (`lymphomil.flows.defaults.DEFAULT_MODEL`); the table goes to
+docs/results.md.
 
     python benchmarks/model_search.py [--data ../shared/data/dlmi-lymphocytosis] [--only NAME ...]
 """
@@ -14,9 +15,9 @@ import sys
 import time
 from pathlib import Path
 
-from lymphomil.data.cohort import load_cohort
+from lymphomil.data.cohort import labelled_patients, load_cohort
 from lymphomil.evaluation.crossval import format_metric
-from lymphomil.flows.steps import labelled_patients, run_cv
+from lymphomil.flows.cv import run_cv
 from lymphomil.models.attributes import AttributeModel
 from lymphomil.models.base import create_model
 from lymphomil.models.fusion import FusionModel

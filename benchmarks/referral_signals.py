@@ -13,8 +13,10 @@ import sys
 import time
 from datetime import date
 
-from lymphomil.data.cohort import load_cohort
-from lymphomil.flows.steps import attach_features, configure_model, labelled_patients, run_cv
+from lymphomil.data.cohort import labelled_patients, load_cohort
+from lymphomil.flows.caches import attach_features
+from lymphomil.flows.cv import run_cv
+from lymphomil.flows.patients import configure_model
 from lymphomil.referral import nested_referral, same_as_cv
 
 MODEL = "fusion-mean"

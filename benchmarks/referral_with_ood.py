@@ -18,8 +18,9 @@ from datetime import date
 
 import numpy as np
 
-from lymphomil.data.cohort import load_cohort
-from lymphomil.flows.steps import attach_features, configure_model, labelled_patients
+from lymphomil.data.cohort import labelled_patients, load_cohort
+from lymphomil.flows.caches import attach_features
+from lymphomil.flows.patients import configure_model
 from lymphomil.ood import fit_ood_checks
 from lymphomil.referral import DEFAULT_MAX_REFERRAL, nested_referral
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -67,7 +68,8 @@ def synthetic_features(synthetic_root: Path, tmp_path_factory: pytest.TempPathFa
     report's cells), extracted once a session. A test whose subject is not extraction copies them
     into its own cache with :func:`seed_features` (its CV cache stays empty)."""
     from lymphomil.data.cohort import load_cohort
-    from lymphomil.flows.steps import attach_features, configure_model
+    from lymphomil.flows.caches import attach_features
+    from lymphomil.flows.patients import configure_model
 
     folder = tmp_path_factory.mktemp("synthetic-features")
     models = [configure_model(name) for name in ("fusion-mean", "image-logreg-thin", "cell-topk")]
@@ -113,7 +115,15 @@ IMAGE_MODEL_FEATURES = "small-cnn:none@32"
 
 @pytest.fixture
 def shared_data() -> Path:
-    """The shared challenge folder; the test is skipped where it is absent."""
-    if not SHARED_DATA.is_dir():
-        pytest.skip(f"shared data not found at {SHARED_DATA}")
-    return SHARED_DATA
+    """The shared challenge folder; the test is skipped where it is absent, and fails there
+    under LYMPHOMIL_REQUIRE_SHARED=1 (CI sets it: .ci/run), so CI never passes without it."""
+    return shared_folder(SHARED_DATA)
+
+
+def shared_folder(folder: Path) -> Path:
+    if not folder.is_dir():
+        message = f"shared data not found at {folder}"
+        if os.environ.get("LYMPHOMIL_REQUIRE_SHARED") == "1":
+            pytest.fail(message + " (LYMPHOMIL_REQUIRE_SHARED=1: CI needs it)", pytrace=False)
+        pytest.skip(message)
+    return folder

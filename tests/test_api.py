@@ -80,3 +80,42 @@ def test_train_and_predict_are_the_commands_flows(synthetic_root: Path, tmp_path
     rows = list(csv.DictReader(out.open()))
     assert [r["ID"] for r in rows] == pred.ids
     assert [r["PROBA"] for r in rows] == [f"{p:.6f}" for p in pred.proba]
+
+
+def test_fit_referral_and_decide_are_what_train_and_predict_save_and_decide(
+        synthetic_root: Path, synthetic_features: Path, tmp_path: Path) -> None:
+    """The rule that ``lymphomil.fit_referral`` fits is the one `train` saves (its budget net of
+    the patients the OOD checks flag when held out), and ``lymphomil.decide`` refers whom
+    `predict` refers, for the same reasons (an OOD check's among them), for every patient."""
+    import shutil
+
+    from lymphomil.referral import load_rule
+
+    cache = seed_features(synthetic_features, tmp_path / "cache")
+    data = tmp_path / "data"  # a copy where one new patient's count is far above the cohort's
+    shutil.copytree(synthetic_root, data)
+    shifted = lymphomil.load_cohort(data).unlabelled[0]
+    for table in data.rglob("*.csv"):  # the count is the last column of every annotation CSV
+        lines = [",".join(line.split(",")[:-1] + ["900"]) if f",{shifted.id}," in f",{line},"
+                 else line for line in table.read_text().splitlines()]
+        table.write_text("\n".join(lines) + "\n")
+    cohort = lymphomil.load_cohort(data)
+    folder = tmp_path / "model"
+    lymphomil.train("image-logreg-thin", cohort, folder, cache_dir=cache, max_referral=0.3)
+    pred = lymphomil.predict(folder, data, patients="all", cache_dir=cache)
+
+    model = lymphomil.load_model(folder)
+    train = lymphomil.with_features(cohort.labelled, model, cache_dir=cache)
+    referral = lymphomil.fit_referral("image-logreg-thin", train, max_referral=0.3,
+                                      cache_dir=cache)
+    saved = load_rule(folder)
+    assert referral.rule == saved and referral.threshold == saved.threshold
+    assert saved.inner_referred_other > 0  # the OOD checks took part of the budget
+    by_id = {p.id: p for p in cohort.patients}
+    patients = lymphomil.with_features([by_id[i] for i in pred.ids], model, cache_dir=cache)
+    decided = lymphomil.decide(model, referral, patients)
+    assert [(d.decision, d.reasons) for d in decided] == \
+        [(d.decision, d.reasons) for d in pred.decisions]
+    reasons = dict(zip(pred.ids, decided))[shifted.id].reasons
+    assert any("lymphocyte count 900" in r and "outside the training range" in r
+               for r in reasons), reasons

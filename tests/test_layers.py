@@ -155,3 +155,50 @@ def test_no_import_inside_a_function_hides_one_of_its_parameters() -> None:
                                for alias in node.names
                                if (alias.asname or alias.name).split(".")[0] in params]
     assert not hidden, hidden
+
+
+#: at most this many imports of lymphomil modules inside functions (issue 31): each defers a
+#: cost (`--help` start-up, torch, Ray) and says so in a comment
+MAX_DEFERRED_IMPORTS = 40
+#: no module longer than this (issue 31: a module that grows past it holds two jobs)
+MAX_MODULE_LINES = 450
+
+
+def deferred_imports() -> list[tuple[str, int, bool]]:
+    """(module, line, commented) of every import of a lymphomil module inside a function: the
+    comment on its line, or on a comment line above its block of imports."""
+    found = []
+    for name, path in modules().items():
+        lines = path.read_text(encoding="utf-8").splitlines()
+        for fn in ast.walk(ast.parse("\n".join(lines))):
+            if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            for node in ast.walk(fn):
+                if isinstance(node, ast.ImportFrom):
+                    ours = node.level > 0 or (node.module or "").startswith("lymphomil")
+                elif isinstance(node, ast.Import):
+                    ours = any(a.name.startswith("lymphomil") for a in node.names)
+                else:
+                    continue
+                if not ours:
+                    continue
+                i = node.lineno - 1
+                commented = "#" in lines[i]
+                while not commented and i > 0 and lines[i - 1].strip().startswith(
+                        ("from ", "import ", "#")):
+                    i -= 1
+                    commented = lines[i].strip().startswith("#")
+                found.append((name, node.lineno, commented))
+    return found
+
+
+def test_deferred_imports_are_few_and_each_says_why() -> None:
+    found = deferred_imports()
+    assert len(found) <= MAX_DEFERRED_IMPORTS, len(found)
+    assert [f"{name}:{line}" for name, line, commented in found if not commented] == []
+
+
+def test_no_module_is_longer_than_the_bound() -> None:
+    lengths = {name: len(path.read_text(encoding="utf-8").splitlines())
+               for name, path in modules().items()}
+    assert {name: n for name, n in lengths.items() if n > MAX_MODULE_LINES} == {}

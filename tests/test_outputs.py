@@ -7,7 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-from lymphomil import outputs
 from lymphomil.outputs import (
     atomic_write_bytes,
     host_name,
@@ -113,7 +112,7 @@ def test_atomic_writes_name_their_owner_so_a_kill_can_be_cleared(tmp_path: Path,
         seen.append(Path(src).name)
         replace(src, dst)
 
-    monkeypatch.setattr(outputs.os, "replace", spy)
+    monkeypatch.setattr(os, "replace", spy)
     atomic_write_bytes(tmp_path / "out.bin", b"data")
     assert (tmp_path / "out.bin").read_bytes() == b"data"
     assert (len(seen) == 1 and seen[0].startswith(f".out.bin.{owner_tag()}.")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from lymphomil.features.spec import FeatureSpec
 
-HEAVY = ("numpy", "pydantic", "sklearn", "scipy", "torch", "lymphomil.flows.steps")
+HEAVY = ("numpy", "pydantic", "sklearn", "scipy", "torch", "lymphomil.flows.patients")
 #: CPU seconds of a warm `features` (cached: reads the cohort, hashes its 480 images) per CPU
 #: second of `--help`: 2 here (0.36 s / 0.18 s); importing every model family, as it did
 #: before, adds ~3 s
@@ -51,7 +51,7 @@ def test_a_cached_features_call_imports_no_model_family(synthetic_root: Path,
     args = ("features", str(synthetic_root), "--backbone", spec.backbone, "--crop",
             str(spec.crop), "--precision", "fp32", "--cache-dir", str(synthetic_features))
     heavy, features_cpu = _run(_cli(*args))
-    assert not {"torch", "sklearn", "scipy", "lymphomil.flows.steps"} & set(heavy), heavy
+    assert not {"torch", "sklearn", "scipy", "lymphomil.flows.patients"} & set(heavy), heavy
     help_cpu = min(_run(_cli("--help"))[1] for _ in range(2))
     assert features_cpu <= FEATURES_VS_HELP * help_cpu, (features_cpu, help_cpu)
 
@@ -59,4 +59,4 @@ def test_a_cached_features_call_imports_no_model_family(synthetic_root: Path,
 def test_a_saved_fusion_model_loads_without_torch() -> None:
     heavy, _ = _run("from lymphomil.models.base import create_model\n"
                     "create_model('fusion-mean')")
-    assert "torch" not in heavy and "lymphomil.flows.steps" not in heavy
+    assert "torch" not in heavy and "lymphomil.flows.patients" not in heavy

@@ -9,14 +9,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from lymphomil.data.cohort import (
-    age_at,
-    load_cohort,
-    parse_count,
-    parse_dob,
-    parse_gender,
-    parse_label,
-)
+from lymphomil.data.cohort import load_cohort
+from lymphomil.data.validate import age_at, parse_count, parse_dob, parse_gender, parse_label
 from lymphomil.runtime.errors import LymphomilError
 
 HEADER = ",ID,LABEL,GENDER,DOB,LYMPH_COUNT"
@@ -61,9 +55,6 @@ def test_loads_both_date_formats_and_lower_case_gender(good: Path) -> None:
     assert by_id["P1"].split == "train" and by_id["P3"].split == "test"
     assert [p.name for p in by_id["P1"].image_paths] == ["000000.jpg", "000001.jpg", "000002.jpg"]
     assert cohort.issues == []
-    table = cohort.table()
-    assert list(table.columns) == ["ID", "label", "gender", "dob", "age", "lymph_count",
-                                   "n_images", "split"]
 
 
 def test_age_uses_the_reference_date_not_today(good: Path) -> None:
@@ -280,7 +271,7 @@ def test_shared_data_loads_cleanly(shared_data: Path) -> None:
 def test_image_paths_behave_like_a_tuple_of_paths(tmp_path: Path) -> None:
     import copy
 
-    from lymphomil.data.cohort import ImagePaths
+    from lymphomil.data.folders import ImagePaths
 
     paths = ImagePaths(tmp_path, ["000001.jpg", "000002.jpg", "000003.jpg"])
     plain = tuple(tmp_path / n for n in ("000001.jpg", "000002.jpg", "000003.jpg"))

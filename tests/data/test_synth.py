@@ -15,8 +15,9 @@ from typer.testing import CliRunner
 import lymphomil.commands.data  # noqa: F401  registers synth/explore on the app
 from lymphomil.commands.app import app
 from lymphomil.data import synth
-from lymphomil.data.cohort import DEFAULT_REFERENCE_DATE, age_at, load_cohort, parse_dob
+from lymphomil.data.cohort import DEFAULT_REFERENCE_DATE, load_cohort
 from lymphomil.data.synth import MARKER, draw_patients, write_synthetic_cohort
+from lymphomil.data.validate import age_at, parse_dob
 from lymphomil.runtime.errors import LymphomilError
 
 

@@ -126,7 +126,7 @@ def test_a_rewritten_image_misses(private_cohort) -> None:
 def test_run_cv_hits_only_when_nothing_changed(cohort, tmp_path: Path) -> None:
     """Through the harness: a second identical run is read back (no fit, same numbers); a
     changed label refits, and its results are those of a run without any cache."""
-    from lymphomil.flows.steps import run_cv
+    from lymphomil.flows.cv import run_cv
 
     _, patients = cohort
     y = labels_of(patients)

@@ -6,16 +6,13 @@ from pathlib import Path
 
 import numpy as np
 
-from lymphomil.data.cohort import load_cohort
-from lymphomil.evaluation.crossval import CVResult
+from lymphomil.data.cohort import labelled_patients, load_cohort
 from lymphomil.evaluation.uncertainty import (
     borderline,
-    oof_spread,
     refit_probas,
     refit_spread,
     subsample_plan,
 )
-from lymphomil.flows.steps import labelled_patients
 from lymphomil.models.base import create_model
 
 
@@ -45,15 +42,6 @@ def test_refits_predict_every_target_the_same_way_twice(synthetic_root: Path) ->
     assert np.all(spread.low <= spread.high)
     assert "6 refits" in spread.method
     assert np.array_equal(spread.borderline(), borderline(spread.low, spread.high))
-
-
-def test_oof_spread_is_the_range_over_repeats() -> None:
-    proba = np.array([[0.2, 0.6, 0.9], [0.4, 0.45, 0.95], [0.3, 0.55, 0.97]])
-    result = CVResult("m", ["a", "b", "c"], np.array([0, 1, 1]), np.zeros((3, 3), int), proba,
-                      np.zeros((3, 3), bool), np.zeros((3, 2)))
-    spread = oof_spread(result)
-    assert spread.low.tolist() == [0.2, 0.45, 0.9] and spread.high.tolist() == [0.4, 0.6, 0.97]
-    assert spread.borderline().tolist() == [False, True, False]
 
 
 def test_refits_are_read_back_from_the_cache(synthetic_root: Path, tmp_path: Path,

@@ -191,7 +191,7 @@ def test_bad_ensemble_and_selection_options(feature_cohort) -> None:
 
 
 def test_features_override_reaches_every_ensemble_member() -> None:
-    from lymphomil.flows.steps import configure_model
+    from lymphomil.flows.patients import configure_model
 
     fusion = configure_model("fusion-mean-seeds", "toy@112")
     members = fusion.image_model.members

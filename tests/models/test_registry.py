@@ -7,7 +7,7 @@ import json
 import pytest
 from sklearn.base import clone
 
-from lymphomil.flows.config import DEFAULT_CANDIDATES, DEFAULT_MODEL
+from lymphomil.flows.defaults import DEFAULT_CANDIDATES, DEFAULT_MODEL
 from lymphomil.models.base import (
     PatientModel,
     create_model,

@@ -9,10 +9,12 @@ from __future__ import annotations
 from datetime import date
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from lymphomil.data.cohort import REQUIRED_COLUMNS, parse_count, parse_dob, parse_label, read_table
+from lymphomil.data.table import REQUIRED_COLUMNS, read_table
+from lymphomil.data.validate import MAX_COUNT, MIN_COUNT, parse_count, parse_dob, parse_label
 from lymphomil.runtime.errors import LymphomilError
 
 FAST = settings(max_examples=150, deadline=None,
@@ -55,7 +57,12 @@ def test_read_table_random_tables(tmp_path: Path, rows, sep: str, newline: str,
 
 
 def test_read_table_huge_field_is_a_message(tmp_path: Path) -> None:
-    _read(tmp_path, (HEADER_LINE + "\n0,P1,1,M,1/1/1950," + "9" * 200_000 + "\n").encode())
+    """A field over the csv module's 128 KiB limit: one message naming the file, no crash."""
+    path = tmp_path / "clinical_annotation.csv"
+    path.write_bytes((HEADER_LINE + "\n0,P1,1,M,1/1/1950," + "9" * 200_000 + "\n").encode())
+    with pytest.raises(LymphomilError, match="not a readable CSV") as raised:
+        read_table(path)
+    assert raised.value.file == str(path) and raised.value.fix
 
 
 @FAST
@@ -73,12 +80,18 @@ def test_parse_dob_only_value_error(text: str) -> None:
 
 @FAST
 @given(text=st.text(max_size=20))
-def test_other_parsers_only_value_error(text: str) -> None:
-    for parse in (parse_label, parse_count):
+@example(text="4.74")
+@example(text="-1")
+def test_other_parsers_give_a_valid_value_or_a_value_error(text: str) -> None:
+    """A label is -1, 0 or 1 and a count a number in the plausible range; anything else is a
+    ValueError (any other exception fails the test)."""
+    for parse, valid in ((parse_label, lambda v: v in (-1, 0, 1) and isinstance(v, int)),
+                         (parse_count, lambda v: MIN_COUNT <= v <= MAX_COUNT)):
         try:
-            parse(text)
+            value = parse(text)
         except ValueError:
-            pass
+            continue
+        assert valid(value), (parse.__name__, text, value)
 
 
 @FAST
@@ -104,8 +117,6 @@ def test_parse_dob_round_trips_each_format(day: date, pad: bool) -> None:
 import json as _json  # noqa: E402
 import shutil  # noqa: E402
 import tempfile  # noqa: E402
-
-import pytest  # noqa: E402
 
 SCALARS = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True),
                     st.text(max_size=10))
@@ -242,6 +253,7 @@ def test_model_folder_any_structure(model_copy_source: Path, name: str, where: l
 
 @FAST
 @given(value=JSON_VALUES, deep=st.booleans())
+@example(value={"a.jpg": [1, 2, float("inf"), 4]}, deep=False)  # int(inf): OverflowError
 def test_image_memo_any_structure(tmp_path: Path, value, deep: bool) -> None:
     """The clean-image memo (a cache lymphomil writes for itself) holding anything is no memo."""
     from lymphomil.data import images

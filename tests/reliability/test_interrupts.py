@@ -110,10 +110,10 @@ def test_ctrl_c_during_cv_then_the_rerun_does_only_the_missing_fits(synthetic_ro
 def test_stored_fits_give_the_same_numbers_bit_for_bit(tmp_path: Path, monkeypatch) -> None:
     """run_cv with every fit stored, then again with fitting forbidden: identical arrays; with
     half the fit files gone, exactly those are refitted."""
-    from lymphomil.data.cohort import load_cohort
+    from lymphomil.data.cohort import labelled_patients, load_cohort
     from lymphomil.data.synth import write_synthetic_cohort
     from lymphomil.evaluation import crossval
-    from lymphomil.flows.steps import labelled_patients, run_cv
+    from lymphomil.flows.cv import run_cv
 
     data = write_synthetic_cohort(tmp_path / "data", n_patients=24, seed=5,
                                   images_per_patient=(1, 2))
@@ -145,9 +145,9 @@ def test_stored_fits_give_the_same_numbers_bit_for_bit(tmp_path: Path, monkeypat
 
 
 def test_a_damaged_fit_file_is_refitted(tmp_path: Path) -> None:
-    from lymphomil.data.cohort import load_cohort
+    from lymphomil.data.cohort import labelled_patients, load_cohort
     from lymphomil.data.synth import write_synthetic_cohort
-    from lymphomil.flows.steps import labelled_patients, run_cv
+    from lymphomil.flows.cv import run_cv
 
     data = write_synthetic_cohort(tmp_path / "data", n_patients=16, seed=5,
                                   images_per_patient=(1, 2))

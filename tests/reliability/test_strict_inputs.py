@@ -115,7 +115,7 @@ def test_strict_row_skip_is_listed(model_dir: Path, tmp_path: Path, case: str) -
 
 def test_strict_numbers_parse_as_written(tmp_path: Path) -> None:
     """What stays accepted: plain decimals, a leading '+', an exponent, surrounding spaces."""
-    from lymphomil.data.cohort import parse_count, parse_label
+    from lymphomil.data.validate import parse_count, parse_label
 
     for text, value in (("4.74", 4.74), (" 12 ", 12.0), ("+5.5", 5.5), ("1.2e1", 12.0),
                         (".5", 0.5), ("7.", 7.0)):

@@ -347,12 +347,12 @@ def test_two_concurrent_runs_one_wins_one_is_told(small_cohort: Path, tmp_path: 
                                         (errno.EACCES, "permissions")])
 def test_a_full_or_read_only_cache_disk_is_a_message(small_cohort: Path, tmp_path: Path,
                                                      monkeypatch, code: int, words: str) -> None:
-    from lymphomil import outputs
+    import tempfile
 
     def refuse(*args, **kwargs):
         raise OSError(code, os.strerror(code), str(tmp_path / "cache" / "x.tmp"))
 
-    monkeypatch.setattr(outputs.tempfile, "mkstemp", refuse)
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
     result = invoke(*_argv(FEATURES + ["--crop", "112"], data=small_cohort,
                            cache=tmp_path / "cache"))
     assert result.exit_code == 2, result.output

@@ -35,13 +35,13 @@ def assert_escaped(output: str) -> None:
         assert not line.startswith("INFO all patients"), output  # no forged line
 
 
-def test_shown_escapes_what_a_terminal_would_obey() -> None:
-    from lymphomil.runtime.errors import LymphomilError, shown
+def test_escaped_escapes_what_a_terminal_would_obey() -> None:
+    from lymphomil.runtime.errors import LymphomilError, escaped
 
-    assert shown("a\x1b[2Jb\nc\rd\u202ee\udce9.jpg\u2028") == \
+    assert escaped("a\x1b[2Jb\nc\rd\u202ee\udce9.jpg\u2028") == \
         "a\\x1b[2Jb\\nc\\rd\\u202ee\\xe9.jpg\\u2028"
-    assert shown("two\nlines\x1b", keep="\n") == "two\nlines\\x1b"
-    assert shown("Pé1 µ → ok") == "Pé1 µ → ok"  # printable text is left as it is
+    assert escaped("two\nlines\x1b", keep="\n") == "two\nlines\\x1b"
+    assert escaped("Pé1 µ → ok") == "Pé1 µ → ok"  # printable text is left as it is
     error = LymphomilError("bad value 'x\x1b[31m'", file=f"/tmp/a{FAKE}b", fix="fix\nit")
     assert error.render() == ("/tmp/a\\nINFO all patients predicted\\rb: bad value "
                               "'x\\x1b[31m'\n  fix: fix\\nit")

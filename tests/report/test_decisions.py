@@ -208,7 +208,7 @@ def test_model_card_states_the_rules_measured_coverage(tmp_path: Path, referral,
 
 
 def test_patient_calls_carry_the_decisions_of_the_predictions() -> None:
-    from lymphomil.flows.run import patient_calls
+    from lymphomil.report.pages import patient_calls
 
     patients = [SimpleNamespace(id=f"P{i}", label=-1, age=60.0, gender="F", lymph_count=9.0,
                                 n_images=2, image_paths=[Path("a.jpg"), Path("b.jpg")])

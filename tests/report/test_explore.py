@@ -17,6 +17,7 @@ from lymphomil.data.cohort import load_cohort
 from lymphomil.report.explore import (
     ATTRIBUTE_COLUMNS,
     STATISTICS,
+    cohort_table,
     explore,
     format_table_markdown,
     sample_cells,
@@ -52,7 +53,7 @@ def test_figures_decode(explored) -> None:
 
 def test_attribute_table_matches_pandas(explored) -> None:
     cohort, out, result = explored
-    table = cohort.table()
+    table = cohort_table(cohort)
     expected = table.groupby("label")[["age", "lymph_count", "n_images"]].describe()
     rows = result["attributes_by_label"]
     names = ("age", "lymphocyte count", "images per patient")
@@ -70,7 +71,8 @@ def test_attribute_table_matches_pandas(explored) -> None:
 
 def test_gender_table_matches_pandas(explored) -> None:
     cohort, out, result = explored
-    crosstab = pd.crosstab(cohort.table()["label"], cohort.table()["gender"])
+    table = cohort_table(cohort)
+    crosstab = pd.crosstab(table["label"], table["gender"])
     for row in result["gender_by_label"]:
         expected = crosstab.loc[row["label"]]
         assert (row["F"], row["M"]) == (expected["F"], expected["M"])
@@ -139,3 +141,12 @@ def test_real_cohort_matches_the_report(shared_data: Path, tmp_path: Path) -> No
              if r["attribute"] == "lymphocyte count"}
     assert (count[0]["count"], count[1]["count"]) == (40, 90)
     assert count[0]["min"] == pytest.approx(4.01) and count[0]["max"] == pytest.approx(7.68)
+
+
+def test_the_cohort_table_has_one_row_per_patient(synthetic_root: Path) -> None:
+    cohort = load_cohort(synthetic_root)
+    table = cohort_table(cohort)
+    assert list(table.columns) == ["ID", "label", "gender", "dob", "age", "lymph_count",
+                                   "n_images", "split"]
+    assert table["ID"].tolist() == [p.id for p in cohort.patients]
+    assert table["n_images"].tolist() == [p.n_images for p in cohort.patients]

@@ -9,15 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lymphomil.data.cohort import load_cohort
+from lymphomil.data.cohort import labelled_patients, load_cohort
 from lymphomil.evaluation.crossval import cross_validate
-from lymphomil.flows.steps import (
-    attach_features,
-    configure_model,
-    labelled_patients,
-    predict_patients,
-    train_model,
-)
+from lymphomil.flows.caches import attach_features, with_features
+from lymphomil.flows.patients import configure_model
+from lymphomil.flows.predict import predict_patients
+from lymphomil.flows.train import Referral, train_model
 from lymphomil.models.base import encode_param, load_model
 from lymphomil.outputs import read_json, verify_dir
 from lymphomil.report.model_card import (
@@ -40,7 +37,7 @@ def trained(synthetic_root: Path, synthetic_features: Path,
     labelled = labelled_patients(cohort)
     model = configure_model("image-logreg-thin")
     folder = tmp / "model"
-    train_model(model, labelled, folder, name="image-logreg-thin",
+    train_model(model, with_features(labelled, [model], cache), folder, name="image-logreg-thin",
                 reference_date=date(2024, 1, 1), cache_dir=cache, seed=3)
     patients = attach_features(labelled.patients, [model], cache)
     result = cross_validate(configure_model("image-logreg-thin"), patients, labelled.y, folds=2,
@@ -77,7 +74,8 @@ def test_card_fields_match_the_trained_model(trained) -> None:
     assert card["inputs"]["attributes"] == []  # an image-only model reads no attribute
     assert card["inputs"]["cell_scores"] == type(model).instance_score_units
     # the threshold is the one predictions use
-    pred = predict_patients(model, cohort.unlabelled, cohort, cache_dir=cache)
+    new = attach_features(cohort.unlabelled, [model], cache)
+    pred = predict_patients(model, Referral(None), new, cohort)
     assert card["threshold"]["value"] == THRESHOLD
     assert np.array_equal(pred.labels, (pred.proba >= card["threshold"]["value"]).astype(int))
     assert "balanced class weights" in card["threshold"]["why"]

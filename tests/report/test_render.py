@@ -321,7 +321,7 @@ def test_synthetic_banner_only_on_a_synthetic_cohort(tmp_path: Path) -> None:
 
 
 def test_synthetic_origin_tells_the_demo_from_the_shared_data(synthetic_root: Path) -> None:
-    from lymphomil.flows.run import synthetic_origin
+    from lymphomil.report.pages import synthetic_origin
 
     assert synthetic_origin(None) == {}  # `lymphomil run` without DATA: the built-in cohort
     origin = synthetic_origin(synthetic_root)
@@ -405,8 +405,8 @@ def test_patient_table_sorts_in_a_browser(tmp_path: Path) -> None:
 def test_gallery_legend_states_the_units_of_the_model_that_scored(tmp_path: Path) -> None:
     from types import SimpleNamespace
 
-    from lymphomil.flows.run import score_units
     from lymphomil.models.pooled import ImageLogRegModel
+    from lymphomil.report.model_card import score_units
 
     ctx = make_context(tmp_path, n_patients=1, n_images=4)
     ctx.score_units = "cell log-odds of malignancy (cell classifier)"

@@ -24,8 +24,10 @@ PLAN = dict(folds=3, repeats=2, seed=0)
 def local_reference(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """Features, CV and predictions of the local engine, computed once a session for the
     single-machine and the two-node Ray tests; read-only."""
-    from lymphomil.data.cohort import load_cohort
-    from lymphomil.flows.steps import attach_features, configure_model, labelled_patients, run_cv
+    from lymphomil.data.cohort import labelled_patients, load_cohort
+    from lymphomil.flows.caches import attach_features
+    from lymphomil.flows.cv import run_cv
+    from lymphomil.flows.patients import configure_model
 
     cache = tmp_path_factory.mktemp("local") / "cache"
     cohort = load_cohort(synthetic_root)

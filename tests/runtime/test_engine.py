@@ -10,8 +10,8 @@ import pytest
 from typer.testing import CliRunner
 
 from lymphomil.cli import app
-from lymphomil.flows.steps import get_engine
 from lymphomil.runtime.engine import LocalEngine
+from lymphomil.runtime.engines import get_engine
 from lymphomil.runtime.errors import LymphomilError
 
 runner = CliRunner()
@@ -78,9 +78,9 @@ def test_core_never_imports_ray(synthetic_root: Path, tmp_path: Path) -> None:
 
 
 def test_cross_validate_many_equals_one_model_at_a_time(synthetic_root: Path) -> None:
-    from lymphomil.data.cohort import load_cohort
+    from lymphomil.data.cohort import labelled_patients, load_cohort
     from lymphomil.evaluation.crossval import cross_validate, cross_validate_many
-    from lymphomil.flows.steps import configure_model, labelled_patients
+    from lymphomil.flows.patients import configure_model
 
     labelled = labelled_patients(load_cohort(synthetic_root))
     # two attribute models with a grid search (logreg-compact: the small C grid, fast)

@@ -34,7 +34,10 @@ def test_two_nodes_share_the_work_and_give_the_local_answers(cluster, synthetic_
                                                              local_reference: dict) -> None:
     """The local answers are the session's local reference (tests/runtime/conftest.py): the same
     cohort, features, models and plan."""
-    from lymphomil.flows.steps import attach_features, configure_model, labelled_patients, run_cv
+    from lymphomil.data.cohort import labelled_patients
+    from lymphomil.flows.caches import attach_features
+    from lymphomil.flows.cv import run_cv
+    from lymphomil.flows.patients import configure_model
     from lymphomil.runtime.ray_engine import RayEngine
 
     engine = RayEngine(address=cluster.address, chunk_images=24)

@@ -51,7 +51,10 @@ def _assert_same_cv(results, reference) -> None:
 @pytest.mark.slow  # the kill tests below make the same comparisons (a kill aside), by default
 def test_features_and_cv_match_the_local_engine(engine, synthetic_root: Path, tmp_path: Path,
                                                 local_reference: dict) -> None:
-    from lymphomil.flows.steps import attach_features, configure_model, labelled_patients, run_cv
+    from lymphomil.data.cohort import labelled_patients
+    from lymphomil.flows.caches import attach_features
+    from lymphomil.flows.cv import run_cv
+    from lymphomil.flows.patients import configure_model
 
     cohort = load_cohort(synthetic_root)
     attach_features(cohort.patients, [configure_model("image-logreg", SPEC_TEXT)], tmp_path,
@@ -84,7 +87,8 @@ def test_a_worker_killed_during_cross_validation_is_retried(engine, synthetic_ro
                                                             tmp_path: Path) -> None:
     import shutil
 
-    from lymphomil.flows.steps import labelled_patients, run_cv
+    from lymphomil.data.cohort import labelled_patients
+    from lymphomil.flows.cv import run_cv
 
     # the reference's features, not its stored fits (the CV would reuse them and run nothing)
     shutil.copytree(Path(local_reference["cache"]) / "features", tmp_path / "features")

@@ -27,7 +27,7 @@ from lymphomil.commands.progress import (
     TerminalProgress,
     progress_task,
 )
-from lymphomil.runtime.errors import LymphomilError, from_os_error, shown
+from lymphomil.runtime.errors import LymphomilError, escaped, from_os_error
 from lymphomil.runtime.progress_protocol import using
 
 __all__ = ["CACHE_DEFAULT", "EngineName", "OnError", "PatientRule", "RAY_EXTRA", "StageReporter",
@@ -94,13 +94,13 @@ def _patch_typer_errors() -> None:
     if getattr(original, "_lymphomil", False):
         return
 
-    def escaped(error: Any) -> None:
+    def format_escaped(error: Any) -> None:
         message = error.format_message()
-        error.format_message = lambda: shown(message)
+        error.format_message = lambda: escaped(message)
         original(error)
 
-    escaped._lymphomil = True  # type: ignore[attr-defined]
-    rich_utils.rich_format_error = escaped
+    format_escaped._lymphomil = True  # type: ignore[attr-defined]
+    rich_utils.rich_format_error = format_escaped
 
 
 _patch_typer_messages()
@@ -120,7 +120,7 @@ app.add_typer(cache_app, name="cache")
 #: choices shown in --help (Literal: Typer lists them and refuses anything else)
 OnError = Literal["raise", "skip"]
 EngineName = Literal["local", "ray"]
-PatientRule = Literal["new", "all"]  # lymphomil.flows.steps.PATIENT_RULES
+PatientRule = Literal["new", "all"]  # lymphomil.flows.predict.PATIENT_RULES
 #: "[ray]" escaped: --help is Rich markup, where a bare [ray] would vanish as a tag
 RAY_EXTRA = 'needs the ray extra: pip install "lymphomil\\[ray]"'
 CACHE_DEFAULT = "$LYMPHOMIL_CACHE_DIR, else the user cache folder"
@@ -132,9 +132,9 @@ err_console = ERR_CONSOLE
 
 def show(value: object) -> str:
     """A user-supplied value (a path, an ID) inside a console message: escaped for the terminal
-    (:func:`lymphomil.runtime.errors.shown`: no control character, no newline) and for Rich's
+    (:func:`lymphomil.runtime.errors.escaped`: no control character, no newline) and for Rich's
     markup (a ``[bold]`` in a file name is text)."""
-    return escape(shown(value))
+    return escape(escaped(value))
 
 _STATE = {"debug": False, "hard_exit": False, "in_command": 0}
 
@@ -268,7 +268,7 @@ def setup_logging(level: int = logging.WARNING, console: Console | None = None) 
 
 def _escape_record(record: logging.LogRecord) -> bool:
     """A log line holds no control character or newline of the values logged (a file name)."""
-    record.msg, record.args = shown(record.getMessage()), ()
+    record.msg, record.args = escaped(record.getMessage()), ()
     return True
 
 

@@ -14,7 +14,7 @@ import typer
 from rich.table import Table
 
 from lymphomil.commands.app import CACHE_DEFAULT, RAY_EXTRA, err_console, show
-from lymphomil.flows.defaults import RUN_DEFAULTS
+from lymphomil.flows.defaults import RUN_DEFAULTS, shown
 
 DATA_ARG = typer.Argument(..., help="challenge-layout folder (clinical_annotation.csv or "
                                     "trainset/ + testset/), or a lab's CSV of patients (one "
@@ -28,9 +28,9 @@ COLUMNS_HELP = ("with a CSV as DATA: its column names, e.g. id=Patient,gender=Se
 COLUMNS_DEFAULT = "ID, LABEL, GENDER, DOB or AGE, LYMPH_COUNT, FOLDER"
 IMAGES_OPT = typer.Option(None, "--images", help=IMAGES_HELP, show_default="the CSV's folder")
 COLUMNS_OPT = typer.Option(None, "--columns", help=COLUMNS_HELP, show_default=COLUMNS_DEFAULT)
-REFERENCE_OPT = typer.Option("2024-01-01", "--reference-date",
+REFERENCE_OPT = typer.Option(shown("reference_date"), "--reference-date",
                              help="date at which ages are computed (stored with the model)")
-ON_ERROR_OPT = typer.Option("raise", "--on-error",
+ON_ERROR_OPT = typer.Option(RUN_DEFAULTS["on_error"], "--on-error",
                             help="raise: stop at the first bad input; "
                                  "skip: leave it out and list it")
 CACHE_OPT = typer.Option(None, "--cache-dir", help="feature cache folder",
@@ -53,11 +53,12 @@ ENGINE_HELP = ("where features and CV fits run: local, or ray (joins RAY_ADDRESS
 
 def run_default(name: str) -> str:
     """What `run` uses when an option is not given (the config's default) for --help."""
-    return RUN_DEFAULTS[name]
+    return shown(name)
 
 
-THREADS_OPT = typer.Option(1, "--threads", help="threads for model fitting (torch, BLAS); "
-                                                 "fixed for reproducibility")
+THREADS_OPT = typer.Option(RUN_DEFAULTS["threads"], "--threads",
+                           help="threads for model fitting (torch, BLAS); fixed for "
+                                "reproducibility")
 
 
 def print_skips(issues: list[dict], out: Path | None = None) -> None:
@@ -75,10 +76,14 @@ def print_skips(issues: list[dict], out: Path | None = None) -> None:
         err_console.print(f"  the full list is in {show(out)}", soft_wrap=True, highlight=False)
 
 
-def results_table(rows: Sequence[Sequence[str]]) -> Table:
-    """The CV table of :func:`lymphomil.flows.summary_rows`."""
+def results_table(results: Sequence) -> Table:
+    """The CV table of CV results (their figures as
+    :func:`lymphomil.evaluation.crossval.summary_rows` writes them)."""
+    # deferred for start-up time: numpy, only when a table is printed
+    from lymphomil.evaluation.crossval import summary_rows
+
     table = Table("model", "balanced acc. (mean ± std [95% CI])", "hard subset", "ROC AUC",
                   "minutes", title="repeated patient-level CV")
-    for row in rows:
+    for row in summary_rows(results):
         table.add_row(*row)
     return table

@@ -17,7 +17,8 @@ from lymphomil.commands.app import (
     handle_errors,
     show,
 )
-from lymphomil.flows.defaults import DEFAULT_MODEL
+from lymphomil.flows import options  # light: checks import what they need when they run
+from lymphomil.flows.defaults import DEFAULT_MODEL, RUN_DEFAULTS
 
 
 @app.command()
@@ -26,9 +27,12 @@ def cv(
     data: Path = common.DATA_ARG,
     model: List[str] = typer.Option([DEFAULT_MODEL], "--model", "-m",
                                     help="model name (repeat for several; see `lymphomil models`)"),
-    folds: int = typer.Option(5, "--folds", help="folds per repeat (patient-level, stratified)"),
-    repeats: int = typer.Option(5, "--repeats", help="repeats, each with a new fold split"),
-    seed: int = typer.Option(0, "--seed", help="seed of the fold splits and the fits"),
+    folds: int = typer.Option(RUN_DEFAULTS["folds"], "--folds",
+                              help="folds per repeat (patient-level, stratified)"),
+    repeats: int = typer.Option(RUN_DEFAULTS["repeats"], "--repeats",
+                                help="repeats, each with a new fold split"),
+    seed: int = typer.Option(RUN_DEFAULTS["seed"], "--seed",
+                             help="seed of the fold splits and the fits"),
     out: Optional[Path] = typer.Option(None, "--out", help="folder for metrics.json, "
                                                            "oof_<model>.csv, results.md",
                                        show_default="none: print only"),
@@ -58,33 +62,21 @@ def cv(
     """
     # deferred for start-up time (see lymphomil.commands.common)
     from lymphomil import outputs
-    from lymphomil.flows import options
-    from lymphomil.flows.cv import cross_validate, cv_models, summary_rows
-    from lymphomil.flows.steps import load_labelled
-    from lymphomil.referral import check_target
-    from lymphomil.referral.coverage import trust_markdown
-    from lymphomil.runtime.environment import set_threads
+    from lymphomil.flows import cv as cv_flow
 
-    # every option before any work; the folds against the data once it is read
-    model = cv_models(model, select)
-    max_referral, target_accuracy = check_target(max_referral, target_accuracy)
-    options.check_folds(folds)
-    options.check_repeats(repeats)
-    options.check_threads(threads)
-    features = options.absolute_weights(options.check_features_option(features))
     ref = options.parse_date(reference_date)
     outputs.check_cache_location(cache_dir, data)
     if out is not None:
         outputs.claim_output(out, "cv", {"data folder": data,
                                          "cache folder": outputs.cache_root(cache_dir)})
-    set_threads(threads)
-    labelled = load_labelled(data, reference_date=ref, on_error=on_error,
-                                   cache_dir=cache_dir, folds=folds)
-    run = cross_validate(model, labelled, folds=folds, repeats=repeats, seed=seed,
-                               features=features, cache_dir=cache_dir, engine=engine,
-                               threads=threads, trust=True, referral=referral,
-                               max_referral=max_referral, target_accuracy=target_accuracy,
-                               out=out)
+    # the flow checks every other option before any work, the folds against the data once read
+    run = cv_flow.cross_validate(model, data, select=select, folds=folds, repeats=repeats,
+                                 seed=seed, reference_date=ref, on_error=on_error,
+                                 features=features, cache_dir=cache_dir, engine=engine,
+                                 threads=threads, trust=True, referral=referral,
+                                 max_referral=max_referral, target_accuracy=target_accuracy,
+                                 out=out)
+    labelled = run.labelled
     for note in run.notes:
         err_console.print(show(note), highlight=False, soft_wrap=True)
     results, trust, cohort = run.results, run.trust, labelled.cohort
@@ -92,11 +84,10 @@ def cv(
     if as_json:
         typer.echo(outputs.dumps_json(payload), nl=False)  # strict JSON: null, never NaN
     else:
-        console.print(common.results_table(summary_rows(results)))
+        console.print(common.results_table(results))
         console.print(f"{len(labelled.y)} labelled patients, {folds} folds × {repeats} repeats, "
                       f"seed {seed}")
-        console.print(trust_markdown(trust), markup=False, highlight=False,
-                      soft_wrap=True)
+        console.print(run.trust_markdown(), markup=False, highlight=False, soft_wrap=True)
     common.print_skips(cohort.skipped_table(),
                        out / "skipped.json" if out and cohort.issues else None)
     if out is not None:

@@ -17,6 +17,8 @@ from lymphomil.commands.app import (
     progress_task,
     show,
 )
+from lymphomil.flows import options  # light: checks import what they need when they run
+from lymphomil.flows.defaults import RUN_DEFAULTS, shown
 
 if TYPE_CHECKING:  # pragma: no cover
     from lymphomil.data.cohort import Cohort
@@ -37,8 +39,10 @@ def _rich_table(title: str, rows: Sequence[dict[str, Any]], columns: Sequence[st
 def synth(
     out: Path = typer.Argument(..., help="Folder to write the cohort into (new, empty, or an "
                                          "earlier synthetic cohort, which is replaced)."),
-    patients: int = typer.Option(60, "--patients", help="Number of patients."),
-    seed: int = typer.Option(0, "--seed", help="Random seed: the same seed gives the same files."),
+    patients: int = typer.Option(RUN_DEFAULTS["synthetic_patients"], "--patients",
+                                 help="Number of patients."),
+    seed: int = typer.Option(RUN_DEFAULTS["synthetic_seed"], "--seed",
+                             help="Random seed: the same seed gives the same files."),
     test_fraction: float = typer.Option(
         0.25, "--test-fraction", help="Share of unlabelled patients (LABEL -1, in testset/)."),
     min_images: int = typer.Option(16, "--min-images", help="Fewest cell images per patient."),
@@ -52,7 +56,6 @@ def synth(
     """
     # deferred for start-up time (see lymphomil.commands.common)
     from lymphomil.data.synth import write_synthetic_cohort
-    from lymphomil.flows import options
 
     options.check_synthetic(patients)  # the writer checks OUT (its own marker) and locks it
     options.check_synthetic_seed(seed)
@@ -72,9 +75,9 @@ def synth(
 def explore(
     data: Path = typer.Argument(..., help="The cohort folder (challenge layout)."),
     out: Path = typer.Option(..., "--out", help="Folder for the tables and figures."),
-    reference_date: str = typer.Option("2024-01-01", "--reference-date",
+    reference_date: str = typer.Option(shown("reference_date"), "--reference-date",
                                        help="Date at which ages are computed (YYYY-MM-DD)."),
-    on_error: OnError = typer.Option("raise", "--on-error",
+    on_error: OnError = typer.Option(RUN_DEFAULTS["on_error"], "--on-error",
                                  help="raise: stop at the first bad row or image; skip: leave it "
                                       "out and list it in skipped.json."),
 ) -> None:
@@ -87,7 +90,6 @@ def explore(
     # deferred for start-up time (see lymphomil.commands.common)
     from lymphomil import outputs
     from lymphomil.data.cohort import load_cohort
-    from lymphomil.flows import options
     from lymphomil.report import explore as exploring
 
     reference = options.parse_date(reference_date)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Literal, Optional
@@ -21,6 +22,7 @@ from lymphomil.commands.app import (
     handle_errors,
     show,
 )
+from lymphomil.flows import options  # light: checks import what they need when they run
 from lymphomil.runtime.errors import LymphomilError
 
 #: ``--cache-dir`` of ``cache info`` and ``cache clear``
@@ -118,12 +120,9 @@ def features(
     Another backbone: lymphomil features DATA --backbone efficientnet-lite0 --crop 112
     """
     # deferred for start-up time (see lymphomil.commands.common): no torch, no model family
+    from lymphomil import features as instance_features
     from lymphomil import outputs
     from lymphomil.data.cohort import load_cohort
-    from lymphomil.features import KINDS, FeatureCache, FeatureSpec, resolve_precision
-    from lymphomil.features.cache import feature_root
-    from lymphomil.features.spec import DEFAULT_CROP
-    from lymphomil.flows import options
     from lymphomil.runtime import engines
 
     if list_names:
@@ -140,11 +139,13 @@ def features(
         raise LymphomilError("no data folder given",
                              fix="lymphomil features DATA (the challenge folder), or --list")
     pairs = None
-    if backbone is None:  # deferred further: pydantic and the default model's family, only here
+    if backbone is None:
+        # deferred further: pydantic and the default model's family, only here
         from lymphomil.flows.config import default_model_features
 
         pairs = default_model_features()
-    backbone, crop, weights, kinds = _defaults(backbone, crop, weights, kinds, DEFAULT_CROP, pairs)
+    backbone, crop, weights, kinds = _defaults(backbone, crop, weights, kinds,
+                                               instance_features.spec.DEFAULT_CROP, pairs)
     # every option before any work: a 5000 px crop once ran a 5000x5000 probe through the network
     options.check_crop(crop)
     options.check_batch_size(batch_size)
@@ -152,11 +153,12 @@ def features(
     options.check_in_flight(workers, batch_size)
     options.check_backbone(backbone)
     outputs.check_cache_location(cache_dir, data)
-    wanted = _parse_kinds(kinds, KINDS)
+    wanted = _parse_kinds(kinds, instance_features.KINDS)
     if tta and "views" not in wanted:
         wanted = wanted + ("views",)
-    resolved = resolve_precision(precision)
-    spec = FeatureSpec(backbone=backbone, weights=weights, crop=crop, tta=tta, precision=resolved)
+    resolved = instance_features.resolve_precision(precision)
+    spec = instance_features.FeatureSpec(backbone=backbone, weights=weights, crop=crop, tta=tta,
+                                         precision=resolved)
     start = time.perf_counter()
     # images are checked where they are decoded (the extractor applies --on-error); a cached
     # patient's images were decoded already, so a warm run need not open 14,000 files again
@@ -166,8 +168,9 @@ def features(
                           f"{show(issue.problem)}",
                           highlight=False, soft_wrap=True)
     loaded = time.perf_counter()
-    cache = FeatureCache(feature_root(cache_dir), workers=workers, batch_size=batch_size,
-                         on_error=on_error)
+    cache = instance_features.FeatureCache(instance_features.cache.feature_root(cache_dir),
+                                           workers=workers, batch_size=batch_size,
+                                           on_error=on_error)
     if engine == "ray" and workers is not None:
         err_console.print("[yellow]note[/]: --workers is ignored under --engine ray: each Ray task "
                           "runs one extraction stream, and the cluster's CPUs set how many run at "
@@ -201,15 +204,12 @@ def cache_info(
 
     Example: lymphomil cache info
     """
-    # deferred for start-up time (see lymphomil.commands.common); ``features``: the package
-    from lymphomil import features, outputs
-    from lymphomil.evaluation import cvcache
+    # deferred for start-up time (see lymphomil.commands.common)
+    from lymphomil.flows import caches
 
-    info = features.FeatureCache(features.cache.feature_root(cache_dir)).info()
-    files = cvcache.entry_files(outputs.cv_cache(cache_dir))  # only those are the cache's
-    info["cv_results"] = (len(files), sum(p.stat().st_size for p in files))
+    info = caches.info(cache_dir)
     if as_json:
-        console.print_json(outputs.dumps_json(info))
+        console.print_json(json.dumps(info, sort_keys=True, default=str))
         return
     table = Table(title=f"feature cache {info['root']} — {_human_bytes(info['bytes'])}, "
                         f"{info['files']} files", title_justify="left")
@@ -232,31 +232,26 @@ def cache_clear(
     cache_dir: Optional[Path] = CACHE_DIR_OPT,
     yes: bool = typer.Option(False, "--yes", help="Do not ask for confirmation."),
 ) -> None:
-    """Delete every cached feature file, CV result and reusable run result (recomputed when
-    needed).
+    """Delete every cached feature file, CV result and reusable run result, the image memo and
+    the report's drawn figures (each recomputed when needed).
 
     Example: lymphomil cache clear --yes
     """
-    # deferred for start-up time (see lymphomil.commands.common); ``features``: the package
-    from lymphomil import features, outputs
-    from lymphomil.evaluation import cvcache
-    from lymphomil.flows import runcache
+    # deferred for start-up time (see lymphomil.commands.common)
+    from lymphomil.flows import caches
 
-    cache = features.FeatureCache(features.cache.feature_root(cache_dir))
     if not yes:
-        info = cache.info()
+        info = caches.info(cache_dir)
         typer.confirm(f"delete {info['files']} feature files ({_human_bytes(info['bytes'])}) "
-                      f"under {info['root']} and the cached CV results?", abort=True)
-    freed = cache.clear()
-    # only the CV results the cache's own manifest lists: never whatever else is in cv/
-    cv_files, cv_bytes, kept = cvcache.clear(outputs.cv_cache(cache_dir))
-    run_entries, run_bytes = runcache.clear(cache_dir)  # a rerun's exploration and fitted models
-    console.print(f"freed {_human_bytes(freed + cv_bytes + run_bytes)} under "
-                  f"{show(cache.root.parent)} (features, {cv_files} CV result files and "
-                  f"{run_entries} reusable run results)", highlight=False)
-    kept = list(getattr(cache, "kept", [])) + kept
-    if kept:
-        err_console.print(f"[yellow]left alone[/]: {len(kept)} file(s) under "
-                          f"{show(cache.root.parent)} that the cache did not write: "
-                          + ", ".join(show(p.name) for p in kept[:5]), highlight=False,
+                      f"under {show(info['root'])}, the cached CV and run results, the "
+                      "image memo and the report's figures?", abort=True)
+    cleared = caches.clear_all(cache_dir)
+    root = show(cleared.root)
+    counts = ", ".join(f"{n} {what}" for what, n in cleared.counts.items())
+    console.print(f"freed {_human_bytes(cleared.bytes)} under {root} (features; {counts})",
+                  highlight=False)
+    if cleared.kept:
+        err_console.print(f"[yellow]left alone[/]: {len(cleared.kept)} file(s) under {root} "
+                          "that the cache did not write: "
+                          + ", ".join(show(p.name) for p in cleared.kept[:5]), highlight=False,
                           soft_wrap=True)

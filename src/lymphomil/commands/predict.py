@@ -56,28 +56,24 @@ def predict(
     # deferred for start-up time (see lymphomil.commands.common)
     from lymphomil import outputs
     from lymphomil.data.plain import data_inputs, data_source
-    from lymphomil.flows import options
-    from lymphomil.flows.predict import predict as predict_flow
-    from lymphomil.flows.predict import prediction_files
-    from lymphomil.runtime.environment import set_threads
+    from lymphomil.flows import predict as predict_flow
 
-    options.check_threads(threads)
     source = data_source(data, images, columns)
     for path in data_inputs(source).values():
         outputs.check_cache_location(cache_dir, path)
     inputs = {"model folder": model_dir, **data_inputs(source),
               "cache folder": outputs.cache_root(cache_dir)}
-    metrics_path, skipped_path = prediction_files(out)
+    metrics_path, skipped_path = predict_flow.prediction_files(out)
     outputs.claim_output(out, "predictions", inputs, folder=False)
     outputs.claim_output(skipped_path, "skipped list", inputs, folder=False)
     outputs.claim_output(metrics_path, "metrics", inputs, folder=False)
     if report is not None:
         outputs.claim_output(report, "report", dict(inputs, **{"--out file": out}),
                              folder=False, option="--report")
-    set_threads(threads)
-    done = predict_flow(model_dir, source, out, kaggle=kaggle, patients=patients,
-                         include_labelled=include_labelled, on_error=on_error,
-                         cache_dir=cache_dir, report=report)
+    # the flow checks --threads (and sets them) before any work
+    done = predict_flow.predict(model_dir, source, out, kaggle=kaggle, patients=patients,
+                                include_labelled=include_labelled, on_error=on_error,
+                                cache_dir=cache_dir, threads=threads, report=report)
     pred = done.pred
     if pred.metrics is not None:
         m = pred.metrics

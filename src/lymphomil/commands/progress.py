@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterator
 
 from rich.console import Console
 
-from lymphomil.runtime.errors import shown
+from lymphomil.runtime.errors import escaped
 
 MIN_WIDTH = 20  # columns: a narrower console is not readable (COLUMNS=0 printed nothing)
 
@@ -32,7 +32,7 @@ MIN_WIDTH = 20  # columns: a narrower console is not readable (COLUMNS=0 printed
 class SafeConsole(Console):
     """A Rich console that never passes a control character of a printed string to the
     terminal (an escape sequence, a carriage return, a bidirectional override): every string
-    is escaped (:func:`lymphomil.runtime.errors.shown`) but for the newlines lymphomil lays out
+    is escaped (:func:`lymphomil.runtime.errors.escaped`) but for the newlines lymphomil lays out
     itself, before Rich adds its own styles. User strings are escaped, newlines too, where the
     message is made; this is the net under every print. A width from ``COLUMNS`` too small to
     read (``COLUMNS=0`` printed nothing at all, ``1`` a character a line) is not used."""
@@ -43,7 +43,7 @@ class SafeConsole(Console):
             self.width = 80
 
     def print(self, *objects: Any, **kwargs: Any) -> None:
-        super().print(*(shown(o, keep="\n") if isinstance(o, str) else o for o in objects),
+        super().print(*(escaped(o, keep="\n") if isinstance(o, str) else o for o in objects),
                       **kwargs)
 
 

@@ -18,6 +18,7 @@ from lymphomil.commands.app import (
     handle_errors,
     show,
 )
+from lymphomil.flows import options  # light: checks import what they need when they run
 from lymphomil.flows.defaults import DEFAULT_CANDIDATES
 
 
@@ -86,9 +87,7 @@ def run(
     from lymphomil import outputs, referral
     from lymphomil.data.plain import data_inputs, data_source, read_columns
     from lymphomil.flows import config as configs
-    from lymphomil.flows import options
-    from lymphomil.flows.cv import summary_rows
-    from lymphomil.flows.run import run_pipeline
+    from lymphomil.flows import run as run_flow
 
     referral.check_target(max_referral, target_accuracy)  # the CLI's names in the message
     names, images_of_columns = read_columns(columns)
@@ -112,12 +111,12 @@ def run(
                                       "cache folder": outputs.cache_root(cfg.cache_dir)})
     reporter = StageReporter()
     try:
-        result = run_pipeline(
+        result = run_flow.run_pipeline(
             cfg, out, stage=reporter.stage, on_fit=reporter.advance,
             cv_total=lambda total: reporter.count("cross-validation fits", total, "fits"))
     finally:
         reporter.close()
-    console.print(common.results_table(summary_rows(result.results)))
+    console.print(common.results_table(result.results))
     console.print(f"chosen model: [bold]{result.chosen}[/]; predicted {result.n_predicted} "
                   f"patients; skipped {result.n_skipped}")
     console.print("timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in result.timings.items()))

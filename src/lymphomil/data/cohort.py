@@ -14,14 +14,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import date
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
 from lymphomil.data.folders import (
-    IMAGE_SUFFIXES,
-    ImagePaths,
-    check_image,
     find_folder,
     is_utf8,
     link_problem,
@@ -31,6 +28,7 @@ from lymphomil.data.folders import (
     split_conflict,
 )
 from lymphomil.data.images import memo_in
+from lymphomil.data.issues import DataIssue, IssueLog
 from lymphomil.data.plain import (
     FOLDER_FIX,
     PLAIN_SUFFIXES,
@@ -41,57 +39,18 @@ from lymphomil.data.plain import (
 )
 from lymphomil.data.reference_date import DEFAULT_REFERENCE_DATE
 from lymphomil.data.table import (
-    COL_AGE,
-    COL_COUNT,
-    COL_DOB,
     COL_FOLDER,
-    COL_GENDER,
-    COL_ID,
-    COL_LABEL,
-    REQUIRED_COLUMNS,
     ROOT_CSV,
-    TEST_CSV,
     TEST_DIR,
-    TRAIN_CSV,
     TRAIN_DIR,
     Row,
-    csv_files,
     read_table,
+    read_tables,
 )
-from lymphomil.data.validate import (
-    COLUMN_OF,
-    MAX_AGE,
-    MAX_COUNT,
-    MIN_BIRTH_YEAR,
-    MIN_COUNT,
-    FieldError,
-    age_at,
-    check_csvs_agree,
-    check_id,
-    fix_for,
-    parse_count,
-    parse_dob,
-    parse_gender,
-    parse_label,
-    patient_from_row,
-)
-from lymphomil.runtime.errors import DataIssue, IssueLog, LymphomilError
-
-if TYPE_CHECKING:  # pragma: no cover
-    import pandas as pd
+from lymphomil.data.validate import check_csvs_agree, parse_row
+from lymphomil.runtime.errors import LymphomilError
 
 LABELS = {-1: "unknown", 0: "reactive", 1: "malignant"}
-
-#: what callers read from this module: the parts live in table (the CSVs), validate (each
-#: row's values) and folders (the image folders)
-__all__ = ["COL_AGE", "COL_COUNT", "COL_DOB", "COL_GENDER", "COL_ID", "COL_LABEL",
-           "DEFAULT_REFERENCE_DATE", "IMAGE_SUFFIXES", "LABELS", "MAX_AGE", "MAX_COUNT",
-           "MIN_BIRTH_YEAR", "MIN_COUNT", "PLAIN_SUFFIXES", "REQUIRED_COLUMNS", "ROOT_CSV",
-           "TEST_CSV", "TEST_DIR", "TRAIN_CSV", "TRAIN_DIR", "Cohort", "FieldError",
-           "ImagePaths", "Patient", "PlainLayout", "Row", "age_at", "as_patient_array",
-           "check_csvs_agree", "check_id", "check_image", "is_utf8", "labels_of", "list_images",
-           "load_cohort", "parse_count", "parse_dob", "parse_gender", "parse_label",
-           "plain_layout", "printable", "read_table"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -159,22 +118,6 @@ class Cohort:
                 seen.setdefault(issue.patient_id)
         return list(seen)
 
-    def table(self) -> "pd.DataFrame":
-        import pandas as pd
-
-        return pd.DataFrame(
-            {
-                "ID": [p.id for p in self.patients],
-                "label": [p.label for p in self.patients],
-                "gender": [p.gender for p in self.patients],
-                "dob": [p.dob.isoformat() if p.dob else "" for p in self.patients],
-                "age": [p.age for p in self.patients],
-                "lymph_count": [p.lymph_count for p in self.patients],
-                "n_images": [p.n_images for p in self.patients],
-                "split": [p.split for p in self.patients],
-            }
-        )
-
     def skipped_table(self) -> list[dict]:
         return [i.to_dict() for i in self.issues]
 
@@ -190,9 +133,7 @@ def load_cohort(root: str | Path | PlainLayout, *,
     Clean image verdicts are remembered in ``cache_dir`` (``--cache-dir``; default: the user's
     cache), so a later read decodes only new or changed images.
     """
-    if not isinstance(root, PlainLayout) and Path(root).is_file():
-        root = plain_layout(root)
-    if isinstance(root, PlainLayout):
+    if isinstance(root, PlainLayout) or Path(root).is_file():
         log = IssueLog(on_error)
         with memo_in(cache_dir), _decode_pool(check_images) as pool:
             return _load_plain(root, reference_date, log, check_images, pool)
@@ -229,10 +170,14 @@ def _load(root: Path, reference_date: date, log: IssueLog, check_images: bool,
           pool: Any) -> Cohort:
     patients: list[Patient] = []
     seen: dict[str, Row] = {}
-    check_csvs_agree(root, reference_date)
-    for csv_path in csv_files(root):
-        for row in read_table(csv_path):
-            parsed = _parse_row(row, reference_date, seen, log)
+    tables = read_tables(root)
+    check_csvs_agree(root, tables, reference_date)
+    # the patients' rows: clinical_annotation.csv's alone when it is there (the others were
+    # only compared with it), else trainset/'s and testset/'s
+    patient_files = [root / ROOT_CSV] if root / ROOT_CSV in tables else list(tables)
+    for csv_path in patient_files:
+        for row in tables[csv_path]:
+            parsed = parse_row(row, reference_date, seen, log)
             if parsed is None:
                 continue
             pid, label, gender, dob, age, count = parsed
@@ -273,40 +218,21 @@ def _load(root: Path, reference_date: date, log: IssueLog, check_images: bool,
     return Cohort(root, patients, log.issues, reference_date, ignored)
 
 
-def _parse_row(row: Row, reference_date: date, seen: dict[str, Row], log: IssueLog,
-               plain: bool = False) -> tuple | None:
-    """A row's validated values, or None when it is bad or repeats an ID (reported to ``log``)."""
-    raw_id = row.values[COL_ID].strip() or None
-    try:
-        parsed = patient_from_row(row, reference_date, plain=plain)
-    except ValueError as exc:
-        where = row.where(COLUMN_OF.get(getattr(exc, "field", ""), ""))
-        log.report(DataIssue(str(exc) + (f" ({where})" if where else ""), fix_for(exc),
-                             file=str(row.file), row=row.line, patient_id=raw_id))
-        return None
-    pid = parsed[0]
-    if pid in seen:
-        log.report(DataIssue(f"duplicate ID {pid!r} (first on line {seen[pid].line})",
-                             "keep one row per patient", file=str(row.file), row=row.line,
-                             patient_id=pid))
-        return None
-    seen[pid] = row
-    return parsed
-
-
-def _load_plain(layout: PlainLayout, reference_date: date, log: IssueLog, check_images: bool,
-                pool: Any) -> Cohort:
-    """A lab's export (:mod:`lymphomil.data.plain`): the same checks and messages as
-    :func:`_load`, its image folders found by name or by the FOLDER column."""
+def _load_plain(root: str | Path | PlainLayout, reference_date: date, log: IssueLog,
+                check_images: bool, pool: Any) -> Cohort:
+    """A lab's export (:mod:`lymphomil.data.plain`; the path of its CSV: images beside it,
+    default column names): the same checks and messages as :func:`_load`, its image folders
+    found by name or by the FOLDER column."""
+    layout = root if isinstance(root, PlainLayout) else plain_layout(root)
     if not layout.csv.is_file():
         raise LymphomilError("data file not found", file=layout.csv,
                              fix="give the CSV of the lab's patients")
     patients: list[Patient] = []
     seen: dict[str, Row] = {}
-    folders = image_folders(layout.images)
+    folders, columns = image_folders(layout.images), layout.columns()
     used: set[str] = set()
-    for row in read_table(layout.csv, layout.columns()):
-        parsed = _parse_row(row, reference_date, seen, log, plain=True)
+    for row in read_table(layout.csv, columns):
+        parsed = parse_row(row, reference_date, seen, log, plain=True)
         if parsed is None:
             continue
         pid, label, gender, dob, age, count = parsed
@@ -335,6 +261,28 @@ def _load_plain(layout: PlainLayout, reference_date: date, log: IssueLog, check_
                              "add the patient's row to the CSV or move the folder away",
                              file=printable(folders[name]), patient_id=shown))
     return Cohort(layout.csv, patients, log.issues, reference_date, ignored)
+
+
+@dataclass
+class LabelledSet:
+    """A cohort's labelled patients as a model fits them: a 1-D object array and the labels."""
+
+    cohort: Cohort | None  # None: patients given without their folder (the Python API)
+    patients: np.ndarray  # 1-D object array of labelled patients
+    y: np.ndarray
+
+
+def labelled_patients(cohort: Cohort) -> LabelledSet:
+    """The cohort's labelled patients; a cohort with none, or with one class only, stops here."""
+    labelled = cohort.labelled
+    if not labelled:
+        raise LymphomilError("no labelled patients (LABEL 0 or 1) in the data", file=cohort.root,
+                             fix="cross-validation and training need labelled patients")
+    y = labels_of(labelled)
+    if len(np.unique(y)) < 2:
+        raise LymphomilError("the labelled patients are all of one class", file=cohort.root,
+                             fix="training needs reactive (0) and malignant (1) patients")
+    return LabelledSet(cohort, as_patient_array(labelled), y)
 
 
 def as_patient_array(patients: Iterable[Patient]) -> np.ndarray:

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from lymphomil.data.images import image_problem, kind_problem
+from lymphomil.data.issues import DataIssue, IssueLog
 from lymphomil.data.table import TEST_CSV, TEST_DIR, TRAIN_CSV, TRAIN_DIR
-from lymphomil.runtime.errors import DataIssue, IssueLog
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg")
 

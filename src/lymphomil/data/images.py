@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import stat
 from contextlib import contextmanager
 from pathlib import Path
@@ -247,8 +248,17 @@ _MEMO: dict[str, tuple[int, ...]] | None = None
 _MEMO_NEW: dict[str, tuple[int, ...]] = {}
 
 
+#: the memo files' names (every version): what ``lymphomil cache clear`` removes
+MEMO_FILE = re.compile(r"images-v[0-9]+\.json")
+
+
+def memo_folder(cache_dir: str | Path | None) -> Path:
+    """Where the memo of the cache root ``cache_dir`` (None: the default root) lives."""
+    return cache_root(cache_dir) / "validated"
+
+
 def _memo_file() -> Path:
-    return cache_root(_ROOT) / "validated" / f"images-v{MEMO_VERSION}.json"
+    return memo_folder(_ROOT) / f"images-v{MEMO_VERSION}.json"
 
 
 def _memo() -> dict[str, tuple[int, ...]]:

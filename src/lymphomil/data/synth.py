@@ -25,18 +25,13 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
-from lymphomil.data.cohort import (
-    DEFAULT_REFERENCE_DATE,
-    ROOT_CSV,
-    TEST_CSV,
-    TEST_DIR,
-    TRAIN_CSV,
-    TRAIN_DIR,
-)
+from lymphomil.data.cohort import DEFAULT_REFERENCE_DATE
+from lymphomil.data.table import ROOT_CSV, TEST_CSV, TEST_DIR, TRAIN_CSV, TRAIN_DIR
 from lymphomil.outputs import (
     atomic_write_json,
     atomic_write_text,
     check_not_inside_output,
+    default_cache_root,
     ensure_replaceable,
     staged_dir,
 )
@@ -401,3 +396,11 @@ def write_synthetic_cohort(out: str | Path, n_patients: int = 60, seed: int = 0,
             "images_per_patient": [lo, hi]})
     return out
 
+
+def synthetic_default(patients: int, seed: int) -> Path:
+    """The built-in default cohort of ``lymphomil run`` without a folder: generated once into
+    the cache, then reused."""
+    folder = default_cache_root() / "synthetic" / f"n{patients}-seed{seed}"
+    if not (folder / ROOT_CSV).is_file():
+        write_synthetic_cohort(folder, n_patients=patients, seed=seed)
+    return folder

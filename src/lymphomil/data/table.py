@@ -141,6 +141,16 @@ def _read_records(path: Path, reader: Any, columns: Columns) -> list[Row]:
     return rows
 
 
+def read_tables(root: Path) -> dict[Path, list[Row]]:
+    """Every annotation CSV of the folder, each read once: first the ones whose rows are the
+    cohort (:func:`csv_files`), then, beside clinical_annotation.csv, the trainset/ and testset/
+    CSVs it is checked against (the Kaggle download has all three)."""
+    read = csv_files(root)
+    compared = ([root / rel for rel in (TRAIN_CSV, TEST_CSV) if (root / rel).is_file()]
+                if read == [root / ROOT_CSV] else [])
+    return {path: read_table(path) for path in [*read, *compared]}
+
+
 def csv_files(root: Path) -> list[Path]:
     for rel in (ROOT_CSV, TRAIN_CSV, TEST_CSV):  # a pipe or a device would block or never end
         path = root / rel

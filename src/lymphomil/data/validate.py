@@ -9,6 +9,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+from lymphomil.data.issues import DataIssue, IssueLog
 from lymphomil.data.table import (
     COL_AGE,
     COL_COUNT,
@@ -22,14 +23,12 @@ from lymphomil.data.table import (
     TEST_CSV,
     TRAIN_CSV,
     Row,
-    read_table,
 )
 from lymphomil.runtime.errors import LymphomilError
 
 MAX_COUNT = 1000.0  # 10^9 cells/L; the labelled set tops out at 295
 MIN_COUNT = 0.1  # 10^9 cells/L; below is not a measurable count (the labelled set's lowest: 2.28)
 MAX_AGE = 120  # years at the reference date
-MIN_BIRTH_YEAR = 1880  # kept for callers; the age bound (MAX_AGE) is what is checked
 
 _ID_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
 #: a number as a person writes it in a CSV: ASCII digits, one '.', an optional exponent; no '_',
@@ -308,20 +307,21 @@ def _parsed(row: Row, reference: date) -> tuple | None:
 _COMPARED = ((1, COL_LABEL), (2, COL_GENDER), (3, COL_DOB), (5, COL_COUNT))
 
 
-def check_csvs_agree(root: Path, reference: date) -> None:
+def check_csvs_agree(root: Path, tables: dict[Path, list[Row]], reference: date) -> None:
     """Stop when ``clinical_annotation.csv`` and ``trainset/``/``testset/`` CSVs (all present: the
-    Kaggle download) give one patient different values: never a silent choice of one file."""
-    if not (root / ROOT_CSV).is_file():
+    Kaggle download; ``tables``: their rows, :func:`lymphomil.data.table.read_tables`) give one
+    patient different values: never a silent choice of one file."""
+    if root / ROOT_CSV not in tables:
         return
     main: dict[str, tuple[Row, tuple]] = {}
-    for row in read_table(root / ROOT_CSV):
+    for row in tables[root / ROOT_CSV]:
         parsed = _parsed(row, reference)
         if parsed is not None:
             main.setdefault(parsed[0], (row, parsed))
     for rel in (TRAIN_CSV, TEST_CSV):
-        if not (root / rel).is_file():
+        if root / rel not in tables:
             continue
-        for row in read_table(root / rel):
+        for row in tables[root / rel]:
             parsed = _parsed(row, reference)
             if parsed is None or parsed[0] not in main:
                 continue
@@ -334,3 +334,25 @@ def check_csvs_agree(root: Path, reference: date) -> None:
                         "the two annotation files disagree", file=first.file, row=first.line,
                         fix=f"correct the wrong one of the two rows ({ROOT_CSV} is the one "
                             "lymphomil reads; the other is checked against it)")
+
+
+def parse_row(row: Row, reference_date: date, seen: dict[str, Row], log: IssueLog,
+               plain: bool = False) -> tuple | None:
+    """A row's validated values (:func:`patient_from_row`), or None when it is bad or repeats an
+    ID of ``seen`` (the problem reported to ``log``, the row's fix with it)."""
+    raw_id = row.values[COL_ID].strip() or None
+    try:
+        parsed = patient_from_row(row, reference_date, plain=plain)
+    except ValueError as exc:
+        where = row.where(COLUMN_OF.get(getattr(exc, "field", ""), ""))
+        log.report(DataIssue(str(exc) + (f" ({where})" if where else ""), fix_for(exc),
+                             file=str(row.file), row=row.line, patient_id=raw_id))
+        return None
+    pid = parsed[0]
+    if pid in seen:
+        log.report(DataIssue(f"duplicate ID {pid!r} (first on line {seen[pid].line})",
+                             "keep one row per patient", file=str(row.file), row=row.line,
+                             patient_id=pid))
+        return None
+    seen[pid] = row
+    return parsed

@@ -61,6 +61,32 @@ def fold_plan(y: np.ndarray, folds: int, repeats: int, seed: int) -> np.ndarray:
     return plan
 
 
+def inner_folds(y: np.ndarray, folds: int) -> int:
+    """The folds an inner CV of the training patients ``y`` can have: at most ``folds``, and no
+    more than the smallest class has patients (fewer than 2: no inner CV is possible)."""
+    return min(int(folds), int(np.bincount(np.asarray(y, dtype=int), minlength=2).min()))
+
+
+def out_of_fold(y: np.ndarray, folds: int, seed: int,
+                fit_predict: Callable[[np.ndarray, np.ndarray, int], Any]) -> np.ndarray:
+    """The inner out-of-fold loop that tunes a model inside its own training patients (a
+    fusion's α or stacker, cell-topk's k, the referral rule's threshold): a stratified
+    ``folds``-fold split of ``y`` shuffled with ``seed``; ``fit_predict(train, test, k)`` fits
+    on the indices ``train`` and returns the values of the patients ``test`` (one row each).
+    Returns every patient's out-of-fold row, in patient order."""
+    from sklearn.model_selection import StratifiedKFold
+
+    y = np.asarray(y, dtype=int)
+    oof: np.ndarray | None = None
+    splitter = StratifiedKFold(folds, shuffle=True, random_state=seed)
+    for k, (train, test) in enumerate(splitter.split(np.zeros(len(y)), y)):
+        values = np.asarray(fit_predict(train, test, k), dtype=float)
+        if oof is None:
+            oof = np.full((len(y), *values.shape[1:]), np.nan)
+        oof[test] = values
+    return oof
+
+
 def hard_mask(counts: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray) -> np.ndarray:
     """Test patients whose count lies in [min, max] of the training part's reactive counts."""
     reactive = counts[train][y[train] == 0]
@@ -213,6 +239,8 @@ def cross_validate_many(models: Sequence[tuple[str, "PatientModel"]], patients: 
     y = np.asarray(y, dtype=int)
     plan, tasks = fold_tasks([name for name, _ in models], y, folds, repeats, seed)
     counts = np.array([p.lymph_count for p in patients], dtype=float)
+    hard_masks = [hard_mask(counts, y, task.train, task.test) for task in tasks]
+    params = [encode_param(model.get_params(deep=False)) for _, model in models]
 
     outputs: list = [None] * len(tasks)
     if fit_store is not None:
@@ -236,18 +264,18 @@ def cross_validate_many(models: Sequence[tuple[str, "PatientModel"]], patients: 
         for i, result in zip(todo, done):
             outputs[i] = result
     results = []
-    for i, (name, model) in enumerate(models):
+    for i, (name, _) in enumerate(models):
         proba = np.full((repeats, len(y)), np.nan)
         hard = np.zeros((repeats, len(y)), dtype=bool)
         seconds = np.zeros((repeats, folds))
-        for task, (task_proba, task_seconds) in zip(tasks, outputs):
+        for task, (task_proba, task_seconds), task_hard in zip(tasks, outputs, hard_masks):
             if task.model_index != i:
                 continue
             proba[task.repeat, task.test] = task_proba
             seconds[task.repeat, task.fold] = task_seconds
-            hard[task.repeat, task.test] = hard_mask(counts, y, task.train, task.test)
+            hard[task.repeat, task.test] = task_hard
         results.append(CVResult(name, [p.id for p in patients], y, plan, proba, hard, seconds,
-                                encode_param(model.get_params(deep=False)), seed))
+                                params[i], seed))
     return results
 
 
@@ -278,6 +306,17 @@ def best_index(results: Sequence[CVResult]) -> int:
         return (round(overall_mean, SELECTION_DIGITS), round(hard_mean, SELECTION_DIGITS), -index)
 
     return max(range(len(results)), key=key)
+
+
+def choose_model(results: list[CVResult], forced: str | None = None,
+                 selection: str | None = None) -> CVResult:
+    """The forced model's result, else the candidate :func:`best_index` picks (the rule
+    ``select:`` uses) among the candidates (the nested selection row is a figure, not a
+    candidate)."""
+    if forced:
+        return next(r for r in results if r.model_name == forced)
+    candidates = [r for r in results if r.model_name != selection]
+    return candidates[best_index(candidates)]
 
 
 def bootstrap_summary(values: Any, repeats: int, n: int, n_bootstrap: int, seed: int) -> dict:
@@ -311,3 +350,15 @@ def format_metric(stats: dict[str, float], digits: int = 3) -> str:
         return "n/a"
     return (f"{stats['mean']:.{digits}f} ± {stats['std']:.{digits}f} "
             f"[{stats['ci_low']:.{digits}f}, {stats['ci_high']:.{digits}f}]")
+
+
+def summary_rows(results: Sequence[CVResult]) -> list[tuple[str, ...]]:
+    """Each model's name, balanced accuracy, hard-subset balanced accuracy, ROC AUC (mean ± std
+    [95% CI]) and minutes of fitting, as the command line's table shows them."""
+    rows = []
+    for r in results:
+        s = r.summary()
+        rows.append((r.model_name, format_metric(s["balanced_accuracy"]),
+                     format_metric(s["hard_balanced_accuracy"]), format_metric(s["roc_auc"]),
+                     f"{s['fit_seconds']['total'] / 60:.2f}"))
+    return rows

@@ -40,10 +40,9 @@ def patients_fingerprint(patients: Sequence) -> list:
 
 def cv_key(model: PatientModel, name: str, patients: Sequence, folds: int, repeats: int,
            seed: int) -> str:
-    payload = {
-        "format": CACHE_FORMAT, "name": name, "class": type(model).__name__,
-        "params": encode_param(model.get_params(deep=False)),
-        "patients": patients_fingerprint(patients),
+    payload = {  # key order is immaterial: the JSON below sorts it
+        "format": CACHE_FORMAT, "name": name, "patients": patients_fingerprint(patients),
+        "class": type(model).__name__, "params": encode_param(model.get_params(deep=False)),
         "folds": folds, "repeats": repeats, "seed": seed, "versions": library_versions(),
     }
     text = json.dumps(payload, sort_keys=True, default=str)

@@ -4,7 +4,8 @@ Two sources, each the cheapest honest one for the patients it covers:
 
 * **labelled patients** (cross-validated): the out-of-fold probabilities of the repeated CV the
   run already made, one per repeat, each from a model that never saw the patient. The spread is
-  their range (min–max over the repeats).
+  their range (min–max over the repeats; the report's out-of-fold errors show it,
+  :func:`lymphomil.report.patients.oof_errors`).
 * **unlabelled patients** (the ones the run predicts): the chosen model refitted
   :data:`N_REFITS` times, each time on a random stratified :data:`SUBSAMPLE` of the labelled
   patients (the size of a CV training part), each refit predicting every unlabelled patient.
@@ -23,7 +24,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from lymphomil.evaluation.crossval import CVResult, FoldTask, derive_seed, run_fold_task
+from lymphomil.evaluation.crossval import FoldTask, derive_seed, run_fold_task
 from lymphomil.runtime.engine import LocalEngine
 
 N_REFITS = 20
@@ -49,14 +50,6 @@ def borderline(low: np.ndarray, high: np.ndarray, threshold: float = THRESHOLD) 
     so the models behind the interval disagree when low < threshold ≤ high."""
     low, high = np.asarray(low, dtype=float), np.asarray(high, dtype=float)
     return (low < threshold) & (high >= threshold)
-
-
-def oof_spread(result: CVResult) -> Spread:
-    """Range over the repeats of each labelled patient's out-of-fold probability."""
-    repeats = result.proba.shape[0]
-    return Spread(np.nanmin(result.proba, axis=0), np.nanmax(result.proba, axis=0),
-                  f"range of the {repeats} out-of-fold probabilities (one per CV repeat, each "
-                  "from a model that never saw the patient)")
 
 
 def subsample_plan(y: np.ndarray, n_refits: int, fraction: float, seed: int) -> list[np.ndarray]:
@@ -96,8 +89,9 @@ def refit_probas(model: Any, labelled: Sequence, y: np.ndarray, targets: Sequenc
     patients = np.concatenate([labelled, targets])
     y_all = np.concatenate([np.asarray(y, dtype=int), np.full(len(targets), -1)])
     test = np.arange(len(labelled), len(patients))
+    plan = subsample_plan(y, n_refits, fraction, seed)
     tasks = [FoldTask(0, r, 0, derive_seed(seed, name, "refit", r), train, test)
-             for r, train in enumerate(subsample_plan(y, n_refits, fraction, seed))]
+             for r, train in enumerate(plan)]
     engine = engine or LocalEngine()
     outputs = engine.run_fits(run_fold_task, tasks,
                               on_done=(lambda i, _r: on_fit(1)) if on_fit else None,
@@ -115,12 +109,12 @@ def cached_refit_probas(root: Any, model: Any, labelled: Sequence, y: np.ndarray
     # never caches (and the report, which imports this module) does not need
     from lymphomil.evaluation import cvcache
 
-    key = cvcache.cv_key(model, f"{name}#refits@{fraction}", [*labelled, *targets],
-                         folds=n_refits, repeats=0, seed=seed)
     def compute() -> tuple[np.ndarray, dict]:
         return refit_probas(model, labelled, y, targets, seed=seed, name=name,
                             n_refits=n_refits, fraction=fraction, engine=engine), {}
 
+    key = cvcache.cv_key(model, f"{name}#refits@{fraction}", [*labelled, *targets],
+                         folds=n_refits, repeats=0, seed=seed)
     rows, _ = cvcache.cached_rows(root, key, f"{name}#refits", [p.id for p in targets], compute,
                                   lambda rows, _params: len(rows) == n_refits, seed=seed)
     return rows

@@ -27,6 +27,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 import torch
 
+from lymphomil.data.issues import DataIssue
 from lymphomil.features.backbones import Backbone, map_and_pooled
 from lymphomil.features.env import PRECISIONS, bf16_supported, cpu_count, resolve_precision  # noqa: F401
 from lymphomil.features.preprocess import (
@@ -37,7 +38,7 @@ from lymphomil.features.preprocess import (
     make_preprocess,
 )
 from lymphomil.features.trunk import split_trunk
-from lymphomil.runtime.errors import DataIssue, LymphomilError
+from lymphomil.runtime.errors import LymphomilError
 
 DISK_KINDS = ("pooled", "views", "map", "trunk")
 

@@ -16,8 +16,8 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lymphomil.data.reference_date import MAX_YEAR, MIN_YEAR
-from lymphomil.flows.defaults import DEFAULT_CANDIDATES, DEFAULT_MODEL  # noqa: F401 (re-exported)
-from lymphomil.flows.options import check_features_option, check_model_names
+from lymphomil.flows.defaults import DEFAULT_CANDIDATES, DEFAULT_MODEL, RUN_DEFAULTS
+from lymphomil.flows.options import check_model_names, features_option
 from lymphomil.runtime.engine import ENGINES
 from lymphomil.runtime.errors import LymphomilError, one_of, plain_problems
 
@@ -48,25 +48,27 @@ class RunConfig(BaseModel):
                                                   "folder per patient (default: the CSV's)")
     columns: dict[str, str] | None = Field(None, description="with a CSV as data: its column "
                                                              "names, e.g. {id = 'Patient'}")
-    synthetic_patients: int = Field(60, ge=8, le=100_000)
-    synthetic_seed: int = Field(0, ge=0)
+    synthetic_patients: int = Field(RUN_DEFAULTS["synthetic_patients"], ge=8, le=100_000)
+    synthetic_seed: int = Field(RUN_DEFAULTS["synthetic_seed"], ge=0)
     candidates: list[str] = Field(default_factory=lambda: list(DEFAULT_CANDIDATES))
     model: str | None = Field(None, description="fit this model instead of the CV winner")
-    folds: int = Field(5, ge=2, le=50)
-    repeats: int = Field(5, ge=1, le=100)
-    seed: int = 0
-    reference_date: date = date(2024, 1, 1)
-    on_error: OnErrorPolicy = "raise"
+    folds: int = Field(RUN_DEFAULTS["folds"], ge=2, le=50)
+    repeats: int = Field(RUN_DEFAULTS["repeats"], ge=1, le=100)
+    seed: int = RUN_DEFAULTS["seed"]
+    reference_date: date = RUN_DEFAULTS["reference_date"]
+    on_error: OnErrorPolicy = RUN_DEFAULTS["on_error"]
     features: str | None = Field(None, description="override image models' features, e.g. "
                                                    "'efficientnet-lite0@112'")
     cache_dir: Path | None = None
-    threads: int = Field(1, ge=1, le=256, description="threads for model fitting (torch, BLAS)")
-    gallery_k: int = Field(8, ge=1, le=64)
-    nested_selection: bool = Field(False, description="also cross-validate the choice among the "
-                                   "candidates made inside each outer training part (the honest "
-                                   "figure of 'the best of these'; about 3x the candidates' CV)")
-    engine: EngineName = Field("local", description="where features and CV fits run: local or "
-                                                    "ray (RAY_ADDRESS, or a local Ray)")
+    threads: int = Field(RUN_DEFAULTS["threads"], ge=1, le=256,
+                         description="threads for model fitting (torch, BLAS)")
+    gallery_k: int = Field(RUN_DEFAULTS["gallery_k"], ge=1, le=64)
+    nested_selection: bool = Field(
+        RUN_DEFAULTS["nested_selection"], description="also cross-validate the choice among the "
+        "candidates made inside each outer training part (the honest figure of 'the best of "
+        "these'; about 3x the candidates' CV)")
+    engine: EngineName = Field(RUN_DEFAULTS["engine"], description="where features and CV fits "
+                               "run: local or ray (RAY_ADDRESS, or a local Ray)")
     max_referral: float | None = Field(None, gt=0, lt=1, description="the referral rule refers "
                                        "at most this fraction (default 0.2 when neither target "
                                        "is set; lymphomil.referral)")
@@ -94,7 +96,7 @@ class RunConfig(BaseModel):
     @classmethod
     def _features(cls, value: str | None) -> str | None:
         try:
-            return check_features_option(value, "features")
+            return features_option(value, "features")
         except LymphomilError as exc:
             raise ValueError(f"{exc.problem} ({exc.fix})") from None
 

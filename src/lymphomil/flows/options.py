@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from datetime import date
 from typing import Any
 
-from lymphomil.data.reference_date import MAX_YEAR, MIN_YEAR
+from lymphomil.data.reference_date import DEFAULT_REFERENCE_DATE, MAX_YEAR, MIN_YEAR
 from lymphomil.runtime.errors import LymphomilError, did_you_mean
 
 MIN_CROP, MAX_CROP = 8, 224  # the images are resized to 224 x 224; a crop is a centre square
@@ -117,7 +117,7 @@ def check_fraction(value: float, option: str) -> float:
 def check_reference_date(value: date, option: str = "--reference-date") -> date:
     if not MIN_YEAR <= value.year <= MAX_YEAR:
         raise LymphomilError(f"{option} {value.isoformat()} is implausible (years {MIN_YEAR} to "
-                             f"{MAX_YEAR})", fix=f"write e.g. {option} 2024-01-01")
+                             f"{MAX_YEAR})", fix=f"write e.g. {option} {DEFAULT_REFERENCE_DATE}")
     return value
 
 
@@ -127,7 +127,7 @@ def parse_date(text: str, option: str = "--reference-date") -> date:
         value = date.fromisoformat(text.strip())
     except ValueError:
         raise LymphomilError(f"{option} {text!r} is not a date in YYYY-MM-DD",
-                             fix=f"write e.g. {option} 2024-01-01") from None
+                             fix=f"write e.g. {option} {DEFAULT_REFERENCE_DATE}") from None
     return check_reference_date(value, option)
 
 
@@ -158,7 +158,7 @@ def _feature_modules() -> tuple[Any, Any]:
     """:mod:`lymphomil.features.spec` and :mod:`lymphomil.features.weights`, imported when a
     check runs: deferred for start-up time, as `--help` reads this module (through cli_app)
     and must import no numpy."""
-    from lymphomil.features import spec, weights
+    from lymphomil.features import spec, weights  # numpy: only when a check runs
 
     return spec, weights
 
@@ -184,6 +184,12 @@ def check_features_option(text: str | None, option: str = "--features") -> str |
     require_extra(spec.backbone)  # a torchvision backbone without its extra: one line naming it
     check_crop(spec.crop, f"{option} crop")
     return text
+
+
+def features_option(text: str | None, option: str = "--features") -> str | None:
+    """``--features`` checked (:func:`check_features_option`) and its weights file, if any,
+    written as an absolute path (:func:`absolute_weights`): what every flow stores."""
+    return absolute_weights(check_features_option(text, option))
 
 
 def absolute_weights(text: str | None) -> str | None:

@@ -25,7 +25,7 @@ import warnings
 import numpy as np
 from scipy.special import expit
 
-from lymphomil.evaluation.crossval import derive_seed
+from lymphomil.evaluation.crossval import derive_seed, inner_folds, out_of_fold
 from lymphomil.evaluation.metrics import roc_auc
 from lymphomil.models.attributes import attribute_matrix
 from lymphomil.models.base import PatientModel, register_class, register_model
@@ -117,18 +117,17 @@ class CellTopKModel(PatientModel):
     def _choose_k(self, bags: list[np.ndarray], y: np.ndarray, ks: list[int],
                   seed: int) -> tuple[int, float, float, list[float]]:
         """k by inner out-of-fold ROC AUC, and the Platt map of that k's out-of-fold scores."""
-        from sklearn.model_selection import StratifiedKFold
-
-        folds = min(int(self.inner_folds), int(np.bincount(y, minlength=2).min()))
+        folds = inner_folds(y, self.inner_folds)
         if folds < 2 or (len(ks) == 1 and not self.calibrate):
             return ks[0], 1.0, 0.0, []
-        oof = np.zeros((len(ks), len(y)))  # (K, n) out-of-fold patient scores
-        splitter = StratifiedKFold(folds, shuffle=True,
-                                   random_state=derive_seed(seed, "cell-inner"))
-        for train, test in splitter.split(np.zeros(len(y)), y):
+
+        def fit_predict(train: np.ndarray, test: np.ndarray, _k: int) -> list[list[float]]:
             fitted = self._fit_cells([bags[i] for i in train], y[train])
-            for i, logits in zip(test, self._cell_logits(fitted, [bags[i] for i in test])):
-                oof[:, i] = [top_k_mean(logits, k) for k in ks]
+            return [[top_k_mean(logits, k) for k in ks]
+                    for logits in self._cell_logits(fitted, [bags[i] for i in test])]
+
+        # (K, n) out-of-fold patient scores, one row per k
+        oof = out_of_fold(y, folds, derive_seed(seed, "cell-inner"), fit_predict).T
         aucs = [float(a) for a in roc_auc(oof, np.broadcast_to(y, oof.shape))]
         best = int(np.nanargmax(np.where(np.isfinite(aucs), aucs, -np.inf)))  # first = list order
         slope, offset = 1.0, 0.0

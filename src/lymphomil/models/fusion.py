@@ -16,9 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 from sklearn.base import clone
-from sklearn.model_selection import StratifiedKFold
 
-from lymphomil.evaluation.crossval import derive_seed, with_seed
+from lymphomil.evaluation.crossval import derive_seed, inner_folds, out_of_fold, with_seed
 from lymphomil.evaluation.metrics import balanced_accuracy, logit
 from lymphomil.features.spec import FeatureSpec
 from lymphomil.models.attributes import AttributeModel
@@ -68,20 +67,21 @@ class FusionModel(PatientModel):
 
     def _inner_oof(self, patients: np.ndarray, y: np.ndarray) -> np.ndarray:
         """(n, 2) out-of-fold probabilities of both parts on the training patients."""
-        attribute, image = self._parts()
-        folds = min(self.inner_folds, int(np.bincount(y, minlength=2).min()))
+        parts = self._parts()
+        folds = inner_folds(y, self.inner_folds)
         if folds < 2:
             raise LymphomilError("too few patients of one class to tune the fusion",
                                  fix="use rule 'min', 'max' or 'mean', or more patients")
-        splitter = StratifiedKFold(folds, shuffle=True,
-                                   random_state=derive_seed(self.random_state, "fusion-inner"))
-        oof = np.zeros((len(y), 2))
-        for k, (train, test) in enumerate(splitter.split(np.zeros(len(y)), y)):
-            for column, part in enumerate((attribute, image)):
+
+        def fit_predict(train: np.ndarray, test: np.ndarray, k: int) -> np.ndarray:
+            columns = []
+            for column, part in enumerate(parts):
                 model = with_seed(clone(part), derive_seed(self.random_state, "inner", k, column))
                 model.fit(patients[train], y[train])
-                oof[test, column] = model.predict_proba(patients[test])[:, 1]
-        return oof
+                columns.append(model.predict_proba(patients[test])[:, 1])
+            return np.column_stack(columns)
+
+        return out_of_fold(y, folds, derive_seed(self.random_state, "fusion-inner"), fit_predict)
 
     def fit(self, patients: np.ndarray, y: np.ndarray) -> "FusionModel":
         patients = np.asarray(patients, dtype=object)

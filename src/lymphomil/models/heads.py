@@ -1,18 +1,19 @@
 """Neural MIL heads, torchmil-style: ``forward(X, mask) -> (logits, attention)``.
 
-``X`` is a padded batch of bags ``(B, N, ...)`` (see :func:`lymphomil.models.training.pad_bags`)
+``X`` is a padded batch of bags ``(B, N, ...)`` (see :func:`lymphomil.models.inputs.pad_bags`)
 and ``mask`` ``(B, N)`` is True on real instances. Every head first zeroes the padded instances
 (``torch.where``, so even NaN padding cannot leak) and reduces over instances with masks only, so a
 patient's output depends on its own instances alone.
 
-* :class:`InstanceClassifier` — one logit per instance (one-to-one models);
+* :class:`InstanceClassifier` — one logit per instance (one-to-one models; no attention: None);
 * :class:`PoolingMIL` — min / max / sum / mean / attention pooling, then an MLP (many-to-one);
 * :class:`GatedAttentionMIL` — Ilse et al. 2018 gated attention, optional extra inputs;
 * :class:`BNSigmoidMIL` — the founding report's MIL head: a 1×1 convolution gives one logit per
-  spatial position; the patient logit is a weighted mean of them with weights
-  ``a = sigmoid(beta + gamma * (l - mu) / sqrt(var + eps))`` (batch-normalised logits).
+  spatial position; :class:`BNSigmoidAggregation` makes the patient logit a weighted mean of
+  them with weights ``a = sigmoid(beta + gamma * (l - mu) / sqrt(var + eps))`` (batch-normalised
+  logits). Besides ``forward`` on a padded batch of maps, ``forward_images`` (every patient's
+  maps concatenated) and ``forward_rows`` (each patient's positions as rows: cached trunks).
 """
-
 from __future__ import annotations
 
 import torch

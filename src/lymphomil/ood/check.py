@@ -66,7 +66,7 @@ class OODCheck:
     """Out-of-distribution checks fitted on the training patients (see the module doc).
 
     ``features``: the cell embeddings read (``patient.bag(features)``, attached by
-    :func:`lymphomil.with_features` or ``steps.attach_features``: this object has
+    :func:`lymphomil.with_features` or ``flows.caches.attach_features``: this object has
     :meth:`required_features` like a model). ``level``: the conformal level of every
     patient-level threshold; ``cell_level``: the quantile of the training cells' scores above
     which a cell counts as atypical. ``max_images``: images decoded per patient for the image
@@ -96,7 +96,7 @@ class OODCheck:
 
     # -- what it reads ---------------------------------------------------------------------
     def required_features(self) -> list[tuple[Any, str]]:
-        """[(spec, "pooled")]: what ``steps.attach_features`` must attach (as for a model)."""
+        """[(spec, "pooled")]: what ``flows.caches.attach_features`` attaches (as for a model)."""
         return [(FeatureSpec.parse(self.features), "pooled")]
 
     def _bag(self, patient: Any) -> np.ndarray:
@@ -104,7 +104,7 @@ class OODCheck:
             raise LymphomilError(
                 f"patient {patient.id} has no feature store attached for the OOD checks",
                 fix=f"attach the {self.features} features first (lymphomil.with_features or "
-                    "steps.attach_features with this check among the models)")
+                    "flows.caches.attach_features with this check among the models)")
         return np.asarray(patient.bag(FeatureSpec.parse(self.features)), dtype=np.float64)
 
     def _stats(self, patients: Sequence[Any], image_stats: Mapping[str, np.ndarray] | None

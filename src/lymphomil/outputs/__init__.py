@@ -9,9 +9,6 @@
 
 from __future__ import annotations
 
-import os  # noqa: F401  (tests patch os.replace / tempfile.mkstemp through this module)
-import tempfile  # noqa: F401
-
 from lymphomil.outputs.files import (
                                      CHECKSUMS,
                                      DIR_MODE,
@@ -21,6 +18,7 @@ from lymphomil.outputs.files import (
                                      atomic_write_text,
                                      dumps_json,
                                      host_name,
+                                     is_intact,
                                      owner_tag,
                                      pid_alive,
                                      read_json,
@@ -38,34 +36,35 @@ from lymphomil.outputs.locks import (
                                      release_output_lock,
                                      staged_dir,
                                      sweep_stale_staging,
+                                     write_cache_entry,
 )
 from lymphomil.outputs.ownership import (
-    KINDS,
-    OUTPUT_MARKER,
-    changed_files,
-    check_cache_location,
-    check_not_an_input,
-    check_not_inside_output,
-    ensure_file_replaceable,
-    ensure_replaceable,
-    file_record_path,
-    folder_kind,
-    foreign_files,
-    owned_file,
-    read_output_marker,
-    remove_owned_file,
-    write_output_marker,
-    write_owned_file,
+                                     KINDS,
+                                     OUTPUT_MARKER,
+                                     changed_files,
+                                     check_cache_location,
+                                     check_not_an_input,
+                                     check_not_inside_output,
+                                     ensure_file_replaceable,
+                                     ensure_replaceable,
+                                     file_record_path,
+                                     folder_kind,
+                                     foreign_files,
+                                     owned_file,
+                                     read_output_marker,
+                                     remove_owned_file,
+                                     write_output_marker,
+                                     write_owned_file,
 )
 from lymphomil.outputs.roots import CACHE_PARTS, cache_root, cv_cache, default_cache_root
 
 __all__ = ["CACHE_PARTS", "CHECKSUMS", "DIR_MODE", "FILE_MODE", "KINDS", "OUTPUT_MARKER",
            "acquire_output_lock", "atomic_write_bytes", "atomic_write_json", "atomic_write_text",
-           "cache_root", "changed_files", "cv_cache", "check_cache_location", "check_not_an_input",
-           "check_not_inside_output", "claim_output", "default_cache_root", "dumps_json",
-           "ensure_file_replaceable", "ensure_replaceable", "file_record_path", "folder_kind",
-           "foreign_files", "output_lock", "owned_file", "read_json", "read_output_marker",
-           "release_claims", "release_output_lock", "remove_owned_file", "sha256_file",
-           "staged_dir", "strict", "sweep_stale_staging", "sweep_stale_temp_files", "verify_dir",
-           "write_checksums", "write_output_marker", "write_owned_file", "host_name", "owner_tag",
-           "pid_alive"]
+           "cache_root", "changed_files", "check_cache_location", "check_not_an_input",
+           "check_not_inside_output", "claim_output", "cv_cache", "default_cache_root",
+           "dumps_json", "ensure_file_replaceable", "ensure_replaceable", "file_record_path",
+           "folder_kind", "foreign_files", "host_name", "is_intact", "output_lock", "owned_file",
+           "owner_tag", "pid_alive", "read_json", "read_output_marker", "release_claims",
+           "release_output_lock", "remove_owned_file", "sha256_file", "staged_dir", "strict",
+           "sweep_stale_staging", "sweep_stale_temp_files", "verify_dir", "write_cache_entry",
+           "write_checksums", "write_output_marker", "write_owned_file"]

@@ -167,6 +167,16 @@ def listed_files(folder: Path, links: bool = False) -> set[str]:
             and not p.name.startswith(".")}
 
 
+def is_intact(folder: str | Path) -> bool:
+    """Whether ``folder`` is whole and unchanged (:func:`verify_dir` finds nothing wrong): what
+    a cache asks before it reuses an entry it wrote."""
+    try:
+        verify_dir(folder, "cache entry")
+    except (LymphomilError, OSError):
+        return False
+    return True
+
+
 def verify_dir(folder: str | Path, what: str = "model") -> dict[str, str]:
     """Refuse a folder that is incomplete, whose files changed since they were written, whose
     ``checksums.json`` is not a JSON object of names and sha256 digests, names a path outside

@@ -11,7 +11,7 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from lymphomil.outputs.files import (
@@ -172,6 +172,16 @@ def sweep_stale_staging(final: str | Path) -> list[Path]:
 
 
 
+
+
+def write_cache_entry(entry: str | Path, fill: Callable[[Path], None]) -> None:
+    """Write a cache entry whole (``fill(staging)`` in a :func:`staged_dir`); one that cannot be
+    written is left out, as a cache that cannot be written only costs the next run time."""
+    try:
+        with staged_dir(entry, "cache entry") as staging:
+            fill(staging)
+    except (LymphomilError, OSError):
+        pass
 
 
 @contextlib.contextmanager

@@ -22,6 +22,7 @@ own).
 """
 
 from lymphomil.referral.fit import (
+    TOO_FEW,
     cached_inner_oof,
     can_fit,
     fit_referral,
@@ -57,7 +58,7 @@ from lymphomil.referral.rule import (
 )
 
 __all__ = ["DECISIONS", "DEFAULT_MAX_REFERRAL", "DEFAULT_SIGNAL", "INNER_FOLDS",
-           "MAX_ALLOWED_REFERRAL", "REFERRAL_JSON", "SIGNALS", "Decision",
+           "MAX_ALLOWED_REFERRAL", "REFERRAL_JSON", "SIGNALS", "TOO_FEW", "Decision",
            "NestedReferral", "ReferralRule", "cached_inner_oof", "can_fit", "check_target",
            "choose_threshold", "decisions_table", "firmness", "fit_referral", "inner_oof",
            "load_rule", "model_decisions", "nested_referral", "no_rule_note", "referral_card",

@@ -9,7 +9,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from lymphomil.evaluation.crossval import derive_seed, with_seed
+from lymphomil.evaluation.crossval import derive_seed, inner_folds, out_of_fold, with_seed
 from lymphomil.models.checks import cv_minimum
 from lymphomil.referral.rule import (
     DEFAULT_SIGNAL,
@@ -23,6 +23,11 @@ from lymphomil.referral.rule import (
     firmness,
 )
 from lymphomil.runtime.errors import LymphomilError
+
+#: what a model folder without a rule says (too few patients of a class when it was trained;
+#: :func:`no_rule_note` gives the numbers where the patients and the model are known)
+TOO_FEW = ("no referral rule: too few labelled patients of a class for its inner CV when the "
+           "model was trained; every call is a forced call")
 
 
 def rule_minimum(model: Any = None) -> int:
@@ -57,25 +62,25 @@ def inner_oof(model: Any, patients: Sequence, y: np.ndarray, *, folds: int = INN
     """Out-of-fold P(malignant) (and each expert's) of every patient of a stratified K-fold CV
     of ``model`` on ``patients`` (clones seeded from (seed, name, fold)); and the folds used."""
     from sklearn.base import clone
-    from sklearn.model_selection import StratifiedKFold
 
     patients = np.asarray(patients, dtype=object)
     y = np.asarray(y, dtype=int)
-    folds = min(folds, int(np.bincount(y, minlength=2).min()))
+    folds = inner_folds(y, folds)
     if folds < 2:
         raise LymphomilError("too few patients of one class to fit the referral rule (its "
                              "inner CV needs 2 of each)", fix="add labelled patients")
-    splitter = StratifiedKFold(folds, shuffle=True,
-                               random_state=derive_seed(seed, name, "referral-split"))
-    proba = np.full(len(y), np.nan)
-    parts: dict[str, np.ndarray] = {}
-    for k, (train, test) in enumerate(splitter.split(np.zeros(len(y)), y)):
+    names: list[str] = []  # the experts' names, as the first fold's model gives them
+
+    def fit_predict(train: np.ndarray, test: np.ndarray, k: int) -> np.ndarray:
         fitted = with_seed(clone(model), derive_seed(seed, name, "referral", k))
         fitted.fit(patients[train], y[train])
-        proba[test] = np.asarray(fitted.predict_proba(patients[test]))[:, 1]
-        for key, value in part_probas_of(fitted, patients[test]).items():
-            parts.setdefault(key, np.full(len(y), np.nan))[test] = value
-    return proba, parts, folds
+        parts = part_probas_of(fitted, patients[test])
+        names[:] = list(parts)
+        proba = np.asarray(fitted.predict_proba(patients[test]))[:, 1]
+        return np.column_stack([proba, *parts.values()])
+
+    oof = out_of_fold(y, folds, derive_seed(seed, name, "referral-split"), fit_predict)
+    return oof[:, 0], {key: oof[:, 1 + i] for i, key in enumerate(names)}, folds
 
 
 def cached_inner_oof(root: Path, model: Any, patients: Sequence, y: np.ndarray, *,

@@ -11,7 +11,7 @@ import csv
 import io
 import math
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
@@ -19,7 +19,10 @@ from lymphomil.data.cohort import LABELS, Cohort
 from lymphomil.outputs import atomic_write_bytes
 from lymphomil.runtime.errors import LymphomilError
 
-#: (column of Cohort.table(), name in the tables and figures)
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
+
+#: (column of cohort_table(), name in the tables and figures)
 ATTRIBUTES = (("age", "age"), ("lymph_count", "lymphocyte count"),
               ("n_images", "images per patient"))
 STATISTICS = ("count", "mean", "std", "min", "25%", "50%", "75%", "max")
@@ -28,14 +31,33 @@ LABEL_COLOURS = {0: "tab:blue", 1: "tab:red", -1: "tab:gray"}
 GALLERY_ROWS, GALLERY_COLUMNS = 2, 8
 
 
+def cohort_table(cohort: Cohort) -> "pd.DataFrame":
+    """The cohort as one row per patient (ID, label, gender, date of birth, age, count, images,
+    split): what the statistics and the histograms are computed on."""
+    import pandas as pd
+
+    return pd.DataFrame(
+        {
+            "ID": [p.id for p in cohort.patients],
+            "label": [p.label for p in cohort.patients],
+            "gender": [p.gender for p in cohort.patients],
+            "dob": [p.dob.isoformat() for p in cohort.patients],
+            "age": [p.age for p in cohort.patients],
+            "lymph_count": [p.lymph_count for p in cohort.patients],
+            "n_images": [p.n_images for p in cohort.patients],
+            "split": [p.split for p in cohort.patients],
+        }
+    )
+
+
 def _labels_present(labels: Sequence[int]) -> list[int]:
     present = set(int(label) for label in labels)
     return [label for label in LABEL_ORDER if label in present]
 
 
-def attributes_by_label(cohort: Cohort) -> list[dict[str, Any]]:
-    """One row per (attribute, label): count, mean, std, min, quartiles, max."""
-    table = cohort.table()
+def attributes_by_label(table: "pd.DataFrame") -> list[dict[str, Any]]:
+    """One row per (attribute, label) of a cohort's table (:func:`cohort_table`): count, mean,
+    std, min, quartiles, max."""
     rows = []
     for column, name in ATTRIBUTES:
         for label in _labels_present(table["label"]):
@@ -47,9 +69,8 @@ def attributes_by_label(cohort: Cohort) -> list[dict[str, Any]]:
     return rows
 
 
-def gender_by_label(cohort: Cohort) -> list[dict[str, Any]]:
+def gender_by_label(table: "pd.DataFrame") -> list[dict[str, Any]]:
     """Patients per gender and label (the loader has already upper-cased ``f``/``m``)."""
-    table = cohort.table()
     rows = []
     for label in _labels_present(table["label"]):
         genders = table.loc[table["label"] == label, "gender"]
@@ -96,10 +117,9 @@ def _png_bytes(figure: Any) -> bytes:
     return buffer.getvalue()
 
 
-def _histogram(cohort: Cohort, column: str, title: str, log_x: bool = False) -> bytes:
+def _histogram(table: "pd.DataFrame", column: str, title: str, log_x: bool = False) -> bytes:
     from matplotlib.figure import Figure
 
-    table = cohort.table()
     values = table[column].astype(float)
     if log_x:
         bins = np.geomspace(values.min(), values.max() * 1.0001, 25)
@@ -167,8 +187,9 @@ def explore(cohort: Cohort, out_dir: str | Path) -> dict[str, Any]:
         raise LymphomilError("the cohort has no usable patients to explore", file=cohort.root,
                              fix="check the data folder (run with --on-error raise to see why)")
     out_dir = Path(out_dir)
-    attributes = attributes_by_label(cohort)
-    genders = gender_by_label(cohort)
+    table = cohort_table(cohort)
+    attributes = attributes_by_label(table)
+    genders = gender_by_label(table)
     markdown = (f"# Cohort {cohort.root.name}: {len(cohort.patients)} patients, "
                 f"{sum(p.n_images for p in cohort.patients)} images\n\n"
                 f"Ages at {cohort.reference_date.isoformat()}; "
@@ -181,10 +202,10 @@ def explore(cohort: Cohort, out_dir: str | Path) -> dict[str, Any]:
         "attributes_by_label.csv": format_table_csv(attributes, ATTRIBUTE_COLUMNS).encode(),
         "gender_by_label.csv": format_table_csv(genders, GENDER_COLUMNS).encode(),
         "attributes_by_label.md": markdown.encode(),
-        "hist_age.png": _histogram(cohort, "age", "age (years)"),
-        "hist_lymph_count.png": _histogram(cohort, "lymph_count",
+        "hist_age.png": _histogram(table, "age", "age (years)"),
+        "hist_lymph_count.png": _histogram(table, "lymph_count",
                                            "lymphocyte count (10^9/L, log scale)", log_x=True),
-        "hist_images.png": _histogram(cohort, "n_images", "images per patient"),
+        "hist_images.png": _histogram(table, "n_images", "images per patient"),
         "cells_by_label.png": _cell_gallery(cohort),
     }
     files = {name: atomic_write_bytes(out_dir / name, data) for name, data in outputs.items()}

@@ -1,28 +1,22 @@
 """The reports of ``lymphomil run`` and ``lymphomil predict --report``: each patient's entry
-(call, probability, cells, decision), the model that ranks the galleries' cells, the files a
-run folder lists, and the run's model card; :mod:`lymphomil.report.render` draws them.
+(call, probability, cells, decision), the files a run folder lists, and the run's model card;
+:mod:`lymphomil.report.render` draws them. What a page shows is computed by a flow and handed
+in (the cells' scores among it): the report draws, it never fits or scores.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from lymphomil.data.synth import MARKER
 from lymphomil.evaluation.crossval import CVResult
-from lymphomil.flows.config import RunConfig
-from lymphomil.flows.runcache import cached_fit
-from lymphomil.flows.steps import attach_features, configure_model
-from lymphomil.models.base import (
-    create_model,
-    describe_model,
-    library_versions,
-    selection_candidates,
-)
-from lymphomil.outputs import cache_root, read_json
+from lymphomil.models.base import describe_model, library_versions, selection_candidates
+from lymphomil.outputs import read_json
 from lymphomil.referral import decisions_table, referral_card
 from lymphomil.report.model_card import (
     MODEL_CARD_JSON,
@@ -40,46 +34,33 @@ from lymphomil.report.render import (
 from lymphomil.runtime.errors import LymphomilError
 
 
+@dataclass
+class CellEvidence:
+    """What ranks a report's cells: the scoring model's name and what its scores are
+    (``instance_score_units``), and its cell scores of the predicted patients and of the
+    labelled ones the chosen model gets wrong out of fold (:func:`oof_errors`' order)."""
+
+    scorer: str
+    units: str | None
+    predicted: Sequence[Any] | None
+    wrong: Sequence[Any] | None = field(default_factory=list)
+
+
 def referral_metrics(rule, decisions) -> dict:
     """The rule and what it decided, for metrics.json and the model card."""
     return {**referral_card(rule),
             "predicted": decisions_table(decisions) if decisions is not None else None}
 
 
-#: the model that scores cells for the galleries when the chosen model has no cell classifier
-GALLERY_SCORER = "cell-topk"
-
-
-def gallery_scorer(model, config: RunConfig, labelled, cache_dir: Path | None = None):
-    """The model whose cell scores rank the galleries: the chosen model when its cell scores come
-    from a cell classifier, else ``cell-topk`` fitted on the labelled patients (issue 15 item 2:
-    a mean-pooled linear model's per-cell "logit shares" are not evidence about single cells)."""
-    cell_units = create_model(GALLERY_SCORER).instance_score_units
-    if score_units(model) == cell_units:
-        return model
-    # the cells' log-odds come from the final cell classifier alone; k and the Platt map (what
-    # the inner CV of cell-topk tunes) change the patient's score, never the cells' order
-    scorer = configure_model(GALLERY_SCORER, config.features, ks=(0,), calibrate=False)
-    patients = attach_features(labelled.patients, [scorer], cache_dir)
-    return cached_fit(scorer, patients, labelled.y, tag="gallery-scorer", cache_dir=cache_dir,
-                      fit=lambda: scorer.fit(patients, labelled.y))[0]
-
-
-def _cell_scores(scorer, patients, cache_dir: Path | None = None):
-    return scorer.instance_scores(attach_features(patients, [scorer], cache_dir))
-
-
-def patient_calls(pred, spread=None, scorer=None, cache_dir: Path | None = None) -> list:
+def patient_calls(pred, spread=None, scores: Sequence[Any] | None = None) -> list:
     """One report entry per predicted patient: call, probability, its spread (if measured), the
-    cells behind it (ranked by ``scorer``, default the model that made the calls), and the
-    referral rule's decision and reasons when ``pred`` carries them (``pred.decisions``: one
-    :class:`lymphomil.referral.Decision` per patient)."""
+    cells behind it (their ``scores``, one array per patient), each expert's probability and
+    the referral rule's decision and reasons when ``pred`` carries them (``pred.parts``;
+    ``pred.decisions``: one :class:`lymphomil.referral.Decision` per patient)."""
     if not len(pred.ids):
         return []
-    scores = (pred.model.instance_scores(pred.patients) if scorer is None
-              else _cell_scores(scorer, pred.patients, cache_dir))
-    parts = pred.model.part_probas(pred.patients) if hasattr(pred.model, "part_probas") else None
     decisions = getattr(pred, "decisions", None)
+    parts = getattr(pred, "parts", None)
     return [PatientCall(
         id=patient.id, proba=float(pred.proba[i]), predicted=int(pred.labels[i]),
         true_label=int(patient.label), age=float(patient.age), gender=patient.gender,
@@ -130,15 +111,16 @@ def run_files(folder: Path, model_name: str) -> list[tuple[str, str]]:
     return files
 
 
-def error_calls(chosen: CVResult, model, labelled, cache_dir: Path | None = None) -> list:
+def error_calls(chosen: CVResult, labelled: Sequence[Any],
+                scores: Sequence[Any] | None) -> list:
     """Report entries of the labelled patients ``chosen`` gets wrong out of fold: their mean
-    out-of-fold probability and its range, and their cells ranked by the final ``model``."""
+    out-of-fold probability and its range, and their cells (``scores``, in
+    :func:`oof_errors`' order)."""
     errors = oof_errors(chosen)
     if not errors:
         return []
     by_id = {p.id: p for p in labelled}
-    patients = attach_features([by_id[e["id"]] for e in errors], [model], cache_dir)
-    scores = _cell_scores(model, patients, cache_dir)
+    patients = [by_id[e["id"]] for e in errors]
     return [PatientCall(
         id=e["id"], proba=e["mean"], predicted=int(e["mean"] >= 0.5), true_label=e["label"],
         age=float(p.age), gender=p.gender, lymph_count=float(p.lymph_count),
@@ -148,10 +130,10 @@ def error_calls(chosen: CVResult, model, labelled, cache_dir: Path | None = None
         for i, (e, p) in enumerate(zip(errors, patients))]
 
 
-def write_run_model_card(model_dir: Path, model, config: RunConfig, chosen: CVResult,
+def write_run_model_card(model_dir: Path, model, config: Any, chosen: CVResult,
                          results: list[CVResult], spread=None, rule=None) -> dict:
-    """The trained model's card (lymphomil.report.model_card), written into its folder; returned for
-    the report."""
+    """The trained model's card (lymphomil.report.model_card), written into its folder; returned
+    for the report. ``config``: the run's (lymphomil.flows.config.RunConfig)."""
     card = build_model_card(
         model, chosen.model_name, read_json(Path(model_dir) / "metadata.json"), chosen=chosen,
         results=results, forced=bool(config.model), brier=calibration_stats(chosen)["brier"],
@@ -162,11 +144,13 @@ def write_run_model_card(model_dir: Path, model, config: RunConfig, chosen: CVRe
     return card
 
 
-def write_run_report(path: Path, config: RunConfig, data: Path, chosen: CVResult,
-                  results: list[CVResult], summary: dict, pred, cohort, labelled,
-                  timings, files: list[tuple[str, str]] | None = None, spread=None,
-                  card: dict | None = None, scorer=None) -> None:
-    scorer = pred.model if scorer is None else scorer
+def write_run_report(path: Path, config: Any, data: Path, chosen: CVResult,
+                     results: list[CVResult], summary: dict, pred, cohort, labelled,
+                     timings, files: list[tuple[str, str]] | None = None, spread=None,
+                     card: dict | None = None, evidence: CellEvidence | None = None,
+                     figure_cache: Path | None = None) -> None:
+    """report.html of a run (``config``: its lymphomil.flows.config.RunConfig; ``evidence``:
+    the cells' scores; ``figure_cache``: where drawn figures are kept by their inputs)."""
     notes = ["The chosen model's CV figure is optimistic: it was picked as the best of "
              f"{len(results)} candidates on the same folds."]
     nested = [r for r in results if selection_candidates(r.model_name)]
@@ -175,10 +159,11 @@ def write_run_report(path: Path, config: RunConfig, data: Path, chosen: CVResult
         notes.append(f"Honest figure of the choice itself (row {nested[0].model_name}): the "
                      "choice among the candidates made inside each outer training part scores "
                      f"{ba['mean']:.3f} ± {ba['std']:.3f} balanced accuracy.")
+    evidence = evidence or CellEvidence(chosen.model_name, None, None, None)
     context = ReportContext(
         title="lymphomil report", data_root=str(data), model_name=chosen.model_name,
         model_description=describe_model(chosen.model_name), cv_results=results,
-        explore=summary, calls=patient_calls(pred, spread, scorer, config.cache_dir),
+        explore=summary, calls=patient_calls(pred, spread, evidence.predicted),
         skipped=cohort.skipped_table(),
         config=config.model_dump(mode="json"), versions=library_versions(), timings=timings,
         notes=notes,
@@ -186,17 +171,17 @@ def write_run_report(path: Path, config: RunConfig, data: Path, chosen: CVResult
         synthetic=synthetic_origin(data),
         reference_date=config.reference_date.isoformat(), files=files or [],
         interval_method=spread.method if spread is not None else None,
-        score_units=score_units(scorer),
-        cell_scorer=chosen.model_name if scorer is pred.model else GALLERY_SCORER,
-        errors=error_calls(chosen, scorer, labelled, config.cache_dir), model_card=card)
-    render_report(context, path, gallery_k=config.gallery_k,
-                  figure_cache=cache_root(config.cache_dir) / "figures")
+        score_units=evidence.units, cell_scorer=evidence.scorer,
+        errors=error_calls(chosen, labelled, evidence.wrong), model_card=card)
+    render_report(context, path, gallery_k=config.gallery_k, figure_cache=figure_cache)
 
 
 def write_prediction_report(path: Path, pred, data: Path, model_dir: Path,
                             gallery_k: int = 8, csv_path: Path | None = None,
+                            scores: Sequence[Any] | None = None,
                             write: Callable[[Path, bytes, str], Path] | None = None) -> Path:
-    """The per-patient galleries for new patients (no CV: the model was trained elsewhere)."""
+    """The per-patient galleries for new patients (no CV: the model was trained elsewhere);
+    ``scores``: each patient's cell scores by the model."""
     metadata = read_json(Path(model_dir) / "metadata.json")
     card_path = Path(model_dir) / MODEL_CARD_JSON
     cv = metadata.get("cv")
@@ -210,7 +195,8 @@ def write_prediction_report(path: Path, pred, data: Path, model_dir: Path,
     context = ReportContext(
         title="lymphomil predictions", data_root=str(data),
         model_name=str(metadata.get("model_name")), model_description="", cv_results=[],
-        explore=None, calls=patient_calls(pred), skipped=pred.skipped, config={},
+        explore=None, calls=patient_calls(pred, scores=scores),
+        skipped=pred.skipped, config={},
         versions=library_versions(), timings={}, notes=notes,
         synthetic=synthetic_origin(data), reference_date=metadata.get("reference_date"),
         score_units=score_units(pred.model),

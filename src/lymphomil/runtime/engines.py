@@ -1,8 +1,8 @@
 """An engine by its name (``--engine local|ray``): Ray's module is imported only for ``ray``.
 
 Kept apart from :mod:`lymphomil.runtime.engine` (a bottom module, which imports nothing of
-lymphomil but the errors) and from :mod:`lymphomil.flows.steps` (which imports the model registry):
-the ``features`` command needs an engine and no model family.
+lymphomil but the errors) and from the flows (which import the model registry): the ``features``
+command needs an engine and no model family.
 """
 
 from __future__ import annotations

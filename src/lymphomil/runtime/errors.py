@@ -6,7 +6,6 @@ The CLI prints these without a traceback (unless ``--debug``); anything else is 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Collection, Iterable
 
@@ -29,7 +28,7 @@ def _escaped(match: re.Match) -> str:
     return f"\\u{code:04x}"
 
 
-def shown(text: object, keep: str = "") -> str:
+def escaped(text: object, keep: str = "") -> str:
     """``text`` as it may be printed to a terminal or a log: every user-supplied string (a file
     or folder name, an ID, a CSV value) goes through here, its control, separator and format
     characters written as ``\\x1b``, ``\\n``, ``\\u202e`` (``keep``: characters left as
@@ -53,50 +52,15 @@ class LymphomilError(Exception):
 
     def render(self) -> str:
         """``FILE, row N: problem`` and ``  fix: …`` on the next line; every part escaped
-        (:func:`shown`): a file name or a value can never forge a line or clear a screen."""
+        (:func:`escaped`): a file name or a value can never forge a line or clear a screen."""
         where = ""
         if self.file is not None:
-            where = shown(self.file) + (f", row {self.row}" if self.row is not None else "") + ": "
-        text = where + shown(self.problem)
+            row = f", row {self.row}" if self.row is not None else ""
+            where = f"{escaped(self.file)}{row}: "
+        text = where + escaped(self.problem)
         if self.fix:
-            text += f"\n  fix: {shown(self.fix)}"
+            text += f"\n  fix: {escaped(self.fix)}"
         return text
-
-
-@dataclass(frozen=True)
-class DataIssue:
-    """One problem found while reading a cohort; becomes an error or a recorded skip."""
-
-    problem: str
-    fix: str
-    file: str | None = None
-    row: int | None = None
-    patient_id: str | None = None
-
-    def to_error(self) -> LymphomilError:
-        return LymphomilError(self.problem, file=self.file, row=self.row, fix=self.fix)
-
-    def to_dict(self) -> dict:
-        return {"patient_id": self.patient_id, "file": self.file, "row": self.row,
-                "problem": self.problem, "fix": self.fix}
-
-
-@dataclass
-class IssueLog:
-    """Collects problems under ``on_error='skip'``; raises at once under ``'raise'``."""
-
-    on_error: str = "raise"
-    issues: list[DataIssue] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        if self.on_error not in ("raise", "skip"):
-            raise LymphomilError(f"unknown on_error policy {self.on_error!r}",
-                                 fix="use --on-error raise or --on-error skip")
-
-    def report(self, issue: DataIssue) -> None:
-        if self.on_error == "raise":
-            raise issue.to_error()
-        self.issues.append(issue)
 
 
 def from_os_error(exc: OSError) -> LymphomilError:

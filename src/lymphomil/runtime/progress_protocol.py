@@ -16,7 +16,7 @@ The command line installs its bars and lines
 from __future__ import annotations
 
 from contextlib import AbstractContextManager, contextmanager
-from typing import Iterator, Protocol
+from typing import Callable, Iterator, Protocol
 
 
 class Advance(Protocol):
@@ -71,3 +71,15 @@ def task(description: str, total: int | None, unit: str = "items", *,
          transient: bool = False) -> AbstractContextManager[Advance]:
     """A counted task of the current progress (see :class:`Progress`)."""
     return _CURRENT[0].task(description, total, unit, transient=transient)
+
+
+@contextmanager
+def counting(description: str, total: int, unit: str,
+             count: Callable[..., None] | None = None) -> Iterator[Callable[..., None]]:
+    """``count`` when the caller counts the work itself, else a task of the current progress;
+    either way a function taking ``(step, rate="")``, as the CV harness reports its fits."""
+    if count is not None:
+        yield count
+        return
+    with task(description, total, unit) as advance:
+        yield lambda step=1, rate="": advance(step, rate)

@@ -25,12 +25,13 @@ from typing import Any, Callable, Sequence
 
 import ray
 
+from lymphomil.data.issues import DataIssue
 from lymphomil.features.cache import FeatureCache
 from lymphomil.features.env import NUMERIC_LIBRARIES
 from lymphomil.features.spec import FeatureSpec
 from lymphomil.runtime import progress_protocol
 from lymphomil.runtime.environment import cpu_count, package_versions, set_threads, source_digest
-from lymphomil.runtime.errors import DataIssue, LymphomilError
+from lymphomil.runtime.errors import LymphomilError
 
 #: task retries after a worker dies (Ray's default for tasks, stated so it cannot drift)
 MAX_RETRIES = 3

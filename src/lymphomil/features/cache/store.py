@@ -17,6 +17,7 @@ import numpy as np
 
 from lymphomil.data.digests import image_digests
 from lymphomil.data.folders import path_strings
+from lymphomil.data.issues import DataIssue
 from lymphomil.features.cache.extraction import CacheExtraction
 from lymphomil.features.cache.files import (
     CACHE_FORMAT,
@@ -34,7 +35,7 @@ from lymphomil.features.env import (
 )
 from lymphomil.features.spec import KINDS, FeatureSpec
 from lymphomil.features.weights import weights_digest
-from lymphomil.runtime.errors import DataIssue, LymphomilError
+from lymphomil.runtime.errors import LymphomilError
 
 DEFAULT_MEMORY_BYTES = 1 << 30  # in-memory LRU bound
 

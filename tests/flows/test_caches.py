@@ -1,4 +1,5 @@
-"""A rerun reuses the exploration and the fitted models whose inputs did not change."""
+"""A rerun reuses the exploration and the fitted models whose inputs did not change; `cache
+clear` removes what every cache wrote, and nothing else."""
 
 from __future__ import annotations
 
@@ -6,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from lymphomil.data.cohort import load_cohort
-from lymphomil.flows.runcache import cached_explore, cached_fit
-from lymphomil.flows.steps import configure_model, labelled_patients
+from lymphomil.data.cohort import labelled_patients, load_cohort
+from lymphomil.flows.caches import cached_explore, cached_fit
+from lymphomil.flows.patients import configure_model
 
 
 def test_explore_is_reused_and_recomputed_when_damaged(synthetic_root: Path,
@@ -54,12 +55,20 @@ def test_a_fit_is_reused_with_the_same_predictions(synthetic_root: Path, tmp_pat
     assert len(calls) == 2
 
 
-def test_clear_removes_only_its_entries(synthetic_root: Path, tmp_path: Path) -> None:
-    from lymphomil.flows.runcache import clear
+def test_clear_all_removes_what_each_cache_wrote_and_nothing_else(synthetic_root: Path,
+                                                                   tmp_path: Path) -> None:
+    from lymphomil.flows.caches import clear_all
 
     cache = tmp_path / "cache"
     cached_explore(load_cohort(synthetic_root), tmp_path / "a", cache)
     (cache / "run" / "notes.txt").write_text("mine")
-    removed, freed = clear(cache)
-    assert removed == 1 and freed > 0
+    figures, memo = cache / "figures", cache / "validated"
+    for folder, ours in ((figures, "0" * 32 + ".png"), (memo, "images-v2.json")):
+        folder.mkdir()
+        (folder / ours).write_bytes(b"written by lymphomil")
+        (folder / "mine.txt").write_bytes(b"not")
+    cleared = clear_all(cache)
+    assert cleared.counts == {"CV results": 0, "run results": 1, "image memo": 1, "figures": 1}
+    assert cleared.bytes > 0 and cleared.root == cache
     assert [p.name for p in (cache / "run").iterdir()] == ["notes.txt"]
+    assert [p.name for p in figures.iterdir()] == [p.name for p in memo.iterdir()] == ["mine.txt"]
