@@ -149,8 +149,14 @@ def test_any_output_encoding_works(logreg_model_dir: Path, synthetic_root: Path,
     assert done.returncode == 0, text
     assert "internal error" not in text and "Traceback" not in text
     assert "patients (" in text and "-> " in text  # the arrow in plain ASCII
-    done = _lymphomil(["--help"], env)
-    assert done.returncode == 0 and b"Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("encoding", ["ascii", "latin-1"])
+def test_help_in_any_encoding(encoding: str) -> None:
+    """Was: a traceback (`--help`'s arrows under an ASCII or Latin-1 stdout)."""
+    done = _lymphomil(["--help"], {"PYTHONIOENCODING": encoding})
+    assert done.returncode == 0 and b"Traceback" not in done.stderr, done.stderr
+    assert b"predict" in done.stdout
 
 
 def test_a_deleted_current_folder_stops_with_one_line(logreg_model_dir: Path,
