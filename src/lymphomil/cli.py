@@ -21,7 +21,12 @@ if sys.argv and os.path.basename(sys.argv[0]) in ("lymphomil", "cli.py"):
     signal.signal(signal.SIGINT, _exit_at_start)
     signal.signal(signal.SIGTERM, _exit_at_start)
 
-from lymphomil.commands.app import app, exit_interrupted, install_signal_handlers  # noqa: E402
+from lymphomil.commands.app import (  # noqa: E402
+    app,
+    exit_interrupted,
+    install_signal_handlers,
+    readable_streams,
+)
 
 # each module registers its commands on ``app`` when imported, in the order --help lists them
 # isort: off
@@ -37,6 +42,7 @@ from lymphomil.commands import run as _run  # noqa: F401,E402  run
 
 def main() -> None:
     install_signal_handlers()
+    readable_streams()  # --help and Typer's own errors too
     try:
         app()
     except KeyboardInterrupt as exc:  # outside a command (while parsing the options)

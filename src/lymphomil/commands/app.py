@@ -19,13 +19,20 @@ from rich.console import Console
 from rich.markup import escape
 from typer.core import TyperOption
 
-from lymphomil.commands.progress import ERR_CONSOLE, StageReporter, TerminalProgress, progress_task
-from lymphomil.runtime.errors import LymphomilError, from_os_error
+from lymphomil.commands.progress import (
+    ERR_CONSOLE,
+    MIN_WIDTH,
+    SafeConsole,
+    StageReporter,
+    TerminalProgress,
+    progress_task,
+)
+from lymphomil.runtime.errors import LymphomilError, escaped, from_os_error
 from lymphomil.runtime.progress_protocol import using
 
 __all__ = ["CACHE_DEFAULT", "EngineName", "OnError", "PatientRule", "RAY_EXTRA", "StageReporter",
            "app", "cache_app", "console", "err_console", "handle_errors", "is_debug",
-           "progress_task", "setup_logging"]
+           "progress_task", "setup_logging", "show"]
 
 
 def _flag_display_type(self: TyperOption, ctx: Any) -> str | None:
@@ -78,7 +85,26 @@ def _patch_typer_messages() -> None:
             module.get_error_msg = patched  # type: ignore[attr-defined]
 
 
+def _patch_typer_errors() -> None:
+    """Typer prints a usage error's message (which quotes the user's words) as it is: escaped
+    here, like every other message (no control character reaches the terminal)."""
+    from typer import rich_utils
+
+    original = rich_utils.rich_format_error
+    if getattr(original, "_lymphomil", False):
+        return
+
+    def format_escaped(error: Any) -> None:
+        message = error.format_message()
+        error.format_message = lambda: escaped(message)
+        original(error)
+
+    format_escaped._lymphomil = True  # type: ignore[attr-defined]
+    rich_utils.rich_format_error = format_escaped
+
+
 _patch_typer_messages()
+_patch_typer_errors()
 
 app = typer.Typer(
     name="lymphomil",
@@ -100,8 +126,15 @@ RAY_EXTRA = 'needs the ray extra: pip install "lymphomil\\[ray]"'
 CACHE_DEFAULT = "$LYMPHOMIL_CACHE_DIR, else the user cache folder"
 
 #: stdout for results (tables, JSON); stderr for progress and messages (no source locations)
-console = Console()
+console = SafeConsole()
 err_console = ERR_CONSOLE
+
+
+def show(value: object) -> str:
+    """A user-supplied value (a path, an ID) inside a console message: escaped for the terminal
+    (:func:`lymphomil.runtime.errors.escaped`: no control character, no newline) and for Rich's
+    markup (a ``[bold]`` in a file name is text)."""
+    return escape(escaped(value))
 
 _STATE = {"debug": False, "hard_exit": False, "in_command": 0}
 
@@ -148,10 +181,67 @@ def exit_interrupted(exc: BaseException) -> None:
     os._exit(code)
 
 
+#: what a terminal that is not UTF-8 (Latin-1, cp1252, ASCII under ``LC_ALL=C``) gets instead of
+#: the typography lymphomil prints; anything else it cannot show is written ``\uXXXX``
+_PLAIN = {"→": "->", "←": "<-", "×": "x", "…": "...", "–": "-", "—": "-", "−": "-", "≤": "<=",
+          "≥": ">=", "±": "+/-", "µ": "u", "⁹": "^9", "’": "'", "‘": "'", "“": '"', "”": '"',
+          "•": "*", "│": "|", "┃": "|", "║": "|"}
+
+
+def _plain_text(error: UnicodeError) -> tuple[str, int]:
+    if not isinstance(error, UnicodeEncodeError):
+        raise error
+    chars = error.object[error.start:error.end]
+    return "".join(_PLAIN.get(c, "-" if "\u2500" <= c <= "\u259f" else
+                              c.encode("ascii", "backslashreplace").decode("ascii"))
+                   for c in chars), error.end
+
+
+def readable_streams() -> None:
+    """stdout and stderr never fail on a character their encoding lacks (a message's arrow
+    under ``LC_ALL=C`` or a Latin-1 terminal was an internal error after the outputs were
+    written): written in plain ASCII instead (:data:`_PLAIN`, else ``\\uXXXX``). A
+    ``COLUMNS`` too narrow to read (0 printed nothing) is dropped for Typer's own messages."""
+    import codecs
+
+    columns = os.environ.get("COLUMNS")
+    if columns is not None and not (columns.strip().isdigit() and int(columns) >= MIN_WIDTH):
+        del os.environ["COLUMNS"]
+
+    try:
+        codecs.lookup_error("lymphomil-plain")
+    except LookupError:
+        codecs.register_error("lymphomil-plain", _plain_text)
+    for stream in (sys.stdout, sys.stderr):
+        encoding = str(getattr(stream, "encoding", "") or "").lower().replace("-", "")
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None and encoding not in ("utf8", "utf_8"):
+            try:
+                reconfigure(errors="lymphomil-plain")
+            except (ValueError, OSError, AttributeError):
+                pass  # a stream that cannot be changed: Rich's own fallbacks only
+
+
+def check_working_folder() -> None:
+    """Stop with one line when the current folder is gone (deleted while the shell stood in
+    it): a relative path cannot mean anything there, and native libraries abort on load."""
+    try:
+        os.getcwd()
+    except OSError:
+        err_console.print("[bold red]error:[/] the current folder no longer exists (it was "
+                          "deleted or moved while the shell stood in it)\n  fix: cd into an "
+                          "existing folder and run the command again", highlight=False,
+                          soft_wrap=True)
+        raise typer.Exit(2) from None
+
+
 @app.callback()
 def _main(ctx: typer.Context,
           debug: bool = typer.Option(False, "--debug", help="Show Python tracebacks on errors "
                                                             "and debug log lines.")) -> None:
+    readable_streams()
+    if not {"--help", "-h"} & set(sys.argv[1:]):
+        check_working_folder()
     _STATE["debug"] = debug or os.environ.get("LYMPHOMIL_DEBUG") == "1"
     setup_logging(logging.DEBUG if _STATE["debug"] else logging.WARNING)
     # the library reports progress to whatever is installed (silent by default): for the length
@@ -170,9 +260,16 @@ def setup_logging(level: int = logging.WARNING, console: Console | None = None) 
             logger.removeHandler(handler)
     handler = RichHandler(console=console or err_console, show_path=False, show_time=False,
                           markup=False, rich_tracebacks=False)
+    handler.addFilter(_escape_record)
     handler._lymphomil = True  # type: ignore[attr-defined]
     logger.addHandler(handler)
     logger.setLevel(level)
+
+
+def _escape_record(record: logging.LogRecord) -> bool:
+    """A log line holds no control character or newline of the values logged (a file name)."""
+    record.msg, record.args = escaped(record.getMessage()), ()
+    return True
 
 
 def is_debug() -> bool:
@@ -211,7 +308,7 @@ def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             if is_debug():
                 raise
             err_console.print(f"[bold red]internal error:[/] {type(exc).__name__}: "
-                              f"{escape(str(exc))}\n"
+                              f"{show(exc)}\n"
                               "  re-run with --debug for the traceback, and report it",
                               highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None

@@ -11,10 +11,9 @@ from pathlib import Path
 from typing import Sequence
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
-from lymphomil.commands.app import CACHE_DEFAULT, RAY_EXTRA, err_console
+from lymphomil.commands.app import CACHE_DEFAULT, RAY_EXTRA, err_console, show
 from lymphomil.flows.defaults import RUN_DEFAULTS, shown
 
 DATA_ARG = typer.Argument(..., help="challenge-layout folder (clinical_annotation.csv or "
@@ -68,13 +67,13 @@ def print_skips(issues: list[dict], out: Path | None = None) -> None:
     err_console.print(f"[yellow]{len(issues)} input problem(s) skipped[/] (--on-error skip):",
                       soft_wrap=True)
     for issue in issues[:20]:
-        where = issue["file"] + (f", row {issue['row']}" if issue.get("row") else "")
-        err_console.print(f"  - {escape(where)}: {escape(issue['problem'])}", highlight=False,
+        where = show(issue["file"]) + (f", row {issue['row']}" if issue.get("row") else "")
+        err_console.print(f"  - {where}: {show(issue['problem'])}", highlight=False,
                           soft_wrap=True)
     if len(issues) > 20:
         err_console.print(f"  … and {len(issues) - 20} more")
     if out is not None:
-        err_console.print(f"  the full list is in {out}", soft_wrap=True)
+        err_console.print(f"  the full list is in {show(out)}", soft_wrap=True, highlight=False)
 
 
 def results_table(results: Sequence) -> Table:

@@ -8,7 +8,15 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import typer
 from rich.table import Table
 
-from lymphomil.commands.app import OnError, app, console, err_console, handle_errors, progress_task
+from lymphomil.commands.app import (
+    OnError,
+    app,
+    console,
+    err_console,
+    handle_errors,
+    progress_task,
+    show,
+)
 from lymphomil.flows import options  # light: checks import what they need when they run
 from lymphomil.flows.defaults import RUN_DEFAULTS, shown
 
@@ -58,7 +66,8 @@ def synth(
                                       test_fraction=test_fraction,
                                       images_per_patient=(min_images, max_images),
                                       on_progress=advance)
-    console.print(f"wrote a synthetic cohort of {patients} patients (seed {seed}) to {root}")
+    console.print(f"wrote a synthetic cohort of {patients} patients (seed {seed}) to "
+                  f"{show(root)}", highlight=False)
 
 
 @app.command()
@@ -107,9 +116,9 @@ def explore(
     if skipped_path is not None:
         files.append(out / skipped_path.name)
         _print_skipped(cohort, out / skipped_path.name)
-    console.print(f"wrote {len(files)} files to {out}:")
+    console.print(f"wrote {len(files)} files to {show(out)}:", highlight=False)
     for path in files:
-        console.print(f"  {path}")
+        console.print(f"  {show(path)}", highlight=False)
 
 
 def _print_skipped(cohort: Cohort, skipped_path: Path, shown: int = 20) -> None:
@@ -121,10 +130,10 @@ def _print_skipped(cohort: Cohort, skipped_path: Path, shown: int = 20) -> None:
     patients = cohort.skipped_ids
     err_console.print(f"[yellow]skipped[/] {len(patients)} patient(s)"
                       + (f" ({', '.join(patients)})" if patients else "")
-                      + f"; {len(issues)} problem(s) in all, listed in {skipped_path}",
+                      + f"; {len(issues)} problem(s) in all, listed in {show(skipped_path)}",
                       highlight=False)
     for issue in issues[:shown]:
-        where = (issue.file or "") + (f", row {issue.row}" if issue.row is not None else "")
-        err_console.print(f"  {where}: {issue.problem}", highlight=False, soft_wrap=True)
+        where = show(issue.file or "") + (f", row {issue.row}" if issue.row is not None else "")
+        err_console.print(f"  {where}: {show(issue.problem)}", highlight=False, soft_wrap=True)
     if len(issues) > shown:
         err_console.print(f"  … and {len(issues) - shown} more")

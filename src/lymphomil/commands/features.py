@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Literal, Optional
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
 from lymphomil.commands.app import (
@@ -21,6 +20,7 @@ from lymphomil.commands.app import (
     console,
     err_console,
     handle_errors,
+    show,
 )
 from lymphomil.flows import options  # light: checks import what they need when they run
 from lymphomil.runtime.errors import LymphomilError
@@ -164,8 +164,8 @@ def features(
     # patient's images were decoded already, so a warm run need not open 14,000 files again
     cohort = load_cohort(data, on_error=on_error, check_images=False)
     for issue in cohort.issues:
-        err_console.print(f"[yellow]skipped[/]: {escape(issue.file or '')}: "
-                          f"{escape(issue.problem)}",
+        err_console.print(f"[yellow]skipped[/]: {show(issue.file or '')}: "
+                          f"{show(issue.problem)}",
                           highlight=False, soft_wrap=True)
     loaded = time.perf_counter()
     cache = instance_features.FeatureCache(instance_features.cache.feature_root(cache_dir),
@@ -181,8 +181,8 @@ def features(
     finally:
         runner.close()
     for issue in cache.issues:
-        err_console.print(f"[yellow]left out of its bag[/]: {escape(issue.file or '')}: "
-                          f"{escape(issue.problem)}",
+        err_console.print(f"[yellow]left out of its bag[/]: {show(issue.file or '')}: "
+                          f"{show(issue.problem)}",
                           highlight=False, soft_wrap=True)
     run = cache.last_run
     total = time.perf_counter() - start
@@ -243,14 +243,15 @@ def cache_clear(
     if not yes:
         info = caches.info(cache_dir)
         typer.confirm(f"delete {info['files']} feature files ({_human_bytes(info['bytes'])}) "
-                      f"under {info['root']}, the cached CV and run results, the image memo "
-                      "and the report's figures?", abort=True)
+                      f"under {show(info['root'])}, the cached CV and run results, the "
+                      "image memo and the report's figures?", abort=True)
     cleared = caches.clear_all(cache_dir)
-    root = cleared.root
+    root = show(cleared.root)
     counts = ", ".join(f"{n} {what}" for what, n in cleared.counts.items())
-    console.print(f"freed {_human_bytes(cleared.bytes)} under {root} (features; {counts})")
+    console.print(f"freed {_human_bytes(cleared.bytes)} under {root} (features; {counts})",
+                  highlight=False)
     if cleared.kept:
         err_console.print(f"[yellow]left alone[/]: {len(cleared.kept)} file(s) under {root} "
                           "that the cache did not write: "
-                          + ", ".join(escape(p.name) for p in cleared.kept[:5]), highlight=False,
+                          + ", ".join(show(p.name) for p in cleared.kept[:5]), highlight=False,
                           soft_wrap=True)

@@ -8,7 +8,15 @@ from typing import Optional
 import typer
 
 from lymphomil.commands import common
-from lymphomil.commands.app import OnError, PatientRule, app, console, err_console, handle_errors
+from lymphomil.commands.app import (
+    OnError,
+    PatientRule,
+    app,
+    console,
+    err_console,
+    handle_errors,
+    show,
+)
 
 
 @app.command()
@@ -72,7 +80,8 @@ def predict(
         auc = "n/a (one class)" if m["roc_auc"] is None else f"{m['roc_auc']:.3f}"
         bacc = "n/a" if m["balanced_accuracy"] is None else f"{m['balanced_accuracy']:.3f}"
         console.print(f"{m['n_labelled']} predicted patients carry a label: balanced accuracy "
-                      f"{bacc}, accuracy {m['accuracy']:.3f}, ROC AUC {auc} → {metrics_path}")
+                      f"{bacc}, accuracy {m['accuracy']:.3f}, ROC AUC {auc} → "
+                      f"{show(metrics_path)}", highlight=False)
     if pred.not_predicted:
         shown = ", ".join(pred.not_predicted[:10]) + (" …" if len(pred.not_predicted) > 10
                                                       else "")
@@ -81,11 +90,11 @@ def predict(
                           soft_wrap=True, highlight=False)
     common.print_skips(pred.skipped, done.skipped_path)
     console.print(f"predicted {len(pred.ids)} patients ({int(pred.labels.sum())} malignant) "
-                  f"→ {out}")
+                  f"→ {show(out)}", highlight=False)
     if pred.decisions is not None:
         referred = sum(d.decision == "refer" for d in pred.decisions)
         console.print(f"referral rule: {referred} of {len(pred.ids)} referred for review "
                       "(DECISION and REASON columns" + (" of the CSV without --kaggle)" if kaggle
                                                         else ")"))
     if report is not None:
-        console.print(f"wrote the per-patient report → {report}")
+        console.print(f"wrote the per-patient report → {show(report)}", highlight=False)

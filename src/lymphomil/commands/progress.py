@@ -24,9 +24,32 @@ from typing import Any, Callable, Iterator
 
 from rich.console import Console
 
+from lymphomil.runtime.errors import escaped
+
+MIN_WIDTH = 20  # columns: a narrower console is not readable (COLUMNS=0 printed nothing)
+
+
+class SafeConsole(Console):
+    """A Rich console that never passes a control character of a printed string to the
+    terminal (an escape sequence, a carriage return, a bidirectional override): every string
+    is escaped (:func:`lymphomil.runtime.errors.escaped`) but for the newlines lymphomil lays out
+    itself, before Rich adds its own styles. User strings are escaped, newlines too, where the
+    message is made; this is the net under every print. A width from ``COLUMNS`` too small to
+    read (``COLUMNS=0`` printed nothing at all, ``1`` a character a line) is not used."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.width < MIN_WIDTH:
+            self.width = 80
+
+    def print(self, *objects: Any, **kwargs: Any) -> None:
+        super().print(*(escaped(o, keep="\n") if isinstance(o, str) else o for o in objects),
+                      **kwargs)
+
+
 #: messages and progress go to stderr; results to stdout. ``log_path=False``: no ``file.py:123``
 #: at the end of a user-facing line
-ERR_CONSOLE = Console(stderr=True, log_path=False)
+ERR_CONSOLE = SafeConsole(stderr=True, log_path=False)
 LINE_INTERVAL_S = 30.0
 LINE_FRACTION = 0.10
 

@@ -8,7 +8,16 @@ from typing import Optional
 import typer
 
 from lymphomil.commands import common
-from lymphomil.commands.app import EngineName, OnError, StageReporter, app, console, handle_errors
+from lymphomil.commands.app import (
+    EngineName,
+    OnError,
+    StageReporter,
+    app,
+    console,
+    err_console,
+    handle_errors,
+    show,
+)
 from lymphomil.flows import options  # light: checks import what they need when they run
 from lymphomil.flows.defaults import DEFAULT_CANDIDATES
 
@@ -111,8 +120,10 @@ def run(
     console.print(f"chosen model: [bold]{result.chosen}[/]; predicted {result.n_predicted} "
                   f"patients; skipped {result.n_skipped}")
     console.print("timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in result.timings.items()))
+    for note in result.notes:
+        err_console.print(show(note), highlight=False, soft_wrap=True)
     skipped_file = out / "skipped.json"  # listed as predict and cv list them
     if skipped_file.is_file():
         common.print_skips(outputs.read_json(skipped_file), skipped_file)
-    console.print(f"wrote {out}/report.html, submission.csv, predictions.csv, metrics.json, "
+    console.print(f"wrote {show(out)}/report.html, submission.csv, predictions.csv, metrics.json, "
                   "config.toml, model/")

@@ -97,6 +97,15 @@ def hard_mask(counts: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.nda
 # --------------------------------------------------------------------------- results
 
 
+def finite_percentile(values: np.ndarray, q: float) -> float:
+    """The ``q``-th percentile of the finite values; NaN when there is none (a metric that no
+    bootstrap draw could compute, e.g. a hard subset of one class), without numpy's warning on
+    the user's terminal."""
+    values = np.asarray(values, dtype=float)
+    finite = values[np.isfinite(values)]
+    return float(np.percentile(finite, q)) if finite.size else float("nan")
+
+
 @dataclass
 class CVResult:
     """Out-of-fold predictions and metrics of one model under repeated CV."""
@@ -131,8 +140,8 @@ class CVResult:
             out[m] = {
                 "mean": float(np.nanmean(values)) if np.isfinite(values).any() else float("nan"),
                 "std": float(np.nanstd(values, ddof=1)) if np.isfinite(values).sum() > 1 else 0.0,
-                "ci_low": float(np.nanpercentile(boot[m], 2.5)),
-                "ci_high": float(np.nanpercentile(boot[m], 97.5)),
+                "ci_low": finite_percentile(boot[m], 2.5),
+                "ci_high": finite_percentile(boot[m], 97.5),
             }
         out["hard_subset_size"] = {"mean": float(self.hard.sum(1).mean())}
         out["fit_seconds"] = {"mean": float(self.fit_seconds.mean()),

@@ -62,6 +62,19 @@ def subsample_plan(y: np.ndarray, n_refits: int, fraction: float, seed: int) -> 
     return [np.sort(train) for train, _ in splitter.split(np.zeros(len(y)), y)]
 
 
+def can_refit(y: np.ndarray, need: int, n_refits: int = N_REFITS,
+              fraction: float = SUBSAMPLE, seed: int = 0) -> bool:
+    """Every subsample of :func:`subsample_plan` holds ``need`` patients of each class (the
+    model's ``minimum_per_class``): too small a cohort gets no refit spread, never a failed
+    refit."""
+    y = np.asarray(y, dtype=int)
+    try:
+        plan = subsample_plan(y, n_refits, fraction, seed)
+    except ValueError:  # too few patients to draw a stratified subsample at all
+        return False
+    return all(int(np.bincount(y[train], minlength=2).min()) >= need for train in plan)
+
+
 def refit_probas(model: Any, labelled: Sequence, y: np.ndarray, targets: Sequence, *,
                  seed: int = 0, name: str = "model", n_refits: int = N_REFITS,
                  fraction: float = SUBSAMPLE, engine: Any = None,

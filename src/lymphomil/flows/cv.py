@@ -28,10 +28,10 @@ from lymphomil.evaluation.crossval import (
 )
 from lymphomil.flows import options
 from lymphomil.flows.caches import attach_features, cv_results
-from lymphomil.flows.patients import configure_model, load_labelled
+from lymphomil.flows.patients import check_can_fit, configure_model, load_labelled
 from lymphomil.models.base import PatientModel, selection_candidates, selection_name
 from lymphomil.outputs import atomic_write_json, atomic_write_text, staged_dir
-from lymphomil.referral import INNER_FOLDS, check_target, nested_referral
+from lymphomil.referral import INNER_FOLDS, check_target, nested_referral, rule_minimum
 from lymphomil.referral.coverage import cv_trust, trust_markdown
 from lymphomil.runtime import progress_protocol
 from lymphomil.runtime.engine import Engine
@@ -84,6 +84,9 @@ def cross_validate(models: Sequence[Candidate], labelled: LabelledSet | Path, *,
     if isinstance(labelled, Path):
         labelled = load_labelled(labelled, reference_date=reference_date, on_error=on_error,
                                  cache_dir=cache_dir, folds=folds)
+    models = [(m, configure_model(m, features)) if isinstance(m, str) else m for m in models]
+    for name, model in models:  # too few patients: the minimum, before any feature or fit
+        check_can_fit(model, name, labelled.y, folds)
     runner = (get_engine(engine, fit_threads=threads or 1) if isinstance(engine, str)
               else engine)
     try:
@@ -168,9 +171,19 @@ def _nested_referral(models: Sequence[Candidate], labelled: LabelledSet, run: CV
                      folds: int, repeats: int, seed: int, features: str | None,
                      cache_dir: Path | None, engine: Engine | None) -> dict:
     """Each model's nested referral pass (lymphomil.referral.nested_referral); the nested
-    selection rows are left out (an inner CV inside their inner CV: too slow)."""
+    selection rows are left out (an inner CV inside their inner CV: too slow), and so is a
+    model whose rule the outer training parts are too small to fit (said in ``run.notes``)."""
     pairs = [(m, configure_model(m, features)) if isinstance(m, str) else m for m in models]
     pairs = [(name, model) for name, model in pairs if not selection_candidates(name)]
+    counts = np.bincount(np.asarray(labelled.y, dtype=int), minlength=2)
+    part = int((counts - np.ceil(counts / folds)).min())  # the fewest of a class in a part
+    for name, model in pairs:
+        if part < rule_minimum(model):
+            run.notes.append(f"the referral rule's nested figure of {name} is left out: an outer "
+                             f"training part holds {part} patients of a class, and the rule's "
+                             f"inner CV of this model needs {rule_minimum(model)} (the CV "
+                             "figures above stand)")
+    pairs = [(name, model) for name, model in pairs if part >= rule_minimum(model)]
     if not pairs:
         return {}
     patients = attach_features(labelled.patients, [model for _, model in pairs], cache_dir)

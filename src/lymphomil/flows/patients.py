@@ -8,6 +8,8 @@ from datetime import date
 from pathlib import Path
 from typing import Any, Iterable
 
+import numpy as np
+
 from lymphomil.data.cohort import (
     Cohort,
     LabelledSet,
@@ -18,6 +20,8 @@ from lymphomil.data.cohort import (
 )
 from lymphomil.flows.options import check_folds_against
 from lymphomil.models.base import PatientModel, create_model
+from lymphomil.models.checks import cv_minimum
+from lymphomil.runtime.errors import LymphomilError
 
 
 def as_labelled(patients: Cohort | Iterable[Any]) -> LabelledSet:
@@ -57,3 +61,30 @@ def _override_features(model: PatientModel, features: str) -> None:
         for part in (value if isinstance(value, (tuple, list)) else (value,)):
             if isinstance(part, PatientModel):  # a nested model, or one of an ensemble's members
                 _override_features(part, features)
+
+
+def check_can_fit(model: PatientModel, name: str, y: np.ndarray,
+                  folds: int | None = None) -> None:
+    """Stop, stating the minimum, when the classes of ``y`` are too small to fit ``model``
+    (``minimum_per_class``) — with ``folds``, in every training part of a CV of that many
+    folds: a cohort too small is a message, never a failure inside a fit."""
+    counts = np.bincount(np.asarray(y, dtype=int), minlength=2)
+    need = model.minimum_per_class()
+    have = (f"the labelled patients hold {counts[0]} reactive (0) and {counts[1]} malignant "
+            "(1)")
+    why = " (it tunes itself by inner CV)" if need > 1 else ""
+    other = "or choose a model that needs fewer (`lymphomil models`)"
+    if folds is None:
+        if counts.min() < need:
+            raise LymphomilError(f"{name} needs at least {need} labelled patients of each class "
+                                 f"to be fitted{why}; {have}",
+                                 fix=f"add labelled patients, {other}")
+        return
+    total = cv_minimum(need, folds, adaptive=False)
+    if counts.min() < total:
+        fewer = (f"use fewer folds (2 folds need {cv_minimum(need, 2, adaptive=False)} of "
+                 "each), " if folds > 2 else "")
+        raise LymphomilError(
+            f"cross-validating {name} with {folds} folds needs at least {total} labelled "
+            f"patients of each class: each training part must hold {need} of each to fit "
+            f"it{why}; {have}", fix=f"add labelled patients, {fewer}{other}")

@@ -25,7 +25,13 @@ from lymphomil.data.cohort import LabelledSet
 from lymphomil.data.plain import data_source
 from lymphomil.data.synth import synthetic_default
 from lymphomil.evaluation.crossval import CVResult, choose_model
-from lymphomil.evaluation.uncertainty import N_REFITS, cached_refit_probas, refit_spread
+from lymphomil.evaluation.uncertainty import (
+    N_REFITS,
+    SUBSAMPLE,
+    cached_refit_probas,
+    can_refit,
+    refit_spread,
+)
 from lymphomil.flows.caches import (
     attach_features,
     cached_explore,
@@ -35,7 +41,7 @@ from lymphomil.flows.caches import (
 )
 from lymphomil.flows.config import RunConfig, to_toml
 from lymphomil.flows.cv import run_cv, write_cv_outputs
-from lymphomil.flows.patients import configure_model, load_labelled
+from lymphomil.flows.patients import check_can_fit, configure_model, load_labelled
 from lymphomil.flows.predict import (
     Predictions,
     predict_patients,
@@ -66,6 +72,8 @@ class RunResult:
     n_predicted: int
     n_skipped: int
     timings: dict[str, float] = field(default_factory=dict)
+    #: what was left out (the referral rule, the refit spread of a cohort too small), a line each
+    notes: list[str] = field(default_factory=list)
 
 
 def run_pipeline(config: RunConfig, out: Path,
@@ -99,6 +107,9 @@ def run_pipeline(config: RunConfig, out: Path,
             selection = (selection_name(candidates) if config.nested_selection
                          and len(candidates) > 1 else None)
             models = {name: configure_model(name, config.features) for name in candidates}
+            for name, model in [*models.items(), *([(selection, configure_model(selection))]
+                                                   if selection else [])]:
+                check_can_fit(model, name, labelled.y, config.folds)  # before any feature
             with clock("features", "features"):  # every patient's, the unlabelled ones too
                 everyone = attach_features(cohort.patients, models.values(), cache_dir, engine)
                 # the labelled patients (in load_labelled's order) and the new ones, carrying
@@ -132,8 +143,15 @@ def run_pipeline(config: RunConfig, out: Path,
                 write_prediction_files(pred, staging)
             with clock("cell galleries", "cell galleries"):  # what ranks the report's cells
                 evidence = gallery_evidence(trained.model, config, labelled, pred, chosen)
+            notes = [trained.referral.note] if trained.referral.note else []
             spread = None
-            if len(pred.ids):  # each prediction's spread over refits of the chosen model
+            if len(pred.ids) and not can_refit(training.y, model.minimum_per_class(),
+                                               seed=config.seed):
+                notes.append(f"no refit spread of the predictions: its {N_REFITS} refits, each "
+                             f"on a stratified {SUBSAMPLE:.0%} of the labelled patients, need "
+                             f"{model.minimum_per_class()} of each class in every one, more "
+                             "than so few patients give")
+            elif len(pred.ids):  # each prediction's spread over refits of the chosen model
                 with clock(f"uncertainty ({N_REFITS} refits)", "uncertainty"):
                     probas = cached_refit_probas(cv_results(cache_dir), model, training.patients,
                                                  training.y, pred.patients, seed=config.seed,
@@ -151,7 +169,7 @@ def run_pipeline(config: RunConfig, out: Path,
     finally:
         engine.close()
     return RunResult(out, chosen.model_name, results, len(pred.ids), len(cohort.skipped_ids),
-                     clock.timings)
+                     clock.timings, notes)
 
 
 class _Clock:

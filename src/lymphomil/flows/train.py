@@ -20,7 +20,7 @@ from lymphomil.data.cohort import LabelledSet
 from lymphomil.evaluation.crossval import derive_seed, with_seed
 from lymphomil.flows import options
 from lymphomil.flows.caches import cached_fit, cv_results, with_features
-from lymphomil.flows.patients import configure_model, load_labelled
+from lymphomil.flows.patients import check_can_fit, configure_model, load_labelled
 from lymphomil.models.base import PatientModel, describe_model
 from lymphomil.ood import OOD_JSON, OODCheck, fit_ood_checks, held_out_flags, load_ood_checks
 from lymphomil.outputs import read_json
@@ -29,6 +29,7 @@ from lymphomil.referral import (
     ReferralRule,
     can_fit,
     check_target,
+    no_rule_note,
     referral_card,
     save_rule,
 )
@@ -46,14 +47,21 @@ class Referral:
 
     rule: ReferralRule | None
     checks: OODCheck | None = None
+    #: why there is no rule, for these patients and this model (None: there is one)
+    note: str | None = None
 
     @property
     def threshold(self) -> float | None:
         return None if self.rule is None else self.rule.threshold
 
     def describe(self) -> str:
-        """What the rule does, in words (``TOO_FEW`` without one)."""
-        return TOO_FEW if self.rule is None else self.rule.describe()
+        """What the rule does, in words (without one: why, or ``TOO_FEW``)."""
+        return self.rule.describe() if self.rule is not None else (self.note or TOO_FEW)
+
+
+def _referral(rule: ReferralRule | None, checks: OODCheck | None, y: Any,
+              model: PatientModel) -> Referral:
+    return Referral(rule, checks, None if rule is not None else no_rule_note(y, model))
 
 
 @dataclass
@@ -83,6 +91,7 @@ def train(name: str, labelled: LabelledSet | Path, out: Path, *, reference_date:
                                  cache_dir=cache_dir)
         extra = {"skipped": labelled.cohort.skipped_table()}
     model = configure_model(name, features)
+    check_can_fit(model, name, labelled.y)  # too few patients: the minimum, before any work
     labelled = with_features(labelled, [model], cache_dir)
     rule = fit_rule(model, labelled, name=name, seed=seed, max_referral=max_referral,
                     target_accuracy=target_accuracy, cache_dir=cache_dir)
@@ -104,9 +113,10 @@ def fit_rule(model: PatientModel, labelled: LabelledSet, *, name: str, seed: int
     """The referral rule of ``model`` (unfitted: only clones are fitted) by inner CV on the
     labelled patients (their features attached: :func:`with_features`), to the target (its
     inner out-of-fold probabilities kept in the CV cache for a rerun), its budget net of the
-    training patients the OOD checks flag when held out; None when a class has fewer than 2
-    patients (the calls are then forced)."""
-    if not can_fit(labelled.y):
+    training patients the OOD checks flag when held out; None when a class has too few patients
+    for its inner CV of this model (:func:`lymphomil.referral.can_fit`: the calls are then
+    forced, and :func:`lymphomil.referral.no_rule_note` says why)."""
+    if not can_fit(labelled.y, model):
         return None
     patients = labelled.patients
     anyway = held_out_flags(model, patients, cache_dir, name=name)
@@ -122,7 +132,7 @@ def fit_referral(model: PatientModel, labelled: LabelledSet, *, name: str, seed:
     features attached), as :func:`train` saves them beside a model."""
     rule = fit_rule(model, labelled, name=name, seed=seed, max_referral=max_referral,
                     target_accuracy=target_accuracy, cache_dir=cache_dir)
-    return Referral(rule, fit_ood_checks(model, labelled.patients, cache_dir))
+    return _referral(rule, fit_ood_checks(model, labelled.patients, cache_dir), labelled.y, model)
 
 
 def train_model(model: PatientModel, labelled: LabelledSet, out: Path, *, name: str,
@@ -151,7 +161,7 @@ def train_model(model: PatientModel, labelled: LabelledSet, out: Path, *, name: 
 
     model.save(out, name=name, reference_date=reference_date, seed=seed, training=training,
                extra=extra, finish=add_files)
-    return Trained(model, Referral(rule, checks), labelled)
+    return Trained(model, _referral(rule, checks, labelled.y, model), labelled)
 
 
 def train_cached(model: PatientModel, labelled: LabelledSet, out: Path, *, name: str,
@@ -177,4 +187,5 @@ def train_cached(model: PatientModel, labelled: LabelledSet, out: Path, *, name:
     if cached is None:
         return trained[0]
     shutil.copytree(cached, out)
-    return Trained(fitted, Referral(rule, load_ood_checks(out, cache_dir)), labelled)
+    return Trained(fitted, _referral(rule, load_ood_checks(out, cache_dir), labelled.y, fitted),
+                   labelled)

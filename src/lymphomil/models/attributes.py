@@ -207,6 +207,9 @@ class AttributeModel(PatientModel):
         return Pipeline([("scale", StandardScaler()),
                          ("clf", build(self.class_weight, int(self.random_state)))])
 
+    def minimum_per_class(self) -> int:
+        return 2 if self._grid() else 1  # the grid's inner CV: 2 folds at least
+
     def _grid(self) -> list[dict]:
         if self.param_grid is None:
             return ALGORITHMS[self.algorithm][1]()

@@ -262,6 +262,13 @@ class PatientModel(ClassifierMixin, BaseEstimator):
         """(spec, kind) pairs this model reads from the feature store; none for attributes."""
         return []
 
+    def minimum_per_class(self) -> int:
+        """The fewest patients of each class ``fit`` needs: one of each here; a model that tunes
+        itself by inner CV, or fits models on parts of its training patients, needs more
+        (``models.checks.cv_minimum``). The flows check it before any fit, so a cohort too
+        small is a message that states the minimum, never a failure inside a fit."""
+        return 1
+
     def instance_scores(self, patients: np.ndarray) -> list[np.ndarray] | None:
         """Per patient, one score per cell (higher = more suspicious); ``None`` if not an image
         model."""

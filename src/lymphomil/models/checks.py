@@ -57,6 +57,19 @@ def check_float(name: str, value: Any, low: float = 0.0, high: float = math.inf,
                              fix=f"set {name} to a number in that range")
 
 
+def cv_minimum(need: int, folds: int, adaptive: bool = True) -> int:
+    """The fewest patients of each class for a stratified ``folds``-fold CV whose every
+    training part still holds ``need`` of each (a test fold takes at most ceil(m / K) of a
+    class). ``adaptive``: the folds shrink to the class size, as every inner CV does; else
+    exactly ``folds`` folds, as the harness's outer CV (which needs ``folds`` of each too)."""
+    m = max(2, int(need))
+    while True:
+        k = min(folds, m) if adaptive else folds
+        if m >= k >= 2 and m - math.ceil(m / k) >= need:
+            return m
+        m += 1
+
+
 def check_patients(patients: Any) -> np.ndarray:
     """Patients as a 1-D object array (a list, a tuple or an object array are accepted)."""
     if isinstance(patients, np.ndarray) and patients.dtype == object and patients.ndim == 1:

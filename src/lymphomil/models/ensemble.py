@@ -26,7 +26,13 @@ from lymphomil.models.base import (
     register_class,
     register_model,
 )
-from lymphomil.models.checks import check_int, check_patients, check_patients_y, resolve_seed
+from lymphomil.models.checks import (
+    check_int,
+    check_patients,
+    check_patients_y,
+    cv_minimum,
+    resolve_seed,
+)
 from lymphomil.runtime.errors import LymphomilError
 
 
@@ -64,6 +70,9 @@ class EnsembleModel(PatientModel):
 
     def required_features(self):
         return _required(self.members)
+
+    def minimum_per_class(self) -> int:
+        return max(_resolve(m).minimum_per_class() for m in self.members)
 
     def fit(self, patients, y):
         patients, y = check_patients_y(patients, y)
@@ -123,6 +132,12 @@ class SelectModel(PatientModel):
 
     def required_features(self):
         return _required(self.candidates)
+
+    def minimum_per_class(self) -> int:
+        need = max(_resolve(c).minimum_per_class() for c in self.candidates)
+        if len(self.candidates) > 1:  # every candidate fitted in each fold of the inner CV
+            return cv_minimum(need, int(self.inner_folds))
+        return need
 
     def _named_candidates(self) -> list[tuple[str, PatientModel]]:
         if not self.candidates:

@@ -23,6 +23,7 @@ from lymphomil.features.spec import FeatureSpec
 from lymphomil.models.attributes import AttributeModel
 from lymphomil.models.base import PatientModel, create_model, register_class, register_model
 from lymphomil.models.blocks import apply_platt, fit_platt
+from lymphomil.models.checks import cv_minimum
 from lymphomil.runtime.errors import LymphomilError
 
 RULES = ("alpha", "min", "max", "stack", "mean")
@@ -57,6 +58,12 @@ class FusionModel(PatientModel):
     def required_features(self) -> list[tuple[FeatureSpec, str]]:
         attribute, image = self._parts()
         return attribute.required_features() + image.required_features()
+
+    def minimum_per_class(self) -> int:
+        need = max(part.minimum_per_class() for part in self._parts())
+        if self.rule in ("alpha", "stack"):  # both parts fitted in each fold of an inner CV
+            return cv_minimum(need, int(self.inner_folds))
+        return need
 
     def _inner_oof(self, patients: np.ndarray, y: np.ndarray) -> np.ndarray:
         """(n, 2) out-of-fold probabilities of both parts on the training patients."""

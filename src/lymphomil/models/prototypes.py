@@ -90,8 +90,10 @@ class PrototypeModel(PatientModel):
         sample = np.concatenate([b[rng.permutation(len(b))[:int(self.cells_per_patient)]]
                                  for b in bags]).astype(np.float64)  # (cells, d)
         if len(sample) < int(self.n_prototypes):
-            raise LymphomilError(f"{len(sample)} cells cannot make {self.n_prototypes} prototypes",
-                                 fix="use fewer prototypes or more patients")
+            raise LymphomilError(f"the prototype model needs at least {self.n_prototypes} cells "
+                                 f"in its training patients to make {self.n_prototypes} "
+                                 f"prototypes; they hold {len(sample)}",
+                                 fix="add patients (or cell images), or use fewer prototypes")
         self.mean_ = sample.mean(0)
         self.scale_ = np.where(sample.std(0) > 0, sample.std(0), 1.0)
         kmeans = KMeans(int(self.n_prototypes), n_init=3, random_state=seed)

@@ -28,7 +28,9 @@ from lymphomil.referral.fit import (
     fit_referral,
     inner_oof,
     model_decisions,
+    no_rule_note,
     rule_from_oof,
+    rule_minimum,
 )
 from lymphomil.referral.nested import (
     NestedReferral,
@@ -59,5 +61,5 @@ __all__ = ["DECISIONS", "DEFAULT_MAX_REFERRAL", "DEFAULT_SIGNAL", "INNER_FOLDS",
            "MAX_ALLOWED_REFERRAL", "REFERRAL_JSON", "SIGNALS", "TOO_FEW", "Decision",
            "NestedReferral", "ReferralRule", "cached_inner_oof", "can_fit", "check_target",
            "choose_threshold", "decisions_table", "firmness", "fit_referral", "inner_oof",
-           "load_rule", "model_decisions", "nested_referral", "referral_card", "rule_from_oof",
-           "run_referral_task", "same_as_cv", "save_rule"]
+           "load_rule", "model_decisions", "nested_referral", "no_rule_note", "referral_card",
+           "rule_from_oof", "rule_minimum", "run_referral_task", "same_as_cv", "save_rule"]

@@ -10,6 +10,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from lymphomil.evaluation.crossval import derive_seed, inner_folds, out_of_fold, with_seed
+from lymphomil.models.checks import cv_minimum
 from lymphomil.referral.rule import (
     DEFAULT_SIGNAL,
     INNER_FOLDS,
@@ -23,14 +24,30 @@ from lymphomil.referral.rule import (
 )
 from lymphomil.runtime.errors import LymphomilError
 
-#: what predictions say when no rule could be fitted (too few patients of a class)
-TOO_FEW = ("no referral rule: its inner CV needs at least 2 labelled patients of each class; "
-           "every call is a forced call")
+#: what a model folder without a rule says (too few patients of a class when it was trained;
+#: :func:`no_rule_note` gives the numbers where the patients and the model are known)
+TOO_FEW = ("no referral rule: too few labelled patients of a class for its inner CV when the "
+           "model was trained; every call is a forced call")
 
 
-def can_fit(y: np.ndarray) -> bool:
-    """Enough patients of each class for the rule's inner CV (2 folds at least)."""
-    return int(np.bincount(np.asarray(y, dtype=int), minlength=2).min()) >= 2
+def rule_minimum(model: Any = None) -> int:
+    """The fewest patients of each class the rule's inner CV needs: 2 folds at least, each
+    training part holding what ``model`` needs to be fitted (``minimum_per_class``)."""
+    need = 1 if model is None else model.minimum_per_class()
+    return cv_minimum(need, INNER_FOLDS)
+
+
+def can_fit(y: np.ndarray, model: Any = None) -> bool:
+    """Enough patients of each class for the rule's inner CV of ``model``."""
+    return int(np.bincount(np.asarray(y, dtype=int), minlength=2).min()) >= rule_minimum(model)
+
+
+def no_rule_note(y: np.ndarray, model: Any = None) -> str:
+    """Why a model was trained without a referral rule, in the words `train` and `run` print."""
+    counts = np.bincount(np.asarray(y, dtype=int), minlength=2)
+    return (f"no referral rule: its {INNER_FOLDS}-fold inner CV of this model needs at least "
+            f"{rule_minimum(model)} labelled patients of each class, and the data holds "
+            f"{counts[0]} reactive and {counts[1]} malignant; every call is a forced call")
 
 
 def part_probas_of(model: Any, patients: np.ndarray) -> dict[str, np.ndarray]:

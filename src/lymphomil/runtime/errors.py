@@ -5,8 +5,38 @@ The CLI prints these without a traceback (unless ``--debug``); anything else is 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Callable, Collection, Iterable
+
+#: what must never reach a terminal or a log as it is: C0 and C1 control characters (an escape
+#: sequence clears the screen, a newline or a carriage return forges a line), the line and
+#: paragraph separators, bidirectional and zero-width format characters (they reorder or hide
+#: text), and the surrogates Python holds a file name's non-UTF-8 bytes in
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u00ad\u061c\u180e\u200b-\u200f\u2028-\u202e"
+                     "\u2060-\u206f\ufeff\ufff9-\ufffb\ud800-\udfff]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escaped(match: re.Match) -> str:
+    char = match.group()
+    code = ord(char)
+    if 0xDC80 <= code <= 0xDCFF:  # a byte that was not UTF-8 (os.fsdecode's surrogateescape)
+        return f"\\x{code - 0xDC00:02x}"
+    if code < 0x100:
+        return _NAMED.get(char, f"\\x{code:02x}")
+    return f"\\u{code:04x}"
+
+
+def escaped(text: object, keep: str = "") -> str:
+    """``text`` as it may be printed to a terminal or a log: every user-supplied string (a file
+    or folder name, an ID, a CSV value) goes through here, its control, separator and format
+    characters written as ``\\x1b``, ``\\n``, ``\\u202e`` (``keep``: characters left as
+    they are, e.g. the newlines of a message lymphomil itself lays out)."""
+    value = str(text)
+    if keep:
+        return _UNSAFE.sub(lambda m: m.group() if m.group() in keep else _escaped(m), value)
+    return _UNSAFE.sub(_escaped, value)
 
 
 class LymphomilError(Exception):
@@ -21,12 +51,15 @@ class LymphomilError(Exception):
         super().__init__(self.render())
 
     def render(self) -> str:
+        """``FILE, row N: problem`` and ``  fix: …`` on the next line; every part escaped
+        (:func:`escaped`): a file name or a value can never forge a line or clear a screen."""
         where = ""
         if self.file is not None:
-            where = self.file + (f", row {self.row}" if self.row is not None else "") + ": "
-        text = where + self.problem
+            row = f", row {self.row}" if self.row is not None else ""
+            where = f"{escaped(self.file)}{row}: "
+        text = where + escaped(self.problem)
         if self.fix:
-            text += f"\n  fix: {self.fix}"
+            text += f"\n  fix: {escaped(self.fix)}"
         return text
 
 
