@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import shutil
 from pathlib import Path
 
 import pytest
@@ -183,3 +184,22 @@ def test_run_reads_a_plain_layout(synthetic_root: Path, tmp_path: Path) -> None:
     assert 'columns = {"id" = "Patient"' in config and "images = " in config
     unlabelled = {r["ID"] for r in challenge_rows(synthetic_root) if r["LABEL"] == "-1"}
     assert {r["ID"] for r in csv.DictReader(open(out / "predictions.csv"))} == unlabelled
+
+
+@pytest.mark.parametrize("command", ["predict", "explore"])
+def test_nothing_is_written_into_a_lab_export(image_model_dir: Path, tmp_path: Path,
+                                              command: str) -> None:
+    """The CSV's folder is the lab's export: no output goes there (as none goes into a
+    challenge folder), whatever the command and wherever the images lie."""
+    path = _lab(tmp_path, "ID,GENDER,AGE,LYMPH_COUNT", ["P1,F,70,5", "P2,M,60,6"])
+    cells = tmp_path / "cells"  # the images elsewhere: the CSV's folder is still the export
+    cells.mkdir()
+    for name in ("P1", "P2"):
+        shutil.move(str(path.parent / name), str(cells / name))
+    before = sorted(p.name for p in path.parent.iterdir())
+    argv = (["predict", str(image_model_dir), str(path), "--images", str(cells), "--all",
+             "--out", str(path.parent / "pred.csv")] if command == "predict"
+            else ["explore", str(path), "--out", str(path.parent / "explore")])
+    result = runner.invoke(app, argv)
+    assert result.exit_code == 2 and "lies inside the folder of the data file" in result.output
+    assert sorted(p.name for p in path.parent.iterdir()) == before

@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from lymphomil.cli import app
@@ -262,3 +262,78 @@ def test_a_format_mismatch_says_which_side_is_newer(image_model_dir: Path,
     write_checksums(folder)
     fix = "upgrade lymphomil" if "newer" in words else "re-create the model folder"
     assert_refused(predict_cli(folder, small_image_root, tmp_path), words, fix)
+
+
+DEEP = "[" * 100_000 + "]" * 100_000
+
+
+@settings(max_examples=120, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(value=JSON, deep=st.booleans(), where=st.sampled_from(["marker", "record", "lock",
+                                                               "manifest", "stats"]))
+@example(value={"written_by": "lymphomil", "sha256": ["a list"]}, deep=False, where="record")
+@example(value=None, deep=True, where="stats")
+@example(value={"written_by": "lymphomil", "kind": "cv", "files": ["metrics.json"],
+                "sha256": {"/dev/null": "0"}}, deep=False, where="marker")
+def test_every_record_lymphomil_reads_back_holding_anything(tmp_path: Path, value, deep: bool,
+                                                            where: str) -> None:
+    """The records lymphomil keeps beside its outputs and in its cache (an output folder's
+    marker, a single file's record, a lock, the CV cache's manifest, the image-statistics memo)
+    hold any JSON, or JSON nested 100,000 deep: the command refuses with a message or treats the
+    record as absent, never crashes; a name in a marker leading out of the folder is never
+    followed (round three's malformed structured input)."""
+    from lymphomil.evaluation import cvcache
+    from lymphomil.ood import stats
+    from lymphomil.outputs import OUTPUT_MARKER, ensure_file_replaceable, ensure_replaceable
+    from lymphomil.outputs.locks import _lock_owner
+    from lymphomil.outputs.ownership import file_record_path
+
+    text = DEEP if deep else json.dumps(value)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        try:
+            if where == "marker":
+                (root / "out").mkdir()
+                (root / "out" / "metrics.json").write_text("{}")
+                (root / "out" / OUTPUT_MARKER).write_text(text)
+                ensure_replaceable(root / "out", "cv results", kind="cv")
+            elif where == "record":
+                (root / "p.csv").write_text("ID\n")
+                file_record_path(root / "p.csv").write_text(text)
+                ensure_file_replaceable(root / "p.csv", "predictions")
+            elif where == "lock":
+                (root / ".out.lock").write_text(text)
+                owner = _lock_owner(root / ".out.lock")
+                assert owner is None or isinstance(owner, tuple)
+            elif where == "manifest":
+                (root / cvcache.MANIFEST).write_text(text)
+                assert isinstance(cvcache._read_manifest(root), list)
+            else:
+                path = root / "memo.json"
+                path.write_text(text)
+                stats._MEMO.pop(str(path), None)
+                assert isinstance(stats._memo(str(path)), dict)
+        except LymphomilError as exc:
+            assert exc.fix
+
+
+def test_a_marker_naming_a_file_outside_its_folder_is_not_followed(tmp_path: Path) -> None:
+    """Was: the marker's sha256 list was hashed wherever its names led (`../secret`)."""
+    from lymphomil.outputs import OUTPUT_MARKER, changed_files
+
+    (tmp_path / "out").mkdir()
+    (tmp_path / "secret").write_text("not lymphomil's")
+    (tmp_path / "out" / OUTPUT_MARKER).write_text(json.dumps(
+        {"written_by": "lymphomil", "kind": "cv", "files": [],
+         "sha256": {"../secret": "0" * 64, str(tmp_path / "secret"): "0" * 64}}))
+    import lymphomil.outputs.ownership as ownership
+
+    read: list[str] = []
+    real = ownership.sha256_file
+    ownership.sha256_file = lambda path, *a: read.append(str(path)) or real(path, *a)
+    try:
+        assert sorted(changed_files(tmp_path / "out")) == sorted(
+            ["../secret", str(tmp_path / "secret")])
+    finally:
+        ownership.sha256_file = real
+    assert read == []

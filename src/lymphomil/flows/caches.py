@@ -43,12 +43,14 @@ from lymphomil.outputs import (
     cv_cache,
     dumps_json,
     is_intact,
+    listed_path_problem,
     read_json,
     write_cache_entry,
 )
 from lymphomil.report.explore import explore
 from lymphomil.runtime.engine import Engine
 from lymphomil.runtime.environment import package_versions
+from lymphomil.runtime.errors import LymphomilError
 
 RUN_FORMAT = 1
 SUMMARY_JSON = "summary.json"
@@ -114,6 +116,14 @@ def _entry(cache_dir: str | Path | None, kind: str, key: str) -> Path:
     return cache_root(cache_dir) / "run" / f"{kind}-{key}"
 
 
+def _cached_summary(entry: Path) -> Any:
+    """A cache entry's summary.json, or None when the entry is damaged or not valid JSON."""
+    try:
+        return read_json(entry / SUMMARY_JSON) if is_intact(entry) else None
+    except LymphomilError:
+        return None
+
+
 def cached_explore(cohort: Any, out_dir: Path, cache_dir: str | Path | None = None) -> dict:
     """:func:`lymphomil.report.explore.explore` of ``cohort`` into ``out_dir``, from the cache
     when the same cohort was explored before (the figures are what a warm run spent most on)."""
@@ -122,8 +132,10 @@ def cached_explore(cohort: Any, out_dir: Path, cache_dir: str | Path | None = No
                 "drawing": package_versions(("matplotlib", "pillow"))}, cohort.patients)
     entry = _entry(cache_dir, "explore", key)
     out_dir = Path(out_dir)
-    if is_intact(entry):
-        summary = read_json(entry / SUMMARY_JSON)
+    summary = _cached_summary(entry)
+    if isinstance(summary, dict) and isinstance(summary.get("files"), list) and all(
+            isinstance(name, str) and not listed_path_problem(entry / "files", name)
+            for name in summary["files"]):  # anything else: explored again
         shutil.copytree(entry / "files", out_dir, dirs_exist_ok=True)
         summary["files"] = {name: out_dir / name for name in summary["files"]}
         return summary

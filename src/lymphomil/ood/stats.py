@@ -84,7 +84,7 @@ def _memo(path: str) -> dict[str, list]:
             entries = record["entries"] if record.get("stats") == list(IMAGE_STATS) else {}
             _MEMO[path] = {str(k): list(v) for k, v in entries.items()
                            if isinstance(v, list) and len(v) == len(IMAGE_STATS)}
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError):
             _MEMO[path] = {}  # none yet, or damaged: decode again
     return _MEMO[path]
 

@@ -139,7 +139,7 @@ def write_checksums(folder: str | Path) -> Path:
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
-def _listed_problem(folder: Path, name: str) -> str | None:
+def listed_path_problem(folder: Path, name: str) -> str | None:
     """Why a name in ``checksums.json`` is not a plain file inside ``folder`` (a relative path,
     no '..', no symbolic link on the way), or None: a folder's own files must never lead
     lymphomil outside it."""
@@ -195,7 +195,7 @@ def verify_dir(folder: str | Path, what: str = "model") -> dict[str, str]:
                              "JSON object of names and 64 hex digits)", file=folder / CHECKSUMS,
                              fix=f"re-create the {what} folder; never edit it by hand")
     for rel, expected in sums.items():
-        problem = _listed_problem(folder, rel)
+        problem = listed_path_problem(folder, rel)
         if problem:
             raise LymphomilError(f"{CHECKSUMS} names {rel!r}, which {problem}",
                                  file=folder / CHECKSUMS,

@@ -25,6 +25,7 @@ from typing import Any
 from lymphomil.outputs.files import (
     atomic_write_bytes,
     atomic_write_json,
+    listed_path_problem,
     sha256_file,
 )
 from lymphomil.outputs.roots import CACHE_PARTS, cache_root
@@ -98,6 +99,9 @@ def changed_files(folder: str | Path) -> list[str]:
         return []  # a marker from before the sums were recorded: the checksums.json guards it
     changed = []
     for rel, expected in sums.items():
+        if listed_path_problem(folder, str(rel)):
+            changed.append(str(rel))  # a name that leads out of the folder: never followed
+            continue
         path = folder / str(rel)
         if not os.path.lexists(path):
             continue  # removed: nothing of the user's to lose
@@ -245,7 +249,8 @@ def owned_file(path: str | Path) -> bool:
     record = _file_record(path)
     if record is None:
         return False
-    accepted = {record.get("sha256"), record.get("previous")} - {None}
+    accepted = {value for value in (record.get("sha256"), record.get("previous"))
+                if isinstance(value, str)}  # a record edited to hold anything proves nothing
     return sha256_file(path) in accepted
 
 
@@ -294,12 +299,21 @@ def remove_owned_file(path: str | Path) -> bool:
     return True
 
 
+def _with_data_folders(inputs: dict[str, str | Path | None]) -> dict[str, str | Path | None]:
+    out = dict(inputs)
+    for name, path in inputs.items():
+        if name.startswith("data") and path is not None and Path(path).is_file():
+            out.setdefault(f"folder of the {name.replace('folder', 'file')}", Path(path).parent)
+    return out
+
+
 def check_not_an_input(out: str | Path, inputs: dict[str, str | Path | None],
                        option: str = "--out") -> None:
     """An output may never be one of the command's inputs, lie inside an input folder, or hold
-    an input (replacing it would delete that input)."""
+    an input (replacing it would delete that input). The data given as a file (a lab's CSV)
+    protects its folder too: that is the lab's export, where nothing is written."""
     target = Path(os.path.realpath(Path(out).expanduser()))
-    for name, path in inputs.items():
+    for name, path in _with_data_folders(inputs).items():
         if path is None:
             continue
         source = Path(os.path.realpath(Path(path).expanduser()))
