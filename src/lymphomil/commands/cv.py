@@ -8,15 +8,7 @@ from typing import List, Optional
 import typer
 
 from lymphomil.commands import common
-from lymphomil.commands.app import (
-    EngineName,
-    OnError,
-    app,
-    console,
-    err_console,
-    handle_errors,
-    show,
-)
+from lymphomil.commands.app import EngineName, OnError, app, console, err_console, handle_errors
 from lymphomil.flows import options  # light: checks import what they need when they run
 from lymphomil.flows.defaults import DEFAULT_MODEL, RUN_DEFAULTS
 
@@ -78,7 +70,7 @@ def cv(
                                  out=out)
     labelled = run.labelled
     for note in run.notes:
-        err_console.print(show(note), highlight=False, soft_wrap=True)
+        err_console.print(common.show(note), highlight=False, soft_wrap=True)
     results, trust, cohort = run.results, run.trust, labelled.cohort
     payload = {r.model_name: {**r.to_dict(), **trust[r.model_name]} for r in results}
     if as_json:
@@ -91,5 +83,5 @@ def cv(
     common.print_skips(cohort.skipped_table(),
                        out / "skipped.json" if out and cohort.issues else None)
     if out is not None:
-        err_console.print(f"wrote {show(out)}/metrics.json, results.md and oof_*.csv",
+        err_console.print(f"wrote {common.show(out)}/metrics.json, results.md and oof_*.csv",
                           highlight=False)

@@ -8,15 +8,7 @@ from typing import Optional
 import typer
 
 from lymphomil.commands import common
-from lymphomil.commands.app import (
-    OnError,
-    PatientRule,
-    app,
-    console,
-    err_console,
-    handle_errors,
-    show,
-)
+from lymphomil.commands.app import OnError, PatientRule, app, console, err_console, handle_errors
 
 
 @app.command()
@@ -81,7 +73,7 @@ def predict(
         bacc = "n/a" if m["balanced_accuracy"] is None else f"{m['balanced_accuracy']:.3f}"
         console.print(f"{m['n_labelled']} predicted patients carry a label: balanced accuracy "
                       f"{bacc}, accuracy {m['accuracy']:.3f}, ROC AUC {auc} → "
-                      f"{show(metrics_path)}", highlight=False)
+                      f"{common.show(metrics_path)}", highlight=False)
     if pred.not_predicted:
         shown = ", ".join(pred.not_predicted[:10]) + (" …" if len(pred.not_predicted) > 10
                                                       else "")
@@ -90,11 +82,11 @@ def predict(
                           soft_wrap=True, highlight=False)
     common.print_skips(pred.skipped, done.skipped_path)
     console.print(f"predicted {len(pred.ids)} patients ({int(pred.labels.sum())} malignant) "
-                  f"→ {show(out)}", highlight=False)
+                  f"→ {common.show(out)}", highlight=False)
     if pred.decisions is not None:
         referred = sum(d.decision == "refer" for d in pred.decisions)
         console.print(f"referral rule: {referred} of {len(pred.ids)} referred for review "
                       "(DECISION and REASON columns" + (" of the CSV without --kaggle)" if kaggle
                                                         else ")"))
     if report is not None:
-        console.print(f"wrote the per-patient report → {show(report)}", highlight=False)
+        console.print(f"wrote the per-patient report → {common.show(report)}", highlight=False)

@@ -16,7 +16,6 @@ from lymphomil.commands.app import (
     console,
     err_console,
     handle_errors,
-    show,
 )
 from lymphomil.flows import options  # light: checks import what they need when they run
 from lymphomil.flows.defaults import DEFAULT_CANDIDATES
@@ -121,9 +120,9 @@ def run(
                   f"patients; skipped {result.n_skipped}")
     console.print("timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in result.timings.items()))
     for note in result.notes:
-        err_console.print(show(note), highlight=False, soft_wrap=True)
+        err_console.print(common.show(note), highlight=False, soft_wrap=True)
     skipped_file = out / "skipped.json"  # listed as predict and cv list them
     if skipped_file.is_file():
         common.print_skips(outputs.read_json(skipped_file), skipped_file)
-    console.print(f"wrote {show(out)}/report.html, submission.csv, predictions.csv, metrics.json, "
-                  "config.toml, model/")
+    console.print(f"wrote {common.show(out)}/report.html, submission.csv, predictions.csv, "
+                  "metrics.json, config.toml, model/", highlight=False)

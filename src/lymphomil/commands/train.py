@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 
 from lymphomil.commands import common
-from lymphomil.commands.app import OnError, app, console, handle_errors, show
+from lymphomil.commands.app import OnError, app, console, handle_errors
 from lymphomil.flows import options  # light: checks import what they need when they run
 from lymphomil.flows.defaults import DEFAULT_MODEL, RUN_DEFAULTS
 
@@ -48,5 +48,5 @@ def train(
                          max_referral=max_referral, target_accuracy=target_accuracy)
     common.print_skips(trained.labelled.cohort.skipped_table())
     console.print(f"trained [bold]{model}[/] on {len(trained.labelled.y)} patients → "
-                  f"{show(out)}", highlight=False)
+                  f"{common.show(out)}", highlight=False)
     console.print(f"referral rule: {escape(trained.referral.describe())}", soft_wrap=True)
